@@ -1,0 +1,1 @@
+"""MLPerf Inference harness: LoadGen SUT/QSL, backends, benchmarks, audits and reports."""
