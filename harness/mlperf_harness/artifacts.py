@@ -1,0 +1,161 @@
+"""Artifacts (datasets, preprocessed data, models, engines), their cache keys and the work-dir layout.
+
+A key is a digest of exactly what changes the artifact, so two runs that need the same
+artifact share it, and a run that changes any input gets a new one. The operator computes the
+same keys from the spec alone, which is how it knows the cache without mounting the volume.
+
+Layout of a work directory (the local ``./mlperf-work`` or the run's PVC)::
+
+    cache/<kind>/<key>/           one artifact; ``.complete`` (JSON) is written last
+    runs/<run>/<scenario>/<mode>/ LoadGen logs of one harness run
+    runs/<run>/audits/<test>/<scenario>/
+    runs/<run>/results/           one JSON per step outcome
+    runs/<run>/submission/        the run's part of the submission tree
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .spec import MLPerfRunSpec, Source
+
+ArtifactKind = Literal["dataset", "preprocessed", "model", "engine"]
+
+# Bump when a benchmark's preprocessing or a generator changes its output: old artifacts are then
+# no longer reused.
+PREPROCESS_VERSION: dict[str, int] = {
+    "resnet50": 1,
+    "ssd-resnet34": 1,
+    "bert": 1,
+    "dlrm": 1,
+    "rnnt": 1,
+    "3d-unet": 1,
+}
+SYNTHETIC_GENERATOR_VERSION = 1
+
+# Defaults when the spec does not override them; the harness config refines per scenario.
+DEFAULT_PRECISION: dict[str, str] = {
+    "onnxruntime": "fp32",
+    "pytorch": "fp16",
+    "tensorrt": "int8",
+    "null": "fp32",
+}
+DEFAULT_BATCH_SIZE: dict[str, int] = {"Offline": 64, "Server": 16, "SingleStream": 1, "MultiStream": 8}
+COMPLETE_MARKER = ".complete"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: ArtifactKind
+    key: str
+    inputs: dict[str, Any] = field(compare=False, hash=False)
+
+    @property
+    def relpath(self) -> str:
+        return f"cache/{self.kind}/{self.key}"
+
+
+def _digest(inputs: dict[str, Any]) -> str:
+    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _make(kind: ArtifactKind, label: str, inputs: dict[str, Any]) -> Artifact:
+    return Artifact(kind=kind, key=f"{label}-{_digest({'kind': kind, **inputs})}", inputs=inputs)
+
+
+def source_identity(source: Source, role: str, benchmark: str) -> dict[str, Any]:
+    """What identifies a source's content: a checksum where there is one, else its location."""
+    if source.https is not None:
+        return {"sha256": source.https.sha256}
+    if source.s3 is not None:
+        return {"s3": source.s3.uri, "sha256": source.s3.sha256}
+    if source.pvc is not None:
+        return {"pvc": source.pvc.claimName, "path": source.pvc.path}
+    assert source.synthetic is not None
+    ident: dict[str, Any] = {
+        "synthetic": SYNTHETIC_GENERATOR_VERSION,
+        "benchmark": benchmark,
+        "seed": source.synthetic.seed,
+    }
+    if role == "dataset":
+        ident["samples"] = source.synthetic.samples
+    return ident
+
+
+def precision_of(spec: MLPerfRunSpec) -> str:
+    return spec.precision or DEFAULT_PRECISION[spec.backend]
+
+
+def batch_size_of(spec: MLPerfRunSpec, scenario: str) -> int:
+    return spec.batchSize or DEFAULT_BATCH_SIZE[scenario]
+
+
+def input_dtype_of(spec: MLPerfRunSpec) -> str:
+    return "int8" if precision_of(spec) == "int8" else "fp32"
+
+
+def dataset(spec: MLPerfRunSpec) -> Artifact:
+    ident = source_identity(spec.dataset, "dataset", spec.benchmark)
+    return _make("dataset", spec.benchmark, {"benchmark": spec.benchmark, **ident})
+
+
+def model(spec: MLPerfRunSpec) -> Artifact:
+    ident = source_identity(spec.model, "model", spec.benchmark)
+    return _make("model", spec.benchmark, {"benchmark": spec.benchmark, **ident})
+
+
+def preprocessed(spec: MLPerfRunSpec) -> Artifact:
+    inputs = {
+        "dataset": dataset(spec).key,
+        "preprocess": PREPROCESS_VERSION[spec.benchmark],
+        "dtype": input_dtype_of(spec),
+    }
+    return _make("preprocessed", spec.benchmark, inputs)
+
+
+def engine(spec: MLPerfRunSpec, scenario: str, backend_version: str) -> Artifact:
+    """An engine is specific to model, precision, batch size, GPU product, backend and its version."""
+    precision, batch = precision_of(spec), batch_size_of(spec, scenario)
+    inputs = {
+        "model": model(spec).key,
+        "precision": precision,
+        "batch": batch,
+        "gpu": spec.system.gpuProduct if spec.uses_gpu else "cpu",
+        "backend": spec.backend,
+        "backendVersion": backend_version,
+    }
+    return _make("engine", f"{spec.benchmark}-{spec.backend}-{precision}-b{batch}", inputs)
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """Paths inside a work directory; the same layout locally and on the PVC."""
+
+    root: Path
+
+    def artifact(self, artifact: Artifact) -> Path:
+        return self.root / artifact.relpath
+
+    def run(self, run: str) -> Path:
+        return self.root / "runs" / run
+
+    def harness_run(self, run: str, scenario: str, mode: str) -> Path:
+        return self.run(run) / scenario / mode
+
+    def audit(self, run: str, test: str, scenario: str) -> Path:
+        return self.run(run) / "audits" / test / scenario
+
+    def results(self, run: str) -> Path:
+        return self.run(run) / "results"
+
+    def submission(self, run: str) -> Path:
+        return self.run(run) / "submission"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE_MARKER).is_file()

@@ -1,0 +1,462 @@
+"""The MLPerfRun spec: one pydantic model for the CRD, the operator and the local runner.
+
+Field names are the CRD's camelCase. Every field has a description: they become
+``kubectl explain`` text through the generated CRD. Kubernetes admission rules that the
+schema alone cannot express (CEL) are attached here too, next to the field they guard, so that
+the YAML in ``crds/`` is derived from this file and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .suites import ConfigVer, Scenario, load_suite
+
+Benchmark = Literal["resnet50", "ssd-resnet34", "bert", "dlrm", "rnnt", "3d-unet"]
+SuiteName = Literal["v1.0", "v6.0"]
+TestMode = Literal["PerformanceOnly", "AccuracyOnly"]
+AuditTest = Literal["TEST01", "TEST04", "TEST04-A", "TEST04-B", "TEST05"]
+BackendName = Literal["onnxruntime", "pytorch", "tensorrt", "null"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
+
+CEL = "x-kubernetes-validations"
+
+
+def immutable(what: str) -> dict[str, Any]:
+    """CEL transition rule: the field cannot change once the run exists."""
+    return {
+        CEL: [
+            {
+                "rule": "self == oldSelf",
+                "message": f"{what} is immutable once the run exists; create a new MLPerfRun instead",
+            }
+        ]
+    }
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+class SecretRef(SpecModel):
+    name: str = Field(description="Name of a Secret in the run's namespace.")
+
+
+class HttpsSource(SpecModel):
+    url: str = Field(
+        pattern=r"^https?://",
+        description="Address of the file (https; http only for local mirrors).",
+    )
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected SHA-256 of the file, lower-case hex; the download is rejected on mismatch.",
+    )
+
+
+class S3Source(SpecModel):
+    uri: str = Field(pattern=r"^s3://[^/]+/.+", description="Object or prefix, as s3://bucket/key.")
+    secretRef: SecretRef | None = Field(
+        default=None,
+        description=(
+            "Secret holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; passed to the Jobs by "
+            "reference, never read by the operator."
+        ),
+    )
+    endpoint: str | None = Field(default=None, description="S3-compatible endpoint URL (MinIO, Ceph).")
+    region: str | None = Field(default=None, description="Bucket region.")
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected SHA-256 when the URI names a single object.",
+    )
+
+
+class PvcSource(SpecModel):
+    claimName: str = Field(description="An existing PersistentVolumeClaim holding the files.")
+    path: str = Field(default="", description="Directory or file inside the claim.")
+
+
+class SyntheticSource(SpecModel):
+    samples: int = Field(
+        default=256,
+        ge=1,
+        le=50000,
+        description=(
+            "Number of generated samples (dataset) or ignored (model). Synthetic data and generated "
+            "models are deterministic, and every result made from them is marked synthetic."
+        ),
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the generator.")
+
+
+_ONE_SOURCE = {
+    CEL: [
+        {
+            "rule": "[has(self.https), has(self.s3), has(self.pvc), has(self.synthetic)].filter(x, x).size() == 1",
+            "message": "set exactly one of https, s3, pvc or synthetic",
+        }
+    ]
+}
+
+
+class Source(SpecModel):
+    """Where a dataset or a model comes from: exactly one of the four."""
+
+    model_config = ConfigDict(json_schema_extra=_ONE_SOURCE)
+
+    https: HttpsSource | None = Field(default=None, description="Download over HTTPS, checksum checked.")
+    s3: S3Source | None = Field(default=None, description="Download from S3 with credentials by Secret.")
+    pvc: PvcSource | None = Field(default=None, description="Use files already on a PVC.")
+    synthetic: SyntheticSource | None = Field(
+        default=None, description="Generate deterministic synthetic data or a random-weight model."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        chosen = [k for k in ("https", "s3", "pvc", "synthetic") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("set exactly one of https, s3, pvc or synthetic")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("https", "s3", "pvc", "synthetic") if getattr(self, k) is not None)
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.synthetic is not None
+
+
+def synthetic_source() -> Source:
+    return Source(synthetic=SyntheticSource())
+
+
+# --- storage, system, images ---------------------------------------------------------------
+
+
+class CreatedClaim(SpecModel):
+    storageClassName: str | None = Field(
+        default=None, description="StorageClass of the claim; the cluster default when unset."
+    )
+    size: str = Field(
+        default="200Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$",
+        description="Requested capacity, a Kubernetes quantity such as 500Gi.",
+    )
+    accessMode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field(
+        default="ReadWriteOnce",
+        description="Access mode; ReadWriteMany lets steps on different nodes share the cache.",
+    )
+    reclaim: Literal["Retain", "Delete"] = Field(
+        default="Delete",
+        description="Delete removes the claim with the run; Retain keeps it (and its cache) for later runs.",
+    )
+
+
+class Storage(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                {
+                    "rule": "has(self.existingClaim) != has(self.create)",
+                    "message": "set exactly one of storage.existingClaim or storage.create",
+                },
+                {
+                    "rule": "self == oldSelf",
+                    "message": "storage is immutable once the run exists; create a new MLPerfRun instead",
+                },
+            ]
+        }
+    )
+
+    existingClaim: str | None = Field(
+        default=None,
+        description="Name of an existing PVC for data, models, engines and logs (shared cache across runs).",
+    )
+    create: CreatedClaim | None = Field(default=None, description="Have the operator create a PVC.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Storage:
+        if (self.existingClaim is None) == (self.create is None):
+            raise ValueError("set exactly one of storage.existingClaim or storage.create")
+        return self
+
+
+class System(SpecModel):
+    gpuProduct: str = Field(
+        default="NVIDIA-H200",
+        description=(
+            "GPU product, as the node label nvidia.com/gpu.product (GPU feature discovery). Engine "
+            "builds and harness runs land on nodes of this product."
+        ),
+    )
+    gpuCount: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="GPUs per harness run (0 runs on CPU nodes only).",
+    )
+    exclusiveNode: bool = Field(
+        default=False,
+        description="Take a whole node for performance runs (requests all of the node's GPUs).",
+    )
+    gpusPerNode: int = Field(default=8, ge=1, le=16, description="GPUs on one node of this product, for exclusiveNode.")
+
+
+class Images(SpecModel):
+    harness: str = Field(
+        default="ghcr.io/mlperf-operator/harness-cpu:0.1.0",
+        description="Container image that runs the harness step verbs.",
+    )
+    pullPolicy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Image pull policy of every step's container."
+    )
+    pullSecrets: list[str] = Field(
+        default_factory=list, description="Names of image pull Secrets in the run's namespace."
+    )
+
+
+class LoadGenOverrides(SpecModel):
+    targetQps: float | None = Field(
+        default=None, gt=0, description="Server target QPS (server_target_qps); must be > 0."
+    )
+    expectedQps: float | None = Field(
+        default=None, gt=0, description="Offline expected QPS (offline_expected_qps); must be > 0."
+    )
+    targetLatencyMs: float | None = Field(
+        default=None, gt=0, description="Expected SingleStream / MultiStream latency in milliseconds."
+    )
+    minDurationMs: int | None = Field(default=None, gt=0, description="Minimum run duration (ms).")
+    minQueryCount: int | None = Field(default=None, gt=0, description="Minimum number of queries.")
+    performanceSampleCount: int | None = Field(
+        default=None, gt=0, description="Override of the performance sample count (may only raise it)."
+    )
+    samplesPerQuery: int | None = Field(default=None, gt=0, description="MultiStream samples per query.")
+
+
+class Kueue(SpecModel):
+    queueName: str | None = Field(
+        default=None, description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name on every Job."
+    )
+    priorityClass: str | None = Field(
+        default=None, description="Kueue WorkloadPriorityClass (kueue.x-k8s.io/priority-class)."
+    )
+
+
+class Submission(SpecModel):
+    division: Literal["closed", "open"] = Field(default="closed", description="Submission division.")
+    submitter: str = Field(default="mlperf-operator", description="Submitting organisation.")
+    systemName: str = Field(
+        default="", description="System name in the submission tree; derived from the GPU when empty."
+    )
+    status: Literal["available", "preview", "rdi"] = Field(
+        default="available", description="Availability status of the system."
+    )
+    systemOverrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="Values for the system description JSON that cannot be read off the machine.",
+    )
+
+
+# --- the spec -------------------------------------------------------------------------------
+
+
+class MLPerfRunSpec(SpecModel):
+    """What to run: one benchmark of one suite, its scenarios and modes, on which system."""
+
+    benchmark: Benchmark = Field(
+        json_schema_extra=immutable("spec.benchmark"),
+        description="Benchmark: resnet50, ssd-resnet34, bert, dlrm, rnnt or 3d-unet.",
+    )
+    suite: SuiteName = Field(
+        default="v1.0",
+        json_schema_extra=immutable("spec.suite"),
+        description="Rules of the MLPerf round: v1.0, or v6.0 (the current round) where the benchmark exists.",
+    )
+    category: Literal["datacenter", "edge"] = Field(
+        default="datacenter",
+        json_schema_extra=immutable("spec.category"),
+        description="System category; decides which scenarios the suite allows.",
+    )
+    scenarios: list[Scenario] = Field(
+        default_factory=lambda: ["Offline"],
+        min_length=1,
+        max_length=4,
+        json_schema_extra={"x-kubernetes-list-type": "set", **immutable("spec.scenarios")},
+        description="LoadGen scenarios to run: Offline, Server, SingleStream, MultiStream.",
+    )
+    configVer: ConfigVer = Field(
+        default="default",
+        json_schema_extra=immutable("spec.configVer"),
+        description="default (99 % accuracy target) or high_accuracy (99.9 %, bert, dlrm, 3d-unet).",
+    )
+    testModes: list[TestMode] = Field(
+        default_factory=lambda: ["PerformanceOnly", "AccuracyOnly"],
+        min_length=1,
+        max_length=2,
+        json_schema_extra={"x-kubernetes-list-type": "set", **immutable("spec.testModes")},
+        description="PerformanceOnly and/or AccuracyOnly.",
+    )
+    audits: list[AuditTest] | None = Field(
+        default=None,
+        max_length=5,
+        json_schema_extra={"x-kubernetes-list-type": "set", **immutable("spec.audits")},
+        description=(
+            "Compliance tests to run after the performance runs. Unset: what the suite requires for "
+            "the benchmark; [] runs none (the result is then not submittable)."
+        ),
+    )
+    fast: bool = Field(
+        default=False,
+        json_schema_extra=immutable("spec.fast"),
+        description=(
+            "Debug runs: 60 s minimum duration and min query count 1 for Offline and MultiStream. "
+            "Results are marked not submittable."
+        ),
+    )
+    backend: BackendName = Field(
+        default="onnxruntime",
+        json_schema_extra=immutable("spec.backend"),
+        description="Inference backend: tensorrt, pytorch, onnxruntime, or null (harness overhead only).",
+    )
+    precision: Precision | None = Field(
+        default=None,
+        json_schema_extra=immutable("spec.precision"),
+        description="Override of the benchmark config's precision (fp32, fp16, bf16, int8, fp8).",
+    )
+    batchSize: int | None = Field(
+        default=None,
+        gt=0,
+        le=65536,
+        json_schema_extra=immutable("spec.batchSize"),
+        description="Override of the batch size the engine is built for and runs with.",
+    )
+    loadgen: LoadGenOverrides = Field(
+        default_factory=LoadGenOverrides,
+        json_schema_extra=immutable("spec.loadgen"),
+        description="LoadGen settings written to user.conf.",
+    )
+    dataset: Source = Field(
+        default_factory=synthetic_source,
+        json_schema_extra=immutable("spec.dataset"),
+        description="Where the dataset comes from; synthetic when unset.",
+    )
+    model: Source = Field(
+        default_factory=synthetic_source,
+        json_schema_extra=immutable("spec.model"),
+        description="Where the model comes from; a generated random-weight model when unset.",
+    )
+    storage: Storage = Field(
+        description="Volume for datasets, models, engines, logs and results (required).",
+    )
+    system: System = Field(
+        default_factory=System,
+        json_schema_extra=immutable("spec.system"),
+        description="Which GPUs to run on.",
+    )
+    images: Images = Field(default_factory=Images, description="Images of the step Jobs.")
+    resources: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="ResourceRequirements of each step's container (GPUs are added for GPU steps).",
+    )
+    nodeSelector: dict[str, str] = Field(default_factory=dict, description="Extra node selector for every step's pod.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True}},
+        description="Extra tolerations for every step's pod (the GPU taint is tolerated already).",
+    )
+    affinity: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="Affinity of every step's pod.",
+    )
+    podAnnotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every step's pod.")
+    podLabels: dict[str, str] = Field(default_factory=dict, description="Labels added to every step's pod.")
+    serviceAccountName: str | None = Field(
+        default=None, description="ServiceAccount the step pods run as (the namespace default when unset)."
+    )
+    kueue: Kueue = Field(default_factory=Kueue, description="Kueue queue and priority for the Jobs.")
+    priorityClassName: str | None = Field(default=None, description="Kubernetes PriorityClass of the step pods.")
+    retries: int = Field(
+        default=2, ge=0, le=10, description="Times a failed step is retried, with backoff, before the run fails."
+    )
+    ttlSecondsAfterFinished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the finished step Jobs after this many seconds (the run keeps its results).",
+    )
+    submission: Submission = Field(default_factory=Submission, description="Submission metadata for the report step.")
+
+    @model_validator(mode="after")
+    def _suite_rules(self) -> MLPerfRunSpec:
+        # The same rules the CRD enforces with CEL, for manifests that never see an API server.
+        try:
+            rule = load_suite(self.suite).rule(self.benchmark)
+        except KeyError as exc:
+            raise ValueError(f"spec.benchmark: {exc.args[0]}") from None
+        allowed = rule.scenarios[self.category]
+        bad = [s for s in self.scenarios if s not in allowed]
+        if bad:
+            raise ValueError(
+                f"spec.scenarios: {', '.join(bad)} not allowed for {self.benchmark} ({self.category}) in "
+                f"suite {self.suite}; allowed: {', '.join(allowed) or 'none'}"
+            )
+        if self.configVer == "high_accuracy" and not rule.allows_high_accuracy(self.category):
+            raise ValueError(
+                f"spec.configVer: {self.benchmark} has no high_accuracy target in suite {self.suite} "
+                f"({self.category}); use configVer: default"
+            )
+        return self
+
+    # Derived facts, used by the pipeline and the Job builder.
+    @property
+    def synthetic(self) -> bool:
+        return self.dataset.is_synthetic or self.model.is_synthetic
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.system.gpuCount > 0 and self.backend != "null"
+
+    @property
+    def effective_audits(self) -> list[str]:
+        if self.audits is not None:
+            return list(self.audits)
+        return list(load_suite(self.suite).rule(self.benchmark).audits)
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = "local"
+    namespace: str | None = None
+
+
+class MLPerfRunManifest(BaseModel):
+    """A whole MLPerfRun object as written in a manifest file."""
+
+    model_config = ConfigDict(extra="allow")
+    apiVersion: str = "mlperf-operator.io/v1alpha1"
+    kind: Literal["MLPerfRun"] = "MLPerfRun"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: MLPerfRunSpec
+
+
+def load_manifest(path_or_text: str | Path) -> MLPerfRunManifest:
+    """Read a manifest (or a bare spec) from a file path, YAML text or JSON text."""
+    text = str(path_or_text)
+    candidate = Path(text)
+    if "\n" not in text and not text.lstrip().startswith("{") and candidate.exists():
+        text = candidate.read_text()
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path_or_text}: expected a mapping (an MLPerfRun manifest or its spec)")
+    if "spec" not in data:
+        data = {"spec": data}
+    return MLPerfRunManifest.model_validate(data)
