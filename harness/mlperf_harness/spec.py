@@ -286,7 +286,7 @@ class MLPerfRunSpec(SpecModel):
         description="System category; decides which scenarios the suite allows.",
     )
     scenarios: list[Scenario] = Field(
-        default_factory=lambda: ["Offline"],
+        default=["Offline"],
         min_length=1,
         max_length=4,
         json_schema_extra={"x-kubernetes-list-type": "set", **immutable("spec.scenarios")},
@@ -298,7 +298,7 @@ class MLPerfRunSpec(SpecModel):
         description="default (99 % accuracy target) or high_accuracy (99.9 %, bert, dlrm, 3d-unet).",
     )
     testModes: list[TestMode] = Field(
-        default_factory=lambda: ["PerformanceOnly", "AccuracyOnly"],
+        default=["PerformanceOnly", "AccuracyOnly"],
         min_length=1,
         max_length=2,
         json_schema_extra={"x-kubernetes-list-type": "set", **immutable("spec.testModes")},
