@@ -105,16 +105,16 @@ def plan(spec: MLPerfRunSpec, backend_version: str) -> list[Step]:
                 )
             )
 
-    for test, scenario in audits_to_run(spec):
-        needs = (f"run-{_slug(scenario)}-performance",)
+    for test, audited in audits_to_run(spec):
+        audit_needs: tuple[str, ...] = (f"run-{_slug(audited)}-performance",)
         if test in AUDITS_NEEDING_ACCURACY:
-            needs += (f"run-{_slug(scenario)}-accuracy",)
+            audit_needs += (f"run-{_slug(audited)}-accuracy",)
         steps.append(
             Step(
-                f"audit-{_slug(test)}-{_slug(scenario)}",
+                f"audit-{_slug(test)}-{_slug(audited)}",
                 "audit",
-                ("--test", test, "--scenario", scenario),
-                needs,
+                ("--test", test, "--scenario", audited),
+                audit_needs,
                 Phase.AUDITING,
                 gpu=spec.uses_gpu,
             )

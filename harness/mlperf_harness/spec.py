@@ -9,7 +9,7 @@ the YAML in ``crds/`` is derived from this file and nothing else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -96,7 +96,7 @@ class SyntheticSource(SpecModel):
     seed: int = Field(default=0, ge=0, description="Seed of the generator.")
 
 
-_ONE_SOURCE = {
+_ONE_SOURCE: dict[str, Any] = {
     CEL: [
         {
             "rule": "[has(self.https), has(self.s3), has(self.pvc), has(self.synthetic)].filter(x, x).size() == 1",
@@ -109,7 +109,7 @@ _ONE_SOURCE = {
 class Source(SpecModel):
     """Where a dataset or a model comes from: exactly one of the four."""
 
-    model_config = ConfigDict(json_schema_extra=_ONE_SOURCE)
+    model_config = ConfigDict(json_schema_extra=cast(Any, _ONE_SOURCE))
 
     https: HttpsSource | None = Field(default=None, description="Download over HTTPS, checksum checked.")
     s3: S3Source | None = Field(default=None, description="Download from S3 with credentials by Secret.")

@@ -1,0 +1,194 @@
+"""Generate the MLPerfRun CustomResourceDefinition from the pydantic models.
+
+``python -m mlperf_operator.crd`` (``make crds``) writes ``crds/``; a test fails when the file
+and the models drift. The pydantic JSON schema is turned into a Kubernetes structural schema
+(no $ref, no anyOf, OpenAPI v3.0 bounds), and the suite tables add the CEL admission rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlperf_harness.spec import MLPerfRunSpec
+from mlperf_harness.suites import all_suites
+from pydantic import BaseModel
+
+from .status import MLPerfRunStatus
+
+GROUP = "mlperf-operator.io"
+VERSION = "v1alpha1"
+KIND = "MLPerfRun"
+PLURAL = "mlperfruns"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / f"{CRD_NAME}.yaml"
+
+_DROP = {"title", "additionalProperties", "$defs"}
+
+
+def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema node as a Kubernetes structural schema node."""
+    node = dict(schema)
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node.pop("$ref").split("/")[-1]])
+        node = {**target, **node}  # the field's own description wins over the model's docstring
+    if "anyOf" in node:  # Optional[X]: the field may be omitted, never null
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express a union in a structural schema: {schema}")
+        node = {**structural(options[0], defs), **node}
+    if node.get("default", "") is None:
+        del node["default"]
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(bound), int | float) and not isinstance(node.get(bound), bool):
+            node[plain], node[bound] = node[bound], True
+    extra = node.get("additionalProperties")
+    if node.get("type") == "object" and extra is True and "properties" not in node:
+        node["x-kubernetes-preserve-unknown-fields"] = True
+    if "properties" in node:
+        node["properties"] = {k: structural(v, defs) for k, v in node["properties"].items()}
+    if "items" in node:
+        node["items"] = structural(node["items"], defs)
+    out = {k: v for k, v in node.items() if k not in _DROP}
+    if isinstance(extra, dict):  # a map such as dict[str, str]
+        out["additionalProperties"] = structural(extra, defs)
+    return out
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return structural(raw, raw.get("$defs", {}))
+
+
+def _quoted(items: list[str]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+def suite_rules() -> list[dict[str, str]]:
+    """CEL rules that keep a manifest inside its suite's table."""
+    rules: list[dict[str, str]] = []
+    high_accuracy: list[str] = []
+    for suite in all_suites():
+        names = list(suite.benchmarks)
+        rules.append(
+            {
+                "rule": f"self.suite != '{suite.name}' || self.benchmark in {_quoted(names)}",
+                "messageExpression": f"'spec.benchmark: ' + self.benchmark + ' is not part of suite "
+                f"{suite.name} (it has: {', '.join(names)})'",
+                "fieldPath": ".benchmark",
+                "reason": "FieldValueInvalid",
+            }
+        )
+        for bench, rule in suite.benchmarks.items():
+            for category, allowed in rule.scenarios.items():
+                where = f"self.suite == '{suite.name}' && self.benchmark == '{bench}' && self.category == '{category}'"
+                rules.append(
+                    {
+                        "rule": f"!({where}) || self.scenarios.all(s, s in {_quoted(list(allowed))})",
+                        "message": f"spec.scenarios: {bench} ({category}) in suite {suite.name} allows only "
+                        f"{', '.join(allowed) or 'no scenario'}",
+                        "fieldPath": ".scenarios",
+                        "reason": "FieldValueInvalid",
+                    }
+                )
+                if rule.allows_high_accuracy(category):
+                    high_accuracy.append(f"{suite.name}/{bench}/{category}")
+    rules.append(
+        {
+            "rule": "self.configVer != 'high_accuracy' || "
+            f"(self.suite + '/' + self.benchmark + '/' + self.category) in {_quoted(high_accuracy)}",
+            "message": "spec.configVer: high_accuracy exists only for "
+            + ", ".join(high_accuracy)
+            + " (suite/benchmark/category); use configVer: default",
+            "fieldPath": ".configVer",
+            "reason": "FieldValueInvalid",
+        }
+    )
+    return rules
+
+
+PRINTER_COLUMNS = [
+    {"name": "Benchmark", "type": "string", "jsonPath": ".spec.benchmark"},
+    {"name": "Scenarios", "type": "string", "jsonPath": ".status.scenarioList"},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Result", "type": "string", "jsonPath": ".status.result"},
+    {"name": "Samples/s", "type": "number", "jsonPath": ".status.samplesPerSecond"},
+    {"name": "Synthetic", "type": "boolean", "jsonPath": ".status.synthetic", "priority": 1},
+    {"name": "Backend", "type": "string", "jsonPath": ".spec.backend", "priority": 1},
+    {"name": "GPU", "type": "string", "jsonPath": ".spec.system.gpuProduct", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd() -> dict[str, Any]:
+    spec = model_schema(MLPerfRunSpec)
+    spec["x-kubernetes-validations"] = spec.get("x-kubernetes-validations", []) + suite_rules()
+    status = model_schema(MLPerfRunStatus)
+    root = {
+        "type": "object",
+        "description": "An MLPerf Inference run: one benchmark's scenarios, test modes and audits, "
+        "run as a pipeline of Jobs.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "API version: mlperf-operator.io/v1alpha1."},
+            "kind": {"type": "string", "description": "MLPerfRun."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/part-of": "mlperf-operator"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "plural": PLURAL,
+                "singular": "mlperfrun",
+                "listKind": "MLPerfRunList",
+                "shortNames": ["mlpr"],
+                "categories": ["mlperf"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated by `make crds` from the pydantic models (mlperf_operator.crd). Do not edit.\n"
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+def main() -> None:
+    if "--check" in sys.argv:
+        if not CRD_PATH.exists() or CRD_PATH.read_text() != render():
+            sys.exit(f"{CRD_PATH} is out of date: run `make crds`")
+        return
+    CRD_PATH.parent.mkdir(parents=True, exist_ok=True)
+    tmp = CRD_PATH.with_suffix(".tmp")
+    tmp.write_text(render())
+    tmp.replace(CRD_PATH)
+    print(f"wrote {CRD_PATH}")
+
+
+if __name__ == "__main__":
+    main()

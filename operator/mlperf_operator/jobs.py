@@ -1,0 +1,237 @@
+"""Every Kubernetes object the operator creates for a run is built here, and only here."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from mlperf_harness.pipeline import Step
+from mlperf_harness.spec import MLPerfRunSpec
+
+from .crd import GROUP, KIND, VERSION
+
+PART_OF = "mlperf-operator"
+RUN_LABEL = f"{GROUP}/run"
+STEP_LABEL = f"{GROUP}/step"
+ARTIFACT_ANNOTATION = f"{GROUP}/artifact"
+WORKDIR = "/mlperf"
+SOURCES_ROOT = "/sources"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+MAX_NAME = 63
+# The harness images run as this non-root user; fsGroup makes the volume writable for it.
+RUN_AS_USER = 65532
+
+
+def dns_name(*parts: str, limit: int = MAX_NAME) -> str:
+    """A deterministic DNS-1123 label: the parts joined, shortened with a digest when too long."""
+    name = "-".join(parts).lower()
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def job_name(run: str, step: str) -> str:
+    return dns_name(run, step)
+
+
+def claim_name(run: str) -> str:
+    return dns_name(run, "data")
+
+
+def cache_index_name(claim: str) -> str:
+    return dns_name("mlperf-cache", claim, limit=253)
+
+
+def common_labels(run: str, spec: MLPerfRunSpec) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "mlperf-harness",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": PART_OF,
+        RUN_LABEL: run,
+        f"{GROUP}/benchmark": spec.benchmark,
+    }
+
+
+def owner_reference(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": run["metadata"]["name"],
+        "uid": run["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _gpu_count(spec: MLPerfRunSpec, step: Step) -> int:
+    if not step.gpu:
+        return 0
+    if spec.system.exclusiveNode and step.verb in ("run-harness", "audit"):
+        return spec.system.gpusPerNode
+    return spec.system.gpuCount
+
+
+def _env(spec: MLPerfRunSpec, run: str) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "MLPERF_SPEC", "value": spec.model_dump_json(exclude_defaults=True)},
+        {"name": "MLPERF_RUN", "value": run},
+        {"name": "MLPERF_WORKDIR", "value": WORKDIR},
+        {"name": "MLPERF_SOURCES_ROOT", "value": SOURCES_ROOT},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    # Credentials reach the pod by reference: the operator never reads a Secret.
+    secrets = {s.s3.secretRef.name for s in (spec.dataset, spec.model) if s.s3 and s.s3.secretRef}
+    for secret in sorted(secrets):
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    return env
+
+
+def _source_claims(spec: MLPerfRunSpec) -> list[str]:
+    return sorted({s.pvc.claimName for s in (spec.dataset, spec.model) if s.pvc})
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """What the restricted Pod Security Standard asks of a container."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def build_job(run: dict[str, Any], spec: MLPerfRunSpec, step: Step, claim: str) -> dict[str, Any]:
+    """The batch/v1 Job that runs one step of one run."""
+    name = run["metadata"]["name"]
+    labels = {**common_labels(name, spec), STEP_LABEL: step.name, "app.kubernetes.io/component": step.verb}
+    job_labels = dict(labels)
+    if spec.kueue.queueName:
+        job_labels["kueue.x-k8s.io/queue-name"] = spec.kueue.queueName
+    if spec.kueue.priorityClass:
+        job_labels["kueue.x-k8s.io/priority-class"] = spec.kueue.priorityClass
+
+    resources: dict[str, Any] = {k: dict(v) for k, v in spec.resources.items()}
+    gpus = _gpu_count(spec, step)
+    node_selector = dict(spec.nodeSelector)
+    tolerations = list(spec.tolerations)
+    if gpus:
+        for kind in ("requests", "limits"):
+            resources.setdefault(kind, {})[GPU_RESOURCE] = gpus
+        node_selector[GPU_PRODUCT_LABEL] = spec.system.gpuProduct
+        tolerations.append(GPU_TOLERATION)
+
+    mounts: list[dict[str, Any]] = [{"name": "data", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": claim}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    for i, source_claim in enumerate(_source_claims(spec)):
+        mounts.append({"name": f"source-{i}", "mountPath": f"{SOURCES_ROOT}/{source_claim}", "readOnly": True})
+        volumes.append({"name": f"source-{i}", "persistentVolumeClaim": {"claimName": source_claim, "readOnly": True}})
+
+    container = {
+        "name": "harness",
+        "image": spec.images.harness,
+        "imagePullPolicy": spec.images.pullPolicy,
+        "command": ["mlperf", step.verb],
+        "args": [*step.args, "--run", name, "--workdir", WORKDIR],
+        "env": _env(spec, name),
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": restricted_container_security(),
+        # A failed step's last log lines become its termination message when it wrote none.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+    }
+    optional = {
+        "nodeSelector": node_selector,
+        "tolerations": tolerations,
+        "affinity": spec.affinity,
+        "serviceAccountName": spec.serviceAccountName,
+        "priorityClassName": spec.priorityClassName,
+        "imagePullSecrets": [{"name": s} for s in spec.images.pullSecrets],
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v})
+
+    job_spec: dict[str, Any] = {
+        # The Job controller retries a failed pod with exponential backoff: that is spec.retries.
+        "backoffLimit": spec.retries,
+        "template": {
+            "metadata": {
+                "labels": {**spec.podLabels, **labels},
+                "annotations": dict(spec.podAnnotations),
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.ttlSecondsAfterFinished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttlSecondsAfterFinished
+    if spec.kueue.queueName:
+        job_spec["suspend"] = True  # Kueue un-suspends the Job when it admits it
+
+    metadata: dict[str, Any] = {
+        "name": job_name(name, step.name),
+        "namespace": run["metadata"]["namespace"],
+        "labels": job_labels,
+        "ownerReferences": [owner_reference(run)],
+    }
+    if step.artifact:
+        metadata["annotations"] = {ARTIFACT_ANNOTATION: step.artifact.relpath}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def build_claim(run: dict[str, Any], spec: MLPerfRunSpec) -> dict[str, Any]:
+    """The PVC the operator creates for storage.create; owned by the run unless it is retained."""
+    create = spec.storage.create
+    assert create is not None
+    name = run["metadata"]["name"]
+    metadata: dict[str, Any] = {
+        "name": claim_name(name),
+        "namespace": run["metadata"]["namespace"],
+        "labels": common_labels(name, spec),
+    }
+    if create.reclaim == "Delete":
+        metadata["ownerReferences"] = [owner_reference(run)]
+    pvc_spec: dict[str, Any] = {
+        "accessModes": [create.accessMode],
+        "resources": {"requests": {"storage": create.size}},
+    }
+    if create.storageClassName:
+        pvc_spec["storageClassName"] = create.storageClassName
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": pvc_spec}
+
+
+def build_cache_index(claim: dict[str, Any]) -> dict[str, Any]:
+    """The ConfigMap that records which artifacts a claim holds; it goes with the claim."""
+    meta = claim["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": cache_index_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {"app.kubernetes.io/part-of": PART_OF, f"{GROUP}/cache-for": meta["name"]},
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": meta["name"], "uid": meta["uid"]}
+            ],
+        },
+        "data": {},
+    }

@@ -1,0 +1,232 @@
+"""Decide what a run needs next, from what is observed. Pure: no API calls happen here.
+
+The operator observes (Jobs, pods' outcomes, the cache index), calls ``decide``, then acts
+on the returned ``Decision``. Because everything is derived from the cluster and the previous
+status, a restart at any point decides the same thing again, and Job names are deterministic,
+so no Job is ever created twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mlperf_harness.pipeline import Phase, Step
+from mlperf_harness.results import StepOutcome
+from mlperf_harness.spec import MLPerfRunSpec
+
+from .jobs import job_name
+from .status import MLPerfRunStatus, StepState, StepStatus, now
+
+ACTIVE: tuple[StepState, ...] = ("Pending", "Queued", "Running")
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the operator reads off one step's Job (and, when it ended, its pod)."""
+
+    name: str
+    state: StepState
+    start: str | None = None
+    end: str | None = None
+    message: str = ""
+    outcome: StepOutcome | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: MLPerfRunStatus
+    create: list[Step] = field(default_factory=list)
+    cached: list[Step] = field(default_factory=list)  # artifacts to record in the cache index
+    finished: list[tuple[Step, StepStatus]] = field(default_factory=list)  # steps that ended now
+    events: list[Event] = field(default_factory=list)
+
+
+def decide(
+    run_name: str,
+    generation: int,
+    spec: MLPerfRunSpec,
+    steps: list[Step],
+    previous: MLPerfRunStatus,
+    jobs: dict[str, JobView],
+    cache: set[str],
+    claim: str,
+) -> Decision:
+    status = previous.model_copy(deep=True)
+    status.scenarioList = ",".join(spec.scenarios)
+    status.storageClaim = claim
+    status.observedGeneration = generation
+    status.startTime = status.startTime or now()
+    decision = Decision(status=status)
+    by_name: dict[str, StepStatus] = {}
+    run_failed = previous.phase == Phase.FAILED
+
+    for step in steps:
+        old = previous.step(step.name)
+        current = _observe(step, old, jobs.get(step.name), cache, claim)
+        if current.state in ("Succeeded", "Failed") and (old is None or old.state != current.state):
+            decision.finished.append((step, current))
+            if step.artifact and current.state == "Succeeded" and not current.cacheHit:
+                decision.cached.append(step)
+        if current.state == "Failed":
+            run_failed = True
+        if current.state == "Waiting" and not run_failed and all(by_name[n].state == "Succeeded" for n in step.needs):
+            current = current.model_copy(
+                update={"state": "Pending", "job": job_name(run_name, step.name), "startTime": now()}
+            )
+            decision.create.append(step)
+        by_name[step.name] = current
+
+    status.steps = [by_name[s.name] for s in steps]
+    _collect_results(status, steps, jobs)
+    _set_phase(decision, steps, previous.phase, run_failed, generation, spec)
+    _step_events(decision)
+    return decision
+
+
+def _observe(step: Step, old: StepStatus | None, job: JobView | None, cache: set[str], claim: str) -> StepStatus:
+    if old and old.state in ("Succeeded", "Failed"):
+        return old  # terminal: the Job may be gone (TTL), the status remembers
+    if job is not None:
+        return StepStatus(
+            name=step.name,
+            job=job.name,
+            state=job.state,
+            startTime=job.start or (old.startTime if old else None),
+            endTime=job.end,
+            cacheHit=bool(job.outcome and job.outcome.cacheHit),
+            message=job.message or (job.outcome.message if job.outcome else ""),
+        )
+    if old and old.state in ACTIVE:
+        return old  # created a moment ago; the Job is not observed yet
+    if step.artifact and step.artifact.relpath in cache:
+        return StepStatus(
+            name=step.name,
+            state="Succeeded",
+            cacheHit=True,
+            endTime=now(),
+            message=f"{step.artifact.relpath} already on claim {claim}",
+        )
+    return StepStatus(name=step.name)
+
+
+def _collect_results(status: MLPerfRunStatus, steps: list[Step], jobs: dict[str, JobView]) -> None:
+    """Results come from the outcomes of finished harness and audit Jobs, in step order."""
+    results = {(r.scenario, r.testMode): r for r in status.results}
+    audits = {(a.test, a.scenario): a for a in status.audits}
+    for step in steps:
+        job = jobs.get(step.name)
+        if job is None or job.outcome is None:
+            continue
+        for r in job.outcome.results:
+            results[(r.scenario, r.testMode)] = r
+        for a in job.outcome.audits:
+            audits[(a.test, a.scenario)] = a
+    order = {s.name: i for i, s in enumerate(steps)}
+    status.results = sorted(results.values(), key=lambda r: order.get(_run_step(r.scenario, r.testMode), 0))
+    status.audits = list(audits.values())
+    status.synthetic = status.synthetic or any(r.synthetic for r in status.results)
+
+
+def _run_step(scenario: str, mode: str) -> str:
+    return f"run-{scenario.lower()}-{'performance' if mode == 'PerformanceOnly' else 'accuracy'}"
+
+
+def _set_phase(
+    decision: Decision, steps: list[Step], old_phase: Phase, failed: bool, generation: int, spec: MLPerfRunSpec
+) -> None:
+    status = decision.status
+    status.synthetic = status.synthetic or spec.synthetic
+    if failed:
+        phase = Phase.FAILED
+    elif all(s.state == "Succeeded" for s in status.steps):
+        phase = Phase.SUCCEEDED
+    else:
+        phase = _active_phase(status, steps)
+    status.phase = phase
+
+    if phase == Phase.FAILED:
+        step = next((s for s in status.steps if s.state == "Failed"), None)
+        message = f"step {step.name} (job {step.job}) failed: {step.message}" if step else status.message
+        status.message = message
+        status.set_condition("Failed", True, "StepFailed", message, generation)
+        status.set_condition("Progressing", False, "Failed", message, generation)
+    elif phase == Phase.SUCCEEDED:
+        _summarise(status, spec)
+        message = f"all {len(status.steps)} steps succeeded; result {status.result}"
+        status.message = message
+        status.set_condition("Succeeded", True, "PipelineComplete", message, generation)
+        status.set_condition("Progressing", False, "Complete", message, generation)
+        status.set_condition(
+            "Passed", status.result == "PASS", status.result or "NoResults", _verdict(status), generation
+        )
+    else:
+        running = [s.name for s in status.steps if s.state in ACTIVE]
+        status.message = f"{phase.value}: {', '.join(running) or 'waiting'}"
+        status.set_condition("Progressing", True, phase.value, status.message, generation)
+
+    if phase in (Phase.SUCCEEDED, Phase.FAILED):
+        status.completionTime = status.completionTime or now()
+    if phase != old_phase:
+        kind: Literal["Normal", "Warning"] = "Warning" if phase == Phase.FAILED else "Normal"
+        decision.events.append(Event(kind, f"Phase{phase.value}", f"{old_phase.value} -> {phase.value}"))
+        if phase == Phase.FAILED:
+            decision.events.append(Event("Warning", "RunFailed", status.message))
+        if phase == Phase.SUCCEEDED:
+            decision.events.append(Event("Normal", "RunSucceeded", status.message))
+
+
+def _active_phase(status: MLPerfRunStatus, steps: list[Step]) -> Phase:
+    """The phase of the first step still in flight; Queued when every Job in flight waits for a quota."""
+    active = [(st, step) for st, step in zip(status.steps, steps, strict=True) if st.state in ACTIVE]
+    if not active:
+        return Phase.PENDING
+    if all(st.state == "Queued" for st, _ in active):
+        return Phase.QUEUED
+    return active[0][1].phase
+
+
+def _summarise(status: MLPerfRunStatus, spec: MLPerfRunSpec) -> None:
+    perf = [r for r in status.results if r.testMode == "PerformanceOnly"]
+    status.samplesPerSecond = perf[0].samplesPerSecond if perf else None
+    if any(r.testMode == "PerformanceOnly" and r.valid is False for r in status.results):
+        status.result = "INVALID"
+    elif all(r.passed for r in status.results) and all(a.passed for a in status.audits):
+        status.result = "PASS" if status.results else ""
+    else:
+        status.result = "FAIL"
+    status.submittable = (
+        bool(status.results) and not spec.fast and not status.synthetic and all(r.submittable for r in status.results)
+    )
+
+
+def _verdict(status: MLPerfRunStatus) -> str:
+    parts = []
+    for r in status.results:
+        if r.testMode == "PerformanceOnly":
+            parts.append(f"{r.scenario} performance {r.resultValidity or '?'} {r.samplesPerSecond or 0:.1f}/s")
+        else:
+            parts.append(f"{r.scenario} accuracy {r.accuracy} (target {r.accuracyTarget})")
+    parts += [f"{a.test}/{a.scenario} {'PASS' if a.passed else 'FAIL'}" for a in status.audits]
+    if status.synthetic:
+        parts.append("SYNTHETIC data or model: not a real result")
+    return "; ".join(parts)
+
+
+def _step_events(decision: Decision) -> None:
+    for step in decision.create:
+        decision.events.append(Event("Normal", "StepStarted", f"{step.name}: created Job"))
+    for step, st in decision.finished:
+        if st.cacheHit:
+            decision.events.append(Event("Normal", "CacheHit", f"{step.name}: {st.message}"))
+        elif st.state == "Succeeded":
+            decision.events.append(Event("Normal", "StepSucceeded", f"{step.name}: {st.message}".rstrip(": ")))
+        else:
+            decision.events.append(Event("Warning", "StepFailed", f"{step.name}: {st.message}"))
