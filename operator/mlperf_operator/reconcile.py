@@ -104,8 +104,6 @@ def _observe(step: Step, old: StepStatus | None, job: JobView | None, cache: set
             cacheHit=bool(job.outcome and job.outcome.cacheHit),
             message=job.message or (job.outcome.message if job.outcome else ""),
         )
-    if old and old.state in ACTIVE:
-        return old  # created a moment ago; the Job is not observed yet
     if step.artifact and step.artifact.relpath in cache:
         return StepStatus(
             name=step.name,

@@ -1,0 +1,69 @@
+"""kopf handlers. Only event handlers: no finalizers, so a run stays deletable without the operator.
+
+Every handler funnels into ``Controller.reconcile``, which is level-triggered and idempotent;
+a periodic resync covers any event that was missed while the operator was away or busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from .controller import Controller
+from .crd import GROUP, PLURAL, VERSION
+from .jobs import PART_OF
+from .kube import Kube, load_config
+
+log = logging.getLogger(__name__)
+RESYNC_SECONDS = float(os.environ.get("MLPERF_RESYNC_SECONDS", "30"))
+_controller: Controller | None = None
+
+
+def controller() -> Controller:
+    global _controller
+    if _controller is None:
+        load_config()
+        _controller = Controller(Kube())
+    return _controller
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "8"))
+    port = int(os.environ.get("MLPERF_METRICS_PORT", "8080"))
+    if port:
+        start_http_server(port)
+        log.info("metrics on :%d/metrics", port)
+    stop = threading.Event()
+    threading.Thread(target=_resync_forever, args=(stop,), name="resync", daemon=True).start()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def run_changed(name: str, namespace: str | None, **_: Any) -> None:
+    if namespace:
+        controller().reconcile(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/part-of": PART_OF})
+def job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    if not namespace:
+        return
+    for owner in body.metadata.get("ownerReferences") or []:
+        if owner.get("kind") == "MLPerfRun" and owner.get("apiVersion", "").startswith(GROUP):
+            controller().reconcile(namespace, owner["name"])
+
+
+def _resync_forever(stop: threading.Event) -> None:
+    while not stop.wait(RESYNC_SECONDS):
+        try:
+            for run in controller().kube.list_runs():
+                controller().reconcile(run["metadata"]["namespace"], run["metadata"]["name"])
+        except Exception:
+            log.exception("resync failed; retrying in %.0f s", RESYNC_SECONDS)

@@ -1,0 +1,235 @@
+"""The operator's reads and writes against the Kubernetes API, as plain dicts.
+
+Creation is idempotent by name (409 means it is already there), so a restarted operator never
+makes a second copy of anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, cast
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+from mlperf_harness.results import StepOutcome, read_termination_message
+
+from .crd import GROUP, PLURAL, VERSION
+from .jobs import RUN_LABEL, STEP_LABEL, cache_index_name
+from .reconcile import JobView
+from .status import StepState, now
+
+log = logging.getLogger(__name__)
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+MESSAGE_LIMIT = 1500  # of a failure message kept in status; Kubernetes caps the source at 4096
+
+
+def load_config() -> None:
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kubernetes.config.load_incluster_config()
+    else:
+        kubernetes.config.load_kube_config()
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+        self.client = api_client or kubernetes.client.ApiClient()
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.batch = kubernetes.client.BatchV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+
+    # --- reads -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _json(response: Any) -> Any:
+        return json.loads(response.data)
+
+    def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return cast(
+                dict[str, Any], self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        return cast(dict[str, Any], self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))["items"]
+
+    def run_jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        resp = self.batch.list_namespaced_job(namespace, label_selector=f"{RUN_LABEL}={run}", _preload_content=False)
+        return self._json(resp)["items"]
+
+    def run_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        resp = self.core.list_namespaced_pod(namespace, label_selector=f"{RUN_LABEL}={run}", _preload_content=False)
+        return self._json(resp)["items"]
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp = self.core.read_namespaced_persistent_volume_claim(name, namespace, _preload_content=False)
+            return self._json(resp)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def cache_index(self, namespace: str, claim: str) -> dict[str, str] | None:
+        try:
+            resp = self.core.read_namespaced_config_map(cache_index_name(claim), namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._json(resp).get("data") or {}
+
+    def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
+        try:
+            return str(self.core.read_namespaced_pod_log(pod, namespace, tail_lines=lines))
+        except ApiException:
+            return ""  # no kubelet to ask (or the pod is gone): the termination message must do
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Create an object; False when one of that name already exists."""
+        ns, kind = obj["metadata"]["namespace"], obj["kind"]
+        creators: dict[str, Callable[..., Any]] = {
+            "Job": self.batch.create_namespaced_job,
+            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+            "ConfigMap": self.core.create_namespaced_config_map,
+        }
+        create = creators[kind]
+        try:
+            create(ns, obj)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def add_cache_entries(self, namespace: str, claim: str, entries: dict[str, str]) -> None:
+        body = {"data": entries}
+        self.core.patch_namespaced_config_map(cache_index_name(claim), namespace, body)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+    def event(self, run: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = run["metadata"]
+        stamp = now()
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "MLPerfRun",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "mlperf-operator"},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], cast(Any, body))
+        except ApiException as exc:  # an event is never worth failing a reconcile for
+            log.warning("could not post event %s: %s", reason, exc.reason)
+
+
+# --- turning Jobs and pods into JobViews --------------------------------------------------------
+
+
+def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in obj.get("status", {}).get("conditions") or [] if c.get("status") == "True"}
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        if "terminated" in (cs.get("state") or {}):
+            return cs["state"]["terminated"]
+    return None
+
+
+def _outcome(text: str) -> StepOutcome | None:
+    try:
+        return read_termination_message(text)
+    except ValueError:
+        return None
+
+
+def job_view(kube: Kube, job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
+    name = job["metadata"]["name"]
+    status = job.get("status", {})
+    conditions = _conditions(job)
+    mine = sorted(
+        (p for p in pods if p["metadata"].get("labels", {}).get(JOB_NAME_LABEL) == name),
+        key=lambda p: p["metadata"].get("creationTimestamp", ""),
+    )
+    ended = [(p, t) for p in mine if (t := _terminated(p)) is not None]
+    state: StepState
+    if "Complete" in conditions:
+        state = "Succeeded"
+    elif "Failed" in conditions:
+        state = "Failed"
+    elif job.get("spec", {}).get("suspend"):
+        state = "Queued"
+    elif status.get("ready") or any(p.get("status", {}).get("phase") == "Running" for p in mine):
+        state = "Running"
+    else:
+        state = "Pending"
+
+    outcome, message = None, ""
+    if ended:
+        pod, term = ended[-1]
+        outcome = _outcome(term.get("message", ""))
+        if state == "Failed":
+            message = _failure_message(kube, conditions["Failed"], pod, term, outcome, int(status.get("failed", 0)))
+    elif state == "Failed":
+        cond = conditions["Failed"]
+        message = f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}"
+    end = (conditions.get("Complete") or conditions.get("Failed") or {}).get("lastTransitionTime")
+    return JobView(
+        name=name,
+        state=state,
+        start=status.get("startTime"),
+        end=end if state in ("Succeeded", "Failed") else None,
+        message=message,
+        outcome=outcome if state in ("Succeeded", "Failed") else None,
+    )
+
+
+def _failure_message(
+    kube: Kube,
+    cond: dict[str, Any],
+    pod: dict[str, Any],
+    term: dict[str, Any],
+    outcome: StepOutcome | None,
+    attempts: int,
+) -> str:
+    head = (
+        f"{cond.get('reason', 'Failed')} after {attempts} attempt(s); "
+        f"pod {pod['metadata']['name']} exited {term.get('exitCode')}"
+    )
+    if outcome is not None:
+        tail = outcome.message
+    else:
+        tail = (term.get("message") or "").strip() or kube.pod_log_tail(
+            pod["metadata"]["namespace"], pod["metadata"]["name"]
+        )
+    tail = tail[-MESSAGE_LIMIT:]
+    return f"{head}: {tail}" if tail else head
+
+
+def job_views(kube: Kube, namespace: str, run: str) -> dict[str, JobView]:
+    jobs = kube.run_jobs(namespace, run)
+    if not jobs:
+        return {}
+    pods = kube.run_pods(namespace, run)
+    return {j["metadata"]["labels"][STEP_LABEL]: job_view(kube, j, pods) for j in jobs}

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the operator, served on /metrics."""
+
+from __future__ import annotations
+
+from mlperf_harness.pipeline import Phase
+from mlperf_harness.results import ScenarioResult
+from prometheus_client import Counter, Gauge, Histogram
+
+RUN_LABELS = ("namespace", "run", "benchmark", "scenario", "gpu_product", "synthetic")
+
+RUNS_BY_PHASE = Gauge("mlperf_runs", "MLPerfRuns known to the operator, by phase.", ["phase"])
+STEP_DURATION = Histogram(
+    "mlperf_step_duration_seconds",
+    "Wall time of finished pipeline steps.",
+    ["step", "benchmark"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+)
+SAMPLES_PER_SECOND = Gauge("mlperf_result_samples_per_second", "Performance result of a run.", RUN_LABELS)
+LATENCY_P99 = Gauge("mlperf_result_latency_p99_seconds", "99th percentile latency of a run.", RUN_LABELS)
+ACCURACY = Gauge("mlperf_result_accuracy", "Accuracy result of a run, in the metric's own unit.", RUN_LABELS)
+RESULT_VALID = Gauge("mlperf_result_valid", "1 when LoadGen reported VALID.", RUN_LABELS)
+CACHE_HITS = Counter("mlperf_cache_hits_total", "Steps skipped because their artifact was cached.", ["kind"])
+JOBS_CREATED = Counter("mlperf_jobs_created_total", "Step Jobs created.", ["step"])
+RECONCILE_ERRORS = Counter("mlperf_reconcile_errors_total", "Reconciles that raised an error.", ["reason"])
+
+_phases: dict[str, str] = {}
+
+
+def observe_phase(run_key: str, phase: str | None) -> None:
+    """Track one run's phase (None when it is gone) and refresh the per-phase gauge."""
+    if phase is None:
+        _phases.pop(run_key, None)
+    else:
+        _phases[run_key] = phase
+    for p in Phase:  # every phase is exported, 0 when no run is in it
+        RUNS_BY_PHASE.labels(p.value).set(sum(1 for v in _phases.values() if v == p.value))
+
+
+def observe_result(namespace: str, run: str, benchmark: str, gpu: str, result: ScenarioResult) -> None:
+    labels = (namespace, run, benchmark, result.scenario, gpu, str(result.synthetic).lower())
+    if result.testMode == "PerformanceOnly":
+        if result.samplesPerSecond is not None:
+            SAMPLES_PER_SECOND.labels(*labels).set(result.samplesPerSecond)
+        if result.latencyNs and result.latencyNs.p99 is not None:
+            LATENCY_P99.labels(*labels).set(result.latencyNs.p99 / 1e9)
+        if result.valid is not None:
+            RESULT_VALID.labels(*labels).set(1 if result.valid else 0)
+    elif result.accuracy is not None:
+        ACCURACY.labels(*labels).set(result.accuracy)

@@ -1,0 +1,66 @@
+"""The Job builder: names, labels, GPU placement, restricted security, credentials by reference."""
+
+from __future__ import annotations
+
+from mlperf_harness.pipeline import plan
+from mlperf_harness.spec import MLPerfRunSpec
+from mlperf_operator.jobs import build_claim, build_job, dns_name
+
+RUN = {"metadata": {"name": "r1", "namespace": "ns", "uid": "u-1"}}
+
+
+def _spec(**extra: object) -> MLPerfRunSpec:
+    return MLPerfRunSpec.model_validate({"benchmark": "resnet50", "storage": {"existingClaim": "c"}, **extra})
+
+
+def _job(spec: MLPerfRunSpec, step_name: str) -> dict:
+    step = next(s for s in plan(spec, "v") if s.name == step_name)
+    return build_job(RUN, spec, step, "c")
+
+
+def test_names_are_deterministic_and_dns_safe() -> None:
+    long = dns_name("x" * 60, "run-offline-performance")
+    assert len(long) == 63 and long == dns_name("x" * 60, "run-offline-performance")
+    assert not long.endswith("-") and long != dns_name("x" * 60, "run-offline-accuracy")
+
+
+def test_gpu_steps_request_gpus_on_the_right_product() -> None:
+    job = _job(_spec(system={"gpuProduct": "NVIDIA-A100-SXM4-80GB", "gpuCount": 2}), "run-offline-performance")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert pod["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_cpu_steps_and_exclusive_nodes() -> None:
+    spec = _spec(system={"exclusiveNode": True, "gpusPerNode": 8})
+    assert "nodeSelector" not in _job(spec, "download-data")["spec"]["template"]["spec"]
+    run = _job(spec, "run-offline-performance")["spec"]["template"]["spec"]
+    assert run["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+
+
+def test_pods_meet_the_restricted_pod_security_standard() -> None:
+    pod = _job(_spec(), "preprocess")["spec"]["template"]["spec"]
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_credentials_reach_the_pod_by_reference() -> None:
+    spec = _spec(dataset={"s3": {"uri": "s3://b/imagenet", "secretRef": {"name": "aws"}}})
+    env = _job(spec, "download-data")["spec"]["template"]["spec"]["containers"][0]["env"]
+    refs = [e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e]
+    assert refs == [{"name": "aws", "key": "AWS_ACCESS_KEY_ID"}, {"name": "aws", "key": "AWS_SECRET_ACCESS_KEY"}]
+
+
+def test_kueue_jobs_start_suspended_with_their_queue() -> None:
+    job = _job(_spec(kueue={"queueName": "gpu", "priorityClass": "high"}), "download-data")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+
+
+def test_created_claim_is_owned_unless_retained() -> None:
+    owned = build_claim(RUN, _spec(storage={"create": {"size": "10Gi"}}))
+    kept = build_claim(RUN, _spec(storage={"create": {"size": "10Gi", "reclaim": "Retain"}}))
+    assert owned["metadata"]["ownerReferences"] and "ownerReferences" not in kept["metadata"]

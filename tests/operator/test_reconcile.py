@@ -1,0 +1,100 @@
+"""The pure reconcile decision: ordering, cache hits, failures, results and phases."""
+
+from __future__ import annotations
+
+from mlperf_harness.pipeline import Phase, plan
+from mlperf_harness.results import AuditResult, ScenarioResult, StepOutcome
+from mlperf_harness.spec import MLPerfRunSpec
+from mlperf_operator.reconcile import JobView, decide
+from mlperf_operator.status import MLPerfRunStatus
+
+SPEC = MLPerfRunSpec.model_validate(
+    {"benchmark": "resnet50", "storage": {"existingClaim": "cache"}, "audits": ["TEST05"], "fast": True}
+)
+STEPS = plan(SPEC, "test")
+
+
+def _decide(previous: MLPerfRunStatus, jobs: dict[str, JobView], cache: set[str] = frozenset()):  # type: ignore[assignment]
+    return decide("r", 1, SPEC, STEPS, previous, jobs, set(cache), "cache")
+
+
+def test_first_reconcile_creates_only_the_steps_without_needs() -> None:
+    d = _decide(MLPerfRunStatus(), {})
+    assert [s.name for s in d.create] == ["download-data", "download-model"]
+    assert d.status.phase == Phase.DOWNLOADING
+    assert d.status.step("download-data").job == "r-download-data"  # type: ignore[union-attr]
+    assert any(e.reason == "StepStarted" for e in d.events)
+
+
+def test_a_decision_is_the_same_when_repeated() -> None:
+    first = _decide(MLPerfRunStatus(), {})
+    jobs = {s.name: JobView(name=f"r-{s.name}", state="Running") for s in first.create}
+    again = _decide(first.status, jobs)
+    assert again.create == []
+    assert again.status.phase == Phase.DOWNLOADING
+
+
+def test_cached_artifacts_are_skipped_and_said_so() -> None:
+    cache = {s.artifact.relpath for s in STEPS if s.artifact}
+    d = _decide(MLPerfRunStatus(), {}, cache)
+    hits = {s.name for s in d.status.steps if s.cacheHit}
+    assert {"download-data", "download-model", "preprocess"} <= hits
+    assert any(n.startswith("build-engine") for n in hits)
+    assert [s.name for s in d.create] == ["run-offline-performance", "run-offline-accuracy"]
+    assert sum(e.reason == "CacheHit" for e in d.events) == len(hits)
+
+
+def test_failed_step_fails_the_run_with_its_message() -> None:
+    first = _decide(MLPerfRunStatus(), {})
+    jobs = {
+        "download-data": JobView(name="r-download-data", state="Failed", message="BackoffLimitExceeded: boom"),
+        "download-model": JobView(name="r-download-model", state="Running"),
+    }
+    d = _decide(first.status, jobs)
+    assert d.status.phase == Phase.FAILED
+    failed = next(c for c in d.status.conditions if c.type == "Failed")
+    assert failed.status == "True" and "download-data" in failed.message and "boom" in failed.message
+    assert d.create == []
+    assert any(e.type == "Warning" and e.reason == "RunFailed" for e in d.events)
+
+
+def test_results_flow_into_status_and_the_run_passes() -> None:
+    perf = ScenarioResult(
+        scenario="Offline", testMode="PerformanceOnly", valid=True, samplesPerSecond=123.0, synthetic=True
+    )
+    acc = ScenarioResult(
+        scenario="Offline", testMode="AccuracyOnly", accuracy=100.0, accuracyTarget=75.7, accuracyPassed=True
+    )
+    audit = AuditResult(test="TEST05", scenario="Offline", passed=True)
+    outcomes = {
+        "run-offline-performance": StepOutcome(step="run-harness", ok=True, results=[perf]),
+        "run-offline-accuracy": StepOutcome(step="run-harness", ok=True, results=[acc]),
+        "audit-test05-offline": StepOutcome(step="audit", ok=True, audits=[audit]),
+    }
+    jobs = {s.name: JobView(name=f"r-{s.name}", state="Succeeded", outcome=outcomes.get(s.name)) for s in STEPS}
+    d = _decide(MLPerfRunStatus(), jobs)
+    assert d.status.phase == Phase.SUCCEEDED
+    assert d.status.result == "PASS" and d.status.samplesPerSecond == 123.0
+    assert d.status.synthetic and not d.status.submittable
+    assert [r.testMode for r in d.status.results] == ["PerformanceOnly", "AccuracyOnly"]
+    passed = next(c for c in d.status.conditions if c.type == "Passed")
+    assert "SYNTHETIC" in passed.message
+
+
+def test_invalid_performance_makes_the_result_invalid() -> None:
+    perf = ScenarioResult(scenario="Offline", testMode="PerformanceOnly", valid=False, resultValidity="INVALID")
+    jobs = {
+        s.name: JobView(
+            name=f"r-{s.name}",
+            state="Succeeded",
+            outcome=StepOutcome(step="x", ok=True, results=[perf]) if s.name == "run-offline-performance" else None,
+        )
+        for s in STEPS
+    }
+    assert _decide(MLPerfRunStatus(), jobs).status.result == "INVALID"
+
+
+def test_a_deleted_job_of_an_unfinished_step_is_created_again() -> None:
+    first = _decide(MLPerfRunStatus(), {})
+    again = _decide(first.status, {})
+    assert [s.name for s in again.create] == ["download-data", "download-model"]
