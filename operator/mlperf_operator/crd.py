@@ -27,6 +27,7 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / f"{CRD_NAME}.yaml"
 
 _DROP = {"title", "additionalProperties", "$defs"}
+CEL = "x-kubernetes-validations"
 
 
 def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +35,10 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     node = dict(schema)
     if "$ref" in node:
         target = copy.deepcopy(defs[node.pop("$ref").split("/")[-1]])
+        rules = target.get(CEL, []) + node.get(CEL, [])  # the model's rules and the field's
         node = {**target, **node}  # the field's own description wins over the model's docstring
+        if rules:
+            node[CEL] = rules
     if "anyOf" in node:  # Optional[X]: the field may be omitted, never null
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:

@@ -1,0 +1,67 @@
+"""The generated CRD on the real API server: admission rules, immutability, kubectl explain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cluster import Cluster, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+INVALID = sorted((REPO / "tests" / "manifests" / "invalid").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def crd_installed(cluster: Cluster) -> Cluster:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/mlperfruns.mlperf-operator.io", "--timeout=60s")
+    return cluster
+
+
+def _expected_field(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name} must start with '# expect: <field>'"
+    return first.removeprefix("# expect: ").strip()
+
+
+@pytest.mark.parametrize("manifest", INVALID, ids=[p.stem for p in INVALID])
+def test_invalid_manifest_is_rejected_naming_the_field(crd_installed: Cluster, namespace: str, manifest: Path) -> None:
+    proc = crd_installed.kubectl("apply", "-n", namespace, "-f", str(manifest), check=False)
+    assert proc.returncode != 0, f"{manifest.name} was accepted:\n{proc.stdout}"
+    assert _expected_field(manifest) in proc.stderr, proc.stderr
+
+
+def test_examples_are_accepted(crd_installed: Cluster, namespace: str) -> None:
+    for example in sorted((REPO / "examples").glob("*.yaml")):
+        crd_installed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(example))
+
+
+def test_spec_fields_are_immutable_after_creation(crd_installed: Cluster, namespace: str) -> None:
+    crd_installed.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "resnet50-offline.yaml"))
+    proc = crd_installed.kubectl(
+        "patch",
+        "mlperfrun",
+        "resnet50-offline",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"benchmark": "bert"}}',
+        check=False,
+    )
+    assert proc.returncode != 0 and "spec.benchmark is immutable" in proc.stderr, proc.stderr
+    # Fields that only steer how steps run may change.
+    crd_installed.kubectl(
+        "patch", "mlperfrun", "resnet50-offline", "-n", namespace, "--type=merge", "-p", '{"spec": {"retries": 4}}'
+    )
+
+
+def test_kubectl_explain_shows_the_descriptions(crd_installed: Cluster) -> None:
+    def explained() -> str:
+        proc = crd_installed.kubectl("explain", "mlperfrun.spec.loadgen", check=False)
+        return proc.stdout if proc.returncode == 0 else ""
+
+    text = wait_for(explained, timeout=30, what="kubectl explain to know the CRD")
+    assert "Server target QPS" in text and "targetQps" in text
+    status = crd_installed.kubectl("explain", "mlperfrun.status.steps").stdout
+    assert "cacheHit" in status and "already in the cache" in status
