@@ -36,11 +36,52 @@ class AccuracyRule(_Model):
         return self.fp32Reference * self.targets[config_ver]
 
 
+class BenchmarkLoadGen(_Model):
+    """Per-benchmark LoadGen values of a round (the mlperf.conf lines that name the model)."""
+
+    datasetSize: int = Field(description="QSL total sample count (the whole validation set)")
+    performanceSampleCount: int = Field(description="performance_sample_count_override of the round")
+    serverLatencyMs: float | None = Field(default=None, description="Server target_latency bound")
+    multiStreamLatencyMs: float | None = Field(default=None, description="MultiStream latency bound")
+    multiStreamTargetQps: float | None = Field(default=None, description="v1.0 MultiStream query rate")
+    offlineMinQueryCount: int | None = Field(default=None, description="Offline min samples when not the default")
+    test01SamplingTarget: int = Field(description="TEST01 accuracy_log_sampling_target")
+
+
+class ScenarioLoadGen(_Model):
+    """Per-scenario LoadGen values of a round (the ``*.<scenario>.*`` lines)."""
+
+    minDurationMs: int
+    minQueryCount: int
+    latencyPercentile: float
+    samplesPerQuery: int | None = None
+    latencyMs: float | None = None
+
+
+class Seeds(_Model):
+    qsl: int
+    sampleIndex: int
+    schedule: int
+
+
+class SuiteLoadGen(_Model):
+    """A round's LoadGen conf as data. ``compiledIn``: LoadGen already carries these values (its
+    mlperf.conf is this round's), so the harness only writes user.conf and calls FromConfig;
+    otherwise the harness sets every value on TestSettings itself."""
+
+    compiledIn: bool
+    seeds: Seeds
+    test05Seeds: Seeds | None = None
+    test01Seed: int
+    scenarios: dict[Scenario, ScenarioLoadGen]
+
+
 class BenchmarkRule(_Model):
     scenarios: dict[Category, list[Scenario]]
     accuracy: AccuracyRule
     audits: list[str]
     highAccuracyCategories: list[Category] = ["datacenter", "edge"]
+    loadgen: BenchmarkLoadGen
 
     def allows_high_accuracy(self, category: Category) -> bool:
         return "high_accuracy" in self.accuracy.targets and category in self.highAccuracyCategories
@@ -51,6 +92,10 @@ class Suite(_Model):
     description: str
     benchmarks: dict[str, BenchmarkRule]
     auditExemptScenarios: dict[str, list[Scenario]] = {}
+    loadgen: SuiteLoadGen
+    # Audit tests of this round whose performance verdict compares against the submission run
+    # (TEST04 of v6.0) rather than against a paired run (TEST04-A/B of v1.0).
+    auditThresholds: dict[str, float] = {}
 
     def audit_exempt_scenarios(self, test: str) -> list[Scenario]:
         return self.auditExemptScenarios.get(test, [])

@@ -1,0 +1,138 @@
+"""PyTorch: the same ONNX model converted with onnx2torch (or a saved TorchScript module),
+fp16/bf16 and channels-last on GPU, one CUDA graph per batch size; plain fp32 on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import HarnessError
+from .base import Backend, TensorSpec
+
+
+def _torch() -> Any:
+    try:
+        import torch
+
+        return torch
+    except ImportError:
+        raise HarnessError("pytorch: torch is not installed (install the gpu extra)") from None
+
+
+class PyTorchBackend(Backend):
+    name = "pytorch"
+
+    def __init__(self, use_graphs: bool = True) -> None:
+        self.use_graphs = use_graphs
+        self._model: Any = None
+        self._dev: Any = None
+        self._dtype: Any = None
+        self._out_index = 0
+        self._in: TensorSpec | None = None
+        self._out: TensorSpec | None = None
+        self._graphs: dict[int, tuple[Any, Any, Any]] = {}  # batch -> (graph, static in, static out)
+
+    @classmethod
+    def version(cls) -> str:
+        try:
+            return str(_torch().__version__)
+        except HarnessError:
+            return "unavailable"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        try:
+            _torch()
+            import onnx2torch  # noqa: F401
+        except (HarnessError, ImportError):
+            return False, "torch and onnx2torch are not installed here"
+        return True, ""
+
+    def load(self, model_path: Path, batch_size: int, precision: str, *, output_name: str | None = None) -> None:
+        torch = _torch()
+        import onnx
+
+        if not model_path.is_file():
+            raise HarnessError(f"{model_path}: missing model file")
+        self._dev = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        on_gpu = self._dev.type == "cuda"
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32) if on_gpu \
+            else torch.float32
+        if model_path.suffix == ".onnx":
+            from onnx2torch import convert
+
+            proto = onnx.load(str(model_path))
+            outs = [o.name for o in proto.graph.output]
+            self._out_index = outs.index(output_name) if output_name in outs else 0
+            inp = proto.graph.input[0]
+            dims = tuple(d.dim_value or None for d in inp.type.tensor_type.shape.dim)
+            self._in = TensorSpec(inp.name, dims, "float32")
+            out = proto.graph.output[self._out_index]
+            odims = tuple(d.dim_value or None for d in out.type.tensor_type.shape.dim)
+            odt = "int64" if out.type.tensor_type.elem_type == onnx.TensorProto.INT64 else "float32"
+            self._out = TensorSpec(out.name, odims, odt)
+            model = convert(proto)
+        else:
+            model = torch.jit.load(str(model_path), map_location=self._dev)
+        model = model.eval().to(self._dev)
+        if on_gpu:
+            model = model.to(memory_format=torch.channels_last)
+            if self._dtype != torch.float32:
+                model = model.to(self._dtype)
+        self._model = model
+
+    def _run(self, x: Any) -> Any:
+        out = self._model(x)
+        return out[self._out_index] if isinstance(out, (tuple, list)) else out
+
+    def _graph_for(self, n: int) -> tuple[Any, Any, Any]:
+        torch = _torch()
+        if n not in self._graphs:
+            assert self._in is not None
+            shape = (n, *[d or 1 for d in self._in.shape[1:]])
+            static_in = torch.zeros(shape, device=self._dev, dtype=self._dtype).contiguous(
+                memory_format=torch.channels_last)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(2):  # warm up outside the graph, as capture requires
+                    self._run(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.inference_mode():
+                static_out = self._run(static_in)
+            self._graphs[n] = (graph, static_in, static_out)
+        return self._graphs[n]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        torch = _torch()
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch))
+            if self._dev.type == "cuda":
+                x = x.pin_memory().to(self._dev, non_blocking=True).to(self._dtype)
+                if self.use_graphs and x.dim() == 4:
+                    graph, static_in, static_out = self._graph_for(len(batch))
+                    static_in.copy_(x)
+                    graph.replay()
+                    return static_out.float().cpu().numpy() if static_out.is_floating_point() \
+                        else static_out.cpu().numpy()
+            out = self._run(x)
+            return (out.float() if out.is_floating_point() else out).cpu().numpy()
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        assert self._in is not None, "load() first"
+        return self._in
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        assert self._out is not None, "load() first"
+        return self._out
+
+    def device(self) -> str:
+        torch = _torch()
+        if self._dev is not None and self._dev.type == "cuda":
+            return f"cuda:0 {torch.cuda.get_device_name(0)}"
+        return "cpu"

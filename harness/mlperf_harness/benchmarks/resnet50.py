@@ -1,0 +1,291 @@
+"""ResNet-50 on ImageNet 2012 validation: the benchmark that runs end to end.
+
+Dataset: a directory (or a .tar/.tar.gz of one) holding the validation JPEGs and ``val_map.txt``
+(``<file> <label>`` per line, labels 0..999): from a URL, S3, a PVC (the user supplies it, as
+ImageNet's licence requires), or synthetic. Model: resnet50_v1.onnx (1001 classes, background at
+0, so a prediction maps to label ``argmax - 1``).
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from .. import download
+from ..errors import HarnessError
+from ..fsutil import atomic_write_text, temp_path_for
+from ..spec import Source
+from .base import AccuracyReport, Benchmark
+from .synthetic_imagenet import synthetic_image
+
+MODEL_URL = "https://zenodo.org/record/2592612/files/resnet50_v1.onnx"
+MODEL_FILE = "resnet50_v1.onnx"
+MEANS = np.array([123.68, 116.78, 103.94], dtype=np.float32)
+SIZE = 224
+CROP_FRACTION = 0.875  # the centre 224 crop is 87.5 % of the resized short side (256)
+# int8 inputs: symmetric per-tensor scale covering mean-subtracted pixels (-124 .. 152).
+INT8_SCALE = 152.0 / 127.0
+LABEL_OFFSET = -1  # resnet50_v1.onnx predicts 1001 classes, background first
+# Synthetic sets up to this size are stored as JPEG files; larger ones are regenerated on demand.
+STORE_LIMIT = 4096
+VAL_MAP = "val_map.txt"
+DATASET_JSON = "dataset.json"
+
+
+def progress(quiet: bool) -> Progress:
+    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), disable=quiet, transient=True)
+
+
+def preprocess_image(img: np.ndarray) -> np.ndarray:
+    """MLPerf's reference preprocessing: aspect-preserving resize (short side 256), centre crop
+    224, mean subtraction, HWC -> CHW; float32."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    short = int(SIZE / CROP_FRACTION)  # 256, as int(100 * 224 / 87.5)
+    if h > w:
+        nw, nh = short, int(short * h / w)
+    else:
+        nh, nw = short, int(short * w / h)
+    pil = Image.fromarray(img)
+    # Area averaging when shrinking (OpenCV's INTER_AREA in the reference), bilinear when growing.
+    method = Image.Resampling.BOX if nh * nw < h * w else Image.Resampling.BILINEAR
+    arr = np.asarray(pil.resize((nw, nh), method), dtype=np.float32)
+    top, left = int((nh - SIZE) / 2), int((nw - SIZE) / 2)
+    arr = arr[top : top + SIZE, left : left + SIZE] - MEANS
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def quantize(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x / INT8_SCALE), -128, 127).astype(np.int8)
+
+
+def decode(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: missing image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise HarnessError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def read_val_map(path: Path) -> list[tuple[str, int]]:
+    if not path.is_file():
+        raise HarnessError(f"{path}: missing file (ImageNet val_map.txt: '<file> <label>' per line)")
+    entries: list[tuple[str, int]] = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise HarnessError(f"{path}: line {n} is not '<file> <label>': {line[:80]!r}")
+        entries.append((parts[0], int(parts[1])))
+    if not entries:
+        raise HarnessError(f"{path}: empty")
+    return entries
+
+
+class ResNet50(Benchmark):
+    name = "resnet50"
+    input_name = "input_tensor:0"
+    output_name = "ArgMax:0"
+    capabilities = {"dataset": True, "model": True, "preprocess": True, "accuracy": True, "synthetic": True}
+
+    def sample_shape(self) -> tuple[int, ...]:
+        return (3, SIZE, SIZE)
+
+    def model_file(self, model_dir: Path) -> Path:
+        return model_dir / MODEL_FILE
+
+    # --- download-model -----------------------------------------------------------------------
+    def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
+        target = out_dir / MODEL_FILE
+        if source.synthetic is not None:
+            from . import synthetic_resnet
+
+            with temp_path_for(target) as tmp:
+                synthetic_resnet.write(tmp, source.synthetic.seed)
+            return target
+        if source.https is not None:
+            got = download.fetch_https(source.https, out_dir, quiet=quiet)
+        elif source.s3 is not None:
+            got = download.fetch_s3(source.s3, out_dir, quiet=quiet)
+        else:
+            assert source.pvc is not None
+            path = download.resolve_pvc(source.pvc)
+            got = download.copy_file_verified(path if path.is_file() else path / MODEL_FILE, out_dir)
+        if got != target:
+            got.replace(target)
+        _check_onnx(target)
+        return target
+
+    # --- download-data ------------------------------------------------------------------------
+    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
+        if source.synthetic is not None:
+            return self._synthesize(source.synthetic.samples, source.synthetic.seed, out_dir, quiet)
+        if source.pvc is not None:
+            root = download.resolve_pvc(source.pvc)  # used in place: ImageNet is large
+        else:
+            got = (download.fetch_https(source.https, out_dir / "_download", quiet=quiet) if source.https
+                   else download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet))  # type: ignore[arg-type]
+            root = _unpack(got, out_dir / "imagenet") if got.is_file() else got
+        root = _find_val_map_root(root)
+        entries = read_val_map(root / VAL_MAP)
+        missing = [f for f, _ in entries[:10] + entries[-10:] if not (root / f).is_file()]
+        if missing:
+            raise HarnessError(f"{root / missing[0]}: missing image listed in {root / VAL_MAP}")
+        facts = {"layout": "files", "root": str(root), "count": len(entries), "synthetic": False}
+        atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2))
+        return facts
+
+    def _synthesize(self, n: int, seed: int, out_dir: Path, quiet: bool) -> dict[str, object]:
+        """Generate images, then label each with the FP32 synthetic model's own prediction, so an
+        FP32 accuracy run scores 100 % for real. The model is the one ``download-model`` makes
+        for the same seed."""
+        import onnxruntime as ort
+        from PIL import Image
+
+        from . import synthetic_resnet
+
+        stored = n <= STORE_LIMIT
+        images_dir = out_dir / "images"
+        images_dir.mkdir(parents=True, exist_ok=True)
+        model = synthetic_resnet.build(seed, synthetic_resnet.calibration_images(seed))
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        names: list[str] = []
+        labels: list[int] = []
+        batch: list[np.ndarray] = []
+
+        def flush() -> None:
+            if batch:
+                pred = sess.run([synthetic_resnet.ARGMAX], {synthetic_resnet.INPUT: np.stack(batch)})[0]
+                labels.extend(int(p) + LABEL_OFFSET for p in pred)
+                batch.clear()
+
+        with progress(quiet) as bar:
+            task = bar.add_task("synthetic ImageNet (labelled by the FP32 model)", total=n)
+            for i in range(n):
+                name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+                img = synthetic_image(seed, i)
+                if stored:
+                    buf = BytesIO()
+                    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+                    (images_dir / name).write_bytes(buf.getvalue())
+                    img = decode(images_dir / name)  # label what preprocess will read back
+                names.append(name)
+                batch.append(preprocess_image(img))
+                if len(batch) == 16:
+                    flush()
+                bar.advance(task)
+            flush()
+        val_map = "".join(f"{f} {lab}\n" for f, lab in zip(names, labels, strict=True))
+        atomic_write_text(images_dir / VAL_MAP, val_map)
+        facts: dict[str, object] = {"layout": "files" if stored else "generated", "root": str(images_dir), "count": n,
+                 "synthetic": True, "seed": seed}
+        atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2))
+        return facts
+
+    # --- preprocess ---------------------------------------------------------------------------
+    def preprocess(self, dataset_dir: Path, out_dir: Path, dtype: str, *, quiet: bool = False) -> dict[str, object]:
+        facts = json.loads((dataset_dir / DATASET_JSON).read_text())
+        root = Path(facts["root"])
+        entries = read_val_map(root / VAL_MAP)
+        n = len(entries)
+        generated = facts["layout"] == "generated"
+
+        def load(i: int) -> np.ndarray:
+            img = synthetic_image(int(facts["seed"]), i) if generated else decode(root / entries[i][0])
+            return preprocess_image(img)
+
+        target = out_dir / f"{dtype}.npy"
+        np_dtype = np.int8 if dtype == "int8" else np.float32
+        with temp_path_for(target) as tmp:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(n, 3, SIZE, SIZE))
+            with progress(quiet) as bar, ThreadPoolExecutor(max_workers=2) as pool:
+                task = bar.add_task(f"preprocess {n} images ({dtype})", total=n)
+                for i, x in enumerate(pool.map(load, range(n))):
+                    arr[i] = quantize(x) if dtype == "int8" else x
+                    bar.advance(task)
+            arr.flush()
+            del arr
+        atomic_write_text(out_dir / VAL_MAP, (root / VAL_MAP).read_text())
+        meta = {"count": n, "dtype": dtype, "shape": [3, SIZE, SIZE], "layout": "NCHW",
+                "int8Scale": INT8_SCALE if dtype == "int8" else None, "synthetic": bool(facts.get("synthetic"))}
+        atomic_write_text(out_dir / "preprocessed.json", json.dumps(meta, indent=2))
+        return meta
+
+    # --- responses and accuracy -----------------------------------------------------------------
+    def postprocess(self, output: np.ndarray) -> np.ndarray:
+        # ArgMax output (N,) int64 -> int32 ImageNet label, as NVIDIA's harness responds.
+        return (output.reshape(len(output)) + LABEL_OFFSET).astype(np.int32)
+
+    def accuracy(self, accuracy_log: Path, dataset_dir: Path) -> AccuracyReport:
+        return imagenet_accuracy(accuracy_log, dataset_dir / VAL_MAP)
+
+
+def imagenet_accuracy(accuracy_log: Path, val_map: Path, dtype: str = "int32") -> AccuracyReport:
+    """accuracy-imagenet.py's computation: de-duplicate by qsl_idx, compare the first value of
+    each response with the label, print ``accuracy=..%, good=.., total=..``."""
+    labels = [lab for _, lab in read_val_map(val_map)]
+    try:
+        results = json.loads(accuracy_log.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"{accuracy_log}: missing accuracy log") from None
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{accuracy_log}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    seen: set[int] = set()
+    good = 0
+    for entry in results:
+        idx = int(entry["qsl_idx"])
+        if idx in seen:
+            continue
+        seen.add(idx)
+        data = np.frombuffer(bytes.fromhex(entry["data"]), dtype=np.dtype(dtype))
+        if data.size and int(data[0]) == labels[idx]:
+            good += 1
+    total = len(seen)
+    value = 100.0 * good / total if total else 0.0
+    line = f"accuracy={value:.3f}%, good={good}, total={total}"
+    return AccuracyReport(value=value, line=line, metric="top-1", good=good, total=total)
+
+
+def _unpack(archive: Path, dest: Path) -> Path:
+    if not tarfile.is_tarfile(archive):
+        raise HarnessError(f"{archive.name}: not a tar archive of the ImageNet validation images")
+    stage = dest.with_name(dest.name + ".part")
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(stage, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise HarnessError(f"{archive.name}: corrupt or truncated archive ({exc})") from None
+    stage.replace(dest)
+    return dest
+
+
+def _find_val_map_root(root: Path) -> Path:
+    if (root / VAL_MAP).is_file():
+        return root
+    found = sorted(root.rglob(VAL_MAP))
+    if not found:
+        raise HarnessError(f"{root / VAL_MAP}: missing file (the dataset needs ImageNet's val_map.txt)")
+    return found[0].parent
+
+
+def _check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        path.unlink(missing_ok=True)
+        raise HarnessError(f"{path.name}: not a valid ONNX model ({str(exc).splitlines()[0][:160]})") from None

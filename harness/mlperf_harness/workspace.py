@@ -1,0 +1,84 @@
+"""Where each verb finds its inputs and puts its outputs, from the spec and the lead's layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from . import artifacts
+from .backends import engine_version
+from .benchmarks import Benchmark, get_benchmark
+from .errors import HarnessError
+from .fsutil import read_marker, verify_marker_files
+from .spec import MLPerfRunSpec
+
+
+@dataclass
+class Workspace:
+    spec: MLPerfRunSpec
+    root: Path
+    run: str = "local"
+    quiet: bool = False
+    # Test hook: wraps the backend of performance-mode runs (e.g. faulty.CorruptOutputs for TEST01).
+    perf_backend_wrapper: object | None = field(default=None, repr=False)
+
+    @cached_property
+    def workdir(self) -> artifacts.Workdir:
+        return artifacts.Workdir(self.root)
+
+    @cached_property
+    def bench(self) -> Benchmark:
+        return get_benchmark(self.spec.benchmark)
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.workdir.artifact(artifacts.dataset(self.spec))
+
+    @property
+    def model_dir(self) -> Path:
+        return self.workdir.artifact(artifacts.model(self.spec))
+
+    @property
+    def preprocessed_dir(self) -> Path:
+        return self.workdir.artifact(artifacts.preprocessed(self.spec))
+
+    def engine_dir(self, scenario: str) -> Path:
+        return self.workdir.artifact(artifacts.engine(self.spec, scenario, engine_version(self.spec.backend)))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workdir.run(self.run)
+
+    @property
+    def results_dir(self) -> Path:
+        return self.workdir.results(self.run)
+
+    def harness_dir(self, scenario: str, mode: str) -> Path:
+        return self.workdir.harness_run(self.run, scenario, mode)
+
+    def audit_dir(self, test: str, scenario: str) -> Path:
+        return self.workdir.audit(self.run, test, scenario)
+
+    def samples_path(self) -> Path:
+        return self.preprocessed_dir / f"{artifacts.input_dtype_of(self.spec)}.npy"
+
+    def require(self, directory: Path, what: str, verb: str) -> None:
+        if read_marker(directory) is None:
+            raise HarnessError(f"{directory}: {what} not ready; run 'mlperf {verb}' first")
+        verify_marker_files(directory)
+
+    def model_path(self, scenario: str) -> Path:
+        """The built engine when build-engine made one, else the downloaded model."""
+        engine = self.engine_dir(scenario)
+        marker = read_marker(engine)
+        if marker and marker.get("engine"):
+            return engine / str(marker["engine"])
+        self.require(self.model_dir, "model", "download-model")
+        return self.bench.model_file(self.model_dir)
+
+    def rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
