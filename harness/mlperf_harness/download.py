@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from .errors import HarnessError
-from .fsutil import CHUNK, sha256_file
+from .fsutil import sha256_file
 from .spec import HttpsSource, PvcSource, S3Source
 
 # Where a Job finds a PVC source mounted (the operator mounts claim <name> at <root>/<name>).
@@ -46,17 +46,17 @@ def _name_from_url(url: str) -> str:
     return name or "download"
 
 
-def verify_sha256(path: Path, expected: str | None) -> None:
+def verify_sha256(path: Path, expected: str | None, name: str | None = None) -> None:
     if expected is None:
         return
     actual = sha256_file(path)
     if actual != expected:
-        raise HarnessError(f"{path.name}: checksum mismatch (sha256 {actual}, expected {expected})")
+        raise HarnessError(f"{name or path.name}: checksum mismatch (sha256 {actual}, expected {expected})")
 
 
 def _finish(part: Path, final: Path, expected: str | None) -> Path:
     try:
-        verify_sha256(part, expected)
+        verify_sha256(part, expected, final.name)
     except HarnessError:
         part.unlink(missing_ok=True)  # a wrong file must not be resumed from
         raise
@@ -107,7 +107,7 @@ def _download_once(url: str, part: Path, quiet: bool) -> None:
             mode = "ab" if resumed else "wb"
             with part.open(mode) as fh, _progress(quiet) as bar:
                 task = bar.add_task(part.name.removesuffix(".part"), total=total, completed=have)
-                for block in resp.iter_bytes(CHUNK):
+                for block in resp.iter_bytes():  # as it arrives: a drop loses nothing written
                     fh.write(block)
                     bar.advance(task, len(block))
             if total is not None and part.stat().st_size < total:

@@ -75,7 +75,7 @@ def run_loadgen(
         b.load(model_path, cfg.batchSize, cfg.precision, output_name=bench.output_name)
         b.warmup(min(cfg.batchSize, 8))
         backends.append(b)
-    ts = settings.test_settings(cfg, mode, conf_path, qsl_lib.total)
+    ts = settings.test_settings(cfg, mode, conf_path, qsl_lib.total, audit)
 
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = str(log_dir)

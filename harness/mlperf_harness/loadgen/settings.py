@@ -89,9 +89,15 @@ def round_mlperf_conf(suite: Suite, benchmark: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def test_settings(cfg: HarnessConfig, mode: str, user_conf_path: Path, dataset_size: int) -> lg.TestSettings:
+def test_settings(
+    cfg: HarnessConfig, mode: str, user_conf_path: Path, dataset_size: int, audit: str | None = None
+) -> lg.TestSettings:
     """TestSettings for one run. ``dataset_size`` caps the performance sample count (a small
-    synthetic set); such a run is never submittable anyway."""
+    synthetic set); such a run is never submittable anyway.
+
+    TEST05's seeds are set here too: LoadGen 6 ignores seeds in an audit.config (it accepts them
+    from its compiled-in conf only), so the audit.config carries them for the record while the
+    run gets them from TestSettings."""
     global _from_config_calls
     c = cfg.loadgen
     ts = lg.TestSettings()
@@ -122,6 +128,11 @@ def test_settings(cfg: HarnessConfig, mode: str, user_conf_path: Path, dataset_s
             ts.multi_stream_expected_latency_ns = c.multiStreamExpectedLatencyNs or 80_000_000
             ts.multi_stream_samples_per_query = c.multiStreamSamplesPerQuery or 8
             ts.multi_stream_target_latency_percentile = c.latencyPercentile
+    if audit == "TEST05":
+        seeds = load_suite(cfg.suite).loadgen.test05Seeds
+        if seeds is None:
+            raise ValueError(f"TEST05 is not part of suite {cfg.suite}")
+        ts.qsl_rng_seed, ts.sample_index_rng_seed, ts.schedule_rng_seed = seeds.qsl, seeds.sampleIndex, seeds.schedule
     # FromConfig reads the conf's keys only; scenario and mode are always ours to set.
     ts.scenario = _SCENARIO[cfg.scenario]
     ts.mode = _MODE[mode]
@@ -150,6 +161,7 @@ def audit_config(test: str, cfg: HarnessConfig) -> str:
         seeds = suite.loadgen.test05Seeds
         if seeds is None:
             raise ValueError(f"TEST05 is not part of suite {suite.name}")
+        # The official file's lines; LoadGen 6 ignores them, test_settings() applies the seeds.
         lines += [f"*.*.qsl_rng_seed = {seeds.qsl}", f"*.*.sample_index_rng_seed = {seeds.sampleIndex}",
                   f"*.*.schedule_rng_seed = {seeds.schedule}"]
     else:

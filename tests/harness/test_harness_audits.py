@@ -1,0 +1,134 @@
+"""Compliance tests run for real (LoadGen reads audit.config) and verified by our own code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlperf_harness import audits, steps
+from mlperf_harness.backends.faulty import CorruptOutputs, Paced
+from mlperf_harness.loadgen.logs import Summary
+
+# onnxruntime at batch 2 takes ~0.1 s on two cores; pacing each batch to 0.3 s makes the
+# performance ratios the audits check independent of whatever else the machine is doing.
+PACE_S = 0.3
+AUDIT_SPEC: dict[str, Any] = {
+    "batchSize": 2,
+    "testModes": ["PerformanceOnly", "AccuracyOnly"],
+    # 8 performance samples: TEST04-A issues each once, so it stays as short as the others.
+    "loadgen": {"minDurationMs": 600, "minQueryCount": 8, "expectedQps": 6, "performanceSampleCount": 8},
+}
+
+
+def _prepare(ws: Any) -> None:
+    ws.perf_backend_wrapper = lambda b: Paced(b, PACE_S)
+    assert steps.run_harness(ws, "Offline", "PerformanceOnly").results[0].valid
+    assert steps.run_harness(ws, "Offline", "AccuracyOnly").results[0].accuracy == 100.0
+
+
+def test_v10_audits_pass_on_a_correct_sut(workspace: Any) -> None:
+    ws = workspace(audits=["TEST01", "TEST04-A", "TEST04-B", "TEST05"], **AUDIT_SPEC)
+    _prepare(ws)
+    verdicts = {}
+    for test in ("TEST01", "TEST04-A", "TEST04-B", "TEST05"):
+        [result] = steps.audit(ws, test, "Offline").audits
+        verdicts[test] = result
+        assert result.passed, f"{test}: {result.details}"
+        assert result.synthetic
+    root = ws.audit_dir("TEST01", "Offline")
+    assert "TEST PASS" in (root / "verify_accuracy.txt").read_text()
+    assert "TEST PASS" in (root / "verify_performance.txt").read_text()
+    assert (root / "accuracy" / "mlperf_log_accuracy.json").is_file()
+    for test in ("TEST01", "TEST04-A", "TEST04-B", "TEST05"):
+        run_1 = ws.audit_dir(test, "Offline") / "performance" / "run_1"
+        assert (run_1 / "mlperf_log_summary.txt").is_file()
+        assert not (run_1 / "audit.config").exists(), "audit.config must be removed after the run"
+        assert "Found Audit Config file" in (run_1 / "mlperf_log_detail.txt").read_text()
+    assert "TEST04-B score" in (ws.audit_dir("TEST04-A", "Offline") / "verify_performance.txt").read_text()
+    # TEST05 really ran with the alternate seeds.
+    detail = (ws.audit_dir("TEST05", "Offline") / "performance" / "run_1" / "mlperf_log_detail.txt").read_text()
+    assert "313588358309856706" in detail
+
+
+def test_test01_fails_when_performance_mode_outputs_are_corrupt(workspace: Any) -> None:
+    ws = workspace(audits=["TEST01"], **AUDIT_SPEC)
+    _prepare(ws)
+    # From here on, every performance-mode answer is wrong (the accuracy run above was right).
+    ws.perf_backend_wrapper = lambda b: Paced(CorruptOutputs(b), PACE_S)
+    [result] = steps.audit(ws, "TEST01", "Offline").audits
+    assert not result.passed
+    text = (ws.audit_dir("TEST01", "Offline") / "verify_accuracy.txt").read_text()
+    assert "TEST FAIL" in text and "num_perf_log_data_mismatch = 0" not in text
+    assert "accuracy=0.000%" in (ws.audit_dir("TEST01", "Offline") / "accuracy" / "compliance_accuracy.txt").read_text()
+
+
+def test_v60_test04_passes(workspace: Any) -> None:
+    ws = workspace(suite="v6.0", audits=["TEST04"], **AUDIT_SPEC)
+    _prepare(ws)
+    [result] = steps.audit(ws, "TEST04", "Offline").audits
+    assert result.passed, result.details
+    detail = (ws.audit_dir("TEST04", "Offline") / "performance" / "run_1" / "mlperf_log_detail.txt").read_text()
+    assert '"key": "effective_performance_issue_same", "value": true' in detail
+
+
+# --- the criteria themselves, on crafted figures -----------------------------------------------
+
+
+def _s(scenario: str, score: float) -> Summary:
+    s = Summary(scenario=scenario, validity="VALID")
+    if scenario == "Offline":
+        s.samples_per_second = score
+    elif scenario == "Server":
+        s.completed_samples_per_second = score
+    else:
+        s.target_latency_ns = score
+    return s
+
+
+@pytest.mark.parametrize(
+    ("ref", "got", "threshold", "passed"),
+    [
+        (100.0, 104.0, 0.05, True),
+        (100.0, 106.0, 0.05, False),
+        (100.0, 94.0, 0.05, False),
+        (100.0, 109.0, 0.10, True),
+        (100.0, 111.0, 0.10, False),
+    ],
+)
+def test_performance_band(ref: float, got: float, threshold: float, passed: bool) -> None:
+    assert audits.verify_performance("TEST05", _s("Offline", ref), _s("Offline", got), threshold).passed is passed
+
+
+def test_single_stream_short_latency_gets_20_percent() -> None:
+    ref = _s("SingleStream", 150_000)  # 150 us: under the 200 us relaxation
+    assert audits.verify_performance("TEST05", ref, _s("SingleStream", 175_000), 0.05).passed
+    long_ref = _s("SingleStream", 5_000_000)
+    assert not audits.verify_performance("TEST05", long_ref, _s("SingleStream", 5_500_000), 0.05).passed
+
+
+@pytest.mark.parametrize(
+    ("scenario", "a", "b", "passed"),
+    [
+        ("Offline", 100.0, 109.0, True),
+        ("Offline", 100.0, 112.0, False),
+        ("SingleStream", 1_000_000, 850_000, True),  # B 17.6 % faster: within SingleStream's 20 %
+        ("SingleStream", 1_000_000, 800_000, False),  # 25 % faster
+    ],
+)
+def test_test04_pair(scenario: str, a: float, b: float, passed: bool) -> None:
+    assert audits.verify_test04_pair(_s(scenario, a), _s(scenario, b)).passed is passed
+
+
+def test_verify_accuracy_counts_mismatches(tmp_path: Path) -> None:
+    import json
+
+    ref = [{"seq_id": i, "qsl_idx": i, "data": f"{i:08x}"} for i in range(10)]
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    good = [{"seq_id": 0, "qsl_idx": 3, "data": "00000003"}]
+    bad = [{"seq_id": 0, "qsl_idx": 3, "data": "00000004"}, {"seq_id": 1, "qsl_idx": 4, "data": "00000004"}]
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert audits.verify_accuracy(tmp_path / "ref.json", tmp_path / "good.json").passed
+    verdict = audits.verify_accuracy(tmp_path / "ref.json", tmp_path / "bad.json")
+    assert not verdict.passed and "num_perf_log_data_mismatch = 1" in verdict.text

@@ -1,0 +1,52 @@
+"""Backends behind one interface; the GPU ones skip here with the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlperf_harness.backends import BACKENDS, backend_class, get_backend
+from mlperf_harness.backends.null import NullBackend
+
+
+def test_registry_knows_every_backend() -> None:
+    assert set(BACKENDS) == {"onnxruntime", "pytorch", "tensorrt", "null"}
+    with pytest.raises(KeyError, match="unknown backend"):
+        get_backend("tvm")
+
+
+def test_null_backend_answers_right_shape_without_copying() -> None:
+    b = NullBackend()
+    b.load(Path("/dev/null"), 64, "fp32")
+    out = b.predict(np.empty((10, 0), dtype=np.float32))
+    assert out.shape == (10,) and out.dtype == np.int64 and not b.consumes_input
+
+
+def test_onnxruntime_backend_runs_the_model(workdir: Path) -> None:
+    model = next((workdir / "cache" / "model").glob("*/resnet50_v1.onnx"))
+    b = get_backend("onnxruntime")
+    b.load(model, 2, "fp32", output_name="ArgMax:0")
+    assert b.input_spec.shape[1:] == (3, 224, 224) and b.output_spec.dtype == "int64"
+    out = b.predict(np.zeros((2, 3, 224, 224), dtype=np.float32))
+    assert out.shape == (2,) and b.device() == "cpu"
+
+
+def test_tensorrt_backend() -> None:
+    ok, why = backend_class("tensorrt").available()
+    if not ok:
+        pytest.skip(f"tensorrt: {why}")
+    assert backend_class("tensorrt").version() != "unavailable"
+
+
+def test_pytorch_backend_runs_the_same_onnx_on_cpu(workdir: Path) -> None:
+    ok, why = backend_class("pytorch").available()
+    if not ok:
+        pytest.skip(f"pytorch: {why}")
+    model = next((workdir / "cache" / "model").glob("*/resnet50_v1.onnx"))
+    b = get_backend("pytorch")
+    b.load(model, 2, "fp32", output_name="ArgMax:0")
+    x = np.random.default_rng(0).normal(0, 50, size=(2, 3, 224, 224)).astype(np.float32)
+    ort = get_backend("onnxruntime")
+    ort.load(model, 2, "fp32", output_name="ArgMax:0")
+    assert np.array_equal(b.predict(x), ort.predict(x))
