@@ -95,8 +95,11 @@ def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
         raise HarnessError(f"{ws.spec.backend}: cannot build an engine here: {why}")
     out.mkdir(parents=True, exist_ok=True)
     spec = ws.spec
-    engine = cls().build_engine(ws.bench.model_file(ws.model_dir), out, artifacts.batch_size_of(spec, scenario),
-                                artifacts.precision_of(spec))
+    builder = cls()
+    if hasattr(builder, "int8_input_scale"):
+        builder.int8_input_scale = getattr(ws.bench, "int8_input_scale", None)
+    engine = builder.build_engine(ws.bench.model_file(ws.model_dir), out, artifacts.batch_size_of(spec, scenario),
+                                  artifacts.precision_of(spec))
     files = [engine] if engine.parent == out else []
     write_marker(out, "build-engine", files, engine=engine.name if files else None,
                  backend=cls.name, version=cls.version())

@@ -100,6 +100,7 @@ class ResNet50(Benchmark):
     input_name = "input_tensor:0"
     output_name = "ArgMax:0"
     capabilities = {"dataset": True, "model": True, "preprocess": True, "accuracy": True, "synthetic": True}
+    int8_input_scale = INT8_SCALE
 
     def sample_shape(self) -> tuple[int, ...]:
         return (3, SIZE, SIZE)

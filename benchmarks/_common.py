@@ -1,0 +1,53 @@
+"""Shared set-up for the benchmark scripts: a synthetic resnet50 work directory, made once."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlperf_harness import steps
+from mlperf_harness.spec import MLPerfRunSpec
+from mlperf_harness.workspace import Workspace
+
+WORKDIR = Path(os.environ.get("MLPERF_BENCH_WORKDIR", "/tmp/mlperf-bench-work"))
+
+
+def spec(**over: Any) -> MLPerfRunSpec:
+    base: dict[str, Any] = {
+        "benchmark": "resnet50",
+        "category": "edge",
+        "scenarios": ["Offline"],
+        "testModes": ["PerformanceOnly"],
+        "storage": {"create": {}},
+        "system": {"gpuCount": 0},
+        "dataset": {"synthetic": {"samples": 64}},
+        "audits": [],
+    }
+    base.update(over)
+    return MLPerfRunSpec.model_validate(base)
+
+
+def workspace(run: str, **over: Any) -> Workspace:
+    ws = Workspace(spec(**over), WORKDIR, run, quiet=True)
+    for step in (steps.download_model, steps.download_data, steps.preprocess):
+        step(ws)
+    return ws
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
+
+
+def stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
