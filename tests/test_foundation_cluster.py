@@ -340,3 +340,15 @@ def test_failed_start_shows_the_failing_components_log(tmp_path: Path) -> None:
     with pytest.raises(tools.ClusterError, match=r"kube-scheduler exited(.|\n)*-kubeconfig"):
         local.up(timeout=60)
     assert local.dead_components() == list(tools.COMPONENTS)  # nothing left running
+
+
+def test_executor_rewrites_each_mount_path_once() -> None:
+    from cluster.executor import _rewrite
+
+    mounts = [
+        (m, Path(p))
+        for m, p in [("/data/models", "/l/models"), ("/cache", "/tmp/c"), ("/data", "/l/d"), ("/tmp", "/l/t")]
+    ]
+    assert _rewrite("--cache=/cache/x --out /tmp/y", mounts) == "--cache=/tmp/c/x --out /l/t/y"
+    assert _rewrite("/data/models/a:/data/b:/data", mounts) == "/l/models/a:/l/d/b:/l/d"
+    assert _rewrite("/database /x/cache /cache2 cache", mounts) == "/database /x/cache /cache2 cache"

@@ -31,6 +31,12 @@ fi
 
 command -v go >/dev/null || { echo "build-tools: go is not installed (need Go >= 1.26)" >&2; exit 1; }
 mkdir -p "$TOOLS" "$BIN"
+# One build at a time per cache (concurrent `make test` runs share it).
+exec 9>"$TOOLS/.lock"
+if ! flock -n 9; then
+    echo "build-tools: waiting for another build-tools run to finish ..."
+    flock 9
+fi
 STEPS=5
 STEP=0
 

@@ -270,6 +270,7 @@ class LocalCluster:
     die_with_parent: bool = False
     # Processes started by this object, kept so that they can be reaped (a cluster started in-process).
     _children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    reused: bool = field(default=False, init=False)  # whether the last up() found it running
 
     @property
     def state_dir(self) -> Path:
@@ -405,7 +406,8 @@ class LocalCluster:
     def up(self, timeout: float = 180) -> float:
         """Start the cluster, or reuse it when healthy. Returns the seconds it took."""
         t0 = time.monotonic()
-        if self.healthy():
+        self.reused = self.healthy()
+        if self.reused:
             return time.monotonic() - t0
         if self.state_dir.exists():
             self.log(f"cluster {self.name}: cleaning up a stale or half-started cluster")
@@ -610,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         except ClusterError as e:
             print(f"cluster {args.name}: failed to start: {e}", file=sys.stderr)
             return 1
-        print(f"cluster {args.name}: ready in {seconds:.1f} s")
+        how = "already running, healthy" if cluster.reused else "started"
+        print(f"cluster {args.name}: ready in {seconds:.1f} s ({how})")
         print(f"  export KUBECONFIG={cluster.kubeconfig}")
     elif args.command == "down":
         cluster.down()

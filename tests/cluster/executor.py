@@ -25,6 +25,7 @@ import argparse
 import base64
 import collections
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -57,7 +58,7 @@ log = logging.getLogger("pod-executor")
 
 @dataclass
 class PodRun:
-    """One executed pod; `returncode` is None while it runs (or when it was killed because the pod went)."""
+    """One executed pod; `returncode` is None while it runs (137 when killed because its pod went away)."""
 
     namespace: str
     name: str
@@ -235,6 +236,7 @@ class PodExecutor:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
             except OSError as e:  # e.g. command not found: what a runtime reports as exit code 127
                 out.write(f"pod-executor: cannot start {argv[0]}: {e}\n".encode())
@@ -280,7 +282,8 @@ class PodExecutor:
             if m.name in local:
                 path = local[m.name] / (m.sub_path or "")
                 path.mkdir(parents=True, exist_ok=True)
-                mounts.append((m.mount_path.rstrip("/") or "/", path))
+                if m.mount_path.rstrip("/"):  # a volume at / cannot be told apart from any path
+                    mounts.append((m.mount_path.rstrip("/"), path))
         return sorted(mounts, key=lambda mp: len(mp[0]), reverse=True)
 
     def _materialize(self, namespace: str, vol: Any, target: Path) -> Path:
@@ -307,6 +310,7 @@ class PodExecutor:
         # The host's environment (HOME, locale, proxies) minus what a pod would never see.
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+        env["PYTHONUNBUFFERED"] = "1"  # output reaches the log as it happens (a container image would set it)
         for src in container.env_from or []:
             prefix = src.prefix or ""
             if src.config_map_ref:
@@ -369,10 +373,14 @@ def _field(pod: Any, path: str) -> str:
 
 
 def _rewrite(text: str, mounts: list[tuple[str, Path]]) -> str:
-    """Point every use of a mount path (as a whole path prefix) at its local directory."""
-    for mount_path, local in mounts:
-        text = re.sub(re.escape(mount_path) + r"(?=/|$|[^\w.-])", lambda _m, p=str(local): p, text)
-    return text
+    """Point every use of a mount path (as a whole path prefix) at its local directory, in one pass so that
+    a rewritten path is not rewritten again by a shorter mount path (/cache -> /tmp/x, then /tmp)."""
+    if not mounts:
+        return text
+    local = dict(mounts)
+    alternatives = "|".join(re.escape(m) for m, _ in mounts)  # longest first: /data/models before /data
+    pattern = rf"(?<![\w.-])({alternatives})(?=/|$|[^\w.-])"
+    return re.sub(pattern, lambda m: str(local[m.group(1)]), text)
 
 
 def _expand(text: str, env: dict[str, str]) -> str:
@@ -390,6 +398,11 @@ def _tail(path: Path, lines: int) -> list[str]:
             return [line.rstrip("\n") for line in collections.deque(f, maxlen=lines)]
     except OSError:
         return []
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started it goes (a killed test session)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
