@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cluster import Cluster, PodExecutor, acquire, release, wait_for
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 
 def _ci() -> bool:
@@ -51,7 +51,8 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     """A fresh namespace, deleted (without waiting) after the test."""
     core = client.CoreV1Api(api)
     name = f"t-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"mlperf-operator.io/test": "true"}}})
+    meta = client.V1ObjectMeta(name=name, labels={"mlperf-operator.io/test": "true"})
+    core.create_namespace(client.V1Namespace(metadata=meta))
 
     def has_default_sa() -> bool:  # pods are refused until the ServiceAccount controller made it
         try:

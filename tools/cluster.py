@@ -42,7 +42,7 @@ SERVICE_CIDR = "10.96.0.0/16"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 # The default StorageClass; kwok's volume stages (tools/kwok-stages/volume-stages.yaml) provision its claims.
-STORAGE_CLASS = {
+STORAGE_CLASS: dict[str, Any] = {
     "apiVersion": "storage.k8s.io/v1",
     "kind": "StorageClass",
     "metadata": {"name": "kwok-volume", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
@@ -528,7 +528,7 @@ class LocalCluster:
         self._wait("nodes and the default ServiceAccount", self._ready_problem, deadline, COMPONENTS, "kwok")
 
     def _create_objects(self) -> None:
-        objects = [("/apis/storage.k8s.io/v1/storageclasses", STORAGE_CLASS)]
+        objects: list[tuple[str, dict[str, Any]]] = [("/apis/storage.k8s.io/v1/storageclasses", STORAGE_CLASS)]
         objects += [("/api/v1/nodes", node) for node in all_nodes()]
         for path, obj in objects:
             code, body = self._api(path, "POST", obj)

@@ -39,7 +39,8 @@ class Cluster:
     local: Any = field(repr=False, default=None)  # the tools/cluster.py LocalCluster behind it
 
     def api_client(self) -> client.ApiClient:
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        api: client.ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        return api
 
     def env(self) -> dict[str, str]:
         """Environment for subprocesses that should talk to this cluster."""

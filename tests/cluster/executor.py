@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 PART_OF = "app.kubernetes.io/part-of=mlperf-operator"
 ANNOTATION_PREFIX = "kwok.mlperf-operator.io/"
@@ -95,7 +95,7 @@ class PodExecutor:
         self._pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="pod-exec")
         self._poller: threading.Thread | None = None
         cfg = client.Configuration()
-        config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)  # type: ignore[no-untyped-call]
         cfg.connection_pool_maxsize = max_parallel + 2
         self.api = client.CoreV1Api(client.ApiClient(cfg))
         # The venv that runs us is the one whose `mlperf` the pods should run.
@@ -140,12 +140,12 @@ class PodExecutor:
     # -- discovery -----------------------------------------------------------------------------------------
 
     def _list_running(self) -> list[Any]:
-        kw = {"label_selector": self.label_selector, "field_selector": "status.phase=Running"}
+        labels, running = self.label_selector, "status.phase=Running"
         if self.namespaces is None:
-            return list(self.api.list_pod_for_all_namespaces(**kw).items)
+            return list(self.api.list_pod_for_all_namespaces(label_selector=labels, field_selector=running).items)
         pods: list[Any] = []
         for ns in self.namespaces:
-            pods += self.api.list_namespaced_pod(ns, **kw).items
+            pods += self.api.list_namespaced_pod(ns, label_selector=labels, field_selector=running).items
         return pods
 
     def _poll_loop(self) -> None:
@@ -185,7 +185,8 @@ class PodExecutor:
     # -- running one pod -------------------------------------------------------------------------------------
 
     def _pod_dir(self, pod: Any) -> Path:
-        return self.root / "pods" / pod.metadata.namespace / f"{pod.metadata.name}-{pod.metadata.uid[:8]}"
+        name = f"{pod.metadata.name}-{pod.metadata.uid[:8]}"
+        return Path(self.root, "pods", pod.metadata.namespace, name)
 
     def _prepare(self, pod: Any) -> PodRun:
         c = pod.spec.containers[0]
