@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 from mlperf_harness.spec import MLPerfRunSpec
@@ -32,3 +33,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def make_spec(**over: Any) -> MLPerfRunSpec:
     return MLPerfRunSpec.model_validate(merge(BASE, over))
+
+
+# Subprocesses of the tests get the caller's PYTHONPATH only (where the package is not installed).
+PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}

@@ -10,14 +10,15 @@ from mlperf_harness import audits, steps
 from mlperf_harness.backends.faulty import CorruptOutputs, Paced
 from mlperf_harness.loadgen.logs import Summary
 
-# onnxruntime at batch 2 takes ~0.1 s on two cores; pacing each batch to 0.3 s makes the
-# performance ratios the audits check independent of whatever else the machine is doing.
-PACE_S = 0.3
+# onnxruntime at batch 1 takes ~0.05 s on two cores; pacing each batch to 0.25 s (5x headroom
+# for a busy shared machine) makes the performance ratios the audits check independent of
+# whatever else the machine is doing.
+PACE_S = 0.25
 AUDIT_SPEC: dict[str, Any] = {
-    "batchSize": 2,
+    "batchSize": 1,
     "testModes": ["PerformanceOnly", "AccuracyOnly"],
     # 8 performance samples: TEST04-A issues each once, so it stays as short as the others.
-    "loadgen": {"minDurationMs": 600, "minQueryCount": 8, "expectedQps": 6, "performanceSampleCount": 8},
+    "loadgen": {"minDurationMs": 600, "minQueryCount": 8, "expectedQps": 4, "performanceSampleCount": 8},
 }
 
 

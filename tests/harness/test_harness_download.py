@@ -84,5 +84,6 @@ def test_existing_verified_file_is_not_downloaded_again(server: Server, tmp_path
 
 def test_http_error_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match=r"resnet50_v1\.onnx: download from"):
-        fetch_https(HttpsSource(url="http://127.0.0.1:9/resnet50_v1.onnx", sha256=SHA), tmp_path, quiet=True,
-                    attempts=2)
+        fetch_https(
+            HttpsSource(url="http://127.0.0.1:9/resnet50_v1.onnx", sha256=SHA), tmp_path, quiet=True, attempts=2
+        )

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from harness_support import make_spec
+from harness_support import PYTHONPATH, make_spec
 from mlperf_harness import steps
 from mlperf_harness.errors import HarnessError
 from mlperf_harness.fsutil import write_marker
@@ -111,12 +111,28 @@ def test_wrong_shape_through_the_cli_exits_2_with_one_line(workdir: Path, tmp_pa
     np.save(samples, np.zeros((8, 3, 112, 112), dtype=np.float32))
     write_marker(ws.preprocessed_dir, "preprocess", [samples])  # consistent marker, wrong content
     proc = subprocess.run(
-        [sys.executable, "-m", "mlperf_harness.cli", "run-harness", "--scenario", "Offline",
-         "--spec", spec.model_dump_json(), "--workdir", str(root), "--run", "cli", "-q"],
-        capture_output=True, text=True, env={"MLPERF_TERMINATION_LOG": str(tmp_path / "tl"), "PATH": "/usr/bin"},
+        [
+            sys.executable,
+            "-m",
+            "mlperf_harness.cli",
+            "run-harness",
+            "--scenario",
+            "Offline",
+            "--spec",
+            spec.model_dump_json(),
+            "--workdir",
+            str(root),
+            "--run",
+            "cli",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env={"MLPERF_TERMINATION_LOG": str(tmp_path / "tl"), "PATH": "/usr/bin", **PYTHONPATH},
     )
     assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    # One error line (a machine may add its own noise to stderr, e.g. a missing blkid).
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and str(samples) in lines[0] and "wrong tensor shape" in lines[0]
     outcome = json.loads((tmp_path / "tl").read_text())
     assert outcome["ok"] is False and "wrong tensor shape" in outcome["message"]

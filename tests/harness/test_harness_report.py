@@ -58,8 +58,13 @@ def test_report_writes_both_layouts(workspace: Any) -> None:
     assert "*.*.qsl_rng_seed = 7322528924094909334" in mconf
     assert (v10 / "measurements" / "box1" / "resnet50" / "Offline" / "box1_onnxruntime_Offline.json").is_file()
     measurements = json.loads((cur / "results" / "box1" / "resnet50" / "Offline" / "measurements.json").read_text())
-    for key in ("input_data_types", "retraining", "starting_weights_filename", "weight_data_types",
-                "weight_transformations"):
+    for key in (
+        "input_data_types",
+        "retraining",
+        "starting_weights_filename",
+        "weight_data_types",
+        "weight_transformations",
+    ):
         assert key in measurements
     assert (cur / "src" / "resnet50" / "onnxruntime" / "README.md").is_file()
     assert (v10 / "code" / "resnet50" / "onnxruntime" / "README.md").is_file()

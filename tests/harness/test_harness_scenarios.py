@@ -27,6 +27,9 @@ ORT_RUNS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("scenario", list(ORT_RUNS))
 def test_onnxruntime_performance_run_completes(workspace: Any, scenario: str, _termination_log: Path) -> None:
     ws = workspace(scenarios=[scenario], testModes=["PerformanceOnly"], **ORT_RUNS[scenario])
+    if scenario == "Offline":
+        # At most 16 samples/s whatever the machine: 16 samples outlast the 0.5 s minimum (VALID).
+        ws.perf_backend_wrapper = lambda b: Paced(b, 0.5)
     outcome = steps.run_harness(ws, scenario, "PerformanceOnly")
     [result] = outcome.results
     assert result.scenario == scenario and result.testMode == "PerformanceOnly"
@@ -38,7 +41,6 @@ def test_onnxruntime_performance_run_completes(workspace: Any, scenario: str, _t
     log_dir = ws.root / result.logDir
     assert (log_dir / "mlperf_log_summary.txt").is_file() and (log_dir / "user.conf").is_file()
     if scenario == "Offline":
-        # 16 samples at ~20/s on two cores outlast the 0.5 s minimum: VALID.
         assert result.valid, (log_dir / "mlperf_log_summary.txt").read_text()
     # The operator's copy says the same.
     assert read_termination_message(_termination_log.read_text()) == outcome

@@ -89,9 +89,12 @@ class TensorRTBackend(Backend):
     def available(cls) -> tuple[bool, str]:
         try:
             _trt()
+        except HarnessError:
+            return False, "TensorRT is not installed (it cannot be installed on the project's CPU machines)"
+        try:
             import cuda  # noqa: F401
-        except (HarnessError, ImportError):
-            return False, "TensorRT and cuda-python are not installable on this machine (no NVIDIA GPU stack)"
+        except ImportError:
+            return False, "cuda-python is not installed"
         return True, ""
 
     def build_engine(self, model_path: Path, out_dir: Path, batch_size: int, precision: str) -> Path:

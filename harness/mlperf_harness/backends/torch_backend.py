@@ -3,6 +3,7 @@ fp16/bf16 and channels-last on GPU, one CUDA graph per batch size; plain fp32 on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ def _torch() -> Any:
 class PyTorchBackend(Backend):
     name = "pytorch"
 
-    def __init__(self, use_graphs: bool = True) -> None:
-        self.use_graphs = use_graphs
+    def __init__(self, use_graphs: bool | None = None) -> None:
+        # MLPERF_TORCH_GRAPHS=0 turns CUDA graphs off (for comparing, or a model that cannot be captured).
+        self.use_graphs = use_graphs if use_graphs is not None else os.environ.get("MLPERF_TORCH_GRAPHS", "1") != "0"
         self._model: Any = None
         self._dev: Any = None
         self._dtype: Any = None
@@ -33,6 +35,8 @@ class PyTorchBackend(Backend):
         self._in: TensorSpec | None = None
         self._out: TensorSpec | None = None
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}  # batch -> (graph, static in, static out)
+        self._pinned: Any = None  # page-locked staging buffer for host-to-device copies
+        self._batch = 1
 
     @classmethod
     def version(cls) -> str:
@@ -58,6 +62,11 @@ class PyTorchBackend(Backend):
             raise HarnessError(f"{model_path}: missing model file")
         self._dev = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
         on_gpu = self._dev.type == "cuda"
+        self._batch = batch_size
+        if on_gpu:
+            # fp32 means fp32: no TF32 (it can move an argmax against the FP32 reference).
+            torch.backends.cudnn.allow_tf32 = precision != "fp32"
+            torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32) if on_gpu \
             else torch.float32
         if model_path.suffix == ".onnx":
@@ -87,6 +96,26 @@ class PyTorchBackend(Backend):
         out = self._model(x)
         return out[self._out_index] if isinstance(out, (tuple, list)) else out
 
+    def _bucket(self, n: int) -> int:
+        """Graphs exist for powers of two up to the batch size (and the batch size): a partial
+        batch is padded to the next one, so Server's varying batches reuse a handful of graphs."""
+        size = 1
+        while size < n:
+            size *= 2
+        return min(size, self._batch) if n <= self._batch else n
+
+    def warmup(self, batch_size: int, rounds: int = 2) -> None:
+        """Capture every bucket's CUDA graph now, on the loading thread: no capture during the
+        timed run, and graphs are created and destroyed by the same thread."""
+        if self._dev is not None and self._dev.type == "cuda" and self.use_graphs and self._in is not None \
+                and len(self._in.shape) == 4:
+            for n in sorted({self._bucket(k) for k in range(1, self._batch + 1)}):
+                self._graph_for(n)
+        super().warmup(batch_size, rounds)
+
+    def close(self) -> None:
+        self._graphs.clear()
+
     def _graph_for(self, n: int) -> tuple[Any, Any, Any]:
         torch = _torch()
         if n not in self._graphs:
@@ -108,16 +137,20 @@ class PyTorchBackend(Backend):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         torch = _torch()
+        n = len(batch)
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch))
             if self._dev.type == "cuda":
-                x = x.pin_memory().to(self._dev, non_blocking=True).to(self._dtype)
-                if self.use_graphs and x.dim() == 4:
-                    graph, static_in, static_out = self._graph_for(len(batch))
-                    static_in.copy_(x)
+                if self._pinned is None or len(self._pinned) < n:
+                    self._pinned = torch.empty((max(n, self._batch), *x.shape[1:]), dtype=x.dtype).pin_memory()
+                self._pinned[:n].copy_(x)
+                x = self._pinned[:n].to(self._dev, non_blocking=True).to(self._dtype)
+                if self._bucket(n) in self._graphs:
+                    graph, static_in, static_out = self._graphs[self._bucket(n)]
+                    static_in[:n].copy_(x)
                     graph.replay()
-                    return static_out.float().cpu().numpy() if static_out.is_floating_point() \
-                        else static_out.cpu().numpy()
+                    out = static_out[:n]
+                    return (out.float() if out.is_floating_point() else out).cpu().numpy()
             out = self._run(x)
             return (out.float() if out.is_floating_point() else out).cpu().numpy()
 
