@@ -1,0 +1,247 @@
+"""The Helm chart (helm/mlperf-operator): lint, rendering, its values schema, its CRD copy, and an install
+into the local control plane. Helpers here are shared with test_rbac.py and test_security.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster import Cluster, wait_for
+from kubernetes import client
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "helm" / "mlperf-operator"
+CRD_FILE = "mlperfruns.mlperf-operator.io.yaml"
+TOOLS_BIN = Path.home() / ".cache" / "mlperf-operator" / "bin"
+# The locally built helm does not know its Kubernetes version (it would say v1.20, older than the chart's
+# kubeVersion), so rendering without a cluster names the control plane's.
+KUBE_VERSION = "1.37.2"
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def helm_bin() -> Path:
+    """`make tools` builds helm; without it the test fails under CI and is skipped elsewhere."""
+    found = TOOLS_BIN / "helm"
+    if found.exists():
+        return found
+    on_path = shutil.which("helm")
+    if on_path:
+        return Path(on_path)
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail("helm is missing: run `make tools`", pytrace=False)
+    pytest.skip("helm is missing: run `make tools`")
+
+
+def helm(*args: str, cluster: Cluster | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = cluster.env() if cluster else {**os.environ, "KUBECONFIG": os.devnull}
+    proc = subprocess.run([str(helm_bin()), *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def sets(values: dict[str, Any]) -> list[str]:
+    """--set-json flags, one per top-level value (keeps types: numbers, lists, booleans)."""
+    return [arg for key, value in values.items() for arg in ("--set-json", f"{key}={json.dumps(value)}")]
+
+
+def render(namespace: str = "mlperf", release: str = "mlperf", **values: Any) -> list[dict[str, Any]]:
+    """The chart's templates rendered without a cluster (CRDs not included)."""
+    out = helm("template", release, str(CHART), "-n", namespace, "--kube-version", KUBE_VERSION, *sets(values)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def install(cluster: Cluster, release: str, namespace: str, **values: Any) -> str:
+    """helm install into the cluster; returns helm's output (NOTES included)."""
+    return helm("install", release, str(CHART), "-n", namespace, *sets(values), cluster=cluster).stdout
+
+
+def uninstall(cluster: Cluster, release: str, namespace: str) -> None:
+    helm("uninstall", release, "-n", namespace, "--ignore-not-found", cluster=cluster, check=False)
+
+
+def service_account(release: str) -> str:
+    """The ServiceAccount the chart makes for a release (its full name)."""
+    return release if "mlperf-operator" in release else f"{release}-mlperf-operator"
+
+
+def token_kubeconfig(cluster: Cluster, namespace: str, sa: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount, with a token from the TokenRequest API."""
+    token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": sa, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = sa
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+# --- without a cluster -----------------------------------------------------------------------------------
+
+
+def test_chart_carries_the_generated_crd_byte_for_byte() -> None:
+    generated = (REPO / "crds" / CRD_FILE).read_bytes()
+    copy = (CHART / "crds" / CRD_FILE).read_bytes()
+    assert copy == generated, f"helm/mlperf-operator/crds/{CRD_FILE} drifted from crds/: run `make helm-crds`"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+
+
+def test_helm_lint_passes() -> None:
+    out = helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION)
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_the_operator_deployment_is_hardened() -> None:
+    deployment = by_kind(render(), "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    assert container["image"] == "ghcr.io/mlperf-operator/operator:0.1.0"  # the chart's appVersion
+    assert container["command"] == ["mlperf-operator"]
+    assert container["args"] == ["--all-namespaces", "--health-port=8081"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MLPERF_METRICS_PORT"] == "8080"
+
+
+def test_image_tag_and_digest_come_from_values() -> None:
+    def image(**values: Any) -> str:
+        return str(by_kind(render(**values), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    assert image(image={"repository": "r.example/op", "tag": "1.2.3"}) == "r.example/op:1.2.3"
+    digest = "sha256:" + "a" * 64
+    assert image(image={"repository": "r.example/op", "digest": digest}) == f"r.example/op@{digest}"
+
+
+def test_cluster_scope_binds_one_cluster_role_and_namespace_scope_binds_roles() -> None:
+    cluster_docs = render()
+    assert not by_kind(cluster_docs, "Role")
+    (role,) = by_kind(cluster_docs, "ClusterRole")
+    assert {"mlperfruns", "jobs", "customresourcedefinitions"} <= {
+        r for rule in role["rules"] for r in rule["resources"]
+    }
+
+    docs = render(namespace="ops", scope="namespace", watchNamespaces=["team-a", "team-b"])
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for binding in by_kind(docs, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mlperf-mlperf-operator", "namespace": "ops"}]
+    # Cluster-wide, a namespace-scoped install can only read CRDs and namespace names: nothing else.
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert {(r, v) for rule in cluster_role["rules"] for r in rule["resources"] for v in rule["verbs"]} == {
+        ("customresourcedefinitions", "list"),
+        ("customresourcedefinitions", "watch"),
+        ("namespaces", "list"),
+        ("namespaces", "watch"),
+    }
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["--namespace=team-a", "--namespace=team-b"]
+    # Without watchNamespaces it watches the release's own namespace.
+    assert [r["metadata"]["namespace"] for r in by_kind(render(namespace="ops", scope="namespace"), "Role")] == ["ops"]
+
+
+def test_no_rule_grants_secrets_wildcards_or_escalation() -> None:
+    for docs in (render(), render(scope="namespace")):
+        for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+            for rule in role["rules"]:
+                assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+                assert "secrets" not in rule["resources"], rule
+                assert not {"escalate", "bind", "impersonate", "delete", "deletecollection"} & set(rule["verbs"]), rule
+
+
+def test_optional_monitoring_renders_servicemonitor_rules_and_dashboard() -> None:
+    assert not by_kind(render(), "ServiceMonitor") and not by_kind(render(), "PrometheusRule")
+    docs = render(
+        metrics={"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True, "stuckFor": "3h"}},
+        grafanaDashboard={"enabled": True},
+    )
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (rule,) = by_kind(docs, "PrometheusRule")
+    alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert set(alerts) == {"MLPerfRunFailed", "MLPerfRunStuck", "MLPerfReconcileErrors", "MLPerfOperatorDown"}
+    assert 'mlperf_runs{phase="Failed"}' in alerts["MLPerfRunFailed"]["expr"]
+    assert "[3h]" in alerts["MLPerfRunStuck"]["expr"]
+    assert "mlperf_reconcile_errors_total" in alerts["MLPerfReconcileErrors"]["expr"]
+    assert "{{ $value }}" in alerts["MLPerfRunFailed"]["annotations"]["description"]  # left for Prometheus
+    dashboard = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard"))
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    panels = json.loads(dashboard["data"]["mlperf-operator.json"])["panels"]
+    exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+    for metric in ("mlperf_runs", "mlperf_result_samples_per_second", "mlperf_step_duration_seconds_bucket"):
+        assert metric in exprs
+    # A ServiceMonitor without the Service it scrapes is refused with a clear message.
+    no_service = sets({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}})
+    proc = helm("template", "x", str(CHART), "--kube-version", KUBE_VERSION, *no_service, check=False)
+    assert proc.returncode != 0 and "needs metrics.service.enabled" in proc.stderr
+
+
+# --- on the local control plane ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicaCount": -1}, "at '/replicaCount': minimum: got -1, want 0"),
+        ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
+        ({"replicas": 1}, "additional properties 'replicas' not allowed"),
+        ({"image": {"repository": "r", "pullpolicy": "Always"}}, "at '/image': additional properties 'pullpolicy'"),
+        ({"scope": "everywhere"}, "at '/scope'"),
+    ],
+)
+def test_a_bad_value_fails_helm_install_with_the_schema_message(
+    cluster: Cluster, namespace: str, values: dict[str, Any], message: str
+) -> None:
+    proc = helm("install", "bad", str(CHART), "-n", namespace, *sets(values), cluster=cluster, check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr and message in proc.stderr, proc.stderr
+    assert "bad" not in helm("list", "-n", namespace, "-q", cluster=cluster).stdout.split()
+
+
+def test_helm_install_succeeds_and_the_operator_pod_is_admitted_as_restricted(
+    cluster: Cluster, api: client.ApiClient, namespace: str
+) -> None:
+    # The operator's own pod must pass the restricted Pod Security Standard too.
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    release = "mlperf-operator"
+    try:
+        notes = install(cluster, release, namespace)
+        assert "STATUS: deployed" in notes and "kubectl get mlperfruns" in notes
+        core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+        assert core.read_namespaced_service_account(release, namespace)
+        assert core.read_namespaced_service(f"{release}-metrics", namespace)
+        assert apps.read_namespaced_deployment(release, namespace).spec.replicas == 1
+        cluster.kubectl("get", "crd", "mlperfruns.mlperf-operator.io")
+        # No image can run under kwok, but the ReplicaSet's pod is created: PodSecurity admitted it.
+        selector = f"app.kubernetes.io/instance={release}"
+        wait_for(
+            lambda: core.list_namespaced_pod(namespace, label_selector=selector).items,
+            timeout=30,
+            what="the operator's pod to be created",
+        )
+        failed = [e.message for e in core.list_namespaced_event(namespace).items if e.reason == "FailedCreate"]
+        assert not failed, failed
+    finally:
+        uninstall(cluster, release, namespace)
