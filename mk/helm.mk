@@ -5,7 +5,7 @@
 #   make helm-package   package the chart into dist/
 #   make images-lock    re-pin the images' Python dependencies (images/*/requirements.txt)
 #   make images         build the three images (needs a container engine: none on the project's machines)
-#   make checkov        install checkov (own venv), gate on docs/security.md's accepted findings, report
+#   make checkov        install checkov (own venv: helm/install-lint-tools.sh), gate on docs/security.md's accepted findings, report
 HELM ?= $(HOME)/.cache/mlperf-operator/bin/helm
 DOCKER ?= docker
 REGISTRY ?= ghcr.io/mlperf-operator
@@ -40,4 +40,4 @@ checkov: tools venv
 	$(HELM) template mlperf-operator $(CHART_DIR) -n mlperf-operator --kube-version 1.37.2 --include-crds \
 		--set metrics.serviceMonitor.enabled=true --set metrics.prometheusRule.enabled=true \
 		--set grafanaDashboard.enabled=true > build/checkov/chart.yaml
-	-$$(helm/install-checkov.sh) -d build/checkov --framework kubernetes --quiet --skip-download --compact
+	-$$(helm/install-lint-tools.sh)/checkov -d build/checkov --framework kubernetes --quiet --skip-download --compact

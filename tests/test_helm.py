@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -75,6 +76,15 @@ def uninstall(cluster: Cluster, release: str, namespace: str) -> None:
 def service_account(release: str) -> str:
     """The ServiceAccount the chart makes for a release (its full name)."""
     return release if "mlperf-operator" in release else f"{release}-mlperf-operator"
+
+
+def lint_tools() -> Path:
+    """The bin directory of the chart's checkers (checkov, promql-parser), installed once into a venv of
+    their own by helm/install-lint-tools.sh; later calls only check the versions."""
+    script = REPO / "helm" / "install-lint-tools.sh"
+    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout}{proc.stderr}"
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def token_kubeconfig(cluster: Cluster, namespace: str, sa: str, path: Path) -> Path:
@@ -196,6 +206,38 @@ def test_optional_monitoring_renders_servicemonitor_rules_and_dashboard() -> Non
     no_service = sets({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}})
     proc = helm("template", "x", str(CHART), "--kube-version", KUBE_VERSION, *no_service, check=False)
     assert proc.returncode != 0 and "needs metrics.service.enabled" in proc.stderr
+
+
+def test_alerts_and_dashboard_query_only_metrics_the_operator_exports_in_valid_promql() -> None:
+    from mlperf_operator import metrics  # noqa: F401  (registers the operator's metrics)
+    from prometheus_client import REGISTRY
+
+    exported = {s.name for family in REGISTRY.collect() for s in family.samples if s.name.startswith("mlperf_")}
+    exported |= {family.name for family in REGISTRY.collect() if family.name.startswith("mlperf_")}
+    docs = render(
+        metrics={"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        grafanaDashboard={"enabled": True},
+    )
+    alerts = [r["expr"] for r in by_kind(docs, "PrometheusRule")[0]["spec"]["groups"][0]["rules"]]
+    dashboard = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard"))
+    panels = json.loads(dashboard["data"]["mlperf-operator.json"])["panels"]
+    queries = [t["expr"] for p in panels for t in p["targets"]]
+    used = {name for expr in alerts + queries for name in re.findall(r"\bmlperf_\w+", expr)}
+    # A histogram's and a counter's series carry suffixes the registry may not list until observed.
+    bare = {re.sub(r"_(bucket|count|sum|total)$", "", n) for n in exported}
+    unknown = {n for n in used if n not in exported and re.sub(r"_(bucket|count|sum|total)$", "", n) not in bare}
+    assert not unknown, f"queries name metrics the operator does not export: {unknown}"
+
+    # Grafana's own variables are not PromQL; give them a value before parsing.
+    grafana = {"$__rate_interval": "5m", "$__range": "1h"}
+    for name, value in grafana.items():
+        queries = [q.replace(name, value) for q in queries]
+    check = "import json, sys, promql_parser\nfor q in json.load(sys.stdin): promql_parser.parse(q)\n"
+    for expr in alerts + queries:
+        proc = subprocess.run(
+            [str(lint_tools() / "python"), "-c", check], input=json.dumps([expr]), capture_output=True, text=True
+        )
+        assert proc.returncode == 0, f"invalid PromQL: {expr}\n{proc.stderr[-500:]}"
 
 
 # --- on the local control plane ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from mlperf_harness.pipeline import plan
 from mlperf_harness.spec import MLPerfRunSpec
 from mlperf_operator.controller import backend_version
 from mlperf_operator.jobs import RUN_AS_USER, build_job
-from test_helm import CHART, KUBE_VERSION, helm, sets
+from test_helm import CHART, KUBE_VERSION, helm, lint_tools, sets
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "resnet50-offline.yaml"
@@ -95,12 +95,7 @@ def test_every_step_pod_is_admitted_under_the_restricted_pod_security_standard(
 
 
 def checkov_bin() -> str:
-    """helm/install-checkov.sh keeps checkov in a venv of its own (once; later runs only check it)."""
-    proc = subprocess.run(
-        [str(REPO / "helm" / "install-checkov.sh")], capture_output=True, text=True, timeout=900, check=False
-    )
-    assert proc.returncode == 0, f"installing checkov failed:\n{proc.stdout}{proc.stderr}"
-    return proc.stdout.strip().splitlines()[-1]
+    return str(lint_tools() / "checkov")
 
 
 def checkov_failures(directory: Path) -> set[str]:
