@@ -66,3 +66,4 @@ update_results update_compliance: venv
 	$(BIN)/mlperf run --workdir $(WORKDIR) --only report $(V10_ARGS)
 
 -include mk/cluster.mk
+-include mk/helm.mk

@@ -20,9 +20,6 @@ from test_operator_e2e import EXAMPLE, get_run, make_claim, run_jobs, wait_phase
 RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
 # An API call refused by RBAC reads: ... is forbidden: User "system:serviceaccount:NS:SA" cannot VERB resource ...
 DENIAL = re.compile(r'User \\?"system:serviceaccount:[^"\\]+\\?" cannot (\w+) resource \\?"([\w/]+)\\?"(.{0,60})')
-# The resync lists MLPerfRuns cluster-wide even when the operator watches one namespace
-# (Kube.list_runs); a namespace-scoped identity may not. Known, and tested below as an expected failure.
-KNOWN_DENIALS = {("list", "mlperfruns", "at the cluster scope")}
 
 
 def denials(log: str) -> set[tuple[str, str, str]]:
@@ -161,7 +158,7 @@ def test_operator_under_the_chart_identity_drives_the_example_to_succeeded_in_a_
     assert [a["test"] for a in status["audits"]] == ["TEST05"]
 
     # The chart's RBAC was enough: no call the operator made was refused.
-    unexpected = denials(log) - KNOWN_DENIALS
+    unexpected = denials(log)
     assert not unexpected, f"RBAC refused the operator: {sorted(unexpected)}\n{operator.log_tail()}"
 
     # Every step ran as a Job whose pod was admitted: no FailedCreate (PodSecurity) anywhere.
@@ -174,12 +171,6 @@ def test_operator_under_the_chart_identity_drives_the_example_to_succeeded_in_a_
     assert get_run(api, namespace, "resnet50-offline")["status"]["phase"] == "Succeeded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Kube.list_runs() lists MLPerfRuns cluster-wide even when the operator watches chosen namespaces, "
-    "so a namespace-scoped identity's resync is refused; asked of the operator's owner. When it lists "
-    "per watched namespace this test passes: then drop this marker and KNOWN_DENIALS.",
-)
 def test_namespace_scope_resync_needs_no_cluster_wide_list(
     cluster: Cluster, namespace: str, namespaced_identity: Path, tmp_path: Path
 ) -> None:

@@ -55,8 +55,11 @@ def _workspace(spec_text: str, workdir: Path, run: str | None, quiet: bool) -> o
             from None
     except (OSError, ValueError) as exc:
         raise HarnessError(f"{spec_text if len(spec_text) < 120 else 'spec'}: {exc}") from None
+    from .sysinfo import localize
+
     name = run or (manifest.metadata.name if manifest.metadata else None) or "local"
-    return Workspace(manifest.spec, workdir, name, quiet)
+    # Sized for the machine this step runs on, not the one the manifest asked a cluster for.
+    return Workspace(localize(manifest.spec), workdir, name, quiet)
 
 
 def _run_step(verb: str, spec: str, workdir: Path, run: str | None, quiet: bool,

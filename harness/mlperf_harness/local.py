@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,10 +22,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from . import artifacts
+from .backends import engine_version
 from .errors import HarnessError
 from .pipeline import Step, plan
 from .results import TERMINATION_LOG_ENV, AuditResult, ScenarioResult, StepOutcome
 from .spec import MLPerfRunManifest, MLPerfRunSpec, load_manifest
+from .sysinfo import localize
 
 console = Console(stderr=True)
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "resnet50-offline.yaml"
@@ -85,41 +86,6 @@ class V10Flags:
                 )
             )
         return out
-
-
-def local_gpu() -> tuple[str, int]:
-    """The GPU product (as GPU feature discovery names it) and count of this machine; ('', 0) without."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return "", 0
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
-    except (subprocess.SubprocessError, OSError):
-        return "", 0
-    names = [n.strip() for n in out.splitlines() if n.strip()]
-    return ("-".join(names[0].split()) if names else ""), len(names)
-
-
-def localize(spec: MLPerfRunSpec) -> MLPerfRunSpec:
-    """The spec as it runs here: the system is this machine, whatever the manifest asked of a cluster."""
-    product, count = local_gpu()
-    system = spec.system.model_copy(update={"gpuProduct": product or "cpu", "gpuCount": count})
-    return spec.model_copy(update={"system": system})
-
-
-def backend_version(backend: str) -> str:
-    """The installed version of the backend's runtime: an engine built by another version is not reused."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    package = {"onnxruntime": "onnxruntime", "pytorch": "torch", "tensorrt": "tensorrt"}.get(backend)
-    if package is None:
-        return backend
-    try:
-        return f"{backend}-{version(package)}"
-    except PackageNotFoundError:
-        return f"{backend}-missing"
 
 
 def select(steps: list[Step], only: str | None) -> list[Step]:
@@ -185,7 +151,7 @@ class LocalRun:
 def run_pipeline(run: LocalRun, only: str | None = None) -> tuple[list[ScenarioResult], list[AuditResult], bool]:
     """Run (or resume) every step; returns results, audits, and whether every step succeeded."""
     spec = localize(run.manifest.spec)
-    steps = select(plan(spec, backend_version(spec.backend)), only)
+    steps = select(plan(spec, engine_version(spec.backend)), only)
     run.steps_dir.mkdir(parents=True, exist_ok=True)
     logs = run.steps_dir
     mlperf = Path(sys.executable).parent / "mlperf"

@@ -105,10 +105,13 @@ def plan(spec: MLPerfRunSpec, backend_version: str) -> list[Step]:
                 )
             )
 
-    for test, audited in audits_to_run(spec):
+    pairs = list(audits_to_run(spec))
+    for test, audited in pairs:
         audit_needs: tuple[str, ...] = (f"run-{_slug(audited)}-performance",)
         if test in AUDITS_NEEDING_ACCURACY:
             audit_needs += (f"run-{_slug(audited)}-accuracy",)
+        if test == "TEST04-B" and ("TEST04-A", audited) in pairs:
+            audit_needs += (f"audit-test04-a-{_slug(audited)}",)  # one verb runs both halves
         steps.append(
             Step(
                 f"audit-{_slug(test)}-{_slug(audited)}",

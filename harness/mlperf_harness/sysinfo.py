@@ -9,20 +9,47 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import subprocess
 from pathlib import Path
 
 from .spec import MLPerfRunSpec
 
 REQUIRED_FIELDS = (
-    "division", "submitter", "status", "system_name", "system_type", "system_type_detail", "number_of_nodes",
-    "host_processor_model_name", "host_processors_per_node", "host_processor_core_count",
-    "host_processor_frequency", "host_processor_caches", "host_processor_interconnect", "host_memory_capacity",
-    "host_memory_configuration", "host_storage_capacity", "host_storage_type", "host_networking",
-    "host_network_card_count", "host_networking_topology", "accelerators_per_node", "accelerator_model_name",
-    "accelerator_frequency", "accelerator_host_interconnect", "accelerator_interconnect",
-    "accelerator_interconnect_topology", "accelerator_memory_capacity", "accelerator_memory_configuration",
-    "accelerator_on-chip_memories", "cooling", "framework", "operating_system", "other_software_stack",
-    "hw_notes", "sw_notes",
+    "division",
+    "submitter",
+    "status",
+    "system_name",
+    "system_type",
+    "system_type_detail",
+    "number_of_nodes",
+    "host_processor_model_name",
+    "host_processors_per_node",
+    "host_processor_core_count",
+    "host_processor_frequency",
+    "host_processor_caches",
+    "host_processor_interconnect",
+    "host_memory_capacity",
+    "host_memory_configuration",
+    "host_storage_capacity",
+    "host_storage_type",
+    "host_networking",
+    "host_network_card_count",
+    "host_networking_topology",
+    "accelerators_per_node",
+    "accelerator_model_name",
+    "accelerator_frequency",
+    "accelerator_host_interconnect",
+    "accelerator_interconnect",
+    "accelerator_interconnect_topology",
+    "accelerator_memory_capacity",
+    "accelerator_memory_configuration",
+    "accelerator_on-chip_memories",
+    "cooling",
+    "framework",
+    "operating_system",
+    "other_software_stack",
+    "hw_notes",
+    "sw_notes",
 )
 NA = "N/A"
 
@@ -109,3 +136,36 @@ def describe(spec: MLPerfRunSpec, framework: str, storage: Path) -> dict[str, ob
     }
     desc.update(spec.submission.systemOverrides)
     return desc
+
+
+def local_gpu() -> tuple[str, int]:
+    """The GPU product (as GPU feature discovery names it) and count of this machine; ('', 0) without."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return "", 0
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        return "", 0
+    names = [n.strip() for n in out.splitlines() if n.strip()]
+    return ("-".join(names[0].split()) if names else ""), len(names)
+
+
+def _backend_sees_gpu(backend: str) -> bool:
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    return backend in ("pytorch", "tensorrt")
+
+
+def localize(spec: MLPerfRunSpec) -> MLPerfRunSpec:
+    """The spec as it runs here: the system is this machine and what the backend can use of it,
+    whatever the manifest asked of a cluster (a CPU-only onnxruntime on a GPU node runs on the CPU)."""
+    product, count = local_gpu()
+    if count and not _backend_sees_gpu(spec.backend):
+        product, count = "", 0
+    system = spec.system.model_copy(update={"gpuProduct": product or "cpu", "gpuCount": count})
+    return spec.model_copy(update={"system": system})

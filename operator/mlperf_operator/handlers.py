@@ -22,6 +22,8 @@ from .kube import Kube, load_config
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = float(os.environ.get("MLPERF_RESYNC_SECONDS", "30"))
 _controller: Controller | None = None
+# Set by __main__ in single-namespace mode; None watches (and resyncs) every namespace.
+WATCHED_NAMESPACES: list[str] | None = None
 
 
 def controller() -> Controller:
@@ -63,7 +65,7 @@ def job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
 def _resync_forever(stop: threading.Event) -> None:
     while not stop.wait(RESYNC_SECONDS):
         try:
-            for run in controller().kube.list_runs():
+            for run in controller().kube.list_runs(WATCHED_NAMESPACES):
                 controller().reconcile(run["metadata"]["namespace"], run["metadata"]["name"])
         except Exception:
             log.exception("resync failed; retrying in %.0f s", RESYNC_SECONDS)

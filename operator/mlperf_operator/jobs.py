@@ -121,7 +121,7 @@ def build_job(run: dict[str, Any], spec: MLPerfRunSpec, step: Step, claim: str) 
     tolerations = list(spec.tolerations)
     if gpus:
         for kind in ("requests", "limits"):
-            resources.setdefault(kind, {})[GPU_RESOURCE] = gpus
+            resources.setdefault(kind, {})[GPU_RESOURCE] = str(gpus)  # a quantity is a string
         node_selector[GPU_PRODUCT_LABEL] = spec.system.gpuProduct
         tolerations.append(GPU_TOLERATION)
 

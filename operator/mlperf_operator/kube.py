@@ -56,8 +56,14 @@ class Kube:
                 return None
             raise
 
-    def list_runs(self) -> list[dict[str, Any]]:
-        return cast(dict[str, Any], self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))["items"]
+    def list_runs(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]:
+        """Runs of the watched namespaces (all when None): a namespaced operator may not list cluster-wide."""
+        if not namespaces:
+            return cast(dict[str, Any], self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))["items"]
+        runs: list[dict[str, Any]] = []
+        for ns in namespaces:
+            runs += cast(dict[str, Any], self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))["items"]
+        return runs
 
     def run_jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
         resp = self.batch.list_namespaced_job(namespace, label_selector=f"{RUN_LABEL}={run}", _preload_content=False)

@@ -27,7 +27,7 @@ def test_names_are_deterministic_and_dns_safe() -> None:
 def test_gpu_steps_request_gpus_on_the_right_product() -> None:
     job = _job(_spec(system={"gpuProduct": "NVIDIA-A100-SXM4-80GB", "gpuCount": 2}), "run-offline-performance")
     pod = job["spec"]["template"]["spec"]
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert pod["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
@@ -37,7 +37,7 @@ def test_cpu_steps_and_exclusive_nodes() -> None:
     spec = _spec(system={"exclusiveNode": True, "gpusPerNode": 8})
     assert "nodeSelector" not in _job(spec, "download-data")["spec"]["template"]["spec"]
     run = _job(spec, "run-offline-performance")["spec"]["template"]["spec"]
-    assert run["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert run["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
 
 
 def test_pods_meet_the_restricted_pod_security_standard() -> None:
