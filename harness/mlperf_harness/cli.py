@@ -172,8 +172,8 @@ def run_pipeline(ctx: typer.Context) -> None:
 @app.command("submission", context_settings=_PASSTHROUGH, add_help_option=False)
 def submission(ctx: typer.Context) -> None:
     """Assemble the submission tree of finished runs."""
-    # Placeholder contract: mlperf_harness.local.submission_command(argv: list[str]) -> int.
-    _delegate("mlperf_harness.local", "submission_command", ctx)
+    # Placeholder contract: mlperf_harness.submission.submission_command(argv) -> int.
+    _delegate("mlperf_harness.submission", "submission_command", ctx)
 
 
 def main() -> None:

@@ -24,7 +24,10 @@ VERSION = "v1alpha1"
 KIND = "MLPerfRun"
 PLURAL = "mlperfruns"
 CRD_NAME = f"{PLURAL}.{GROUP}"
-CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / f"{CRD_NAME}.yaml"
+REPO = Path(__file__).resolve().parents[2]
+CRD_PATH = REPO / "crds" / f"{CRD_NAME}.yaml"
+# The chart carries a copy: one source, written together, checked together.
+CRD_PATHS = (CRD_PATH, REPO / "helm" / "mlperf-operator" / "crds" / f"{CRD_NAME}.yaml")
 
 _DROP = {"title", "additionalProperties", "$defs"}
 CEL = "x-kubernetes-validations"
@@ -183,15 +186,18 @@ def render() -> str:
 
 
 def main() -> None:
+    text = render()
     if "--check" in sys.argv:
-        if not CRD_PATH.exists() or CRD_PATH.read_text() != render():
-            sys.exit(f"{CRD_PATH} is out of date: run `make crds`")
+        stale = [str(p) for p in CRD_PATHS if not p.exists() or p.read_text() != text]
+        if stale:
+            sys.exit(f"{', '.join(stale)} out of date: run `make crds`")
         return
-    CRD_PATH.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CRD_PATH.with_suffix(".tmp")
-    tmp.write_text(render())
-    tmp.replace(CRD_PATH)
-    print(f"wrote {CRD_PATH}")
+    for path in CRD_PATHS:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
