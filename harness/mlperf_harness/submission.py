@@ -86,7 +86,8 @@ def check_v10(root: Path, full_logs: dict[Path, Path] | None = None) -> list[str
                 for test in suite.rule(base).audits:
                     if scenario in suite.audit_exempt_scenarios(test):
                         continue
-                    _need(problems, sub / "compliance" / system / benchmark / scenario / test / "verify_performance.txt")
+                    audit_dir = sub / "compliance" / system / benchmark / scenario / test
+                    _need(problems, audit_dir / "verify_performance.txt")
     return problems
 
 

@@ -78,3 +78,20 @@ class Backend(ABC):
 
     def describe(self) -> str:
         return f"{self.name} {self.version()}"
+
+
+class ModelBackend(Backend):
+    """A backend whose tensor specs are read off the model by ``load``."""
+
+    _in: TensorSpec | None = None
+    _out: TensorSpec | None = None
+
+    @property
+    def input_spec(self) -> TensorSpec:
+        assert self._in is not None, "load() first"
+        return self._in
+
+    @property
+    def output_spec(self) -> TensorSpec:
+        assert self._out is not None, "load() first"
+        return self._out

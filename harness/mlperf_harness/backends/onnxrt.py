@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HarnessError
-from .base import Backend, TensorSpec
+from .base import ModelBackend, TensorSpec
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
               "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
@@ -23,15 +23,13 @@ def _spec(arg: object) -> TensorSpec:
     return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, "float32"))  # type: ignore[attr-defined]
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(ModelBackend):
     name = "onnxruntime"
 
     def __init__(self, threads: int | None = None) -> None:
         self._threads = threads
         self._session: object | None = None
         self._output: str | None = None
-        self._in: TensorSpec | None = None
-        self._out: TensorSpec | None = None
         self._provider = "CPUExecutionProvider"
 
     @classmethod
@@ -100,16 +98,6 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             raise _bad_model(model_path, exc) from None
         return target
-
-    @property
-    def input_spec(self) -> TensorSpec:
-        assert self._in is not None, "load() first"
-        return self._in
-
-    @property
-    def output_spec(self) -> TensorSpec:
-        assert self._out is not None, "load() first"
-        return self._out
 
     def device(self) -> str:
         if self._provider == "CUDAExecutionProvider":

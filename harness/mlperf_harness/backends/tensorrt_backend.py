@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import HarnessError
-from .base import Backend, TensorSpec
+from .base import ModelBackend, TensorSpec
 from .cuda_buffers import DeviceBuffer, Stream, device_name
 
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
@@ -64,7 +64,7 @@ class _Calibrator:
         return Calib()
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(ModelBackend):
     name = "tensorrt"
 
     def __init__(self) -> None:
@@ -72,8 +72,6 @@ class TensorRTBackend(Backend):
         self._context: Any = None
         self._stream: Stream | None = None
         self._bufs: dict[str, DeviceBuffer] = {}
-        self._in: TensorSpec | None = None
-        self._out: TensorSpec | None = None
         self.calibration_batches: list[np.ndarray] | None = None
         # int8 engines take the preprocessed int8 samples as they are: input scale per benchmark.
         self.int8_input_scale: float | None = None
@@ -168,16 +166,6 @@ class TensorRTBackend(Backend):
         obuf.to_host(self._stream, row * n)
         self._stream.synchronize()
         return obuf.host[:n]
-
-    @property
-    def input_spec(self) -> TensorSpec:
-        assert self._in is not None, "load() first"
-        return self._in
-
-    @property
-    def output_spec(self) -> TensorSpec:
-        assert self._out is not None, "load() first"
-        return self._out
 
     def device(self) -> str:
         return f"cuda:0 {device_name(0)}"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import HarnessError
-from .base import Backend, TensorSpec
+from .base import ModelBackend, TensorSpec
 
 
 def _torch() -> Any:
@@ -22,7 +22,7 @@ def _torch() -> Any:
         raise HarnessError("pytorch: torch is not installed (install the gpu extra)") from None
 
 
-class PyTorchBackend(Backend):
+class PyTorchBackend(ModelBackend):
     name = "pytorch"
 
     def __init__(self, use_graphs: bool | None = None) -> None:
@@ -32,8 +32,6 @@ class PyTorchBackend(Backend):
         self._dev: Any = None
         self._dtype: Any = None
         self._out_index = 0
-        self._in: TensorSpec | None = None
-        self._out: TensorSpec | None = None
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}  # batch -> (graph, static in, static out)
         self._pinned: Any = None  # page-locked staging buffer for host-to-device copies
         self._batch = 1
@@ -153,16 +151,6 @@ class PyTorchBackend(Backend):
                     return (out.float() if out.is_floating_point() else out).cpu().numpy()
             out = self._run(x)
             return (out.float() if out.is_floating_point() else out).cpu().numpy()
-
-    @property
-    def input_spec(self) -> TensorSpec:
-        assert self._in is not None, "load() first"
-        return self._in
-
-    @property
-    def output_spec(self) -> TensorSpec:
-        assert self._out is not None, "load() first"
-        return self._out
 
     def device(self) -> str:
         torch = _torch()
