@@ -16,8 +16,12 @@ from mlperf_harness import steps
 
 
 def offline(batch: int, seconds: float, expected: float, tag: str) -> tuple[float, str]:
-    ws = workspace(f"bench-null-offline-{tag}", backend="null", batchSize=batch,
-                   loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected})
+    ws = workspace(
+        f"bench-null-offline-{tag}",
+        backend="null",
+        batchSize=batch,
+        loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected},
+    )
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     [r] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
     return r.samplesPerSecond or 0.0, r.resultValidity

@@ -17,8 +17,14 @@ from mlperf_harness import steps
 
 def probe(qps: float, seconds: float, batch: int) -> tuple[bool, float, float]:
     run = f"bench-null-server-{int(qps)}"
-    ws = workspace(run, backend="null", category="datacenter", scenarios=["Server"], batchSize=batch,
-                   loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 100, "targetQps": qps})
+    ws = workspace(
+        run,
+        backend="null",
+        category="datacenter",
+        scenarios=["Server"],
+        batchSize=batch,
+        loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 100, "targetQps": qps},
+    )
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     [r] = steps.run_harness(ws, "Server", "PerformanceOnly").results
     p99 = (r.latencyNs.p99 or 0) / 1e6 if r.latencyNs else float("nan")
@@ -33,8 +39,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args()
-    print(f"null-backend Server, 15 ms p99 bound, min_duration {args.seconds:g} s per probe, "
-          f"batch {args.batch}, {machine()}, {stamp()}")
+    print(
+        f"null-backend Server, 15 ms p99 bound, min_duration {args.seconds:g} s per probe, "
+        f"batch {args.batch}, {machine()}, {stamp()}"
+    )
     low, high, best = args.low, args.high, 0.0
     ok, done, p99 = probe(low, args.seconds, args.batch)
     print(f"  target {low:>8,.0f}: {'VALID' if ok else 'INVALID':8} completed {done:>9,.0f}/s  p99 {p99:.2f} ms")

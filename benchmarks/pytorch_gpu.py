@@ -22,11 +22,14 @@ def main() -> None:
     ap.add_argument("--precision", default="fp16")
     ap.add_argument("--expected-qps", type=float, default=5000)
     args = ap.parse_args()
-    over = {"backend": "pytorch", "precision": args.precision, "batchSize": args.batch,
-            "system": {"gpuProduct": "NVIDIA-H200", "gpuCount": 1},
-            "testModes": ["PerformanceOnly", "AccuracyOnly"],
-            "loadgen": {"minDurationMs": int(args.seconds * 1000), "minQueryCount": 1,
-                        "expectedQps": args.expected_qps}}
+    over = {
+        "backend": "pytorch",
+        "precision": args.precision,
+        "batchSize": args.batch,
+        "system": {"gpuProduct": "NVIDIA-H200", "gpuCount": 1},
+        "testModes": ["PerformanceOnly", "AccuracyOnly"],
+        "loadgen": {"minDurationMs": int(args.seconds * 1000), "minQueryCount": 1, "expectedQps": args.expected_qps},
+    }
     ws = workspace(f"bench-torch-{args.precision}-b{args.batch}", **over)
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     print(f"pytorch backend, {args.precision}, batch {args.batch}, {machine()}, {stamp()}")

@@ -37,8 +37,11 @@ def plain_loop(model: str, data: np.ndarray, batch: int, seconds: float) -> floa
 
 
 def harness_run(best_batch: int, seconds: float, expected: float, tag: str) -> tuple[float, str]:
-    ws = workspace(f"bench-ort-harness-{tag}", batchSize=best_batch,
-                   loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected})
+    ws = workspace(
+        f"bench-ort-harness-{tag}",
+        batchSize=best_batch,
+        loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected},
+    )
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     [r] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
     return r.samplesPerSecond or 0.0, r.resultValidity
@@ -66,8 +69,10 @@ def main() -> None:
         harness, validity = harness_run(best, args.seconds, plain, str(i))
         ratios.append(harness / plain)
         print(f"  round {i + 1}: plain {plain:7.2f}  harness {harness:7.2f} ({validity})  ratio {harness / plain:.3f}")
-    print(f"batch {best}: harness / plain loop, median of {len(ratios)} rounds = {statistics.median(ratios):.3f} "
-          "(goal >= 0.95)")
+    print(
+        f"batch {best}: harness / plain loop, median of {len(ratios)} rounds = {statistics.median(ratios):.3f} "
+        "(goal >= 0.95)"
+    )
 
 
 if __name__ == "__main__":

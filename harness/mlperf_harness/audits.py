@@ -65,17 +65,22 @@ def verify_accuracy(reference_log: Path, test_log: Path) -> Verdict:
         match += 1
         mismatch += results[idx] != data
     passed = mismatch == 0 and match > 0
-    text = "\n".join([
-        "Verifying accuracy.",
-        f"num_acc_log_entries = {len(acc)}",
-        f"num_acc_log_duplicate_keys = {dup}",
-        f"num_acc_log_data_mismatch = {dup_mismatch}",
-        f"num_perf_log_entries = {len(perf)}",
-        f"num_perf_log_qsl_idx_match = {match}",
-        f"num_perf_log_data_mismatch = {mismatch}",
-        f"num_missing_qsl_idxs = {missing}",
-        "TEST PASS" if passed else "TEST FAIL",
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                "Verifying accuracy.",
+                f"num_acc_log_entries = {len(acc)}",
+                f"num_acc_log_duplicate_keys = {dup}",
+                f"num_acc_log_data_mismatch = {dup_mismatch}",
+                f"num_perf_log_entries = {len(perf)}",
+                f"num_perf_log_qsl_idx_match = {match}",
+                f"num_perf_log_data_mismatch = {mismatch}",
+                f"num_missing_qsl_idxs = {missing}",
+                "TEST PASS" if passed else "TEST FAIL",
+            ]
+        )
+        + "\n"
+    )
     return Verdict(passed, text, f"{mismatch} of {match} logged outputs differ from the accuracy run")
 
 
@@ -99,8 +104,10 @@ def verify_performance(test: str, reference: Summary, audited: Summary, threshol
     ratio = got / ref
     passed = (1 - band) < ratio < (1 + band)
     unit = "ns" if reference.scenario in LATENCY_SCENARIOS else "samples/s"
-    text = (f"Verifying performance.\nreference score = {ref:g} {unit}\ntest score = {got:g} {unit}\n"
-            f"ratio = {ratio:.4f} (pass band ±{band:.0%})\n{'TEST PASS' if passed else 'TEST FAIL'}\n")
+    text = (
+        f"Verifying performance.\nreference score = {ref:g} {unit}\ntest score = {got:g} {unit}\n"
+        f"ratio = {ratio:.4f} (pass band ±{band:.0%})\n{'TEST PASS' if passed else 'TEST FAIL'}\n"
+    )
     return Verdict(passed, text, f"score ratio {ratio:.3f} vs submission (±{band:.0%})")
 
 
@@ -115,8 +122,10 @@ def verify_test04_pair(a: Summary, b: Summary) -> Verdict:
     band = 0.20 if a.scenario == "SingleStream" else 0.10
     faster = _faster_by(a.scenario, sa, sb)
     passed = faster <= band
-    text = (f"Verifying performance.\nTEST04-A score = {sa:g}\nTEST04-B score = {sb:g}\n"
-            f"B faster than A by {faster:+.2%} (limit {band:.0%})\n{'TEST PASS' if passed else 'TEST FAIL'}\n")
+    text = (
+        f"Verifying performance.\nTEST04-A score = {sa:g}\nTEST04-B score = {sb:g}\n"
+        f"B faster than A by {faster:+.2%} (limit {band:.0%})\n{'TEST PASS' if passed else 'TEST FAIL'}\n"
+    )
     return Verdict(passed, text, f"B vs A {faster:+.1%} faster (limit {band:.0%})")
 
 
@@ -126,6 +135,8 @@ def verify_test04_single(reference: Summary, audited: Summary, threshold: float)
     band = _band(reference.scenario, reference, threshold)
     faster = _faster_by(reference.scenario, ref, got)
     passed = faster <= band
-    text = (f"Verifying performance.\nreference score = {ref:g}\nTEST04 score = {got:g}\n"
-            f"TEST04 faster by {faster:+.2%} (limit {band:.0%})\n{'TEST PASS' if passed else 'TEST FAIL'}\n")
+    text = (
+        f"Verifying performance.\nreference score = {ref:g}\nTEST04 score = {got:g}\n"
+        f"TEST04 faster by {faster:+.2%} (limit {band:.0%})\n{'TEST PASS' if passed else 'TEST FAIL'}\n"
+    )
     return Verdict(passed, text, f"{faster:+.1%} faster than submission (limit {band:.0%})")

@@ -31,12 +31,19 @@ app = typer.Typer(
 err = Console(stderr=True)
 out = Console()
 
-SpecOpt = Annotated[str, typer.Option("--spec", envvar="MLPERF_SPEC",
-                                      help="MLPerfRun manifest or bare spec: a YAML/JSON file, or inline JSON.")]
-WorkdirOpt = Annotated[Path, typer.Option("--workdir", envvar="MLPERF_WORKDIR",
-                                          help="Work directory (the run's PVC in a Job).")]
-RunOpt = Annotated[str | None, typer.Option("--run", envvar="MLPERF_RUN",
-                                            help="Run name; default: the manifest's metadata.name or 'local'.")]
+SpecOpt = Annotated[
+    str,
+    typer.Option(
+        "--spec", envvar="MLPERF_SPEC", help="MLPerfRun manifest or bare spec: a YAML/JSON file, or inline JSON."
+    ),
+]
+WorkdirOpt = Annotated[
+    Path, typer.Option("--workdir", envvar="MLPERF_WORKDIR", help="Work directory (the run's PVC in a Job).")
+]
+RunOpt = Annotated[
+    str | None,
+    typer.Option("--run", envvar="MLPERF_RUN", help="Run name; default: the manifest's metadata.name or 'local'."),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 ScenarioOpt = Annotated[str, typer.Option("--scenario", help="Offline, Server, SingleStream or MultiStream.")]
 DEFAULT_WORKDIR = Path("./mlperf-work")
@@ -51,8 +58,9 @@ def _workspace(spec_text: str, workdir: Path, run: str | None, quiet: bool) -> o
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise HarnessError(f"{spec_text if len(spec_text) < 120 else 'spec'}: invalid at {where}: {first['msg']}") \
-            from None
+        raise HarnessError(
+            f"{spec_text if len(spec_text) < 120 else 'spec'}: invalid at {where}: {first['msg']}"
+        ) from None
     except (OSError, ValueError) as exc:
         raise HarnessError(f"{spec_text if len(spec_text) < 120 else 'spec'}: {exc}") from None
     from .sysinfo import localize
@@ -62,8 +70,9 @@ def _workspace(spec_text: str, workdir: Path, run: str | None, quiet: bool) -> o
     return Workspace(localize(manifest.spec), workdir, name, quiet)
 
 
-def _run_step(verb: str, spec: str, workdir: Path, run: str | None, quiet: bool,
-              body: Callable[[object], StepOutcome]) -> None:
+def _run_step(
+    verb: str, spec: str, workdir: Path, run: str | None, quiet: bool, body: Callable[[object], StepOutcome]
+) -> None:
     """Run a verb body, print its outcome, hand it to the operator; HarnessError -> exit 2."""
     try:
         ws = _workspace(spec, workdir, run, quiet)
@@ -78,8 +87,9 @@ def _run_step(verb: str, spec: str, workdir: Path, run: str | None, quiet: bool,
 
 
 @app.command("download-data")
-def download_data(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None,
-                  quiet: QuietOpt = False) -> None:
+def download_data(
+    spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None, quiet: QuietOpt = False
+) -> None:
     """Fetch (https, with resume; s3; a PVC path) or generate (synthetic) the dataset, checksum-verified."""
     from . import steps
 
@@ -87,8 +97,9 @@ def download_data(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: Run
 
 
 @app.command("download-model")
-def download_model(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None,
-                   quiet: QuietOpt = False) -> None:
+def download_model(
+    spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None, quiet: QuietOpt = False
+) -> None:
     """Fetch the model (https/s3/PVC, sha256-checked) or generate the synthetic random-weight one."""
     from . import steps
 
@@ -96,8 +107,9 @@ def download_model(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: Ru
 
 
 @app.command("preprocess")
-def preprocess(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None,
-               quiet: QuietOpt = False) -> None:
+def preprocess(
+    spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None, quiet: QuietOpt = False
+) -> None:
     """Run the benchmark's MLPerf preprocessing into one memory-mappable array per input dtype."""
     from . import steps
 
@@ -105,10 +117,16 @@ def preprocess(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt
 
 
 @app.command("build-engine")
-def build_engine(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None,
-                 scenario: Annotated[str | None, typer.Option(
-                     "--scenario", help="Scenario whose batch size the engine is built for (default: the first).")]
-                 = None, quiet: QuietOpt = False) -> None:
+def build_engine(
+    spec: SpecOpt,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    run: RunOpt = None,
+    scenario: Annotated[
+        str | None,
+        typer.Option("--scenario", help="Scenario whose batch size the engine is built for (default: the first)."),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Build the backend's engine for the spec's precision and batch size (TensorRT plan, ORT graph)."""
     from . import steps
 
@@ -116,24 +134,34 @@ def build_engine(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunO
 
 
 @app.command("run-harness")
-def run_harness(spec: SpecOpt, scenario: ScenarioOpt, test_mode: Annotated[str, typer.Option(
-        "--test-mode", help="PerformanceOnly or AccuracyOnly.")] = "PerformanceOnly",
-        workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None, quiet: QuietOpt = False) -> None:
+def run_harness(
+    spec: SpecOpt,
+    scenario: ScenarioOpt,
+    test_mode: Annotated[str, typer.Option("--test-mode", help="PerformanceOnly or AccuracyOnly.")] = "PerformanceOnly",
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    run: RunOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Run LoadGen for one scenario and test mode; results go to the run's results/ and the termination log."""
     from . import steps
 
     if test_mode not in ("PerformanceOnly", "AccuracyOnly"):
         err.print(f"[red]error: --test-mode {test_mode}: use PerformanceOnly or AccuracyOnly[/]")
         raise typer.Exit(2)
-    _run_step("run-harness", spec, workdir, run, quiet,
-              lambda ws: steps.run_harness(ws, scenario, test_mode))  # type: ignore[arg-type]
+    _run_step("run-harness", spec, workdir, run, quiet, lambda ws: steps.run_harness(ws, scenario, test_mode))  # type: ignore[arg-type]
 
 
 @app.command("audit")
-def audit(spec: SpecOpt, test: Annotated[str, typer.Option(
-        "--test", help="TEST01, TEST04 (current round), TEST04-A / TEST04-B / TEST05 (v1.0).")],
-        scenario: ScenarioOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None,
-        quiet: QuietOpt = False) -> None:
+def audit(
+    spec: SpecOpt,
+    test: Annotated[
+        str, typer.Option("--test", help="TEST01, TEST04 (current round), TEST04-A / TEST04-B / TEST05 (v1.0).")
+    ],
+    scenario: ScenarioOpt,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    run: RunOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Run one compliance test in one scenario (audit.config in its log dir) and verify it."""
     from . import steps
 
@@ -141,8 +169,7 @@ def audit(spec: SpecOpt, test: Annotated[str, typer.Option(
 
 
 @app.command("report")
-def report(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None,
-           quiet: QuietOpt = False) -> None:
+def report(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None, quiet: QuietOpt = False) -> None:
     """Parse the run's LoadGen logs and write its part of the submission tree (v1.0 and current layouts)."""
     from .report import run_report
 

@@ -96,24 +96,45 @@ def run_report(ws: Workspace) -> StepOutcome:
         atomic_write_text(stage / "README.md", _readme(ws, system, results, audit_results))
     synthetic = " [synthetic]" if spec.synthetic else ""
     valid = sum(1 for r in results if r.passed)
-    message = (f"report: {valid}/{len(results)} results pass, "
-               f"{sum(a.passed for a in audit_results)}/{len(audit_results)} audits pass; "
-               f"submission trees in {ws.rel(ws.workdir.submission(ws.run))}{synthetic}")
+    message = (
+        f"report: {valid}/{len(results)} results pass, "
+        f"{sum(a.passed for a in audit_results)}/{len(audit_results)} audits pass; "
+        f"submission trees in {ws.rel(ws.workdir.submission(ws.run))}{synthetic}"
+    )
     outcome = StepOutcome(step="report", ok=True, message=message)
-    atomic_write_text(ws.results_dir / "report.json", json.dumps({
-        "results": [r.model_dump() for r in results], "audits": [a.model_dump() for a in audit_results],
-        "layouts": written}, indent=2))
+    atomic_write_text(
+        ws.results_dir / "report.json",
+        json.dumps(
+            {
+                "results": [r.model_dump() for r in results],
+                "audits": [a.model_dump() for a in audit_results],
+                "layouts": written,
+            },
+            indent=2,
+        ),
+    )
     return outcome
 
 
-def _write_layout(ws: Workspace, layout: str, root: Path, system: str, impl: str, sysdesc: dict[str, object],
-                  results: list[ScenarioResult], audit_results: list[AuditResult]) -> None:
+def _write_layout(
+    ws: Workspace,
+    layout: str,
+    root: Path,
+    system: str,
+    impl: str,
+    sysdesc: dict[str, object],
+    results: list[ScenarioResult],
+    audit_results: list[AuditResult],
+) -> None:
     spec = ws.spec
     bdir = bench_dir(spec.benchmark, spec.suite, spec.configVer)
     atomic_write_json(root / "systems" / f"{system}.json", sysdesc)
     code = root / ("code" if layout == "v1.0" else "src") / spec.benchmark / impl / "README.md"
-    atomic_write_text(code, f"# {spec.benchmark} with the {impl} backend\n\nHarness: mlperf-operator "
-                            "(`mlperf` CLI, package mlperf_harness).\n")
+    atomic_write_text(
+        code,
+        f"# {spec.benchmark} with the {impl} backend\n\nHarness: mlperf-operator "
+        "(`mlperf` CLI, package mlperf_harness).\n",
+    )
     if layout != "v1.0":
         atomic_write_text(root / "documentation" / "README.md", "Run with the mlperf-operator harness.\n")
     for scenario in spec.scenarios:
@@ -174,11 +195,13 @@ def _scenario_readme(ws: Workspace, scenario: str, results: list[ScenarioResult]
     if spec.synthetic:
         lines += [f"**{SYNTHETIC_NOTE}.**", ""]
     lines += [
-        "Reproduce with the mlperf-operator harness:", "",
+        "Reproduce with the mlperf-operator harness:",
+        "",
         "```",
         f"mlperf run-harness --spec spec.yaml --scenario {scenario} --test-mode PerformanceOnly",
         f"mlperf run-harness --spec spec.yaml --scenario {scenario} --test-mode AccuracyOnly",
-        "```", "",
+        "```",
+        "",
     ]
     for r in results:
         if r.scenario == scenario:

@@ -98,11 +98,13 @@ def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
     builder = cls()
     if hasattr(builder, "int8_input_scale"):
         builder.int8_input_scale = getattr(ws.bench, "int8_input_scale", None)
-    engine = builder.build_engine(ws.bench.model_file(ws.model_dir), out, artifacts.batch_size_of(spec, scenario),
-                                  artifacts.precision_of(spec))
+    engine = builder.build_engine(
+        ws.bench.model_file(ws.model_dir), out, artifacts.batch_size_of(spec, scenario), artifacts.precision_of(spec)
+    )
     files = [engine] if engine.parent == out else []
-    write_marker(out, "build-engine", files, engine=engine.name if files else None,
-                 backend=cls.name, version=cls.version())
+    write_marker(
+        out, "build-engine", files, engine=engine.name if files else None, backend=cls.name, version=cls.version()
+    )
     return StepOutcome(step="build-engine", ok=True, message=f"engine ready: {engine.name}")
 
 
@@ -112,8 +114,10 @@ def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
 def _backend_factory(ws: Workspace, mode: str) -> Callable[[], Backend]:
     def make() -> Backend:
         if ws.spec.backend == "null":
-            b: Backend = NullBackend(TensorSpec(ws.bench.output_name, (None,), "int64"),
-                                     TensorSpec(ws.bench.input_name, (None, *ws.bench.sample_shape()), "float32"))
+            b: Backend = NullBackend(
+                TensorSpec(ws.bench.output_name, (None,), "int64"),
+                TensorSpec(ws.bench.input_name, (None, *ws.bench.sample_shape()), "float32"),
+            )
         else:
             b = get_backend(ws.spec.backend)
         wrap = ws.perf_backend_wrapper
@@ -131,8 +135,9 @@ def _clean(log_dir: Path) -> None:
             f.unlink()
 
 
-def _execute(ws: Workspace, cfg: HarnessConfig, mode: str, log_dir: Path, audit: str | None = None) -> tuple[
-        Summary | None, list[str], str, str]:
+def _execute(
+    ws: Workspace, cfg: HarnessConfig, mode: str, log_dir: Path, audit: str | None = None
+) -> tuple[Summary | None, list[str], str, str]:
     from .loadgen.runner import run_loadgen
 
     if ws.spec.backend != "null":
@@ -161,18 +166,26 @@ def run_harness(ws: Workspace, scenario: str, mode: str) -> StepOutcome:
     cfg = build_config(ws.spec, scenario)
     summary, errors, device, backend = _execute(ws, cfg, mode, log_dir)
     result = ScenarioResult(
-        scenario=scenario, testMode=mode, synthetic=cfg.synthetic, device=device, backend=backend,
+        scenario=scenario,
+        testMode=mode,
+        synthetic=cfg.synthetic,
+        device=device,
+        backend=backend,
         logDir=ws.rel(log_dir),
     )
     rule = load_suite(cfg.suite).rule(cfg.benchmark).accuracy
     if summary is not None:
         valid = summary.valid and not _over_bound(cfg, summary)
-        result = result.model_copy(update={
-            "valid": valid,
-            "resultValidity": summary.validity if valid or not summary.valid else "INVALID (over the round's bound)",
-            "samplesPerSecond": summary.throughput(),
-            "latencyNs": summary.latency_ns(),
-        })
+        result = result.model_copy(
+            update={
+                "valid": valid,
+                "resultValidity": summary.validity
+                if valid or not summary.valid
+                else "INVALID (over the round's bound)",
+                "samplesPerSecond": summary.throughput(),
+                "latencyNs": summary.latency_ns(),
+            }
+        )
         message = f"{scenario} {mode}: {result.resultValidity}, {summary.throughput() or 0:.1f} samples/s"
     else:
         report = ws.bench.accuracy(log_dir / ACC_LOG, ws.preprocessed_dir)
@@ -180,10 +193,14 @@ def run_harness(ws: Workspace, scenario: str, mode: str) -> StepOutcome:
         header = f"# {SYNTHETIC_NOTE}\n" if cfg.synthetic else ""
         atomic_write_text(log_dir / "accuracy.txt", f"{header}{report.line}\n")
         print(report.line)
-        result = result.model_copy(update={
-            "accuracy": report.value, "accuracyMetric": rule.metric, "accuracyTarget": round(target, 4),
-            "accuracyPassed": report.value >= target,
-        })
+        result = result.model_copy(
+            update={
+                "accuracy": report.value,
+                "accuracyMetric": rule.metric,
+                "accuracyTarget": round(target, 4),
+                "accuracyPassed": report.value >= target,
+            }
+        )
         message = f"{scenario} {mode}: {report.line}"
     result = result.model_copy(update={"submittable": cfg.submittable and not errors})
     if errors:
@@ -240,10 +257,10 @@ def audit(ws: Workspace, test: str, scenario: str) -> StepOutcome:
         atomic_write_text(adir / "verify_performance.txt", verdict.text)
         if test == "TEST01":
             acc = _test01_accuracy(ws, scenario, adir)
-            verdict = audits.Verdict(verdict.passed and acc.passed, verdict.text,
-                                     f"{acc.details}; {verdict.details}")
-    result = AuditResult(test=test, scenario=scenario, passed=verdict.passed, details=verdict.details[:300],
-                         synthetic=cfg.synthetic)
+            verdict = audits.Verdict(verdict.passed and acc.passed, verdict.text, f"{acc.details}; {verdict.details}")
+    result = AuditResult(
+        test=test, scenario=scenario, passed=verdict.passed, details=verdict.details[:300], synthetic=cfg.synthetic
+    )
     msg = f"{test} {scenario}: {'PASS' if verdict.passed else 'FAIL'} ({verdict.details})"
     outcome = StepOutcome(step="audit", ok=True, message=msg[:500], audits=[result])
     emit(ws, outcome, name)

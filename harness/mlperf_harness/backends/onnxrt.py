@@ -10,8 +10,14 @@ import numpy as np
 from ..errors import HarnessError
 from .base import ModelBackend, TensorSpec
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-              "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+}
 
 
 def _bad_model(path: Path, exc: Exception) -> HarnessError:

@@ -15,8 +15,15 @@ from ..errors import HarnessError
 from .base import ModelBackend, TensorSpec
 from .cuda_buffers import DeviceBuffer, Stream, device_name
 
-_TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
-               "BF16": "bfloat16", "BOOL": "bool"}
+_TRT_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BF16": "bfloat16",
+    "BOOL": "bool",
+}
 
 
 def _trt() -> Any:

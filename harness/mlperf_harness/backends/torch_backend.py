@@ -65,8 +65,9 @@ class PyTorchBackend(ModelBackend):
             # fp32 means fp32: no TF32 (it can move an argmax against the FP32 reference).
             torch.backends.cudnn.allow_tf32 = precision != "fp32"
             torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
-        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32) if on_gpu \
-            else torch.float32
+        self._dtype = (
+            {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32) if on_gpu else torch.float32
+        )
         if model_path.suffix == ".onnx":
             from onnx2torch import convert
 
@@ -105,8 +106,13 @@ class PyTorchBackend(ModelBackend):
     def warmup(self, batch_size: int, rounds: int = 2) -> None:
         """Capture every bucket's CUDA graph now, on the loading thread: no capture during the
         timed run, and graphs are created and destroyed by the same thread."""
-        if self._dev is not None and self._dev.type == "cuda" and self.use_graphs and self._in is not None \
-                and len(self._in.shape) == 4:
+        if (
+            self._dev is not None
+            and self._dev.type == "cuda"
+            and self.use_graphs
+            and self._in is not None
+            and len(self._in.shape) == 4
+        ):
             for n in sorted({self._bucket(k) for k in range(1, self._batch + 1)}):
                 self._graph_for(n)
         super().warmup(batch_size, rounds)
@@ -120,7 +126,8 @@ class PyTorchBackend(ModelBackend):
             assert self._in is not None
             shape = (n, *[d or 1 for d in self._in.shape[1:]])
             static_in = torch.zeros(shape, device=self._dev, dtype=self._dtype).contiguous(
-                memory_format=torch.channels_last)
+                memory_format=torch.channels_last
+            )
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side), torch.inference_mode():

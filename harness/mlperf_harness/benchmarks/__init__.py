@@ -10,9 +10,7 @@ from .rnnt import Rnnt
 from .ssd_resnet34 import SSDResNet34
 from .unet3d import Unet3D
 
-_BENCHMARKS: dict[str, type[Benchmark]] = {
-    b.name: b for b in (ResNet50, SSDResNet34, Bert, Dlrm, Rnnt, Unet3D)
-}
+_BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (ResNet50, SSDResNet34, Bert, Dlrm, Rnnt, Unet3D)}
 
 
 def get_benchmark(name: str) -> Benchmark:

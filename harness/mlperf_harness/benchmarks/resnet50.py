@@ -39,8 +39,14 @@ DATASET_JSON = "dataset.json"
 
 
 def progress(quiet: bool) -> Progress:
-    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), disable=quiet, transient=True)
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=quiet,
+        transient=True,
+    )
 
 
 def preprocess_image(img: np.ndarray) -> np.ndarray:
@@ -137,8 +143,11 @@ class ResNet50(Benchmark):
         if source.pvc is not None:
             root = download.resolve_pvc(source.pvc)  # used in place: ImageNet is large
         else:
-            got = (download.fetch_https(source.https, out_dir / "_download", quiet=quiet) if source.https
-                   else download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet))  # type: ignore[arg-type]
+            got = (
+                download.fetch_https(source.https, out_dir / "_download", quiet=quiet)
+                if source.https
+                else download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
+            )  # type: ignore[arg-type]
             root = _unpack(got, out_dir / "imagenet") if got.is_file() else got
         root = _find_val_map_root(root)
         entries = read_val_map(root / VAL_MAP)
@@ -191,8 +200,13 @@ class ResNet50(Benchmark):
             flush()
         val_map = "".join(f"{f} {lab}\n" for f, lab in zip(names, labels, strict=True))
         atomic_write_text(images_dir / VAL_MAP, val_map)
-        facts: dict[str, object] = {"layout": "files" if stored else "generated", "root": str(images_dir), "count": n,
-                 "synthetic": True, "seed": seed}
+        facts: dict[str, object] = {
+            "layout": "files" if stored else "generated",
+            "root": str(images_dir),
+            "count": n,
+            "synthetic": True,
+            "seed": seed,
+        }
         atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2))
         return facts
 
@@ -220,8 +234,14 @@ class ResNet50(Benchmark):
             arr.flush()
             del arr
         atomic_write_text(out_dir / VAL_MAP, (root / VAL_MAP).read_text())
-        meta = {"count": n, "dtype": dtype, "shape": [3, SIZE, SIZE], "layout": "NCHW",
-                "int8Scale": INT8_SCALE if dtype == "int8" else None, "synthetic": bool(facts.get("synthetic"))}
+        meta = {
+            "count": n,
+            "dtype": dtype,
+            "shape": [3, SIZE, SIZE],
+            "layout": "NCHW",
+            "int8Scale": INT8_SCALE if dtype == "int8" else None,
+            "synthetic": bool(facts.get("synthetic")),
+        }
         atomic_write_text(out_dir / "preprocessed.json", json.dumps(meta, indent=2))
         return meta
 

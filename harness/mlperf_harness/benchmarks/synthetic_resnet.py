@@ -39,8 +39,9 @@ class _Graph:
         wn, bn, out = self.name("W"), self.name("B"), self.name("conv")
         self.inits += [numpy_helper.from_array(w, wn), numpy_helper.from_array(b, bn)]
         pad = k // 2
-        self.nodes.append(helper.make_node("Conv", [x, wn, bn], [out], kernel_shape=[k, k],
-                                           strides=[stride, stride], pads=[pad] * 4))
+        self.nodes.append(
+            helper.make_node("Conv", [x, wn, bn], [out], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
+        )
         if not relu:
             return out
         act = self.name("relu")
@@ -110,10 +111,13 @@ def build(seed: int, calibration: np.ndarray | None = None) -> onnx.ModelProto:
         helper.make_node("Softmax", ["logits"], [SOFTMAX], axis=1),
         helper.make_node("ArgMax", [SOFTMAX], [ARGMAX], axis=1, keepdims=0),
     ]
-    return _model(g, [
-        helper.make_tensor_value_info(ARGMAX, TensorProto.INT64, ["N"]),
-        helper.make_tensor_value_info(SOFTMAX, TensorProto.FLOAT, ["N", CLASSES]),
-    ])
+    return _model(
+        g,
+        [
+            helper.make_tensor_value_info(ARGMAX, TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info(SOFTMAX, TensorProto.FLOAT, ["N", CLASSES]),
+        ],
+    )
 
 
 def run_features(g: _Graph, feat: str, images: np.ndarray) -> np.ndarray:

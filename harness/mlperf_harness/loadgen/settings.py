@@ -41,10 +41,18 @@ def user_conf(cfg: HarnessConfig) -> str:
     lines = [f"# user.conf for {cfg.benchmark} {cfg.scenario} on {cfg.systemId} ({cfg.suite})"]
     if cfg.synthetic:
         lines.append("# SYNTHETIC data or model: not a submittable result")
-    keys = set(c.userConfKeys) if c.compiledIn else {
-        "target_qps", "target_latency", "min_duration", "min_query_count", "performance_sample_count_override",
-        "samples_per_query",
-    }
+    keys = (
+        set(c.userConfKeys)
+        if c.compiledIn
+        else {
+            "target_qps",
+            "target_latency",
+            "min_duration",
+            "min_query_count",
+            "performance_sample_count_override",
+            "samples_per_query",
+        }
+    )
     if "target_qps" in keys and c.offlineExpectedQps is not None:
         lines.append(f"{p}.target_qps = {c.offlineExpectedQps:g}")
     if "target_qps" in keys and c.serverTargetQps is not None:
@@ -150,20 +158,28 @@ def audit_config(test: str, cfg: HarnessConfig) -> str:
     lines = [f"# {test} audit.config ({suite.description})", "*.*.mode = 2"]
     if test == "TEST01":
         target = suite.rule(cfg.benchmark).loadgen.test01SamplingTarget
-        lines += [f"*.*.accuracy_log_rng_seed = {suite.loadgen.test01Seed}",
-                  f"*.*.accuracy_log_sampling_target = {target}"]
+        lines += [
+            f"*.*.accuracy_log_rng_seed = {suite.loadgen.test01Seed}",
+            f"*.*.accuracy_log_sampling_target = {target}",
+        ]
     elif test == "TEST04-A":
         lines += ["*.*.performance_issue_unique = 1"]
     elif test in ("TEST04-B", "TEST04"):
-        lines += ["*.*.performance_issue_unique = 0", "*.*.performance_issue_same = 1",
-                  "*.*.performance_issue_same_index = 3"]
+        lines += [
+            "*.*.performance_issue_unique = 0",
+            "*.*.performance_issue_same = 1",
+            "*.*.performance_issue_same_index = 3",
+        ]
     elif test == "TEST05":
         seeds = suite.loadgen.test05Seeds
         if seeds is None:
             raise ValueError(f"TEST05 is not part of suite {suite.name}")
         # The official file's lines; LoadGen 6 ignores them, test_settings() applies the seeds.
-        lines += [f"*.*.qsl_rng_seed = {seeds.qsl}", f"*.*.sample_index_rng_seed = {seeds.sampleIndex}",
-                  f"*.*.schedule_rng_seed = {seeds.schedule}"]
+        lines += [
+            f"*.*.qsl_rng_seed = {seeds.qsl}",
+            f"*.*.sample_index_rng_seed = {seeds.sampleIndex}",
+            f"*.*.schedule_rng_seed = {seeds.schedule}",
+        ]
     else:
         raise ValueError(f"unknown compliance test {test!r}")
     return "\n".join(lines) + "\n"
