@@ -143,11 +143,11 @@ class ResNet50(Benchmark):
         if source.pvc is not None:
             root = download.resolve_pvc(source.pvc)  # used in place: ImageNet is large
         else:
-            got = (
-                download.fetch_https(source.https, out_dir / "_download", quiet=quiet)
-                if source.https
-                else download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
-            )  # type: ignore[arg-type]
+            if source.https:
+                got = download.fetch_https(source.https, out_dir / "_download", quiet=quiet)
+            else:
+                assert source.s3 is not None  # a Source holds exactly one kind
+                got = download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
             root = _unpack(got, out_dir / "imagenet") if got.is_file() else got
         root = _find_val_map_root(root)
         entries = read_val_map(root / VAL_MAP)
