@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,13 @@ def machine() -> str:
 
 def stamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def offline_run(run: str, seconds: float, expected: float, **over: Any) -> tuple[float, str]:
+    """One fresh Offline performance run through the harness: (samples/s, VALID or INVALID)."""
+    ws = workspace(
+        run, loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected}, **over
+    )
+    shutil.rmtree(ws.run_dir, ignore_errors=True)
+    [r] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
+    return r.samplesPerSecond or 0.0, r.resultValidity

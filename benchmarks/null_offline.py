@@ -9,22 +9,12 @@ with the null backend, which answers at once and never reads its input, for each
 from __future__ import annotations
 
 import argparse
-import shutil
 
-from _common import machine, stamp, workspace
-from mlperf_harness import steps
+from _common import machine, offline_run, stamp
 
 
 def offline(batch: int, seconds: float, expected: float, tag: str) -> tuple[float, str]:
-    ws = workspace(
-        f"bench-null-offline-{tag}",
-        backend="null",
-        batchSize=batch,
-        loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected},
-    )
-    shutil.rmtree(ws.run_dir, ignore_errors=True)
-    [r] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
-    return r.samplesPerSecond or 0.0, r.resultValidity
+    return offline_run(f"bench-null-offline-{tag}", seconds, expected, backend="null", batchSize=batch)
 
 
 def main() -> None:

@@ -10,14 +10,12 @@ LoadGen Offline at the loop's best batch size (warm-up excluded on both sides).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import time
 
 import numpy as np
 import onnxruntime as ort
-from _common import machine, stamp, workspace
-from mlperf_harness import steps
+from _common import machine, offline_run, stamp, workspace
 
 
 def plain_loop(model: str, data: np.ndarray, batch: int, seconds: float) -> float:
@@ -37,14 +35,7 @@ def plain_loop(model: str, data: np.ndarray, batch: int, seconds: float) -> floa
 
 
 def harness_run(best_batch: int, seconds: float, expected: float, tag: str) -> tuple[float, str]:
-    ws = workspace(
-        f"bench-ort-harness-{tag}",
-        batchSize=best_batch,
-        loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected},
-    )
-    shutil.rmtree(ws.run_dir, ignore_errors=True)
-    [r] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
-    return r.samplesPerSecond or 0.0, r.resultValidity
+    return offline_run(f"bench-ort-harness-{tag}", seconds, expected, batchSize=best_batch)
 
 
 def main() -> None:
