@@ -56,7 +56,12 @@ class HarnessConfig(_Cfg):
     precision: str
     inputDtype: str
     batchSize: int
-    workers: int = 1
+    workers: int = Field(default=1, description="backend instances per device")
+    devices: int = Field(default=1, description="GPUs the instances are spread over (1 on the CPU)")
+    startFromDevice: bool = Field(
+        default=False, description="keep the loaded samples in device memory where the backend can"
+    )
+    torchCompile: str = Field(default="off", description="pytorch backend: off, default or max-autotune")
     batchTimeoutUs: int = 0
     fast: bool
     synthetic: bool
@@ -196,7 +201,10 @@ def build_config(spec: MLPerfRunSpec, scenario: Scenario) -> HarnessConfig:
         precision=artifacts.precision_of(spec),
         inputDtype=artifacts.input_dtype_of(spec),
         batchSize=artifacts.batch_size_of(spec, scenario),
-        workers=int(table.get("workers", 1)),
+        workers=spec.instancesPerDevice or int(table.get("workers", 1)),
+        devices=spec.system.gpuCount if spec.uses_gpu else 1,
+        startFromDevice=bool(table.get("startFromDevice", False)),
+        torchCompile=str(table.get("torchCompile", "off")) if spec.backend == "pytorch" else "off",
         batchTimeoutUs=int(table.get("batchTimeoutUs", 0)) if scenario == "Server" else 0,
         fast=spec.fast,
         synthetic=spec.synthetic,

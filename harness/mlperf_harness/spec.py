@@ -338,6 +338,16 @@ class MLPerfRunSpec(SpecModel):
         json_schema_extra=immutable("spec.batchSize"),
         description="Override of the batch size the engine is built for and runs with.",
     )
+    instancesPerDevice: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        json_schema_extra=immutable("spec.instancesPerDevice"),
+        description=(
+            "Backend instances per GPU (or on the CPU) in one LoadGen run, each with its own queue and "
+            "stream; every GPU of system.gpuCount gets this many. Default: the harness config's."
+        ),
+    )
     loadgen: LoadGenOverrides = Field(
         default_factory=LoadGenOverrides,
         json_schema_extra=immutable("spec.loadgen"),

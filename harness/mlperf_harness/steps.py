@@ -12,6 +12,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from . import artifacts, audits
 from .backends import Backend, backend_class, get_backend
@@ -22,7 +23,7 @@ from .errors import HarnessError
 from .fsutil import atomic_write_json, atomic_write_text, read_marker, write_marker
 from .loadgen.logs import Summary, detail_errors, parse_summary
 from .results import AuditResult, ScenarioResult, StepOutcome, write_termination_message
-from .suites import load_suite
+from .suites import Scenario, load_suite
 from .workspace import Workspace
 
 SUMMARY, DETAIL, ACC_LOG = "mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json"
@@ -96,12 +97,16 @@ def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
     out.mkdir(parents=True, exist_ok=True)
     spec = ws.spec
     builder = cls()
+    builder.configure(build_config(spec, cast(Scenario, scenario)))
     if hasattr(builder, "int8_input_scale"):
         builder.int8_input_scale = getattr(ws.bench, "int8_input_scale", None)
     engine = builder.build_engine(
         ws.bench.model_file(ws.model_dir), out, artifacts.batch_size_of(spec, scenario), artifacts.precision_of(spec)
     )
-    files = [engine] if engine.parent == out else []
+    # The engine and what the backend wrote beside it (a compile cache), each checksummed.
+    files = (
+        sorted(f for f in out.iterdir() if f.is_file() and not f.name.startswith(".")) if engine.parent == out else []
+    )
     write_marker(
         out, "build-engine", files, engine=engine.name if files else None, backend=cls.name, version=cls.version()
     )

@@ -5,8 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import HarnessConfig
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,14 @@ class Backend(ABC):
     # False for backends that never read input (null): the SUT then skips gathering samples,
     # which is what makes the null backend measure the harness and nothing else.
     consumes_input: bool = True
+    # Which device of the host this instance runs on (cuda:<device_index>); set before ``load``.
+    device_index: int = 0
+    # True once ``reserve_samples`` accepted: the SUT then calls ``predict_rows`` with rows of
+    # the loaded sample set, which ``stage_samples`` copied to the device (start_from_device).
+    resident: bool = False
+
+    def configure(self, cfg: HarnessConfig) -> None:  # noqa: B027 - optional hook
+        """Take backend-specific settings from the harness config; called before ``load``."""
 
     @abstractmethod
     def load(
@@ -72,6 +84,19 @@ class Backend(ABC):
         dummy = np.zeros(shape, dtype=self.input_spec.dtype)
         for _ in range(rounds):
             self.predict(dummy)
+
+    def reserve_samples(self, capacity: int) -> bool:
+        """Keep up to ``capacity`` loaded samples in device memory; False where the backend cannot
+        (the SUT then gathers samples on the host and calls ``predict``). Called after ``load``."""
+        return False
+
+    def stage_samples(self, samples: np.ndarray) -> None:
+        """Copy a newly loaded sample set (rows in load order) to the device."""
+        raise NotImplementedError(f"{self.name}: no device-resident samples")
+
+    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        """``predict`` for the staged samples at ``rows``."""
+        raise NotImplementedError(f"{self.name}: no device-resident samples")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -1,8 +1,10 @@
 """The query sample library: a memory-mapped preprocessed array, and a RAM copy of exactly the
-samples LoadGen asks to load (the performance sample set)."""
+samples LoadGen asks to load (the performance sample set). Backends that keep samples in device
+memory subscribe to ``on_load`` and get each loaded set once, to copy it over."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ class SampleLibrary:
         self.row = np.full(self.total, -1, dtype=np.int64)
         self.ram = np.empty((0, *data.shape[1:]), dtype=data.dtype)
         self.loads = 0
+        self.on_load: list[Callable[[np.ndarray], None]] = []
 
     def load(self, indices: list[int]) -> None:
         idx = np.asarray(indices, dtype=np.int64)
@@ -47,17 +50,24 @@ class SampleLibrary:
         self.row[:] = -1
         self.row[idx] = np.arange(len(idx))
         self.loads += 1
+        for stage in self.on_load:
+            stage(ram)
 
     def unload(self, indices: list[int]) -> None:
         self.row[np.asarray(indices, dtype=np.int64)] = -1
         if not (self.row >= 0).any():
             self.ram = np.empty((0, *self.data.shape[1:]), dtype=self.data.dtype)
 
-    def gather(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Copy the samples of ``indices`` into ``out[:n]`` (a preallocated batch buffer)."""
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """Rows of the loaded set that hold the samples of ``indices``."""
         rows = self.row[indices]
         if (rows < 0).any():
             raise RuntimeError(f"sample {int(indices[rows < 0][0])} was issued but not loaded")
+        return rows
+
+    def gather(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Copy the samples of ``indices`` into ``out[:n]`` (a preallocated batch buffer)."""
+        rows = self.rows(indices)
         n = len(indices)
         np.take(self.ram, rows, axis=0, out=out[:n])
         return out[:n]

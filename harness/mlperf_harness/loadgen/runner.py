@@ -32,6 +32,7 @@ class RunOutput:
     device: str
     backend: str
     errors: list[str]
+    instance_samples: list[int]  # samples each backend instance ran, in instance order
 
 
 @contextlib.contextmanager
@@ -42,6 +43,26 @@ def _cwd(path: Path) -> Iterator[None]:
         yield
     finally:
         os.chdir(old)
+
+
+def _instance(
+    make_backend: BackendFactory,
+    cfg: HarnessConfig,
+    device: int,
+    bench: Benchmark,
+    model_path: Path,
+    qsl_lib: SampleLibrary,
+) -> Backend:
+    """One backend instance on ``device``, loaded and warmed up, its samples device-resident
+    when the config asks and the backend can."""
+    b = make_backend()
+    b.device_index = device
+    b.configure(cfg)
+    b.load(model_path, cfg.batchSize, cfg.precision, output_name=bench.output_name)
+    if cfg.startFromDevice and b.reserve_samples(qsl_lib.performance_count):
+        qsl_lib.on_load.append(b.stage_samples)
+    b.warmup(min(cfg.batchSize, 8))
+    return b
 
 
 def run_loadgen(
@@ -69,12 +90,11 @@ def run_loadgen(
 
     data = open_samples(samples_path, bench.sample_shape(), "int8" if cfg.inputDtype == "int8" else "float32")
     qsl_lib = SampleLibrary(data, cfg.loadgen.performanceSampleCount)
-    backends = []
-    for _ in range(max(1, cfg.workers)):
-        b = make_backend()
-        b.load(model_path, cfg.batchSize, cfg.precision, output_name=bench.output_name)
-        b.warmup(min(cfg.batchSize, 8))
-        backends.append(b)
+    backends = [
+        _instance(make_backend, cfg, device, bench, model_path, qsl_lib)
+        for device in range(max(1, cfg.devices))
+        for _ in range(max(1, cfg.workers))
+    ]
     ts = settings.test_settings(cfg, mode, conf_path, qsl_lib.total, audit)
 
     log_settings = lg.LogSettings()
@@ -101,9 +121,10 @@ def run_loadgen(
         sut.stop()
         lg.DestroyQSL(qsl_handle)
         lg.DestroyFastSUT(sut_handle)
-    device = backends[0].device()
+    names = list(dict.fromkeys(b.device() for b in backends))
+    device = names[0] if len(backends) == 1 else f"{len(backends)} instances on {', '.join(names)}"
     described = backends[0].describe()
     for b in backends:
         b.close()
     errors = [f"{type(e).__name__}: {e}" for e in sut.errors[:3]]
-    return RunOutput(log_dir, sut.completed, wall, device, described, errors)
+    return RunOutput(log_dir, sut.completed, wall, device, described, errors, sut.instance_samples)

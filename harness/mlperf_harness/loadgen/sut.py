@@ -1,9 +1,16 @@
-"""The system under test: LoadGen hands queries over, worker threads batch, infer and respond.
+"""The system under test: LoadGen hands queries over, backend instances batch, infer and respond.
 
-``issue`` never blocks: it enqueues the query and returns. Each worker takes up to a batch of
-samples, waiting at most ``batch_timeout_s`` for more to arrive (dynamic batching for Server;
-zero elsewhere, where a query is a batch already or the only one), runs the backend and answers
-every sample exactly once with its real output bytes, in one QuerySamplesComplete per batch.
+One worker thread per backend instance (one per GPU, or several per device), each with its own
+queue: ``issue`` never blocks, it cuts a query into batch-sized pieces and gives each piece to
+the instance with the fewest samples outstanding. A worker whose queue runs dry takes a piece
+from the fullest other queue, so a slow instance holds up nobody at the end of an Offline run.
+Each worker takes up to a batch of samples, waiting at most
+``batch_timeout_s`` for more (dynamic batching for Server; zero elsewhere), runs its backend and
+answers every sample exactly once with its real output bytes, in one QuerySamplesComplete per
+batch, as soon as that batch completes (responses come back in order of completion).
+
+A backend that keeps the loaded samples in device memory (``Backend.resident``) is handed the
+samples' rows in the QSL's loaded set instead of the gathered samples (start_from_device).
 """
 
 from __future__ import annotations
@@ -21,7 +28,22 @@ from ..backends.base import Backend
 from .qsl import SampleLibrary
 
 Postprocess = Callable[[np.ndarray], np.ndarray]
+Piece = tuple[np.ndarray, np.ndarray]  # (LoadGen response ids, QSL indices)
 _STOP = None
+
+
+class _Instance:
+    """One backend, its queue and its worker thread. ``outstanding`` (samples queued or running
+    from this queue) changes under the SUT's lock; ``samples`` (samples this instance ran) is
+    written by its worker alone."""
+
+    def __init__(self, index: int, backend: Backend) -> None:
+        self.index = index
+        self.backend = backend
+        self.queue: queue.SimpleQueue[Piece | None] = queue.SimpleQueue()
+        self.outstanding = 0
+        self.samples = 0
+        self.thread: threading.Thread | None = None
 
 
 class HarnessSUT:
@@ -33,87 +55,130 @@ class HarnessSUT:
         batch_size: int,
         batch_timeout_s: float = 0.0,
     ) -> None:
+        if not backends:
+            raise ValueError("the SUT needs at least one backend instance")
         self.qsl = qsl
         self.postprocess = postprocess
         self.batch_size = batch_size
         self.timeout = batch_timeout_s
-        self.queue: queue.SimpleQueue[tuple[np.ndarray, np.ndarray] | None] = queue.SimpleQueue()
-        self.completed = 0
         self.errors: list[BaseException] = []
+        self.instances = [_Instance(i, b) for i, b in enumerate(backends)]
         self._lock = threading.Lock()
-        self.workers = [
-            threading.Thread(target=self._work, args=(b,), name=f"sut-worker-{i}", daemon=True)
-            for i, b in enumerate(backends)
-        ]
-        for w in self.workers:
-            w.start()
+        self._next = 0  # round-robin start, so ties spread over the instances
+        for inst in self.instances:
+            inst.thread = threading.Thread(
+                target=self._work, args=(inst,), name=f"sut-worker-{inst.index}", daemon=True
+            )
+            inst.thread.start()
+
+    @property
+    def completed(self) -> int:
+        return sum(i.samples for i in self.instances)
+
+    @property
+    def instance_samples(self) -> list[int]:
+        return [i.samples for i in self.instances]
 
     # LoadGen callbacks (ConstructFastSUT passes plain lists of ids and indices).
     def issue(self, ids: list[int], indices: list[int]) -> None:
         a_ids, a_idx = np.asarray(ids, dtype=np.uint64), np.asarray(indices, dtype=np.int64)
         bs = self.batch_size
-        if len(a_ids) <= bs:
-            self.queue.put((a_ids, a_idx))
-            return
-        # A large (Offline) query becomes batch-sized pieces, so every worker gets a share.
         for start in range(0, len(a_ids), bs):
-            self.queue.put((a_ids[start : start + bs], a_idx[start : start + bs]))
+            self._dispatch((a_ids[start : start + bs], a_idx[start : start + bs]))
+
+    def _dispatch(self, piece: Piece) -> None:
+        instances = self.instances
+        if len(instances) == 1:
+            target = instances[0]
+        else:
+            n = len(instances)
+            start = self._next
+            self._next = (start + 1) % n
+            target = min((instances[(start + k) % n] for k in range(n)), key=lambda i: i.outstanding)
+        with self._lock:
+            target.outstanding += len(piece[0])
+        target.queue.put(piece)
+
+    def _steal(self, inst: _Instance) -> tuple[Piece, _Instance] | None:
+        """A piece from the fullest other queue, for a worker whose own queue is empty."""
+        others = [o for o in self.instances if o is not inst and o.queue.qsize() > 0]
+        for victim in sorted(others, key=lambda o: -o.queue.qsize()):
+            try:
+                piece = victim.queue.get_nowait()
+            except queue.Empty:
+                continue
+            if piece is _STOP:  # never take another worker's stop signal
+                victim.queue.put(piece)
+                continue
+            return piece, victim
+        return None
 
     def flush(self) -> None:
         pass
 
     def stop(self) -> None:
-        for _ in self.workers:
-            self.queue.put(_STOP)
-        for w in self.workers:
-            w.join()
+        for inst in self.instances:
+            inst.queue.put(_STOP)
+        for inst in self.instances:
+            assert inst.thread is not None
+            inst.thread.join()
 
-    def _work(self, backend: Backend) -> None:
+    def _work(self, inst: _Instance) -> None:
+        backend = inst.backend
         spec = backend.input_spec
         sample_shape = tuple(d or 1 for d in spec.shape[1:])
-        if backend.consumes_input:
+        if backend.consumes_input and not backend.resident:
             buf = np.empty((self.batch_size, *sample_shape), dtype=spec.dtype)
         else:
             buf = np.empty((self.batch_size, 0), dtype=np.float32)
+        q = inst.queue
         while True:
-            item = self.queue.get()
+            got = self._steal(inst) if q.empty() and len(self.instances) > 1 else None
+            item = got[0] if got else q.get()
             if item is _STOP:
                 return
-            parts, count = [item], len(item[0])
+            parts: list[tuple[Piece, _Instance]] = [(item, got[1] if got else inst)]
+            count = len(item[0])
             stop = False
             deadline = time.monotonic() + self.timeout
             while count < self.batch_size:
                 wait = deadline - time.monotonic()
                 try:
-                    more = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+                    more = q.get(timeout=wait) if wait > 0 else q.get_nowait()
                 except queue.Empty:
                     break
                 if more is _STOP:
                     stop = True
                     break
-                parts.append(more)
+                parts.append((more, inst))
                 count += len(more[0])
-            ids = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
-            idx = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
+            ids = item[0] if len(parts) == 1 else np.concatenate([p[0] for p, _ in parts])
+            idx = item[1] if len(parts) == 1 else np.concatenate([p[1] for p, _ in parts])
             for start in range(0, len(ids), self.batch_size):
                 end = start + self.batch_size
-                self._run(backend, ids[start:end], idx[start:end], buf)
+                self._run(inst, ids[start:end], idx[start:end], buf)
+            with self._lock:
+                for (piece_ids, _), source in parts:
+                    source.outstanding -= len(piece_ids)
             if stop:
                 return
 
-    def _run(self, backend: Backend, ids: np.ndarray, idx: np.ndarray, buf: np.ndarray) -> None:
+    def _run(self, inst: _Instance, ids: np.ndarray, idx: np.ndarray, buf: np.ndarray) -> None:
+        backend = inst.backend
         n = len(ids)
         try:
-            batch = self.qsl.gather(idx, buf) if backend.consumes_input else buf[:n]
-            out = np.ascontiguousarray(self.postprocess(backend.predict(batch)))
+            if backend.resident:
+                raw = backend.predict_rows(self.qsl.rows(idx))
+            else:
+                raw = backend.predict(self.qsl.gather(idx, buf) if backend.consumes_input else buf[:n])
+            out = np.ascontiguousarray(self.postprocess(raw))
             if len(out) != n:
                 raise RuntimeError(f"backend returned {len(out)} outputs for {n} samples")
         except BaseException as exc:  # answer anyway: LoadGen must never wait forever
             self.errors.append(exc)
             out = np.zeros(n, dtype=np.int32)
         respond(ids, out)
-        with self._lock:
-            self.completed += n
+        inst.samples += n
 
 
 def respond(ids: np.ndarray, out: np.ndarray) -> None:

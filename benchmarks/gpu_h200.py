@@ -1,0 +1,242 @@
+"""resnet50 on one NVIDIA GPU through the harness (pytorch backend): the whole measurement in one go.
+
+    python3 benchmarks/gpu_h200.py [--batch 1024] [--server-batch 128] [--seconds 20] [--compile off]
+                                   [--sweep] [--server-qps 20000 30000 ...]
+
+1. cuda-python buffers and streams (the TensorRT backend's half that needs no TensorRT): a round
+   trip and the pinned host-to-device copy rate.
+2. Accuracy first: the FP32 model (no TF32) on the GPU against the pipeline the harness runs
+   (fp16, fused convolutions, CUDA graphs, compile if on, samples resident on the GPU), on the
+   synthetic samples and on fresh random inputs: relative error of the softmax output and top-1
+   agreement; and the FP32 GPU model against onnxruntime on the CPU.
+3. The plain loop: the same pipeline's CUDA graph replayed back to back at the batch size on
+   device-resident inputs, timed with CUDA events: what the GPU does without LoadGen or the SUT.
+   ``--sweep`` also times the variants (fusion off/on, compile) at several batch sizes.
+4. The harness: LoadGen Offline (shortened to ``--seconds``) and Server at 15 ms for each of
+   ``--server-qps`` (or a search from the Offline figure), highest VALID reported.
+
+Synthetic data and a random-weight ResNet-50 of the real architecture: figures are the GPU's,
+not a submission's. Prints a table last; writes the figures to $OUT/gpu_h200.json when $OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import machine, stamp, workspace
+from mlperf_harness import steps
+from mlperf_harness.backends.torch_backend import PyTorchBackend
+
+ANCHORS = {
+    "TensorRT 1x H100 (v4.0) Offline": 88_714.0,
+    "TensorRT 8x H200 (v4.1) Offline, per GPU": 756_960.0 / 8,
+    "INT8 physical limit (8.2 GFLOP/image)": 240_000.0,
+}
+GPU = {"gpuProduct": "NVIDIA-H200", "gpuCount": 1}
+SAMPLES = 1024
+rows_out: list[tuple[str, str]] = []
+
+
+def say(label: str, value: str) -> None:
+    rows_out.append((label, value))
+    print(f"  {label}: {value}", flush=True)
+
+
+def backend(model: Path, batch: int, precision: str, compile_mode: str, output: str, fuse: bool = True) -> Any:
+    os.environ["MLPERF_TORCH_FUSE"] = "1" if fuse else "0"
+    b = PyTorchBackend()
+    b.compile_mode = compile_mode
+    b.load(model, batch, precision, output_name=output)
+    return b
+
+
+def release(b: Any) -> None:
+    import torch
+
+    b.close()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+
+
+def cuda_buffers_check() -> None:
+    from mlperf_harness.backends import cuda_buffers as cb
+
+    cb.self_test()
+    stream, buf = cb.Stream(), cb.DeviceBuffer((256, 3, 224, 224), "int8")
+    buf.host[:] = 1
+    buf.to_device(stream)
+    stream.synchronize()
+    start = time.perf_counter()
+    for _ in range(20):
+        buf.to_device(stream)
+    stream.synchronize()
+    rate = 20 * buf.nbytes / (time.perf_counter() - start) / 1e9
+    buf.close()
+    stream.close()
+    say("cuda-python pinned host-to-device copy (TensorRT backend's buffers)", f"{rate:.1f} GB/s")
+
+
+def accuracy_check(model: Path, data: np.ndarray, batch: int, precision: str, compile_mode: str) -> dict[str, float]:
+    """Softmax of the harness's pipeline vs the FP32 model, same inputs; fresh random inputs too."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(int(time.time()))
+    random_inputs = (rng.standard_normal((batch, *data.shape[1:])) * 60).astype(np.float32)
+    sets = {"synthetic samples": data[:batch], "random inputs": random_inputs}
+    ref = backend(model, batch, "fp32", "off", "softmax_tensor:0")
+    fast = backend(model, batch, precision, compile_mode, "softmax_tensor:0")
+    fast.reserve_samples(batch)
+    fast.warmup(batch)
+    out: dict[str, float] = {}
+    for name, x in sets.items():
+        want = ref.predict(x).astype(np.float64)
+        fast.stage_samples(x)
+        got = fast.predict_rows(np.arange(len(x))).astype(np.float64)
+        again = fast.predict_rows(np.arange(len(x))[::-1])[::-1]  # same samples, other rows order
+        if not np.allclose(again, got, atol=1e-3):
+            raise SystemExit(f"accuracy check FAILED on {name}: a second run in another order differs")
+        rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        agree = float((got.argmax(1) == want.argmax(1)).mean() * 100)
+        say(f"accuracy vs FP32 ({name}, {precision})", f"rel err {rel:.2e}, top-1 agreement {agree:.2f} %")
+        out[f"relErr {name}"] = rel
+        out[f"top1Agreement {name}"] = agree
+        if not np.isfinite(got).all() or rel > 2e-2:
+            raise SystemExit(f"accuracy check FAILED on {name}: rel err {rel:.3e} (tolerance 2e-2)")
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    cpu = sess.run(["ArgMax:0"], {"input_tensor:0": data[:256]})[0]
+    gpu32 = ref.predict(data[:256]).argmax(1)
+    out["fp32 gpu vs onnxruntime top-1"] = float((cpu == gpu32).mean() * 100)
+    say("FP32 GPU vs onnxruntime CPU, top-1 agreement", f"{out['fp32 gpu vs onnxruntime top-1']:.2f} %")
+    release(ref)
+    release(fast)
+    return out
+
+
+def plain_loop(
+    model: Path, data: np.ndarray, batch: int, precision: str, compile_mode: str, fuse: bool = True
+) -> float:
+    """Graph replays of the harness's pipeline, back to back, events timed: images/s."""
+    import torch
+
+    b = backend(model, batch, precision, compile_mode, "ArgMax:0", fuse)
+    b.reserve_samples(len(data))
+    b.stage_samples(data)
+    graph, static_in, _ = b._graph_for(batch)
+    static_in.copy_(torch.randint(0, len(data), (batch,), device=static_in.device))
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    reps, times = 20, []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    release(b)
+    return reps * batch / sorted(times)[1]
+
+
+def harness(scenario: str, batch: int, seconds: float, qps: float, compile_mode: str, tag: str) -> tuple[float, str]:
+    key = "expectedQps" if scenario == "Offline" else "targetQps"
+    ws = workspace(
+        f"bench-gpu-{scenario}-{tag}",
+        backend="pytorch",
+        precision="fp16",
+        batchSize=batch,
+        category="datacenter",
+        scenarios=[scenario],
+        system=GPU,
+        dataset={"synthetic": {"samples": SAMPLES}},
+        loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, key: qps},
+    )
+    shutil.rmtree(ws.run_dir, ignore_errors=True)
+    os.environ["MLPERF_TORCH_COMPILE"] = compile_mode
+    steps.build_engine(ws, scenario)
+    [r] = steps.run_harness(ws, scenario, "PerformanceOnly").results
+    value = (r.samplesPerSecond or 0.0) if scenario == "Offline" else qps
+    p99 = (r.latencyNs.p99 or 0) / 1e6 if r.latencyNs else 0.0
+    line = f"{r.samplesPerSecond or 0:,.0f}/s {r.resultValidity} p99 {p99:.1f} ms on {r.device}"
+    print(f"    {scenario} batch {batch} qps {qps:,.0f}: {line}", flush=True)
+    return value, r.resultValidity
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--server-batch", type=int, default=128)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--server-seconds", type=float, default=10.0)
+    ap.add_argument("--precision", default="fp16")
+    ap.add_argument("--compile", default="off", choices=["off", "default", "max-autotune"])
+    ap.add_argument("--sweep", action="store_true", help="time the variants at several batch sizes first")
+    ap.add_argument("--sweep-batches", type=int, nargs="+", default=[256, 1024, 2048])
+    ap.add_argument("--sweep-compile", action="store_true", help="include torch.compile (default mode) in the sweep")
+    ap.add_argument("--server-qps", type=float, nargs="*", default=None)
+    args = ap.parse_args()
+    import torch
+
+    figures: dict[str, Any] = {"date": stamp(), "machine": machine(), "gpu": torch.cuda.get_device_name(0)}
+    print(f"resnet50 pytorch {torch.__version__} on {figures['gpu']}, {machine()}, {stamp()}", flush=True)
+    prep = workspace("bench-gpu-prepare", dataset={"synthetic": {"samples": SAMPLES}})
+    data = np.load(prep.samples_path())
+    model = prep.bench.model_file(prep.model_dir)
+
+    cuda_buffers_check()
+    figures["accuracy"] = accuracy_check(model, data, min(args.batch, len(data)), args.precision, args.compile)
+
+    if args.sweep:
+        variants = [("unfused", False, "off"), ("fused", True, "off")]
+        if args.sweep_compile:
+            variants.append(("compile default", False, "default"))
+        sweep = {}
+        for label, fuse, mode in variants:
+            for batch in args.sweep_batches:
+                t0 = time.perf_counter()
+                v = plain_loop(model, data, batch, args.precision, mode, fuse)
+                sweep[f"{label} b{batch}"] = v
+                say(
+                    f"plain loop {label}, batch {batch}",
+                    f"{v:,.0f} images/s ({time.perf_counter() - t0:.0f} s incl. setup)",
+                )
+        figures["sweep"] = sweep
+
+    plain = plain_loop(model, data, args.batch, args.precision, args.compile)
+    say(f"plain loop (graph replays), batch {args.batch}, compile {args.compile}", f"{plain:,.0f} images/s")
+    offline, validity = harness("Offline", args.batch, args.seconds, plain, args.compile, "offline")
+    say(f"harness Offline, batch {args.batch}, {args.seconds:.0f} s", f"{offline:,.0f} samples/s {validity}")
+    say("harness / plain loop", f"{offline / plain:.3f}")
+    figures.update(plain=plain, offline=offline, offlineValidity=validity, ratio=offline / plain)
+
+    targets = args.server_qps or [round(offline * f, -2) for f in (0.6, 0.7, 0.8, 0.9)]
+    best = 0.0
+    for i, qps in enumerate(targets):
+        got, v = harness("Server", args.server_batch, args.server_seconds, qps, args.compile, f"s{i}")
+        if v == "VALID":
+            best = max(best, got)
+    say(
+        f"harness Server, batch {args.server_batch}, 15 ms, highest VALID of {len(targets)} targets", f"{best:,.0f} QPS"
+    )
+    figures["serverBestValidQps"] = best
+    for name, anchor in ANCHORS.items():
+        say(f"Offline / {name} ({anchor:,.0f})", f"{offline / anchor:.3f}")
+
+    print("\n| what | figure |\n|---|---|")
+    for label, value in rows_out:
+        print(f"| {label} | {value} |")
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "gpu_h200.json").write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

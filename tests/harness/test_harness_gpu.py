@@ -1,0 +1,85 @@
+"""The pytorch backend's GPU path (fused convolutions, CUDA graphs, samples resident on the GPU,
+several instances on one GPU): runs where torch sees a CUDA GPU, is skipped (with the reason)
+elsewhere. CI has no GPU: these ran on the lent H200 (see BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from harness_support import SAMPLES
+from mlperf_harness import steps
+from mlperf_harness.backends import get_backend
+from mlperf_harness.config import build_config
+from mlperf_harness.loadgen.runner import run_loadgen
+
+
+def _cuda() -> None:
+    try:
+        import onnx2torch  # noqa: F401
+        import torch
+    except ImportError as exc:
+        pytest.skip(f"torch and onnx2torch needed: {exc}")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+
+
+GPU = {"system": {"gpuProduct": "NVIDIA-H200", "gpuCount": 1}, "backend": "pytorch"}
+
+
+def load(ws: Any, precision: str, output: str = "ArgMax:0") -> Any:
+    b = get_backend("pytorch")
+    b.load(ws.bench.model_file(ws.model_dir), 8, precision, output_name=output)
+    return b
+
+
+def test_fused_fp16_matches_fp32_reference(workspace: Any) -> None:
+    _cuda()
+    ws = workspace(**GPU, precision="fp32")
+    data = np.load(ws.samples_path())[:8]
+    ref, fast = load(ws, "fp32", "softmax_tensor:0"), load(ws, "fp16", "softmax_tensor:0")
+    assert fast.fused == 49  # every conv + ReLU and conv + add + ReLU of ResNet-50
+    want = ref.predict(data).astype(np.float64)
+    got = fast.predict(data).astype(np.float64)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2
+
+
+def test_resident_rows_answer_as_host_batches(workspace: Any) -> None:
+    _cuda()
+    ws = workspace(**GPU, precision="fp16")
+    data = np.load(ws.samples_path())
+    host, resident = load(ws, "fp16"), load(ws, "fp16")
+    assert resident.reserve_samples(len(data)) and resident.resident
+    resident.stage_samples(data)
+    resident.warmup(8)
+    rows = np.array([5, 3, 30, 0, 7])  # a partial batch: padded to a bucket
+    assert np.array_equal(resident.predict_rows(rows), host.predict(data[rows]))
+
+
+def test_two_instances_on_one_gpu_answer_as_onnxruntime(workspace: Any) -> None:
+    """fp32 (no TF32) on the GPU, samples resident, two instances with their own streams: the same
+    top-1 for every sample as onnxruntime on the CPU."""
+    _cuda()
+    ws = workspace(**GPU, precision="fp32", testModes=["AccuracyOnly"], instancesPerDevice=2)
+    cfg = build_config(ws.spec, "Offline")
+    assert cfg.startFromDevice and cfg.workers == 2
+    out = run_loadgen(
+        cfg,
+        "AccuracyOnly",
+        ws.harness_dir("Offline", "AccuracyOnly"),
+        ws.bench,
+        ws.samples_path(),
+        ws.model_path("Offline"),
+        lambda: get_backend("pytorch"),
+    )
+    assert not out.errors and out.completed == SAMPLES and out.device.startswith("2 instances on cuda:0")
+    reference = workspace(testModes=["AccuracyOnly"])
+    [result] = steps.run_harness(reference, "Offline", "AccuracyOnly").results
+
+    def answers(log_dir: Path) -> dict[int, str]:
+        return {int(e["qsl_idx"]): e["data"] for e in json.loads((log_dir / "mlperf_log_accuracy.json").read_text())}
+
+    assert answers(out.log_dir) == answers(reference.root / result.logDir)
