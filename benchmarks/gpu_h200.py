@@ -180,7 +180,7 @@ def main() -> None:
     ap.add_argument("--compile", default="off", choices=["off", "default", "max-autotune"])
     ap.add_argument("--sweep", action="store_true", help="time the variants at several batch sizes first")
     ap.add_argument("--sweep-batches", type=int, nargs="+", default=[256, 1024, 2048])
-    ap.add_argument("--sweep-compile", action="store_true", help="include torch.compile (default mode) in the sweep")
+    ap.add_argument("--sweep-compile", action="store_true", help="add torch.compile (default mode, unfused) at --batch")
     ap.add_argument("--server-qps", type=float, nargs="*", default=None)
     args = ap.parse_args()
     import torch
@@ -195,12 +195,12 @@ def main() -> None:
     figures["accuracy"] = accuracy_check(model, data, min(args.batch, len(data)), args.precision, args.compile)
 
     if args.sweep:
-        variants = [("unfused", False, "off"), ("fused", True, "off")]
-        if args.sweep_compile:
-            variants.append(("compile default", False, "default"))
+        variants = [("unfused", False, "off", args.sweep_batches), ("fused", True, "off", args.sweep_batches)]
+        if args.sweep_compile:  # compiles take minutes: at the run's batch size only
+            variants.append(("compile default", False, "default", [args.batch]))
         sweep = {}
-        for label, fuse, mode in variants:
-            for batch in args.sweep_batches:
+        for label, fuse, mode, batches in variants:
+            for batch in batches:
                 t0 = time.perf_counter()
                 v = plain_loop(model, data, batch, args.precision, mode, fuse)
                 sweep[f"{label} b{batch}"] = v
