@@ -353,9 +353,10 @@ class PyTorchBackend(ModelBackend):
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         torch = _torch()
         if self.use_graphs:
-            return self._replay(torch.from_numpy(rows))
+            return self._replay(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)))
         with torch.inference_mode(), torch.cuda.device(self._dev):
-            out = self._from_rows(torch.from_numpy(rows).to(self._dev), len(rows) == self._batch)
+            index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self._dev)
+            out = self._from_rows(index, len(rows) == self._batch)
             return (out.float() if out.is_floating_point() else out).cpu().numpy()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
