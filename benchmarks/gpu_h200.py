@@ -22,6 +22,7 @@ not a submission's. Prints a table last; writes the figures to $OUT/gpu_h200.jso
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import shutil
@@ -44,9 +45,12 @@ SAMPLES = 1024
 rows_out: list[tuple[str, str]] = []
 
 
+T0 = time.perf_counter()
+
+
 def say(label: str, value: str) -> None:
     rows_out.append((label, value))
-    print(f"  {label}: {value}", flush=True)
+    print(f"  [{time.perf_counter() - T0:5.0f} s] {label}: {value}", flush=True)
 
 
 def backend(model: Path, batch: int, precision: str, compile_mode: str, output: str, fuse: bool = True) -> Any:
@@ -162,7 +166,10 @@ def harness(scenario: str, batch: int, seconds: float, qps: float, compile_mode:
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     os.environ["MLPERF_TORCH_COMPILE"] = compile_mode
     steps.build_engine(ws, scenario)
+    print(f"  [{time.perf_counter() - T0:5.0f} s] {scenario} at {qps:,.0f}: starting", flush=True)
+    faulthandler.dump_traceback_later(seconds * 3 + 60)  # a stuck run shows where it is
     [r] = steps.run_harness(ws, scenario, "PerformanceOnly").results
+    faulthandler.cancel_dump_traceback_later()
     value = (r.samplesPerSecond or 0.0) if scenario == "Offline" else qps
     p99 = (r.latencyNs.p99 or 0) / 1e6 if r.latencyNs else 0.0
     line = f"{r.samplesPerSecond or 0:,.0f}/s {r.resultValidity} p99 {p99:.1f} ms on {r.device}"

@@ -182,7 +182,8 @@ class PyTorchBackend(ModelBackend):
             model = model.to(memory_format=torch.channels_last)
             if self._dtype != torch.float32:
                 model = model.to(self._dtype)
-            if self.fuse and isinstance(model, torch.fx.GraphModule):
+            # fp32 stays unfused: cuDNN's fused kernels may compute in TF32.
+            if self.fuse and self._dtype != torch.float32 and isinstance(model, torch.fx.GraphModule):
                 self.fused = fuse_conv_activations(model)
         self._model = model
         if cuda and self.compile_mode != "off":
