@@ -120,6 +120,7 @@ class PyTorchBackend(ModelBackend):
         self._dev: Any = None
         self._dtype: Any = None
         self._stream: Any = None
+        self._capture_stream: Any = None
         self._out_index = 0
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}  # bucket -> (graph, static in, static out)
         self._samples: Any = None  # staged samples, (capacity, H, W, C) on the device
@@ -170,6 +171,7 @@ class PyTorchBackend(ModelBackend):
             torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
             torch.backends.cudnn.benchmark = True  # each conv shape picks its fastest cuDNN kernel once
             self._stream = torch.cuda.Stream(device=self._dev)
+            self._capture_stream = torch.cuda.Stream(device=self._dev)
         self._dtype = (
             {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32) if cuda else torch.float32
         )
@@ -296,7 +298,10 @@ class PyTorchBackend(ModelBackend):
                     step(static_in)
             torch.cuda.current_stream(self._dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # Captured on this instance's own stream: library workspaces (cuBLAS keys its by stream)
+            # are then this instance's alone, so instances replaying at once on one GPU never share
+            # one (with torch's one default capture stream, two instances' graphs hung the GPU).
+            with torch.cuda.graph(graph, stream=self._capture_stream):
                 static_out = step(static_in)
         self._graphs[n] = (graph, static_in, static_out)
         return self._graphs[n]
