@@ -154,7 +154,9 @@ def plain_loop(
     return reps * batch / sorted(times)[1]
 
 
-def harness(scenario: str, batch: int, seconds: float, qps: float, compile_mode: str, tag: str) -> tuple[float, str]:
+def harness(
+    scenario: str, batch: int, seconds: float, qps: float, compile_mode: str, tag: str, instances: int | None = None
+) -> tuple[float, str]:
     key = "expectedQps" if scenario == "Offline" else "targetQps"
     ws = workspace(
         f"bench-gpu-{scenario}-{tag}",
@@ -166,6 +168,7 @@ def harness(scenario: str, batch: int, seconds: float, qps: float, compile_mode:
         system=GPU,
         dataset={"synthetic": {"samples": SAMPLES}},
         loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, key: qps},
+        instancesPerDevice=instances,
     )
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     os.environ["MLPERF_TORCH_COMPILE"] = compile_mode
@@ -177,7 +180,7 @@ def harness(scenario: str, batch: int, seconds: float, qps: float, compile_mode:
     value = (r.samplesPerSecond or 0.0) if scenario == "Offline" else qps
     p99 = (r.latencyNs.p99 or 0) / 1e6 if r.latencyNs else 0.0
     line = f"{r.samplesPerSecond or 0:,.0f}/s {r.resultValidity} p99 {p99:.1f} ms on {r.device}"
-    print(f"    {scenario} batch {batch} qps {qps:,.0f}: {line}", flush=True)
+    print(f"    {scenario} batch {batch} instances {instances or 'default'} qps {qps:,.0f}: {line}", flush=True)
     return value, r.resultValidity
 
 
@@ -193,6 +196,8 @@ def main() -> None:
     ap.add_argument("--sweep-batches", type=int, nargs="+", default=[256, 1024, 2048])
     ap.add_argument("--sweep-compile", action="store_true", help="add torch.compile (default mode, unfused) at --batch")
     ap.add_argument("--server-qps", type=float, nargs="*", default=None)
+    ap.add_argument("--server-instances", type=int, default=None, help="instances per GPU for Server")
+    ap.add_argument("--server-grid", nargs="*", default=None, help="only Server probes: batch:instances:qps ...")
     args = ap.parse_args()
     import torch
 
@@ -202,6 +207,11 @@ def main() -> None:
     data = np.load(prep.samples_path())
     model = prep.bench.model_file(prep.model_dir)
 
+    if args.server_grid:
+        for i, probe in enumerate(args.server_grid):
+            batch, inst, qps = probe.split(":")
+            harness("Server", int(batch), args.server_seconds, float(qps), args.compile, f"g{i}", int(inst))
+        return
     cuda_buffers_check()
     figures["accuracy"] = accuracy_check(model, data, min(args.batch, len(data)), args.precision, args.compile)
 
@@ -231,7 +241,9 @@ def main() -> None:
     targets = args.server_qps or [round(offline * f, -2) for f in (0.6, 0.7, 0.8, 0.9)]
     best = 0.0
     for i, qps in enumerate(targets):
-        got, v = harness("Server", args.server_batch, args.server_seconds, qps, args.compile, f"s{i}")
+        got, v = harness(
+            "Server", args.server_batch, args.server_seconds, qps, args.compile, f"s{i}", args.server_instances
+        )
         if v == "VALID":
             best = max(best, got)
     say(
