@@ -155,7 +155,14 @@ def plain_loop(
 
 
 def harness(
-    scenario: str, batch: int, seconds: float, qps: float, compile_mode: str, tag: str, instances: int | None = None
+    scenario: str,
+    batch: int,
+    seconds: float,
+    qps: float,
+    compile_mode: str,
+    tag: str,
+    instances: int | None = None,
+    gpus: int = 1,
 ) -> tuple[float, str]:
     key = "expectedQps" if scenario == "Offline" else "targetQps"
     ws = workspace(
@@ -165,7 +172,7 @@ def harness(
         batchSize=batch,
         category="datacenter",
         scenarios=[scenario],
-        system=GPU,
+        system={**GPU, "gpuCount": gpus},
         dataset={"synthetic": {"samples": SAMPLES}},
         loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1, key: qps},
         instancesPerDevice=instances,

@@ -14,7 +14,17 @@ from mlperf_harness.suites import load_suite
 def test_extends_and_scales() -> None:
     blocks = {"one": {"expectedQps": 100, "workers": 2}, "eight": {"extends": "one", "scales": {"expectedQps": 8}}}
     assert resolve_block(blocks, "eight") == {"expectedQps": 800, "workers": 2}
-    assert table_values("resnet50", "Offline", "NVIDIA-H200x8", "default")["expectedQps"] == 8 * 90000
+    assert table_values("resnet50", "Offline", "NVIDIA-H200x8", "default")["expectedQps"] == 8 * 35000
+
+
+def test_instances_per_gpu_and_devices() -> None:
+    """An 8-GPU node: every GPU gets the table's instances (or the spec's), samples on the device."""
+    node = {"system": {"gpuProduct": "NVIDIA-H200", "gpuCount": 8}, "backend": "pytorch", "loadgen": {}}
+    cfg = build_config(make_spec(**node), "Offline")
+    assert (cfg.devices, cfg.workers, cfg.startFromDevice) == (8, 2, True)
+    assert build_config(make_spec(**node, instancesPerDevice=3), "Offline").workers == 3
+    cpu = build_config(make_spec(loadgen={}), "Offline")
+    assert (cpu.devices, cpu.workers, cpu.startFromDevice, cpu.torchCompile) == (1, 1, False, "off")
 
 
 def test_v10_settings_come_from_the_suite_table(tmp_path: Path) -> None:

@@ -101,3 +101,23 @@ def test_device_resident_samples_answer_as_gathered_ones(workspace: Any, instanc
     reference = workspace(testModes=["AccuracyOnly"])
     [result] = steps.run_harness(reference, "Offline", "AccuracyOnly").results
     assert answers(out.log_dir) == answers(reference.root / result.logDir)
+
+
+def test_instances_are_spread_over_the_devices(workspace: Any) -> None:
+    """devices x instances per device, in device order: what puts one backend on each GPU."""
+    made: list[Backend] = []
+
+    def factory() -> Backend:
+        made.append(Paced(get_backend("null"), 0.002))
+        return made[-1]
+
+    ws = workspace(
+        testModes=["PerformanceOnly"],
+        backend="null",
+        batchSize=2,
+        loadgen={"minDurationMs": 100, "minQueryCount": 1, "expectedQps": 200},
+    )
+    out = run(ws, "Offline", "PerformanceOnly", factory, devices=3, workers=2)
+    assert [b.device_index for b in made] == [0, 0, 1, 1, 2, 2]
+    assert [b.inner.device_index for b in made] == [0, 0, 1, 1, 2, 2]  # handed on by configure
+    assert not out.errors and len(out.instance_samples) == 6

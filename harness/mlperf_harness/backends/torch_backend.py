@@ -163,6 +163,11 @@ class PyTorchBackend(ModelBackend):
         if not model_path.is_file():
             raise HarnessError(f"{model_path}: missing model file")
         cuda = torch.cuda.is_available()
+        if cuda and self.device_index >= torch.cuda.device_count():
+            raise HarnessError(
+                f"system.gpuCount: an instance is meant for cuda:{self.device_index} but only "
+                f"{torch.cuda.device_count()} GPU(s) are visible; lower system.gpuCount or request more GPUs"
+            )
         self._dev = torch.device(f"cuda:{self.device_index}" if cuda else "cpu")
         self._batch = batch_size
         if cuda:
