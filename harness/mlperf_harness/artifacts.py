@@ -92,7 +92,14 @@ def precision_of(spec: MLPerfRunSpec) -> str:
 
 
 def batch_size_of(spec: MLPerfRunSpec, scenario: str) -> int:
-    return spec.batchSize or DEFAULT_BATCH_SIZE[scenario]
+    """The spec's batch size, else the harness config's for this system (per scenario, as
+    NVIDIA's gpu_batch_size), else the scenario's default."""
+    if spec.batchSize:
+        return spec.batchSize
+    from .config import system_id, table_values  # config builds on this module
+
+    table = table_values(spec.benchmark, scenario, system_id(spec), spec.configVer)
+    return int(table.get("batchSize", DEFAULT_BATCH_SIZE[scenario]))
 
 
 def input_dtype_of(spec: MLPerfRunSpec) -> str:

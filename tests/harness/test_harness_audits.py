@@ -13,7 +13,7 @@ from mlperf_harness.loadgen.logs import Summary
 # onnxruntime at batch 1 takes ~0.05 s on two cores; pacing each batch to 0.25 s (5x headroom
 # for a busy shared machine) makes the performance ratios the audits check independent of
 # whatever else the machine is doing.
-PACE_S = 0.25
+PACE_S = 0.4  # well above an onnxruntime sample on a busy 2-core machine: the timing checks see the pace
 AUDIT_SPEC: dict[str, Any] = {
     "batchSize": 1,
     "testModes": ["PerformanceOnly", "AccuracyOnly"],

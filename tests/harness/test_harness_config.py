@@ -19,12 +19,18 @@ def test_extends_and_scales() -> None:
 
 def test_instances_per_gpu_and_devices() -> None:
     """An 8-GPU node: every GPU gets the table's instances (or the spec's), samples on the device."""
-    node = {"system": {"gpuProduct": "NVIDIA-H200", "gpuCount": 8}, "backend": "pytorch", "loadgen": {}}
+    node = {
+        "system": {"gpuProduct": "NVIDIA-H200", "gpuCount": 8},
+        "backend": "pytorch",
+        "loadgen": {},
+        "batchSize": None,
+    }
     cfg = build_config(make_spec(**node), "Offline")
-    assert (cfg.devices, cfg.workers, cfg.startFromDevice) == (8, 2, True)
+    assert (cfg.devices, cfg.workers, cfg.startFromDevice, cfg.batchSize) == (8, 2, True, 1024)
+    assert build_config(make_spec(**{**node, "category": "datacenter"}), "Server").batchSize == 128
     assert build_config(make_spec(**node, instancesPerDevice=3), "Offline").workers == 3
-    cpu = build_config(make_spec(loadgen={}), "Offline")
-    assert (cpu.devices, cpu.workers, cpu.startFromDevice, cpu.torchCompile) == (1, 1, False, "off")
+    cpu = build_config(make_spec(loadgen={}, batchSize=None), "Offline")
+    assert (cpu.devices, cpu.workers, cpu.startFromDevice, cpu.torchCompile, cpu.batchSize) == (1, 1, False, "off", 64)
 
 
 def test_v10_settings_come_from_the_suite_table(tmp_path: Path) -> None:
