@@ -2,7 +2,7 @@
 
 On a GPU: fp16/bf16, channels-last, cuDNN's fused convolution + bias + ReLU (+ residual add),
 optionally torch.compile (its artifacts cached in the engine directory, so only build-engine pays
-the compile), one CUDA graph per batch bucket, a stream per instance, pinned host buffers, and the
+the compile; that save-and-reload path is untested on a GPU so far), one CUDA graph per batch bucket, a stream per instance, pinned host buffers, and the
 loaded samples resident in device memory (start_from_device): a batch is then a few row numbers
 in and one class index per sample out. On the CPU: plain fp32.
 """
