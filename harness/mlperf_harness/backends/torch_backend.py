@@ -1,10 +1,11 @@
 """PyTorch: the same ONNX model converted with onnx2torch (or a saved TorchScript module).
 
-On a GPU: fp16/bf16, channels-last, cuDNN's fused convolution + bias + ReLU (+ residual add),
-optionally torch.compile (its artifacts cached in the engine directory, so only build-engine pays
-the compile; that save-and-reload path is untested on a GPU so far), one CUDA graph per batch bucket, a stream per instance, pinned host buffers, and the
-loaded samples resident in device memory (start_from_device): a batch is then a few row numbers
-in and one class index per sample out. On the CPU: plain fp32.
+On a GPU: fp16/bf16, channels-last, cuDNN's fused convolution + bias + ReLU (+ residual add), one
+CUDA graph per batch bucket, a stream per instance, pinned host buffers, and the loaded samples
+resident in device memory (start_from_device): a batch is then a few row numbers in and one class
+index per sample out. Optionally torch.compile, its artifacts cached in the engine directory so
+that only build-engine pays the compile (that save-and-reload path is untested on a GPU so far).
+On the CPU: plain fp32.
 """
 
 from __future__ import annotations
