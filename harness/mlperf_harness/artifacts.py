@@ -96,10 +96,13 @@ def batch_size_of(spec: MLPerfRunSpec, scenario: str) -> int:
     NVIDIA's gpu_batch_size), else the scenario's default."""
     if spec.batchSize:
         return spec.batchSize
+    return int(_harness_table(spec, scenario).get("batchSize", DEFAULT_BATCH_SIZE[scenario]))
+
+
+def _harness_table(spec: MLPerfRunSpec, scenario: str) -> dict[str, Any]:
     from .config import system_id, table_values  # config builds on this module
 
-    table = table_values(spec.benchmark, scenario, system_id(spec), spec.configVer)
-    return int(table.get("batchSize", DEFAULT_BATCH_SIZE[scenario]))
+    return table_values(spec.benchmark, scenario, system_id(spec), spec.configVer)
 
 
 def input_dtype_of(spec: MLPerfRunSpec) -> str:
@@ -136,6 +139,9 @@ def engine(spec: MLPerfRunSpec, scenario: str, backend_version: str) -> Artifact
         "backend": spec.backend,
         "backendVersion": backend_version,
     }
+    compile_mode = _harness_table(spec, scenario).get("torchCompile", "off") if spec.backend == "pytorch" else "off"
+    if compile_mode != "off":  # a compiled engine carries the compile's artifacts
+        inputs["torchCompile"] = compile_mode
     return _make("engine", f"{spec.benchmark}-{spec.backend}-{precision}-b{batch}", inputs)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlperf_loadgen as lg
+import pytest
 from harness_support import make_spec
 from mlperf_harness.config import build_config, resolve_block, table_values
 from mlperf_harness.loadgen import settings
@@ -70,3 +71,15 @@ def test_audit_configs() -> None:
     assert "performance_issue_unique = 1" in settings.audit_config("TEST04-A", cfg)
     assert "performance_issue_same_index = 3" in settings.audit_config("TEST04-B", cfg)
     assert "313588358309856706" in settings.audit_config("TEST05", cfg)
+
+
+def test_engine_key_follows_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiled pytorch engine holds the compile's artifacts: another compile mode, another engine."""
+    from mlperf_harness import artifacts, config
+
+    spec = make_spec(backend="pytorch", system={"gpuProduct": "NVIDIA-H200", "gpuCount": 1})
+    plain = artifacts.engine(spec, "Offline", "pytorch-2.11.0").key
+    real = config.table_values
+    monkeypatch.setattr(config, "table_values", lambda *a: {**real(*a), "torchCompile": "max-autotune"})
+    assert artifacts.engine(spec, "Offline", "pytorch-2.11.0").key != plain
+    assert build_config(spec, "Offline").torchCompile == "max-autotune"
