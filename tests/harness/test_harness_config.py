@@ -31,7 +31,7 @@ def test_instances_per_gpu_and_devices() -> None:
     assert build_config(make_spec(**{**node, "category": "datacenter"}), "Server").batchSize == 128
     assert build_config(make_spec(**node, instancesPerDevice=3), "Offline").workers == 3
     cpu = build_config(make_spec(loadgen={}, batchSize=None), "Offline")
-    assert (cpu.devices, cpu.workers, cpu.startFromDevice, cpu.torchCompile, cpu.batchSize) == (1, 1, False, "off", 64)
+    assert (cpu.devices, cpu.workers, cpu.startFromDevice, cpu.torchCompile, cpu.batchSize) == (1, 1, False, "off", 8)
 
 
 def test_v10_settings_come_from_the_suite_table(tmp_path: Path) -> None:
