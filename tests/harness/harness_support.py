@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from mlperf_harness.backends.base import Backend
+from mlperf_harness.config import build_config
+from mlperf_harness.loadgen.runner import RunOutput, run_loadgen
 from mlperf_harness.spec import MLPerfRunSpec
 
 SAMPLES = 32
@@ -37,3 +43,15 @@ def make_spec(**over: Any) -> MLPerfRunSpec:
 
 # Subprocesses of the tests get the caller's PYTHONPATH only (where the package is not installed).
 PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+
+
+def answers(log_dir: Path) -> dict[int, str]:
+    """qsl_idx -> response bytes (hex) of an accuracy log."""
+    return {int(e["qsl_idx"]): e["data"] for e in json.loads((log_dir / "mlperf_log_accuracy.json").read_text())}
+
+
+def run_direct(ws: Any, scenario: str, mode: str, factory: Callable[[], Backend], **cfg_update: Any) -> RunOutput:
+    """One LoadGen run of ``ws`` with backends from ``factory`` and harness-config fields changed."""
+    cfg = build_config(ws.spec, scenario).model_copy(update=cfg_update)
+    model = ws.model_path(scenario) if ws.spec.backend != "null" else Path("/dev/null")
+    return run_loadgen(cfg, mode, ws.harness_dir(scenario, mode), ws.bench, ws.samples_path(), model, factory)

@@ -26,21 +26,8 @@ def test_current_round_run_uses_user_conf_and_fromconfig_once(workdir: Path, tmp
     shutil.copytree(workdir / "cache", root / "cache")
     spec = make_spec(suite="v6.0", loadgen={"minDurationMs": 300, "minQueryCount": 8, "expectedQps": 20})
     log = tmp_path / "termination-log"
-    proc = _mlperf(
-        "run-harness",
-        "--spec",
-        spec.model_dump_json(),
-        "--workdir",
-        str(root),
-        "--run",
-        "cur",
-        "--scenario",
-        "Offline",
-        "--test-mode",
-        "PerformanceOnly",
-        "-q",
-        env_log=log,
-    )
+    verb = ("run-harness", "--spec", spec.model_dump_json(), "--workdir", str(root), "--run", "cur", "-q")
+    proc = _mlperf(*verb, "--scenario", "Offline", "--test-mode", "PerformanceOnly", env_log=log)
     assert proc.returncode == 0, proc.stderr
     outcome = read_termination_message(log.read_text())
     assert outcome.ok and outcome.results[0].scenario == "Offline" and outcome.results[0].synthetic
@@ -52,19 +39,7 @@ def test_current_round_run_uses_user_conf_and_fromconfig_once(workdir: Path, tmp
     assert "Multiple conf files" not in detail
     assert '"key": "effective_qsl_rng_seed", "value": 2085463073848966840' in detail  # LoadGen's own round
     assert not (run / "mlperf.conf").exists()  # the round's conf is LoadGen's compiled-in one
-    again = _mlperf(
-        "run-harness",
-        "--spec",
-        spec.model_dump_json(),
-        "--workdir",
-        str(root),
-        "--run",
-        "cur",
-        "--scenario",
-        "Offline",
-        "-q",
-        env_log=log,
-    )
+    again = _mlperf(*verb, "--scenario", "Offline", env_log=log)
     assert again.returncode == 0 and "already complete" in again.stdout
     assert read_termination_message(log.read_text()).cacheHit
 

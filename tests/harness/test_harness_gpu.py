@@ -4,17 +4,14 @@ elsewhere. CI has no GPU: these ran on the lent H200 (see BENCHMARKS.md)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from harness_support import SAMPLES
+from harness_support import SAMPLES, answers, run_direct
 from mlperf_harness import steps
 from mlperf_harness.backends import get_backend
 from mlperf_harness.config import build_config
-from mlperf_harness.loadgen.runner import run_loadgen
 
 
 def _cuda() -> None:
@@ -67,22 +64,11 @@ def test_two_instances_on_one_gpu_answer_as_onnxruntime(workspace: Any) -> None:
     ws = workspace(**GPU, precision="fp32", testModes=["AccuracyOnly"], instancesPerDevice=2)
     cfg = build_config(ws.spec, "Offline")
     assert cfg.startFromDevice and cfg.workers == 2
-    out = run_loadgen(
-        cfg,
-        "AccuracyOnly",
-        ws.harness_dir("Offline", "AccuracyOnly"),
-        ws.bench,
-        ws.samples_path(),
-        ws.model_path("Offline"),
-        lambda: get_backend("pytorch"),
-    )
+    out = run_direct(ws, "Offline", "AccuracyOnly", lambda: get_backend("pytorch"))
     assert not out.errors and out.completed == SAMPLES and out.device.startswith("2 instances on cuda:0")
     assert all(n > 0 for n in out.instance_samples), out.instance_samples
     reference = workspace(testModes=["AccuracyOnly"])
     [result] = steps.run_harness(reference, "Offline", "AccuracyOnly").results
-
-    def answers(log_dir: Path) -> dict[int, str]:
-        return {int(e["qsl_idx"]): e["data"] for e in json.loads((log_dir / "mlperf_log_accuracy.json").read_text())}
 
     got, want = answers(out.log_dir), answers(reference.root / result.logDir)
     assert got.keys() == want.keys()

@@ -37,6 +37,11 @@ def _torch() -> Any:
         raise HarnessError("pytorch: torch is not installed (install the gpu extra)") from None
 
 
+def _numpy(out: Any) -> np.ndarray:
+    """A backend output as numpy on the host (fp16/bf16 as float32)."""
+    return np.asarray((out.float() if out.is_floating_point() else out).cpu().numpy())
+
+
 def compile_cache_file(engine_dir: Path, precision: str, batch: int, mode: str) -> Path:
     return engine_dir / f"torch-compile-{mode}-{precision}-b{batch}.bin"
 
@@ -359,8 +364,7 @@ class PyTorchBackend(ModelBackend):
             pin_out = self._pinned("_pinned_out", static_out, b)
             pin_out[:b].copy_(static_out, non_blocking=True)
             self._stream.synchronize()
-        out = pin_out[:n]
-        return (out.float() if out.is_floating_point() else out).numpy()
+        return _numpy(pin_out[:n])
 
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         torch = _torch()
@@ -369,7 +373,7 @@ class PyTorchBackend(ModelBackend):
         with torch.inference_mode(), torch.cuda.device(self._dev):
             index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self._dev)
             out = self._from_rows(index, len(rows) == self._batch)
-            return (out.float() if out.is_floating_point() else out).cpu().numpy()
+            return _numpy(out)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         torch = _torch()
@@ -380,7 +384,7 @@ class PyTorchBackend(ModelBackend):
             if self.on_gpu:
                 x = x.to(self._dev).to(self._dtype).contiguous(memory_format=torch.channels_last)
             out = self._run(x, len(x) == self._batch)
-            return (out.float() if out.is_floating_point() else out).cpu().numpy()
+            return _numpy(out)
 
     def close(self) -> None:
         self._graphs.clear()
