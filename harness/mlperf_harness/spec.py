@@ -344,8 +344,9 @@ class MLPerfRunSpec(SpecModel):
         le=16,
         json_schema_extra=immutable("spec.instancesPerDevice"),
         description=(
-            "Backend instances per GPU (or on the CPU) in one LoadGen run, each with its own queue and "
-            "stream; every GPU of system.gpuCount gets this many. Default: the harness config's."
+            "Backend instances per GPU (or on the CPU) in one LoadGen run, each with its own queue; "
+            "on a GPU they queue their batches on its one stream, so one's host work overlaps "
+            "another's batch. Every GPU of system.gpuCount gets this many. Default: the harness config's."
         ),
     )
     loadgen: LoadGenOverrides = Field(

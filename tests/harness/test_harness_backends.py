@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from mlperf_harness.backends import BACKENDS, backend_class, get_backend
 from mlperf_harness.backends.null import NullBackend
+from mlperf_harness.errors import HarnessError
 
 
 def test_registry_knows_every_backend() -> None:
@@ -50,6 +51,17 @@ def test_pytorch_backend_runs_the_same_onnx_on_cpu(workdir: Path) -> None:
     ort = get_backend("onnxruntime")
     ort.load(model, 2, "fp32", output_name="ArgMax:0")
     assert np.array_equal(b.predict(x), ort.predict(x))
+
+
+def test_pytorch_rewrites_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in MLPERF_TORCH_REWRITES is an error naming it, not a silently slower run."""
+    monkeypatch.setenv("MLPERF_TORCH_REWRITES", "fuse,pol")
+    with pytest.raises(HarnessError, match="MLPERF_TORCH_REWRITES: pol unknown"):
+        get_backend("pytorch")
+    monkeypatch.setenv("MLPERF_TORCH_REWRITES", "none")
+    assert get_backend("pytorch").rewrites == set()
+    monkeypatch.delenv("MLPERF_TORCH_REWRITES")
+    assert get_backend("pytorch").rewrites == {"fuse", "fold", "pad", "pool"}
 
 
 @pytest.mark.gpu

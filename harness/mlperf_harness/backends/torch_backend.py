@@ -1,15 +1,18 @@
 """PyTorch: the same ONNX model converted with onnx2torch (or a saved TorchScript module).
 
-On a GPU: fp16/bf16, channels-last, cuDNN's fused convolution + bias + ReLU (+ residual add), one
-CUDA graph per batch bucket, a stream per instance, pinned host buffers, and the loaded samples
-resident in device memory (start_from_device): a batch is then a few row numbers in and one class
-index per sample out. Optionally torch.compile, its artifacts cached in the engine directory so
-that only build-engine pays the compile (that save-and-reload path is untested on a GPU so far).
+On a GPU: fp16/bf16, channels-last, graph rewrites (cuDNN's fused convolution + bias + ReLU
+(+ residual add) with the shortcut's bias folded in, the stem's input padded to 4 channels, the
+max-pool compiled), one CUDA graph per batch bucket, the instances on a GPU queueing on its one
+stream, pinned host buffers, and the loaded samples resident in device memory
+(start_from_device): a batch is then a few row numbers in and one class index per sample out.
+Optionally torch.compile of the whole model, its artifacts cached in the engine directory so that
+only build-engine pays the compile (that save-and-reload path is untested on a GPU so far).
 On the CPU: plain fp32.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +27,9 @@ from .base import ModelBackend, TensorSpec
 if TYPE_CHECKING:
     from ..config import HarnessConfig
 
+# Graph rewrites of the half-precision GPU path, measured one by one in BENCHMARKS.md.
+REWRITES = ("fuse", "fold", "pad", "pool")
+STEM_CHANNELS = 4  # cuDNN pads 3 to 4 itself, in an extra kernel; 8 takes a slower kernel
 COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 ENGINE_MODEL = "model.onnx"
 
@@ -42,20 +48,37 @@ def _numpy(out: Any) -> np.ndarray:
     return np.asarray((out.float() if out.is_floating_point() else out).cpu().numpy())
 
 
+def rewrites_from_env() -> set[str]:
+    value = os.environ.get("MLPERF_TORCH_REWRITES", ",".join(REWRITES))
+    chosen = {r.strip() for r in value.split(",") if r.strip() and r.strip() != "none"}
+    if chosen - set(REWRITES):
+        raise HarnessError(
+            f"MLPERF_TORCH_REWRITES: {', '.join(sorted(chosen - set(REWRITES)))} unknown; "
+            f"use a comma-separated subset of {', '.join(REWRITES)}, or none"
+        )
+    return chosen
+
+
 def compile_cache_file(engine_dir: Path, precision: str, batch: int, mode: str) -> Path:
     return engine_dir / f"torch-compile-{mode}-{precision}-b{batch}.bin"
 
 
-def fuse_conv_activations(model: Any) -> int:
+def fuse_conv_activations(model: Any, fold_bias: bool = True) -> tuple[int, int]:
     """Rewrite Conv -> ReLU and Conv -> Add -> ReLU of an onnx2torch graph into cuDNN's fused
-    conv + bias + (add +) ReLU (one kernel instead of two or three); returns how many."""
+    conv + bias + (add +) ReLU (one kernel instead of two or three). With ``fold_bias``, when the
+    added branch is itself a convolution (ResNet's projection shortcut), its bias moves into the
+    fused convolution's: torch adds a conv's bias in a kernel of its own, a full pass over a large
+    activation. Returns (convolutions fused, biases folded)."""
     torch = _torch()
     from torch import fx, nn
 
     class FusedConv(nn.Module):
-        def __init__(self, conv: Any, add: bool) -> None:
+        def __init__(self, conv: Any, add: bool, extra_bias: Any = None) -> None:
             super().__init__()
             self.weight, self.bias = conv.weight, conv.bias
+            if extra_bias is not None:
+                total = extra_bias.float() + (0.0 if conv.bias is None else conv.bias.float())
+                self.bias = nn.Parameter(total.to(extra_bias.dtype), requires_grad=False)
             self.stride, self.padding, self.dilation, self.groups = (
                 list(conv.stride),
                 list(conv.padding),
@@ -70,8 +93,8 @@ def fuse_conv_activations(model: Any) -> int:
                 return torch.ops.aten.cudnn_convolution_add_relu(x, self.weight, z, 1.0, self.bias, *args)
             return torch.ops.aten.cudnn_convolution_relu(x, self.weight, self.bias, *args)
 
-    def kind(node: fx.Node) -> str:
-        if node.op != "call_module":
+    def kind(node: Any) -> str:
+        if not isinstance(node, fx.Node) or node.op != "call_module":
             return ""
         mod = model.get_submodule(str(node.target))
         if isinstance(mod, nn.Conv2d) and isinstance(mod.padding, tuple) and mod.padding_mode == "zeros":
@@ -83,7 +106,7 @@ def fuse_conv_activations(model: Any) -> int:
         return ""
 
     graph: fx.Graph = model.graph
-    fused = 0
+    fused = folded = 0
     for relu in list(graph.nodes):
         if kind(relu) != "relu":
             continue
@@ -93,13 +116,20 @@ def fuse_conv_activations(model: Any) -> int:
         if kind(src) == "add" and len(src.users) == 1:
             a, b = src.args
             for first, other in ((a, b), (b, a)):
-                if isinstance(first, fx.Node) and kind(first) == "conv" and len(first.users) == 1:
+                if kind(first) == "conv" and len(first.users) == 1:
                     conv, z = first, other
                     break
         if conv is None or len(conv.users) != 1:
             continue
+        shortcut: Any = None
+        if fold_bias and isinstance(z, fx.Node) and kind(z) == "conv" and len(z.users) == 1:
+            shortcut = model.get_submodule(str(z.target))
+        extra = None if shortcut is None else shortcut.bias
         name = f"fused_{fused}"
-        model.add_submodule(name, FusedConv(model.get_submodule(str(conv.target)), add=z is not None))
+        model.add_submodule(name, FusedConv(model.get_submodule(str(conv.target)), z is not None, extra))
+        if extra is not None:
+            shortcut.bias = None
+            folded += 1
         with graph.inserting_before(relu):
             args = (conv.args[0],) if z is None else (conv.args[0], z)
             new = graph.call_module(name, args)
@@ -110,16 +140,78 @@ def fuse_conv_activations(model: Any) -> int:
     graph.lint()
     model.delete_all_unused_submodules()
     model.recompile()
-    return fused
+    return fused, folded
+
+
+@functools.cache
+def _compiled_max_pool() -> Any:
+    """One compiled max-pool for the process: every backend instance shares its compiles (a
+    compiled function per instance would count towards dynamo's recompile limit, after which
+    it silently runs eager)."""
+    torch = _torch()
+
+    def max_pool(x: Any, kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool) -> Any:
+        out = torch.nn.functional.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+        return out.contiguous(memory_format=torch.channels_last)
+
+    return torch.compile(max_pool, dynamic=None)  # the second batch size seen makes the batch symbolic
+
+
+def compile_max_pools(model: Any) -> int:
+    """Each max-pool becomes one inductor kernel that reads its input once and writes the output
+    channels-last, without indices: torch's eager NHWC max-pool also writes the indices and took
+    3.5 of ResNet-50's 28 ms at batch 1024 on an H200. Returns how many."""
+    from torch import nn
+
+    class CompiledMaxPool(nn.Module):
+        def __init__(self, pool: Any) -> None:
+            super().__init__()
+            self.args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+
+        def forward(self, x: Any) -> Any:
+            return _compiled_max_pool()(x, *self.args)
+
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.MaxPool2d) and not m.return_indices]
+    for name in names:
+        model.set_submodule(name, CompiledMaxPool(model.get_submodule(name)))
+    return len(names)
+
+
+def pad_input_channels(model: Any, channels: int) -> bool:
+    """Zero-pad the input channels of the convolution that reads the model's input (3 -> 4, say):
+    the staged samples then carry the padding once, instead of cuDNN padding every batch in a
+    kernel of its own. Returns whether it padded."""
+    torch = _torch()
+    placeholder = next(n for n in model.graph.nodes if n.op == "placeholder")
+    users = list(placeholder.users)
+    if len(users) != 1 or users[0].op != "call_module":
+        return False
+    mod = model.get_submodule(str(users[0].target))
+    w = getattr(mod, "weight", None)
+    if w is None or w.dim() != 4 or w.shape[1] >= channels or getattr(mod, "groups", 1) != 1:
+        return False
+    padded = torch.zeros((w.shape[0], channels, *w.shape[2:]), dtype=w.dtype, device=w.device)
+    padded[:, : w.shape[1]] = w
+    mod.weight = torch.nn.Parameter(padded.contiguous(memory_format=torch.channels_last), requires_grad=False)
+    if hasattr(mod, "in_channels"):
+        mod.in_channels = channels
+    return True
 
 
 class PyTorchBackend(ModelBackend):
     name = "pytorch"
+    # Instances on one GPU replay on that GPU's one stream: their batches run back to back (as in
+    # a plain loop) instead of interleaving, and each waits on its own batch's event.
+    _shared_streams: dict[int, Any] = {}
 
     def __init__(self, use_graphs: bool | None = None) -> None:
-        # MLPERF_TORCH_GRAPHS=0 / MLPERF_TORCH_FUSE=0 turn CUDA graphs / conv fusion off (to compare).
+        # MLPERF_TORCH_GRAPHS=0 turns CUDA graphs off, MLPERF_TORCH_REWRITES picks the graph
+        # rewrites of the half-precision GPU path ("none" for none): both to compare.
         self.use_graphs = use_graphs if use_graphs is not None else os.environ.get("MLPERF_TORCH_GRAPHS", "1") != "0"
-        self.fuse = os.environ.get("MLPERF_TORCH_FUSE", "1") != "0"
+        self.rewrites = rewrites_from_env()
+        # MLPERF_TORCH_STREAM=own: each instance its own stream (instances on a GPU interleave).
+        self.shared_stream = os.environ.get("MLPERF_TORCH_STREAM", "shared") != "own"
+        self._channels = 0  # channels of the staged samples and of the model's input
         self.compile_mode = "off"
         self._model: Any = None  # eager (fused) model: every batch bucket
         self._compiled: Any = None  # torch.compile'd model: the full batch only (one compile)
@@ -133,7 +225,7 @@ class PyTorchBackend(ModelBackend):
         self._pinned_in: Any = None
         self._pinned_out: Any = None
         self._batch = 1
-        self.fused = 0
+        self.fused = self.folded = self.pools = 0
         self.compile_cache: Path | None = None
 
     # --- setup --------------------------------------------------------------------------------
@@ -181,7 +273,11 @@ class PyTorchBackend(ModelBackend):
             torch.backends.cudnn.allow_tf32 = precision != "fp32"
             torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
             torch.backends.cudnn.benchmark = True  # each conv shape picks its fastest cuDNN kernel once
-            self._stream = torch.cuda.Stream(device=self._dev)
+            self._stream = self._shared_streams.get(self.device_index) if self.shared_stream else None
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(device=self._dev)
+                if self.shared_stream:
+                    self._shared_streams[self.device_index] = self._stream
             self._capture_stream = torch.cuda.Stream(device=self._dev)
         self._dtype = (
             {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32) if cuda else torch.float32
@@ -195,12 +291,20 @@ class PyTorchBackend(ModelBackend):
             model = model.to(memory_format=torch.channels_last)
             if self._dtype != torch.float32:
                 model = model.to(self._dtype)
-            # fp32 stays unfused: cuDNN's fused kernels may compute in TF32.
-            if self.fuse and self._dtype != torch.float32 and isinstance(model, torch.fx.GraphModule):
-                self.fused = fuse_conv_activations(model)
+            # fp32 stays as it is: cuDNN's fused kernels may compute in TF32.
+            if self._dtype != torch.float32 and isinstance(model, torch.fx.GraphModule):
+                self._rewrite(model)
         self._model = model
         if cuda and self.compile_mode != "off":
             self._compiled = self._compile(model, model_path.parent, precision)
+
+    def _rewrite(self, model: Any) -> None:
+        if "fuse" in self.rewrites:
+            self.fused, self.folded = fuse_conv_activations(model, fold_bias="fold" in self.rewrites)
+        if "pad" in self.rewrites and pad_input_channels(model, STEM_CHANNELS):
+            self._channels = STEM_CHANNELS
+        if "pool" in self.rewrites:
+            self.pools = compile_max_pools(model)
 
     def _convert(self, model_path: Path, output_name: str | None) -> Any:
         import onnx
@@ -260,6 +364,8 @@ class PyTorchBackend(ModelBackend):
 
     # --- CUDA graphs --------------------------------------------------------------------------
     def _run(self, x: Any, compiled: bool = False) -> Any:
+        if x.shape[1] < self._channels:  # host batches have the model's 3 channels, the stem more
+            x = _torch().nn.functional.pad(x, (0, 0, 0, 0, 0, self._channels - x.shape[1]))
         out = (self._compiled if compiled and self._compiled is not None else self._model)(x)
         return out[self._out_index] if isinstance(out, (tuple, list)) else out
 
@@ -310,8 +416,9 @@ class PyTorchBackend(ModelBackend):
             torch.cuda.current_stream(self._dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             # Captured on this instance's own stream: library workspaces (cuBLAS keys its by stream)
-            # are then this instance's alone, so instances replaying at once on one GPU never share
-            # one (with torch's one default capture stream, two instances' graphs hung the GPU).
+            # are then this instance's alone, so instances replaying at once on one GPU (with
+            # MLPERF_TORCH_STREAM=own) never share one: with torch's one default capture stream,
+            # two instances' graphs hung the GPU.
             with torch.cuda.graph(graph, stream=self._capture_stream):
                 static_out = step(static_in)
         self._graphs[n] = (graph, static_in, static_out)
@@ -323,7 +430,7 @@ class PyTorchBackend(ModelBackend):
         if not self.on_gpu or self._in is None or len(self._in.shape) != 4:
             return False
         c, h, w = (d or 1 for d in self._in.shape[1:])
-        self._samples = torch.zeros((capacity, h, w, c), dtype=self._dtype, device=self._dev)
+        self._samples = torch.zeros((capacity, h, w, max(c, self._channels)), dtype=self._dtype, device=self._dev)
         self.resident = True
         return True
 
@@ -335,7 +442,8 @@ class PyTorchBackend(ModelBackend):
         with torch.cuda.device(self._dev):
             for start in range(0, n, 256):  # in slices: no full fp32 copy of the set on the device
                 part = torch.from_numpy(np.ascontiguousarray(samples[start : start + 256]))
-                self._samples[start : start + len(part)].copy_(part.to(self._dev).permute(0, 2, 3, 1))
+                rows = self._samples[start : start + len(part), :, :, : part.shape[1]]
+                rows.copy_(part.to(self._dev).permute(0, 2, 3, 1))
             torch.cuda.synchronize(self._dev)
 
     # --- inference ----------------------------------------------------------------------------
@@ -363,7 +471,9 @@ class PyTorchBackend(ModelBackend):
             graph.replay()
             pin_out = self._pinned("_pinned_out", static_out, b)
             pin_out[:b].copy_(static_out, non_blocking=True)
-            self._stream.synchronize()
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        done.synchronize()  # this batch's event, not the stream: others may have queued behind it
         return _numpy(pin_out[:n])
 
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
