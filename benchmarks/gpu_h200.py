@@ -2,6 +2,7 @@
 
     python3 benchmarks/gpu_h200.py [--batch 1024] [--server-batch 128] [--seconds 20] [--compile off]
                                    [--sweep] [--server-qps 20000 30000 ...]
+    python3 benchmarks/gpu_h200.py --profile          # only: GPU time per kernel of one batch
 
 1. cuda-python buffers and streams (the TensorRT backend's half that needs no TensorRT): a round
    trip and the pinned host-to-device copy rate.
@@ -33,13 +34,14 @@ from typing import Any
 import numpy as np
 from _common import machine, stamp, workspace
 from mlperf_harness import steps
-from mlperf_harness.backends.torch_backend import PyTorchBackend
+from mlperf_harness.backends.torch_backend import REWRITES, PyTorchBackend
 
 ANCHORS = {
     "TensorRT 1x H100 (v4.0) Offline": 88_714.0,
     "TensorRT 8x H200 (v4.1) Offline, per GPU": 756_960.0 / 8,
     "INT8 physical limit (8.2 GFLOP/image)": 240_000.0,
 }
+ALL = ",".join(REWRITES)
 GPU = {"gpuProduct": "NVIDIA-H200", "gpuCount": 1}
 SAMPLES = 1024
 rows_out: list[tuple[str, str]] = []
@@ -53,8 +55,8 @@ def say(label: str, value: str) -> None:
     print(f"  [{time.perf_counter() - T0:5.0f} s] {label}: {value}", flush=True)
 
 
-def backend(model: Path, batch: int, precision: str, compile_mode: str, output: str, fuse: bool = True) -> Any:
-    os.environ["MLPERF_TORCH_FUSE"] = "1" if fuse else "0"
+def backend(model: Path, batch: int, precision: str, compile_mode: str, output: str, rewrites: str = ALL) -> Any:
+    os.environ["MLPERF_TORCH_REWRITES"] = rewrites
     b = PyTorchBackend()
     b.compile_mode = compile_mode
     b.load(model, batch, precision, output_name=output)
@@ -128,12 +130,12 @@ def accuracy_check(model: Path, data: np.ndarray, batch: int, precision: str, co
 
 
 def plain_loop(
-    model: Path, data: np.ndarray, batch: int, precision: str, compile_mode: str, fuse: bool = True
+    model: Path, data: np.ndarray, batch: int, precision: str, compile_mode: str, rewrites: str = ALL
 ) -> float:
     """Graph replays of the harness's pipeline, back to back, events timed: images/s."""
     import torch
 
-    b = backend(model, batch, precision, compile_mode, "ArgMax:0", fuse)
+    b = backend(model, batch, precision, compile_mode, "ArgMax:0", rewrites)
     b.reserve_samples(len(data))
     b.stage_samples(data)
     graph, static_in, _ = b._graph_for(batch)
@@ -152,6 +154,36 @@ def plain_loop(
         times.append(start.elapsed_time(end) / 1000)
     release(b)
     return reps * batch / sorted(times)[1]
+
+
+def profile(model: Path, batch: int, precision: str) -> None:
+    """Where one batch's GPU time goes: the pipeline's ops run once eagerly under torch's
+    profiler (the same kernels its CUDA graph replays), GPU time per op, largest first."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    b = backend(model, batch, precision, "off", "ArgMax:0")
+    x = torch.randn(batch, max(3, b._channels), 224, 224, device="cuda").to(b._dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for _ in range(3):
+            b._run(x)
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            b._run(x)
+            torch.cuda.synchronize()
+    kernels = [
+        e
+        for e in prof.key_averages()
+        if e.device_type.name == "CUDA" and e.self_device_time_total > 0 and not e.key.startswith("Activity Buffer")
+    ]
+    total = sum(e.self_device_time_total for e in kernels)
+    print(f"GPU time of one batch of {batch}: {total / 1000:.2f} ms; kernels, largest first:")
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:20]:
+        share = e.self_device_time_total / total * 100
+        print(f"  {e.self_device_time_total / 1000:7.3f} ms {share:5.1f} % x{e.count:<3} {e.key[:110]}")
+    release(b)
 
 
 def harness(
@@ -205,8 +237,14 @@ def main() -> None:
     ap.add_argument("--server-qps", type=float, nargs="*", default=None)
     ap.add_argument("--server-instances", type=int, default=None, help="instances per GPU for Server")
     ap.add_argument("--server-grid", nargs="*", default=None, help="only Server probes: batch:instances:qps ...")
+    ap.add_argument("--profile", action="store_true", help="only the GPU time per kernel of one batch")
     args = ap.parse_args()
     import torch
+
+    if args.profile:
+        small = workspace("bench-gpu-profile", dataset={"synthetic": {"samples": 8}})
+        profile(small.bench.model_file(small.model_dir), args.batch, args.precision)
+        return
 
     figures: dict[str, Any] = {"date": stamp(), "machine": machine(), "gpu": torch.cuda.get_device_name(0)}
     print(f"resnet50 pytorch {torch.__version__} on {figures['gpu']}, {machine()}, {stamp()}", flush=True)
@@ -223,14 +261,17 @@ def main() -> None:
     figures["accuracy"] = accuracy_check(model, data, min(args.batch, len(data)), args.precision, args.compile)
 
     if args.sweep:
-        variants = [("unfused", False, "off", args.sweep_batches), ("fused", True, "off", args.sweep_batches)]
+        # The rewrites added one at a time at the run's batch size, then all of them at the others.
+        variants = [(",".join(REWRITES[:k]) or "none", "off", [args.batch]) for k in range(len(REWRITES))]
+        variants.append((ALL, "off", args.sweep_batches))
         if args.sweep_compile:  # compiles take minutes: at the run's batch size only
-            variants.append(("compile default", False, "default", [args.batch]))
+            variants.append(("none", "default", [args.batch]))
         sweep = {}
-        for label, fuse, mode, batches in variants:
+        for rewrites, mode, batches in variants:
+            label = f"rewrites {rewrites}" + (f", compile {mode}" if mode != "off" else "")
             for batch in batches:
                 t0 = time.perf_counter()
-                v = plain_loop(model, data, batch, args.precision, mode, fuse)
+                v = plain_loop(model, data, batch, args.precision, mode, rewrites)
                 sweep[f"{label} b{batch}"] = v
                 say(
                     f"plain loop {label}, batch {batch}",

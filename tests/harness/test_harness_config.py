@@ -15,7 +15,7 @@ from mlperf_harness.suites import load_suite
 def test_extends_and_scales() -> None:
     blocks = {"one": {"expectedQps": 100, "workers": 2}, "eight": {"extends": "one", "scales": {"expectedQps": 8}}}
     assert resolve_block(blocks, "eight") == {"expectedQps": 800, "workers": 2}
-    assert table_values("resnet50", "Offline", "NVIDIA-H200x8", "default")["expectedQps"] == 8 * 35000
+    assert table_values("resnet50", "Offline", "NVIDIA-H200x8", "default")["expectedQps"] == 8 * 43000
 
 
 def test_instances_per_gpu_and_devices() -> None:
