@@ -105,6 +105,11 @@ def _harness_table(spec: MLPerfRunSpec, scenario: str) -> dict[str, Any]:
     return table_values(spec.benchmark, scenario, system_id(spec), spec.configVer)
 
 
+def torch_compile_of(spec: MLPerfRunSpec, scenario: str) -> str:
+    """The harness config's torch.compile mode for this system (pytorch only; else off)."""
+    return str(_harness_table(spec, scenario).get("torchCompile", "off")) if spec.backend == "pytorch" else "off"
+
+
 def input_dtype_of(spec: MLPerfRunSpec) -> str:
     return "int8" if precision_of(spec) == "int8" else "fp32"
 
@@ -139,7 +144,7 @@ def engine(spec: MLPerfRunSpec, scenario: str, backend_version: str) -> Artifact
         "backend": spec.backend,
         "backendVersion": backend_version,
     }
-    compile_mode = _harness_table(spec, scenario).get("torchCompile", "off") if spec.backend == "pytorch" else "off"
+    compile_mode = torch_compile_of(spec, scenario)
     if compile_mode != "off":  # a compiled engine carries the compile's artifacts
         inputs["torchCompile"] = compile_mode
     return _make("engine", f"{spec.benchmark}-{spec.backend}-{precision}-b{batch}", inputs)

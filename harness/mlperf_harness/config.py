@@ -204,7 +204,7 @@ def build_config(spec: MLPerfRunSpec, scenario: Scenario) -> HarnessConfig:
         workers=spec.instancesPerDevice or int(table.get("workers", 1)),
         devices=spec.system.gpuCount if spec.uses_gpu else 1,
         startFromDevice=bool(table.get("startFromDevice", False)),
-        torchCompile=str(table.get("torchCompile", "off")) if spec.backend == "pytorch" else "off",
+        torchCompile=artifacts.torch_compile_of(spec, scenario),
         batchTimeoutUs=int(table.get("batchTimeoutUs", 0)) if scenario == "Server" else 0,
         fast=spec.fast,
         synthetic=spec.synthetic,
