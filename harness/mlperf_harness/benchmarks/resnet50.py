@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ MODEL_URL = "https://zenodo.org/record/2592612/files/resnet50_v1.onnx"
 MODEL_FILE = "resnet50_v1.onnx"
 MEANS = np.array([123.68, 116.78, 103.94], dtype=np.float32)
 SIZE = 224
-CROP_FRACTION = 0.875  # the centre 224 crop is 87.5 % of the resized short side (256)
+CROP_PERCENT = 87.5  # the centre 224 crop is 87.5 % of the resized short side (256)
 # int8 inputs: symmetric per-tensor scale covering mean-subtracted pixels (-124 .. 152).
 INT8_SCALE = 152.0 / 127.0
 LABEL_OFFSET = -1  # resnet50_v1.onnx predicts 1001 classes, background first
@@ -50,22 +49,19 @@ def progress(quiet: bool) -> Progress:
 
 
 def preprocess_image(img: np.ndarray) -> np.ndarray:
-    """MLPerf's reference preprocessing: aspect-preserving resize (short side 256), centre crop
-    224, mean subtraction, HWC -> CHW; float32."""
-    from PIL import Image
+    """The reference's ``pre_process_vgg``: aspect-preserving resize of the short side to 256 with
+    OpenCV's INTER_AREA, centre crop 224, mean subtraction, HWC -> CHW; float32. ``img`` is RGB."""
+    import cv2
 
     h, w = img.shape[:2]
-    short = int(SIZE / CROP_FRACTION)  # 256, as int(100 * 224 / 87.5)
+    short = int(100.0 * SIZE / CROP_PERCENT)  # 256
     if h > w:
         nw, nh = short, int(short * h / w)
     else:
         nh, nw = short, int(short * w / h)
-    pil = Image.fromarray(img)
-    # Area averaging when shrinking (OpenCV's INTER_AREA in the reference), bilinear when growing.
-    method = Image.Resampling.BOX if nh * nw < h * w else Image.Resampling.BILINEAR
-    arr = np.asarray(pil.resize((nw, nh), method), dtype=np.float32)
+    resized = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
     top, left = int((nh - SIZE) / 2), int((nw - SIZE) / 2)
-    arr = arr[top : top + SIZE, left : left + SIZE] - MEANS
+    arr = np.asarray(resized[top : top + SIZE, left : left + SIZE], dtype=np.float32) - MEANS
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
@@ -73,16 +69,29 @@ def quantize(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x / INT8_SCALE), -128, 127).astype(np.int8)
 
 
+def encode_jpeg(img: np.ndarray, quality: int = 90) -> bytes:
+    """An RGB image as JPEG bytes, with the library that decodes it again."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return bytes(buf)
+
+
 def decode(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """The reference's decode (``cv2.imread``, then BGR -> RGB), with errors that name the file."""
+    import cv2
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise HarnessError(f"{path}: missing image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise HarnessError(f"{path}: corrupt or truncated image ({exc})") from None
+    # libjpeg decodes a truncated JPEG with a warning and grey rows; the end-of-image marker tells.
+    truncated = data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]
+    img = None if truncated else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise HarnessError(f"{path}: corrupt or truncated image (OpenCV cannot decode it)")
+    return np.asarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
 
 
 def read_val_map(path: Path) -> list[tuple[str, int]]:
@@ -163,7 +172,6 @@ class ResNet50(Benchmark):
         FP32 accuracy run scores 100 % for real. The model is the one ``download-model`` makes
         for the same seed."""
         import onnxruntime as ort
-        from PIL import Image
 
         from . import synthetic_resnet
 
@@ -188,9 +196,7 @@ class ResNet50(Benchmark):
                 name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
                 img = synthetic_image(seed, i)
                 if stored:
-                    buf = BytesIO()
-                    Image.fromarray(img).save(buf, format="JPEG", quality=90)
-                    (images_dir / name).write_bytes(buf.getvalue())
+                    (images_dir / name).write_bytes(encode_jpeg(img))
                     img = decode(images_dir / name)  # label what preprocess will read back
                 names.append(name)
                 batch.append(preprocess_image(img))
@@ -252,6 +258,19 @@ class ResNet50(Benchmark):
 
     def accuracy(self, accuracy_log: Path, dataset_dir: Path) -> AccuracyReport:
         return imagenet_accuracy(accuracy_log, dataset_dir / VAL_MAP)
+
+    def response_description(self) -> str:
+        return (
+            "one int32 per sample, the ImageNet class 0..999 (the model's 1001-way ArgMax less 1, "
+            "as NVIDIA's harness responds), so the script needs `--dtype int32`"
+        )
+
+    def accuracy_command(self, accuracy_log: Path, data_dir: Path) -> str:
+        # mlcommons/inference, vision/classification_and_detection/tools/accuracy-imagenet.py
+        return (
+            "python3 vision/classification_and_detection/tools/accuracy-imagenet.py "
+            f"--mlperf-accuracy-file {accuracy_log} --imagenet-val-file {data_dir / VAL_MAP} --dtype int32"
+        )
 
 
 def imagenet_accuracy(accuracy_log: Path, val_map: Path, dtype: str = "int32") -> AccuracyReport:
