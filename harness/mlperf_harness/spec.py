@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .suites import ConfigVer, Scenario, load_suite
 
 Benchmark = Literal["resnet50", "ssd-resnet34", "bert", "dlrm", "rnnt", "3d-unet"]
-SuiteName = Literal["v1.0", "v6.0"]
+SuiteName = Literal["v1.0", "v6.1"]
 TestMode = Literal["PerformanceOnly", "AccuracyOnly"]
 AuditTest = Literal["TEST01", "TEST04", "TEST04-A", "TEST04-B", "TEST05"]
 BackendName = Literal["onnxruntime", "pytorch", "tensorrt", "null"]
@@ -261,11 +261,24 @@ class Submission(SpecModel):
     )
     systemOverrides: dict[str, str] = Field(
         default_factory=dict,
-        description="Values for the system description JSON that cannot be read off the machine.",
+        description=(
+            "Values for the system description JSON that cannot be read off the machine; only the "
+            "fields of the run's round are written."
+        ),
     )
 
 
 # --- the spec -------------------------------------------------------------------------------
+
+
+def category_message(suite: str, benchmark: str, category: str) -> str:
+    """Why a benchmark cannot run in a category of a round (shared with the CRD's CEL rule)."""
+    rule = load_suite(suite).rule(benchmark)
+    others = [c for c, scenarios in rule.scenarios.items() if scenarios]
+    return (
+        f"spec.category: {benchmark} is not a {category} benchmark in suite {suite} "
+        f"(it is {' and '.join(others) or 'in no category'}); set category: {others[0] if others else category}"
+    )
 
 
 class MLPerfRunSpec(SpecModel):
@@ -278,7 +291,7 @@ class MLPerfRunSpec(SpecModel):
     suite: SuiteName = Field(
         default="v1.0",
         json_schema_extra=immutable("spec.suite"),
-        description="Rules of the MLPerf round: v1.0, or v6.0 (the current round) where the benchmark exists.",
+        description="Rules of the MLPerf round: v1.0, or v6.1 (the current round) where the benchmark exists there.",
     )
     category: Literal["datacenter", "edge"] = Field(
         default="datacenter",
@@ -414,6 +427,8 @@ class MLPerfRunSpec(SpecModel):
         except KeyError as exc:
             raise ValueError(f"spec.benchmark: {exc.args[0]}") from None
         allowed = rule.scenarios[self.category]
+        if not allowed:
+            raise ValueError(category_message(self.suite, self.benchmark, self.category))
         bad = [s for s in self.scenarios if s not in allowed]
         if bad:
             raise ValueError(

@@ -17,7 +17,8 @@ Scenario = Literal["Offline", "Server", "SingleStream", "MultiStream"]
 Category = Literal["datacenter", "edge"]
 ConfigVer = Literal["default", "high_accuracy"]
 
-SUITE_NAMES: tuple[str, ...] = ("v1.0", "v6.0")
+SUITE_NAMES: tuple[str, ...] = ("v1.0", "v6.1")
+CURRENT_ROUND = "v6.1"
 BENCHMARKS: tuple[str, ...] = ("resnet50", "ssd-resnet34", "bert", "dlrm", "rnnt", "3d-unet")
 SCENARIOS: tuple[str, ...] = ("Offline", "Server", "SingleStream", "MultiStream")
 
@@ -77,6 +78,7 @@ class SuiteLoadGen(_Model):
 
 
 class BenchmarkRule(_Model):
+    submissionName: str | None = Field(default=None, description="the round's name for it, when not ours")
     scenarios: dict[Category, list[Scenario]]
     accuracy: AccuracyRule
     audits: list[str]
@@ -87,18 +89,38 @@ class BenchmarkRule(_Model):
         return "high_accuracy" in self.accuracy.targets and category in self.highAccuracyCategories
 
 
+class SubmissionRules(_Model):
+    """What the round's submission checker wants of a tree."""
+
+    layout: Literal["v1.0", "v6.1"] = Field(description="directory layout of the round's tree")
+    systemFields: list[str] = Field(description="the system description's fields, exactly these")
+    meaningfulFields: list[str] = Field(default=[], description="system fields that may not be empty or 0")
+    documents: list[str] = Field(default=[], description="files the tree's documentation/ must hold")
+    truncateKeepBytes: int = Field(description="bytes of a truncated accuracy log kept at each end")
+
+
 class Suite(_Model):
     name: str
     description: str
     benchmarks: dict[str, BenchmarkRule]
+    submission: SubmissionRules
     auditExemptScenarios: dict[str, list[Scenario]] = {}
     loadgen: SuiteLoadGen
     # Audit tests of this round whose performance verdict compares against the submission run
-    # (TEST04 of v6.0) rather than against a paired run (TEST04-A/B of v1.0).
+    # (TEST04 of v6.1) rather than against a paired run (TEST04-A/B of v1.0).
     auditThresholds: dict[str, float] = {}
 
     def audit_exempt_scenarios(self, test: str) -> list[Scenario]:
         return self.auditExemptScenarios.get(test, [])
+
+    def submission_benchmark(self, benchmark: str, config_ver: str = "default") -> str:
+        """The benchmark's directory in this round's tree: its name there, with the accuracy
+        level where the round has two (bert-99.9, dlrm-99, resnet)."""
+        rule = self.rule(benchmark)
+        name = rule.submissionName or benchmark
+        if "high_accuracy" not in rule.accuracy.targets:
+            return name
+        return f"{name}-{'99.9' if config_ver == 'high_accuracy' else '99'}"
 
     def rule(self, benchmark: str) -> BenchmarkRule:
         try:

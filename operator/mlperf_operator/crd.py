@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from mlperf_harness.spec import MLPerfRunSpec
+from mlperf_harness.spec import MLPerfRunSpec, category_message
 from mlperf_harness.suites import all_suites
 from pydantic import BaseModel
 
@@ -94,6 +94,16 @@ def suite_rules() -> list[dict[str, str]]:
         for bench, rule in suite.benchmarks.items():
             for category, allowed in rule.scenarios.items():
                 where = f"self.suite == '{suite.name}' && self.benchmark == '{bench}' && self.category == '{category}'"
+                if not allowed:
+                    rules.append(
+                        {
+                            "rule": f"!({where})",
+                            "message": category_message(suite.name, bench, category),
+                            "fieldPath": ".category",
+                            "reason": "FieldValueInvalid",
+                        }
+                    )
+                    continue
                 rules.append(
                     {
                         "rule": f"!({where}) || self.scenarios.all(s, s in {_quoted(list(allowed))})",

@@ -24,7 +24,8 @@ def _mlperf(*args: str, env_log: Path) -> subprocess.CompletedProcess[str]:
 def test_current_round_run_uses_user_conf_and_fromconfig_once(workdir: Path, tmp_path: Path) -> None:
     root = tmp_path / "w"
     shutil.copytree(workdir / "cache", root / "cache")
-    spec = make_spec(suite="v6.0", loadgen={"minDurationMs": 300, "minQueryCount": 8, "expectedQps": 20})
+    loadgen = {"minDurationMs": 300, "minQueryCount": 8, "expectedQps": 20}
+    spec = make_spec(suite="v6.1", category="edge", loadgen=loadgen)
     log = tmp_path / "termination-log"
     verb = ("run-harness", "--spec", spec.model_dump_json(), "--workdir", str(root), "--run", "cur", "-q")
     proc = _mlperf(*verb, "--scenario", "Offline", "--test-mode", "PerformanceOnly", env_log=log)

@@ -56,8 +56,8 @@ def test_fast_and_overrides() -> None:
     assert over.loadgen.offlineExpectedQps == 123 and over.loadgen.minDurationMs == 5
 
 
-def test_v60_user_conf_carries_only_what_user_conf_may_set() -> None:
-    cfg = build_config(make_spec(suite="v6.0", loadgen={"expectedQps": 50}), "Offline")
+def test_v61_user_conf_carries_only_what_user_conf_may_set() -> None:
+    cfg = build_config(make_spec(suite="v6.1", category="edge", loadgen={"expectedQps": 50}), "Offline")
     text = settings.user_conf(cfg)
     assert "resnet50.Offline.target_qps = 50" in text
     assert "seed" not in text and "target_latency_percentile" not in text
