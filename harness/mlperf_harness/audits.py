@@ -9,6 +9,13 @@
 
 SingleStream runs with a 90th-percentile latency at or under 200 µs get a 20 % band, as the
 official scripts allow for OS noise on very short latencies.
+
+A run shortened below the round's minimum duration (a demo or debug run, never submittable) is
+timed over seconds on a machine that may be shared, where identical runs differ by 25 % and,
+under heavy load, by over 2x: there a timing comparison that misses its band but stays within
+``NOISE_FACTOR`` is NOT JUDGED rather than failed. What no noise explains (a cache that answers
+repeated samples many times faster, a logging path several times slower) still fails, and so
+does every accuracy check.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from .errors import HarnessError
 from .loadgen.logs import Summary
 
 SHORT_LATENCY_NS = 200_000
+NOISE_FACTOR = 3.0
 LATENCY_SCENARIOS = ("SingleStream", "MultiStream")
 
 
@@ -29,6 +37,11 @@ class Verdict:
     passed: bool
     text: str  # the verify_*.txt content
     details: str  # one short line for the results model
+    speedup: float = 1.0  # timing checks: how much faster the audited run was (0.5 = half as fast)
+
+    def within_noise(self) -> bool:
+        """The timing differs by less than short runs on a shared machine do."""
+        return 1 / NOISE_FACTOR <= self.speedup <= NOISE_FACTOR
 
 
 def _load_log(path: Path) -> list[dict[str, object]]:
@@ -84,31 +97,49 @@ def verify_accuracy(reference_log: Path, test_log: Path) -> Verdict:
     return Verdict(passed, text, f"{mismatch} of {match} logged outputs differ from the accuracy run")
 
 
-def _band(scenario: str, ref: Summary, threshold: float) -> float:
-    if scenario == "SingleStream" and (ref.score() or 0) <= SHORT_LATENCY_NS:
-        return max(threshold, 0.20)
-    return threshold
-
-
-def _score(s: Summary, path_hint: str) -> float:
-    score = s.score()
+def _score(s: Summary, path_hint: str, current: bool) -> float:
+    # Too few queries for an early-stopping estimate: LoadGen marks that run INVALID, which
+    # fails the comparison anyway; its percentile latency still says how far off it was.
+    score = s.score(early_stopping=current) or s.score()
     if score is None or score <= 0:
         raise HarnessError(f"{path_hint}: no performance figure in the LoadGen summary")
     return score
 
 
-def verify_performance(test: str, reference: Summary, audited: Summary, threshold: float) -> Verdict:
-    """TEST01 / TEST05: the audited run's score within ``threshold`` of the submission run's."""
-    ref, got = _score(reference, "submission run"), _score(audited, f"{test} run")
-    band = _band(reference.scenario, reference, threshold)
+def _invalid(**runs: Summary) -> str:
+    """The official scripts fail a comparison with an INVALID run in it, whatever the figures."""
+    bad = [name for name, s in runs.items() if not s.valid]
+    return f"TEST FAIL: {' and '.join(bad)} results are invalid\n" if bad else ""
+
+
+def _verdict(passed: bool, lines: list[str], invalid: str, details: str, speedup: float) -> Verdict:
+    text = "Verifying performance.\n" + "".join(f"{line}\n" for line in lines)
+    text += invalid or ("TEST PASS\n" if passed else "TEST FAIL: Test score invalid\n")
+    return Verdict(passed and not invalid, text, details + (f"; {invalid.strip()[11:]}" if invalid else ""), speedup)
+
+
+def verify_performance(test: str, reference: Summary, audited: Summary, threshold: float, current: bool) -> Verdict:
+    """TEST01 / TEST05: the audited run's score within the band of the submission run's. The
+    current round scores SingleStream / MultiStream by their early-stopping latency estimates and
+    widens the band to 20 % below 200 µs (SingleStream) or 1.6 ms (MultiStream); v1.0 by the
+    percentile latency, 20 % for SingleStream under 200 µs."""
+    ref, got = _score(reference, "submission run", current), _score(audited, f"{test} run", current)
+    latency = reference.scenario in LATENCY_SCENARIOS
+    short = {"SingleStream": SHORT_LATENCY_NS, "MultiStream": 1_600_000 if current else 0}.get(reference.scenario, 0)
+    band = max(threshold, 0.20) if latency and ref <= short else threshold
     ratio = got / ref
-    passed = (1 - band) < ratio < (1 + band)
-    unit = "ns" if reference.scenario in LATENCY_SCENARIOS else "samples/s"
-    text = (
-        f"Verifying performance.\nreference score = {ref:g} {unit}\ntest score = {got:g} {unit}\n"
-        f"ratio = {ratio:.4f} (pass band ±{band:.0%})\n{'TEST PASS' if passed else 'TEST FAIL'}\n"
+    unit = "ns" if latency else "samples/s"
+    return _verdict(
+        (1 - band) <= ratio <= (1 + band),
+        [
+            f"reference score = {ref:g} {unit}",
+            f"test score = {got:g} {unit}",
+            f"ratio = {ratio:.4f} (band ±{band:.0%})",
+        ],
+        _invalid(reference=reference, test=audited),
+        f"score ratio {ratio:.3f} vs submission (±{band:.0%})",
+        1 / ratio if latency else ratio,
     )
-    return Verdict(passed, text, f"score ratio {ratio:.3f} vs submission (±{band:.0%})")
 
 
 def _faster_by(scenario: str, base: float, other: float) -> float:
@@ -118,25 +149,33 @@ def _faster_by(scenario: str, base: float, other: float) -> float:
 
 def verify_test04_pair(a: Summary, b: Summary) -> Verdict:
     """v1.0: TEST04-B (same sample) must not beat TEST04-A (unique samples) by more than the band."""
-    sa, sb = _score(a, "TEST04-A run"), _score(b, "TEST04-B run")
+    sa, sb = _score(a, "TEST04-A run", False), _score(b, "TEST04-B run", False)
     band = 0.20 if a.scenario == "SingleStream" else 0.10
     faster = _faster_by(a.scenario, sa, sb)
-    passed = faster <= band
-    text = (
-        f"Verifying performance.\nTEST04-A score = {sa:g}\nTEST04-B score = {sb:g}\n"
-        f"B faster than A by {faster:+.2%} (limit {band:.0%})\n{'TEST PASS' if passed else 'TEST FAIL'}\n"
+    return _verdict(
+        faster <= band,
+        [
+            f"TEST04-A score = {sa:g}",
+            f"TEST04-B score = {sb:g}",
+            f"B faster than A by {faster:+.2%} (limit {band:.0%})",
+        ],
+        _invalid(**{"TEST04-A": a, "TEST04-B": b}),
+        f"B vs A {faster:+.1%} faster (limit {band:.0%})",
+        1 + faster,
     )
-    return Verdict(passed, text, f"B vs A {faster:+.1%} faster (limit {band:.0%})")
 
 
 def verify_test04_single(reference: Summary, audited: Summary, threshold: float) -> Verdict:
-    """Current round: the same-sample run must not be faster than the submission by more than 10 %."""
-    ref, got = _score(reference, "submission run"), _score(audited, "TEST04 run")
-    band = _band(reference.scenario, reference, threshold)
+    """Current round: the same-sample run no more than the band faster than the submission run.
+    The official script compares SingleStream and MultiStream as throughputs (1e9 / early-stopping
+    latency) against thresholds meant for latencies, so its band is 20 % for both: so is ours."""
+    ref, got = _score(reference, "submission run", True), _score(audited, "TEST04 run", True)
+    band = max(threshold, 0.20) if reference.scenario in LATENCY_SCENARIOS else threshold
     faster = _faster_by(reference.scenario, ref, got)
-    passed = faster <= band
-    text = (
-        f"Verifying performance.\nreference score = {ref:g}\nTEST04 score = {got:g}\n"
-        f"TEST04 faster by {faster:+.2%} (limit {band:.0%})\n{'TEST PASS' if passed else 'TEST FAIL'}\n"
+    return _verdict(
+        faster < band,
+        [f"reference score = {ref:g}", f"test score = {got:g}", f"TEST04 faster by {faster:+.2%} (limit {band:.0%})"],
+        _invalid(reference=reference, test=audited),
+        f"{faster:+.1%} faster than submission (limit {band:.0%})",
+        1 + faster,
     )
-    return Verdict(passed, text, f"{faster:+.1%} faster than submission (limit {band:.0%})")

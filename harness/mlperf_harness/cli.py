@@ -170,7 +170,7 @@ def audit(
 
 @app.command("report")
 def report(spec: SpecOpt, workdir: WorkdirOpt = DEFAULT_WORKDIR, run: RunOpt = None, quiet: QuietOpt = False) -> None:
-    """Parse the run's LoadGen logs and write its part of the submission tree (v1.0 and current layouts)."""
+    """Parse the run's LoadGen logs and write its part of its round's submission tree."""
     from .report import run_report
 
     _run_step("report", spec, workdir, run, quiet, lambda ws: run_report(ws))  # type: ignore[arg-type]
@@ -183,7 +183,12 @@ def _delegate(module: str, func: str, ctx: typer.Context) -> None:
     except (ImportError, AttributeError):
         err.print(f"[red]error: {ctx.info_name}: not available in this build ({module}:{func} missing)[/]")
         raise typer.Exit(2) from None
-    raise typer.Exit(int(target(list(ctx.args)) or 0))
+    try:
+        code = int(target(list(ctx.args)) or 0)
+    except KeyboardInterrupt:  # click would turn it into "Aborted!" and exit 1
+        err.print("\n[yellow]interrupted[/]")
+        code = 130
+    raise typer.Exit(code)
 
 
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

@@ -67,6 +67,9 @@ class HarnessConfig(_Cfg):
     synthetic: bool
     notSubmittable: tuple[str, ...] = Field(default=(), description="why the result cannot be submitted")
     latencyBoundNs: int | None = Field(default=None, description="bound the report checks (v1.0 MultiStream)")
+    shortened: bool = Field(
+        default=False, description="min duration below the round's: audit timing misses within noise are not judged"
+    )
     loadgen: LoadGenConfig
 
     @property
@@ -210,5 +213,6 @@ def build_config(spec: MLPerfRunSpec, scenario: Scenario) -> HarnessConfig:
         synthetic=spec.synthetic,
         notSubmittable=tuple(dict.fromkeys(reasons)),
         latencyBoundNs=latency_bound,
+        shortened=min_duration < round_sc.minDurationMs,
         loadgen=loadgen,
     )

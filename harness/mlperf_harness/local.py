@@ -236,6 +236,9 @@ def _ms(ns: int | None) -> str:
     return f"{ns / 1e6:.2f}" if ns is not None else "-"
 
 
+_VERDICT = {"PASS": "[green]PASS[/]", "FAIL": "[red]FAIL[/]", "NOT JUDGED": "[yellow]NOT JUDGED[/]"}
+
+
 def results_table(run: str, results: list[ScenarioResult], audits: list[AuditResult]) -> Table:
     table = Table(title=f"MLPerf results: {run}", title_justify="left")
     for column in ("Scenario", "Mode", "Result", "Samples/s", "p99 ms", "Accuracy (target)", "Audits", "Data"):
@@ -244,11 +247,7 @@ def results_table(run: str, results: list[ScenarioResult], audits: list[AuditRes
         if r.testMode == "PerformanceOnly":
             verdict = "[green]VALID[/]" if r.valid else "[red]INVALID[/]"
             accuracy = "-"
-            audit_text = " ".join(
-                f"{a.test} {'[green]PASS[/]' if a.passed else '[red]FAIL[/]'}"
-                for a in audits
-                if a.scenario == r.scenario
-            )
+            audit_text = " ".join(f"{a.test} {_VERDICT[a.verdict]}" for a in audits if a.scenario == r.scenario)
         else:
             verdict = "[green]PASS[/]" if r.accuracyPassed else "[red]FAIL[/]"
             accuracy = f"{r.accuracy:.3f} (>= {r.accuracyTarget:.3f})" if r.accuracy is not None else "-"
@@ -273,8 +272,9 @@ def print_summary(run: LocalRun, results: list[ScenarioResult], audits: list[Aud
         if r.logDir:
             out.print(f"  logs {r.scenario} {r.testMode}: {run.workdir / r.logDir}")
     for a in audits:
-        if not a.passed:
-            out.print(f"  [red]{a.test} {a.scenario} failed[/]: {a.details}")
+        if a.verdict != "PASS":
+            colour = "red" if a.verdict == "FAIL" else "yellow"
+            out.print(f"  [{colour}]{a.test} {a.scenario} {a.verdict}[/]: {a.details}", soft_wrap=True)
     out.print(f"  step logs and outcomes: {run.steps_dir}")
 
 
@@ -369,6 +369,14 @@ def run_command(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         console.print(f"[red]error: {args.filename or 'flags'}: {' '.join(str(exc).split())}[/]")
         return 2
+    try:
+        return _run_all(runs, args)
+    except KeyboardInterrupt:  # at any moment, also while the table prints: the same exit, the same resume
+        console.print("\n[yellow]interrupted: run the same command again to resume[/]")
+        return 130
+
+
+def _run_all(runs: list[MLPerfRunManifest], args: argparse.Namespace) -> int:
     status = 0
     for manifest in runs:
         run = LocalRun(manifest, args.workdir.resolve(), args.sources)
@@ -377,9 +385,6 @@ def run_command(argv: list[str]) -> int:
         except HarnessError as exc:
             console.print(f"[red]error: {exc.message}[/]")
             return 2
-        except KeyboardInterrupt:
-            console.print("\n[yellow]interrupted: run the same command again to resume[/]")
-            return 130
         if results:
             print_summary(run, results, audits)
         if not ok:

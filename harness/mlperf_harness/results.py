@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,12 +56,26 @@ class ScenarioResult(ResultModel):
         return bool(self.valid)
 
 
+AuditVerdict = Literal["PASS", "FAIL", "NOT JUDGED"]
+
+
 class AuditResult(ResultModel):
     test: str = Field(description="Compliance test, e.g. TEST01.")
     scenario: str = Field(description="Scenario the test ran in.")
-    passed: bool = Field(description="The test's official pass criteria were met.")
+    verdict: AuditVerdict = Field(
+        description=(
+            "PASS: the official criteria were met. FAIL: they were not. NOT JUDGED: only the timing "
+            "comparison missed its band, in a run shortened below the round's minimum duration, by less "
+            "than such short runs vary on a shared machine (details say why); a full-length run judges it."
+        )
+    )
     details: str = Field(default="", description="Short verdict, e.g. the performance ratio.")
     synthetic: bool = Field(default=False, description="Produced from synthetic data or a generated model.")
+
+    @property
+    def passed(self) -> bool:
+        """Nothing failed: what the run's exit code and phase follow."""
+        return self.verdict != "FAIL"
 
 
 class StepOutcome(ResultModel):

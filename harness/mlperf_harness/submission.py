@@ -1,158 +1,258 @@
-"""``mlperf submission``: one submission tree from several runs' reports, and its structural checks.
+"""``mlperf submission``: one submission tree per round from the runs of that round, and checks.
 
-Each run's ``report`` step writes its part of the tree under ``runs/<run>/submission/<layout>/``;
-this merges those parts and checks what the MLPerf submission checker checks of structure: the
-required files in their places, the accuracy log's hash against the full log, and the system
-description's required fields. Every problem names its file.
+Each run's ``report`` step writes its part of its round's tree under
+``runs/<run>/submission/<round>/``; this merges the parts of every run of a round into
+``<out>/<round>/`` and checks what that round's MLPerf submission checker checks of it: the
+required files in that round's places, VALID runs with the round's seeds, accuracy logs
+truncated with the full log's hash recorded, the compliance directories of the round's audits,
+the calibration document, and the system description with exactly the round's fields. Every
+problem names its file.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from .artifacts import Workdir
-from .suites import load_suite
-from .sysinfo import REQUIRED_FIELDS
+from .loadgen.logs import detail_values
+from .report import sha256
+from .suites import SUITE_NAMES, Suite, load_suite
 
 console = Console(stderr=True)
 HASH = re.compile(r"^hash=([0-9a-f]{64})$", re.M)
 PERF_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt")
 ACCURACY_FILES = (*PERF_FILES, "accuracy.txt", "mlperf_log_accuracy.json")
+IMPLEMENTATION_FIELDS = (
+    "input_data_types",
+    "retraining",
+    "starting_weights_filename",
+    "weight_data_types",
+    "weight_transformations",
+)
+MAX_ACCURACY_LOG_BYTES = 10 * 1024  # what the checkers accept of a truncated log
+SEED_KEYS = {"qsl": "effective_qsl_rng_seed", "sampleIndex": "effective_sample_index_rng_seed"}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def runs_by_round(workdir: Path, runs: list[str] | None = None) -> dict[str, list[str]]:
+    """The runs with a report, grouped by the round their tree was written for."""
+    wd = Workdir(workdir)
+    names = runs or sorted(d.name for d in (workdir / "runs").glob("*") if d.is_dir())
+    grouped: dict[str, list[str]] = {}
+    for run in names:
+        parts = [d.name for d in wd.submission(run).glob("*") if d.is_dir() and d.name in SUITE_NAMES]
+        if not parts and runs:
+            raise FileNotFoundError(
+                f"{wd.submission(run)}: run {run} has no submission tree; run its report step first"
+            )
+        for suite in parts:
+            grouped.setdefault(suite, []).append(run)
+    return grouped
 
 
-def assemble(workdir: Path, runs: list[str], out: Path, layout: str = "v1.0") -> dict[Path, Path]:
-    """Merge the runs' trees into ``out``; returns each accuracy.txt's full accuracy log."""
+def assemble(workdir: Path, suite: str, runs: list[str], out: Path) -> dict[Path, Path]:
+    """Merge the runs' trees of one round into ``out``; returns each accuracy.txt's full log."""
     wd = Workdir(workdir)
     full_logs: dict[Path, Path] = {}
     for run in runs:
-        part = wd.submission(run) / layout
-        if not part.is_dir():
-            raise FileNotFoundError(f"{part}: run {run} has no {layout} submission tree; run its report step first")
+        part = wd.submission(run) / suite
         for src in part.rglob("*"):
-            if src.is_file():
-                dest = out / src.relative_to(part)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest)
-                if src.name == "accuracy.txt":
-                    scenario = src.parent.parent.name
-                    full_logs[dest] = wd.harness_run(run, scenario, "AccuracyOnly") / "mlperf_log_accuracy.json"
+            if not src.is_file():
+                continue
+            dest = out / src.relative_to(part)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+            if src.name == "accuracy.txt" and src.parent.parent.name != "TEST01":
+                scenario = src.parent.parent.name
+                full_logs[dest] = wd.harness_run(run, scenario, "AccuracyOnly") / "mlperf_log_accuracy.json"
     return full_logs
 
 
-def _need(problems: list[str], path: Path, what: str = "required file") -> bool:
-    if not path.is_file():
-        problems.append(f"{path}: missing {what}")
-        return False
-    return True
+@dataclass
+class Checker:
+    """The checks of one round on one tree; ``problems`` names a file in each entry."""
 
+    suite: Suite
+    full_logs: dict[Path, Path]
+    problems: list[str]
 
-def check_v10(root: Path, full_logs: dict[Path, Path] | None = None) -> list[str]:
-    """Structural problems of a v1.0 tree (``closed/<submitter>/...``), each naming its file."""
-    problems: list[str] = []
-    submitters = [d for d in (root / "closed").glob("*") if d.is_dir()] + [d for d in (root / "open").glob("*")]
-    if not submitters:
-        return [f"{root}: no closed/<submitter> or open/<submitter> directory"]
-    suite = load_suite("v1.0")
-    for sub in submitters:
+    def need(self, path: Path, what: str = "required file") -> bool:
+        if not path.is_file():
+            self.problems.append(f"{path}: missing {what}")
+            return False
+        return True
+
+    def check(self, root: Path) -> list[str]:
+        subs = [d for division in ("closed", "open") for d in (root / division).glob("*") if d.is_dir()]
+        if not subs:
+            return [f"{root}: no closed/<submitter> or open/<submitter> directory"]
+        for sub in subs:
+            self.check_submitter(sub)
+        return self.problems
+
+    def benchmarks(self) -> dict[str, str]:
+        """The round's benchmark directory names -> our benchmark names."""
+        names: dict[str, str] = {}
+        for bench in self.suite.benchmarks:
+            for cv in ("default", "high_accuracy"):
+                names[self.suite.submission_benchmark(bench, cv)] = bench
+        return names
+
+    def check_submitter(self, sub: Path) -> None:
+        layout = self.suite.submission.layout
+        for doc in self.suite.submission.documents:
+            self.need(sub / "documentation" / doc, "documentation file")
+        known = self.benchmarks()
         for results in sorted((sub / "results").glob("*/*/*")):
-            system, benchmark, scenario = results.parts[-3:]
-            base = benchmark.split("-99")[0]
-            _check_system(problems, sub / "systems" / f"{system}.json")
-            for name in PERF_FILES:
-                _need(problems, results / "performance" / "run_1" / name)
-            summary = results / "performance" / "run_1" / "mlperf_log_summary.txt"
-            if summary.is_file() and "Result is : VALID" not in summary.read_text():
-                problems.append(f"{summary}: the performance run is not VALID")
-            for name in ACCURACY_FILES:
-                _need(problems, results / "accuracy" / name)
-            _check_hash(problems, results / "accuracy" / "accuracy.txt", (full_logs or {}))
-            measurements = sub / "measurements" / system / benchmark / scenario
+            system, bdir, scenario = results.parts[-3:]
+            if bdir not in known:
+                self.problems.append(f"{results}: {bdir} is not a benchmark name of {self.suite.name}")
+                continue
+            self.check_system(sub / "systems" / f"{system}.json")
+            self.check_performance(results / "performance" / "run_1")
+            self.check_accuracy(results / "accuracy")
+            if layout == "v1.0":
+                meas, comp = (
+                    sub / "measurements" / system / bdir / scenario,
+                    sub / "compliance" / system / bdir / scenario,
+                )
+                implementation = next(iter(meas.glob(f"{system}_*_{scenario}.json")), None)
+                if meas.is_dir() and implementation is None:
+                    self.problems.append(f"{meas}/{system}_<implementation>_{scenario}.json: missing measurements JSON")
+            else:
+                meas, comp = results, results
+                implementation = results / "measurements.json" if self.need(results / "measurements.json") else None
             for name in ("user.conf", "README.md"):
-                _need(problems, measurements / name)
-            if measurements.is_dir() and not list(measurements.glob(f"{system}_*_{scenario}.json")):
-                problems.append(f"{measurements}/{system}_<implementation>_{scenario}.json: missing measurements JSON")
-            if base in suite.benchmarks:
-                for test in suite.rule(base).audits:
-                    if scenario in suite.audit_exempt_scenarios(test):
-                        continue
-                    audit_dir = sub / "compliance" / system / benchmark / scenario / test
-                    _need(problems, audit_dir / "verify_performance.txt")
-    return problems
+                self.need(meas / name)
+            if implementation is not None:
+                self.check_fields(implementation, IMPLEMENTATION_FIELDS)
+            for test in self.suite.rule(known[bdir]).audits:
+                if scenario not in self.suite.audit_exempt_scenarios(test):
+                    self.check_audit(comp / test, test)
+
+    def check_system(self, path: Path) -> None:
+        rules = self.suite.submission
+        data = self.check_fields(path, rules.systemFields, "system description JSON")
+        if data is None:
+            return
+        unknown = sorted(set(data) - set(rules.systemFields))
+        if unknown:
+            self.problems.append(f"{path}: fields {', '.join(unknown)} are not part of {self.suite.name}")
+        empty = [f for f in rules.meaningfulFields if f in data and data[f] in (0, "", None)]
+        if empty:
+            self.problems.append(f"{path}: fields {', '.join(empty)} need a meaningful (non-empty, non-zero) value")
+
+    def check_fields(
+        self, path: Path, fields: list[str] | tuple[str, ...], what: str = "file"
+    ) -> dict[str, object] | None:
+        if not self.need(path, what):
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            self.problems.append(f"{path}: not JSON ({exc.msg})")
+            return None
+        missing = [f for f in fields if f not in data]
+        if missing:
+            self.problems.append(f"{path}: missing required fields {', '.join(missing)}")
+        return dict(data)
+
+    def check_performance(self, run_dir: Path) -> None:
+        for name in PERF_FILES:
+            self.need(run_dir / name)
+        summary, detail = run_dir / "mlperf_log_summary.txt", run_dir / "mlperf_log_detail.txt"
+        if summary.is_file() and "Result is : VALID" not in summary.read_text():
+            self.problems.append(f"{summary}: the performance run is not VALID")
+        if detail.is_file():
+            values = detail_values(detail)
+            seeds = self.suite.loadgen.seeds.model_dump()
+            for name, key in SEED_KEYS.items():
+                if key in values and int(values[key]) != seeds[name]:
+                    self.problems.append(f"{detail}: {key} {values[key]} is not {self.suite.name}'s {seeds[name]}")
+
+    def check_accuracy(self, acc_dir: Path) -> None:
+        for name in ACCURACY_FILES:
+            self.need(acc_dir / name)
+        self.check_truncated(acc_dir, self.full_logs.get(acc_dir / "accuracy.txt"))
+
+    def check_truncated(self, acc_dir: Path, full: Path | None) -> None:
+        """accuracy.txt records the full log's hash; the log beside it is truncated."""
+        txt, log = acc_dir / "accuracy.txt", acc_dir / "mlperf_log_accuracy.json"
+        if not txt.is_file() or not log.is_file():
+            return
+        found = HASH.search(txt.read_text())
+        if not found:
+            self.problems.append(f"{txt}: no hash=<sha256 of the full accuracy log> line")
+        elif full is not None and full.is_file() and sha256(full) != found.group(1):
+            self.problems.append(f"{txt}: hash does not match the accuracy log {full}")
+        if log.stat().st_size > MAX_ACCURACY_LOG_BYTES:
+            self.problems.append(f"{log}: not truncated ({log.stat().st_size} bytes)")
+
+    def check_audit(self, test_dir: Path, test: str) -> None:
+        self.need(test_dir / "verify_performance.txt")
+        if test.startswith("TEST04-") or test in ("TEST01", "TEST04", "TEST05"):
+            for name in PERF_FILES:
+                self.need(test_dir / "performance" / "run_1" / name)
+        if test == "TEST01":
+            self.need(test_dir / "verify_accuracy.txt")
+            self.need(test_dir / "accuracy" / "mlperf_log_accuracy.json")
+            if self.suite.submission.layout != "v1.0" and self.need(test_dir / "accuracy" / "accuracy.txt"):
+                self.check_truncated(test_dir / "accuracy", None)
 
 
-def _check_system(problems: list[str], path: Path) -> None:
-    if not _need(problems, path, "system description JSON"):
-        return
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        problems.append(f"{path}: not JSON ({exc.msg})")
-        return
-    missing = [f for f in REQUIRED_FIELDS if f not in data]
-    if missing:
-        problems.append(f"{path}: missing required fields {', '.join(missing)}")
-
-
-def _check_hash(problems: list[str], accuracy_txt: Path, full_logs: dict[Path, Path]) -> None:
-    if not accuracy_txt.is_file():
-        return
-    found = HASH.search(accuracy_txt.read_text())
-    if not found:
-        problems.append(f"{accuracy_txt}: no hash=<sha256 of the accuracy log> line")
-        return
-    full = full_logs.get(accuracy_txt)
-    tree_log = accuracy_txt.parent / "mlperf_log_accuracy.json"
-    if full is not None and full.is_file():
-        if _sha256(full) != found.group(1):
-            problems.append(f"{accuracy_txt}: hash does not match the accuracy log {full}")
-    elif tree_log.is_file() and _sha256(tree_log) != found.group(1) and tree_log.stat().st_size > 16384:
-        problems.append(f"{tree_log}: accuracy log is not truncated and does not match {accuracy_txt}'s hash")
+def check_tree(root: Path, suite: str, full_logs: dict[Path, Path] | None = None) -> list[str]:
+    """Problems of one round's tree, each naming its file."""
+    return Checker(load_suite(suite), full_logs or {}, []).check(root)
 
 
 def submission_command(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="mlperf submission",
-        description="Assemble one submission tree from finished runs (their report steps), then check it; "
-        "or only check a tree with --check.",
+        description="Assemble one submission tree per round from the finished runs of that round (their report "
+        "steps), then check each as that round's checker does; or only check a tree with --check.",
     )
     p.add_argument("--workdir", type=Path, default=Path("mlperf-work"), help="work directory of the runs")
     p.add_argument("--runs", default="", help="comma-separated run names (default: every run with a report)")
-    p.add_argument("--out", type=Path, help="where to write the tree (default <workdir>/submission)")
-    p.add_argument("--check", type=Path, metavar="TREE", help="only check an existing v1.0 tree")
+    p.add_argument("--out", type=Path, help="where to write the trees, one per round (default <workdir>/submission)")
+    p.add_argument("--check", type=Path, metavar="TREE", help="only check an existing tree (of --round)")
+    p.add_argument("--round", choices=SUITE_NAMES, default="v1.0", help="the round of the --check tree")
     args = p.parse_args(argv)
     if args.check:
-        problems = check_v10(args.check)
-        root = args.check
-    else:
-        runs = [r for r in args.runs.split(",") if r] or sorted(
-            d.name for d in (args.workdir / "runs").glob("*") if (d / "submission" / "v1.0").is_dir()
-        )
-        if not runs:
-            console.print(f"[red]error: {args.workdir}/runs: no run has a report yet[/]")
-            return 2
-        root = args.out or args.workdir / "submission"
-        try:
-            full_logs = assemble(args.workdir, runs, root)
-        except FileNotFoundError as exc:
-            console.print(f"[red]error: {exc}[/]")
-            return 2
-        problems = check_v10(root, full_logs)
-        console.print(f"assembled {len(runs)} run(s) into {root}")
-    for problem in problems:
-        console.print(f"[red]{problem}[/]", soft_wrap=True)
-    if problems:
-        console.print(f"[red]{len(problems)} problem(s): the tree is not acceptable[/]")
-        return 1
-    console.print(f"[green]{root}: structure, accuracy hashes and system descriptions check out[/]")
-    return 0
+        return _report({args.check: check_tree(args.check, args.round)})
+    try:
+        grouped = runs_by_round(args.workdir, [r for r in args.runs.split(",") if r] or None)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error: {exc}[/]")
+        return 2
+    if not grouped:
+        console.print(f"[red]error: {args.workdir}/runs: no run has a report yet[/]")
+        return 2
+    out = args.out or args.workdir / "submission"
+    found: dict[Path, list[str]] = {}
+    for suite, runs in sorted(grouped.items()):
+        root = out / suite
+        if root.exists():
+            shutil.rmtree(root)  # a tree is rebuilt whole: nothing stale from an earlier assembly
+        full_logs = assemble(args.workdir, suite, runs, root)
+        console.print(f"{suite}: assembled {len(runs)} run(s) into {root}")
+        found[root] = check_tree(root, suite, full_logs)
+    return _report(found)
+
+
+def _report(found: dict[Path, list[str]]) -> int:
+    bad = 0
+    for root, problems in found.items():
+        for problem in problems:
+            console.print(f"[red]{problem}[/]", soft_wrap=True)
+        if problems:
+            bad += 1
+            console.print(f"[red]{root}: {len(problems)} problem(s): the tree is not acceptable[/]")
+        else:
+            console.print(f"[green]{root}: structure, seeds, accuracy hashes and system description check out[/]")
+    return 1 if bad else 0

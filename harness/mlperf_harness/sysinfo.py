@@ -1,7 +1,8 @@
 """The system description JSON of a submission: read off this machine where possible.
 
-Every required field is present; what the machine cannot tell (cooling, interconnect topology)
-says "N/A" until the spec's submission.systemOverrides fills it.
+It holds exactly the fields of the run's round (``suites/<round>.yaml``, ``submission``); what
+the machine cannot tell (cooling, interconnect topology) says "N/A" until the spec's
+submission.systemOverrides fills it.
 """
 
 from __future__ import annotations
@@ -13,44 +14,8 @@ import subprocess
 from pathlib import Path
 
 from .spec import MLPerfRunSpec
+from .suites import SubmissionRules
 
-REQUIRED_FIELDS = (
-    "division",
-    "submitter",
-    "status",
-    "system_name",
-    "system_type",
-    "system_type_detail",
-    "number_of_nodes",
-    "host_processor_model_name",
-    "host_processors_per_node",
-    "host_processor_core_count",
-    "host_processor_frequency",
-    "host_processor_caches",
-    "host_processor_interconnect",
-    "host_memory_capacity",
-    "host_memory_configuration",
-    "host_storage_capacity",
-    "host_storage_type",
-    "host_networking",
-    "host_network_card_count",
-    "host_networking_topology",
-    "accelerators_per_node",
-    "accelerator_model_name",
-    "accelerator_frequency",
-    "accelerator_host_interconnect",
-    "accelerator_interconnect",
-    "accelerator_interconnect_topology",
-    "accelerator_memory_capacity",
-    "accelerator_memory_configuration",
-    "accelerator_on-chip_memories",
-    "cooling",
-    "framework",
-    "operating_system",
-    "other_software_stack",
-    "hw_notes",
-    "sw_notes",
-)
 NA = "N/A"
 
 
@@ -90,7 +55,7 @@ def default_system_name(spec: MLPerfRunSpec) -> str:
     return f"cpu-{os.cpu_count() or 1}c_{spec.backend}"
 
 
-def describe(spec: MLPerfRunSpec, framework: str, storage: Path) -> dict[str, object]:
+def describe(spec: MLPerfRunSpec, framework: str, storage: Path, rules: SubmissionRules) -> dict[str, object]:
     cpu = _cpuinfo()
     try:
         disk = f"{shutil.disk_usage(storage).total / 1e12:.1f} TB"
@@ -135,7 +100,11 @@ def describe(spec: MLPerfRunSpec, framework: str, storage: Path) -> dict[str, ob
         "sw_notes": "SYNTHETIC data or model: not an MLPerf result" if spec.synthetic else "",
     }
     desc.update(spec.submission.systemOverrides)
-    return desc
+    out = {field: desc.get(field, NA) for field in rules.systemFields}
+    for field in rules.meaningfulFields:
+        if out.get(field) in (0, "", None):  # the checker reads 0 and "" as "no answer"
+            out[field] = "0" if out[field] == 0 else NA
+    return out
 
 
 def local_gpu() -> tuple[str, int]:

@@ -212,7 +212,7 @@ def _verdict(status: MLPerfRunStatus) -> str:
             parts.append(f"{r.scenario} performance {r.resultValidity or '?'} {r.samplesPerSecond or 0:.1f}/s")
         else:
             parts.append(f"{r.scenario} accuracy {r.accuracy} (target {r.accuracyTarget})")
-    parts += [f"{a.test}/{a.scenario} {'PASS' if a.passed else 'FAIL'}" for a in status.audits]
+    parts += [f"{a.test}/{a.scenario} {a.verdict}" for a in status.audits]
     if status.synthetic:
         parts.append("SYNTHETIC data or model: not a real result")
     return "; ".join(parts)

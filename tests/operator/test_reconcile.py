@@ -65,7 +65,7 @@ def test_results_flow_into_status_and_the_run_passes() -> None:
     acc = ScenarioResult(
         scenario="Offline", testMode="AccuracyOnly", accuracy=100.0, accuracyTarget=75.7, accuracyPassed=True
     )
-    audit = AuditResult(test="TEST05", scenario="Offline", passed=True)
+    audit = AuditResult(test="TEST05", scenario="Offline", verdict="PASS")
     outcomes = {
         "run-offline-performance": StepOutcome(step="run-harness", ok=True, results=[perf]),
         "run-offline-accuracy": StepOutcome(step="run-harness", ok=True, results=[acc]),

@@ -1,5 +1,5 @@
-"""Test-only wrappers around a correct backend: paced (stable timing), corrupting (so the audits
-can be seen to fail), and host-resident (the SUT's start_from_device path without a GPU)."""
+"""Test-only wrappers around a correct backend: paced (stable timing), corrupting and caching (so
+the audits can be seen to fail), and host-resident (the SUT's start_from_device path without a GPU)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,23 @@ class CorruptOutputs(_Wrapper):
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         out = self.inner.predict_rows(rows)
         return out + np.ones(1, dtype=out.dtype)
+
+
+class CachingOutputs(_Wrapper):
+    """Answers a sample it has seen before from a cache, without running the model: the result
+    caching that TEST04 exists to catch (its same-sample run gets many times faster)."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.cache: dict[bytes, np.ndarray] = {}
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        keys = [row.tobytes() for row in batch]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            for i, out in zip(missing, self.inner.predict(batch[missing]), strict=True):
+                self.cache[keys[i]] = out
+        return np.stack([self.cache[k] for k in keys])
 
 
 class HostResident(_Wrapper):

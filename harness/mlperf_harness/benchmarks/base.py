@@ -52,6 +52,14 @@ class Benchmark(ABC):
     def accuracy(self, accuracy_log: Path, dataset_dir: Path) -> AccuracyReport:
         """Score an mlperf_log_accuracy.json as the official script does."""
 
+    def response_description(self) -> str:
+        """What one LoadGen response holds, for the submission's README."""
+        raise self.not_implemented("responses")
+
+    def accuracy_command(self, accuracy_log: Path, data_dir: Path) -> str:
+        """The official accuracy script's command line that scores ``accuracy_log``."""
+        raise self.not_implemented("accuracy scoring")
+
     def sample_shape(self) -> tuple[int, ...]:
         raise self.not_implemented("sample layout")
 

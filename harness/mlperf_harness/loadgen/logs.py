@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import HarnessError
 from ..results import LatencyNs
@@ -24,6 +25,7 @@ class Summary:
     qps_without_overhead: float | None = None
     mean_latency_ns: float | None = None
     target_latency_ns: float | None = None  # the scenario's percentile latency (SS/MS/Server)
+    early_stopping_ns: float | None = None  # the early-stopping estimate of that percentile (SS/MS)
     latency: dict[str, int] = field(default_factory=dict)
     min_duration_met: bool | None = None
     min_queries_met: bool | None = None
@@ -38,13 +40,14 @@ class Summary:
     def latency_ns(self) -> LatencyNs | None:
         return LatencyNs(**self.latency) if self.latency else None
 
-    def score(self) -> float | None:
-        """The scenario's metric: samples/s (Offline, Server) or percentile latency ns (SS, MS)."""
+    def score(self, early_stopping: bool = False) -> float | None:
+        """The scenario's metric: samples/s (Offline, Server) or percentile latency ns (SS, MS);
+        ``early_stopping``: the latencies' early-stopping estimates, the current rounds' metric."""
         if self.scenario == "Offline":
             return self.samples_per_second
         if self.scenario == "Server":
             return self.completed_samples_per_second or self.scheduled_samples_per_second
-        return self.target_latency_ns
+        return self.early_stopping_ns if early_stopping else self.target_latency_ns
 
     def throughput(self) -> float | None:
         if self.scenario == "Offline":
@@ -94,6 +97,8 @@ def parse_summary(path: Path) -> Summary:
             s.min_duration_met = _yes(value)
         elif key == "Min queries satisfied":
             s.min_queries_met = _yes(value)
+        elif re.fullmatch(r"\* Early stopping \d+\.\dth percentile estimate", key):
+            s.early_stopping_ns = s.early_stopping_ns or float(value)  # the first: the scenario's percentile
         elif key.startswith("Early stopping satisfied"):
             s.early_stopping_met = _yes(value)
         elif re.fullmatch(r"\d+\.\dth percentile latency \(ns\)", key):
@@ -107,18 +112,32 @@ def parse_summary(path: Path) -> Summary:
     return s
 
 
-def detail_errors(path: Path) -> list[str]:
-    """Error entries of mlperf_log_detail.txt (each ``:::MLLOG {json}`` with is_error)."""
-    errors = []
-    if not path.is_file():
-        return [f"{path.name} missing"]
+def _detail_entries(path: Path) -> list[dict[str, Any]]:
+    entries = []
     for line in path.read_text().splitlines():
         if not line.startswith(":::MLLOG"):
             continue
         try:
-            entry = json.loads(line[len(":::MLLOG") :])
+            entries.append(json.loads(line[len(":::MLLOG") :]))
         except json.JSONDecodeError:
             continue
-        if entry.get("metadata", {}).get("is_error"):
-            errors.append(f"{entry.get('key')}: {entry.get('value')}")
-    return errors
+    return entries
+
+
+def detail_errors(path: Path) -> list[str]:
+    """Error entries of mlperf_log_detail.txt (each ``:::MLLOG {json}`` with is_error)."""
+    if not path.is_file():
+        return [f"{path.name} missing"]
+    return [
+        f"{e.get('key')}: {e.get('value')}"
+        for e in _detail_entries(path)
+        if isinstance(e.get("metadata"), dict) and e["metadata"].get("is_error")
+    ]
+
+
+def detail_values(path: Path) -> dict[str, str]:
+    """The detail log's settings and results, key -> value as text (the first of each key)."""
+    values: dict[str, str] = {}
+    for e in _detail_entries(path):
+        values.setdefault(str(e.get("key")), str(e.get("value")))
+    return values
