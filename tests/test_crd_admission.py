@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,36 @@ def test_spec_fields_are_immutable_after_creation(crd_installed: Cluster, namesp
     crd_installed.kubectl(
         "patch", "mlperfrun", "resnet50-offline", "-n", namespace, "--type=merge", "-p", '{"spec": {"retries": 4}}'
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "patch"),
+    [
+        ("spec.images", {"images": {"harness": "example.org/harness:other"}}),  # changed
+        ("spec.nodeSelector", {"nodeSelector": {"pool": "other"}}),  # added where there was none
+        ("spec.precision", {"precision": "fp16"}),  # an optional field, added
+        ("spec.system", {"system": {"gpuCount": 2}}),
+        ("spec.resources", {"resources": {"limits": {"cpu": "2"}}}),
+        ("spec.tolerations", {"tolerations": [{"key": "k", "operator": "Exists"}]}),
+    ],
+)
+def test_fields_that_shape_the_jobs_are_immutable_once_created(
+    crd_installed: Cluster, namespace: str, field: str, patch: dict[str, object]
+) -> None:
+    """A change mid-run would mix two settings in one result (issue 22): refused, naming the field."""
+    crd_installed.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "resnet50-offline.yaml"))
+    proc = crd_installed.kubectl(
+        "patch",
+        "mlperfrun",
+        "resnet50-offline",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": patch}),
+        check=False,
+    )
+    assert proc.returncode != 0 and f"{field} is immutable once the run exists" in proc.stderr, proc.stderr
 
 
 def test_kubectl_explain_shows_the_descriptions(crd_installed: Cluster) -> None:
