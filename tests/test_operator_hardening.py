@@ -234,6 +234,7 @@ def test_an_unschedulable_step_says_why_warns_and_fails_the_run_after_its_deadli
 IDENTICAL_RUNS = 50
 
 
+@pytest.mark.timeout(1800)
 def test_fifty_identical_runs_make_each_shared_artifact_once(
     cluster: Cluster, api: client.ApiClient, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
