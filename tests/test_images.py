@@ -100,7 +100,7 @@ def chroot_command(root: Path, shared: Path, argv: list[str], tmp_path: Path) ->
         f"exec env -i PATH=/opt/venv/bin:/usr/bin:/bin HOME=/tmp PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 "
         f'KUBECONFIG="$KUBECONFIG" MLPERF_METRICS_PORT="$MLPERF_METRICS_PORT" '
         f'MLPERF_RESYNC_SECONDS="$MLPERF_RESYNC_SECONDS" '
-        f'chroot --userspec=65532:65532 {root} {" ".join(argv)} "$@"\n'
+        f'{shutil.which("chroot")} --userspec=65532:65532 {root} {" ".join(argv)} "$@"\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return ["unshare", "--mount", "--propagation", "private", str(script)]

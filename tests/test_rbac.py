@@ -65,7 +65,7 @@ def can_i(cluster: Cluster, user: str, verb: str, resource: str, namespace: str 
 ALLOWED = [
     ("create", "jobs.batch"),
     ("list", "jobs.batch"),
-    ("delete", "jobs.batch"),  # only a Job unschedulable past its run's deadline
+    ("patch", "jobs.batch"),  # only to suspend a Job unschedulable past its run's deadline
     ("watch", "mlperfruns.mlperf-operator.io"),
     ("patch", "mlperfruns.mlperf-operator.io/status"),
     ("get", "pods/log"),
@@ -74,7 +74,7 @@ ALLOWED = [
     ("create", "events"),
 ]
 # ... and a sample of what it has no business with: credentials, nodes, workloads other than Jobs,
-# deleting anything but a hopeless Job, rewriting a run's spec, and anything that would let it grant itself more.
+# deleting anything, rewriting a run's spec, and anything that would let it grant itself more.
 DENIED = [
     ("get", "secrets"),
     ("list", "secrets"),
@@ -83,6 +83,7 @@ DENIED = [
     ("create", "pods/exec"),
     ("create", "deployments.apps"),
     ("create", "daemonsets.apps"),
+    ("delete", "jobs.batch"),
     ("update", "jobs.batch"),
     ("delete", "persistentvolumeclaims"),
     ("update", "mlperfruns.mlperf-operator.io"),

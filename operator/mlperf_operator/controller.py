@@ -168,8 +168,8 @@ class Controller:
     ) -> set[str]:
         meta = run["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        for job in decision.delete:  # its pod would wait for a node for ever, holding its place in a quota
-            self.kube.delete_job(ns, job)
+        for job in decision.suspend:  # its pod would wait for a node for ever, holding its place in a quota
+            self.kube.suspend_job(ns, job)
         # Jobs first: a status that names a Job which was never created would wait forever.
         for step in decision.create:
             if self.kube.create(build_job(run, spec, step, claim)):

@@ -119,9 +119,10 @@ class Kube:
                 return False
             raise
 
-    def delete_job(self, namespace: str, name: str) -> None:
+    def suspend_job(self, namespace: str, name: str) -> None:
+        """A suspended Job keeps its history; the Job controller removes its pods."""
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": True}})
         except ApiException as exc:
             if exc.status != 404:
                 raise

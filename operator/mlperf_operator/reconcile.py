@@ -51,7 +51,7 @@ class Decision:
     create: list[Step] = field(default_factory=list)
     cached: list[Step] = field(default_factory=list)  # artifacts to record in the cache index
     waiting: list[Step] = field(default_factory=list)  # steps waiting for another run's producer of their artifact
-    delete: list[str] = field(default_factory=list)  # Jobs that can never run (unschedulable past the deadline)
+    suspend: list[str] = field(default_factory=list)  # Jobs that can never run (unschedulable past the deadline)
     finished: list[tuple[Step, StepStatus]] = field(default_factory=list)  # steps that ended now
     events: list[Event] = field(default_factory=list)
 
@@ -104,7 +104,7 @@ def decide(
         by_name[step.name] = current
 
     status.steps = [by_name[s.name] for s in steps]
-    decision.delete = [st.job for st in status.steps if st.state == "Failed" and st.reason == UNSCHEDULABLE and st.job]
+    decision.suspend = [st.job for st in status.steps if st.state == "Failed" and st.reason == UNSCHEDULABLE and st.job]
     _collect_results(status, steps, jobs)
     _set_phase(decision, steps, previous.phase, run_failed, generation, spec)
     _step_events(decision, previous)

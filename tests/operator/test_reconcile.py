@@ -150,6 +150,6 @@ def test_an_unschedulable_step_waits_saying_why_then_fails_after_the_deadline() 
         )
     }
     failed = _decide(d.status, late)
-    assert failed.status.phase == Phase.FAILED and failed.delete == ["r-download-data"]
+    assert failed.status.phase == Phase.FAILED and failed.suspend == ["r-download-data"]
     cond = next(c for c in failed.status.conditions if c.type == "Failed")
     assert cond.reason == "Unschedulable" and "schedulingTimeoutSeconds" in cond.message and why in cond.message
