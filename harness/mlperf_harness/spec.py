@@ -410,7 +410,19 @@ class MLPerfRunSpec(SpecModel):
     nodeSelector: dict[str, str] = Field(default_factory=dict, description="Extra node selector for every step's pod.")
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list,
-        json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True}},
+        # The core/v1 Toleration's fields, typed: CEL cannot see a list of untyped objects (spec immutability).
+        json_schema_extra={
+            "items": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {"type": "string"},
+                    "value": {"type": "string"},
+                    "effect": {"type": "string"},
+                    "tolerationSeconds": {"type": "integer"},
+                },
+            }
+        },
         description="Extra tolerations for every step's pod (the GPU taint is tolerated already).",
     )
     affinity: dict[str, Any] = Field(
