@@ -67,7 +67,7 @@ def test_a_run_name_of_any_valid_length_runs_with_readable_job_names_and_an_inva
     name = "a-run-whose-name-is-far-longer-than-a-label-value-may-be-" + "x" * 60  # 117 characters
     apply(cluster, namespace, quick(name))
     # A spec the API server rejects once the operator builds its Job: the run fails saying so, at once.
-    apply(cluster, namespace, quick("bad-pod-labels", podLabels={"team": "not a label value!"}))
+    apply(cluster, namespace, quick("bad-account", serviceAccountName="Not_A_Name"))
     status = wait_phase(api, namespace, name, TERMINAL, operator)["status"]
     assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
 
@@ -91,11 +91,11 @@ def test_a_run_name_of_any_valid_length_runs_with_readable_job_names_and_an_inva
     passed = next(c for c in status["conditions"] if c["type"] == "Passed")
     assert passed["status"] == "False" and "min duration not met" in passed["message"], passed
 
-    bad = wait_phase(api, namespace, "bad-pod-labels", TERMINAL, operator)["status"]
+    bad = wait_phase(api, namespace, "bad-account", TERMINAL, operator)["status"]
     failed = next(c for c in bad["conditions"] if c["type"] == "Failed")
     assert bad["phase"] == "Failed" and failed["reason"] == "Rejected", bad
-    assert "team" in failed["message"] and "not a label value!" in failed["message"], failed["message"]
-    assert "Rejected" in events(api, namespace, "bad-pod-labels")
+    assert "serviceAccountName" in failed["message"] and "Not_A_Name" in failed["message"], failed["message"]
+    assert "Rejected" in events(api, namespace, "bad-account")
 
 
 def test_one_runs_error_does_not_stop_the_resync_of_the_others(

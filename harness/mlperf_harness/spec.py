@@ -9,7 +9,7 @@ the YAML in ``crds/`` is derived from this file and nothing else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,6 +24,8 @@ BackendName = Literal["onnxruntime", "pytorch", "tensorrt", "null"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
 
 CEL = "x-kubernetes-validations"
+# A label value as the API server checks it, checked at admission instead: a run whose Jobs cannot be made fails.
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")]
 
 
 # What may change while a run is in flight: neither shapes a measurement. Every other field is fixed at creation.
@@ -431,7 +433,11 @@ class MLPerfRunSpec(SpecModel):
         description="Affinity of every step's pod.",
     )
     podAnnotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every step's pod.")
-    podLabels: dict[str, str] = Field(default_factory=dict, description="Labels added to every step's pod.")
+    podLabels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        description="Labels added to every step's pod; values as Kubernetes allows them (63 characters of "
+        "letters, digits, '-', '_', '.', alphanumeric at both ends).",
+    )
     serviceAccountName: str | None = Field(
         default=None, description="ServiceAccount the step pods run as (the namespace default when unset)."
     )
