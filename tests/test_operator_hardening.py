@@ -181,9 +181,8 @@ def test_a_restart_burst_posts_every_event_once(
     operator.start()
     for name in names:
         assert wait_phase(api, namespace, name, TERMINAL, operator)["status"]["phase"] == "Succeeded"
-    restarted = operator.log_tail(2000).split(f"operator start #{operator.starts}")[-1]
-    assert restarted.count("made the controller") == 1
     assert duplicate_events(api, namespace) == []
+    assert operator.log_path.read_text().count("made the controller") == operator.starts  # one per process
 
 
 # --- finding 5: the spec of a run in flight -----------------------------------------------------------------------
