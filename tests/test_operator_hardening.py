@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cluster import Cluster, PodExecutor, wait_for
 from cluster.operator_process import OperatorProcess
 from kubernetes import client
@@ -241,7 +242,7 @@ def test_fifty_identical_runs_make_each_shared_artifact_once(
     names = [f"same-{i:02d}" for i in range(IDENTICAL_RUNS)]
     started = time.monotonic()
     with PodExecutor(cluster.kubeconfig, namespaces=[namespace], workdir_root=tmp_path / "executor") as executor:
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input="---\n".join(json.dumps(quick(n)) for n in names))
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([quick(n) for n in names]))
         for name in names:
             status = wait_phase(api, namespace, name, TERMINAL, operator)["status"]
             assert status["phase"] == "Succeeded", (name, json.dumps(status, indent=1)[:2000])
