@@ -417,11 +417,17 @@ class MLPerfRunSpec(SpecModel):
             "items": {
                 "type": "object",
                 "properties": {
-                    "key": {"type": "string"},
-                    "operator": {"type": "string"},
-                    "value": {"type": "string"},
-                    "effect": {"type": "string"},
-                    "tolerationSeconds": {"type": "integer"},
+                    "key": {"type": "string", "description": "Taint key the toleration matches (empty: all)."},
+                    "operator": {"type": "string", "description": "Exists or Equal (default)."},
+                    "value": {"type": "string", "description": "Taint value, for operator Equal."},
+                    "effect": {
+                        "type": "string",
+                        "description": "NoSchedule, PreferNoSchedule or NoExecute (empty: all).",
+                    },
+                    "tolerationSeconds": {
+                        "type": "integer",
+                        "description": "How long a NoExecute taint is tolerated before eviction.",
+                    },
                 },
             }
         },
