@@ -37,7 +37,7 @@ venv: $(VENV)/.installed
 run: venv
 	$(BIN)/mlperf run --workdir $(WORKDIR) $(V10_ARGS)
 
-test: venv tools
+test: venv tools image-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 crds: venv

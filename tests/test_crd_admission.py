@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,24 +38,37 @@ def test_examples_are_accepted(crd_installed: Cluster, namespace: str) -> None:
         crd_installed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(example))
 
 
-def test_spec_fields_are_immutable_after_creation(crd_installed: Cluster, namespace: str) -> None:
-    crd_installed.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "resnet50-offline.yaml"))
-    proc = crd_installed.kubectl(
-        "patch",
-        "mlperfrun",
-        "resnet50-offline",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"spec": {"benchmark": "bert"}}',
-        check=False,
+def _patch(cluster: Cluster, namespace: str, spec: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    cluster.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "resnet50-offline.yaml"))
+    patch = json.dumps({"spec": spec})
+    return cluster.kubectl(
+        "patch", "mlperfrun", "resnet50-offline", "-n", namespace, "--type=merge", "-p", patch, check=False
     )
-    assert proc.returncode != 0 and "spec.benchmark is immutable" in proc.stderr, proc.stderr
-    # Fields that only steer how steps run may change.
-    crd_installed.kubectl(
-        "patch", "mlperfrun", "resnet50-offline", "-n", namespace, "--type=merge", "-p", '{"spec": {"retries": 4}}'
-    )
+
+
+@pytest.mark.parametrize(
+    ("field", "spec"),
+    [
+        ("spec.benchmark", {"benchmark": "bert"}),
+        ("spec.images", {"images": {"harness": "example.org/harness:other"}}),  # changed
+        ("spec.nodeSelector", {"nodeSelector": {"pool": "other"}}),  # added where there was none
+        ("spec.precision", {"precision": "fp16"}),  # an optional field, added
+        ("spec.system", {"system": {"gpuCount": 2}}),
+        ("spec.resources", {"resources": {"limits": {"cpu": "2"}}}),
+        ("spec.tolerations", {"tolerations": [{"key": "k", "operator": "Exists"}]}),
+    ],
+)
+def test_fields_that_shape_the_jobs_are_immutable_once_created(
+    crd_installed: Cluster, namespace: str, field: str, spec: dict[str, object]
+) -> None:
+    """A change mid-run would mix two settings in one result (issue 22): refused, naming the field."""
+    proc = _patch(crd_installed, namespace, spec)
+    assert proc.returncode != 0 and f"{field} is immutable once the run exists" in proc.stderr, proc.stderr
+
+
+def test_fields_that_do_not_shape_a_result_may_change(crd_installed: Cluster, namespace: str) -> None:
+    proc = _patch(crd_installed, namespace, {"retries": 4, "ttlSecondsAfterFinished": 60})
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_kubectl_explain_shows_the_descriptions(crd_installed: Cluster) -> None:

@@ -20,6 +20,7 @@ import yaml
 from cluster import Cluster, PodExecutor, wait_for
 from cluster.operator_process import OperatorProcess
 from kubernetes import client
+from mlperf_operator.jobs import RUN_LABEL, run_label
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "resnet50-offline.yaml"
@@ -105,7 +106,7 @@ def wait_phase(api: client.ApiClient, namespace: str, name: str, phases: set[str
 
 
 def run_jobs(api: client.ApiClient, namespace: str, name: str) -> list[client.V1Job]:
-    jobs = client.BatchV1Api(api).list_namespaced_job(namespace, label_selector=f"mlperf-operator.io/run={name}")
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace, label_selector=f"{RUN_LABEL}={run_label(name)}")
     return list(jobs.items)
 
 

@@ -5,6 +5,8 @@
     python tools/cluster.py down [--name dev]    stop it and delete its state
     python tools/cluster.py status [--name dev]  exit 0 when healthy
     python tools/cluster.py kubeconfig [--name dev]
+    python tools/cluster.py up --executor default --claim mlperf-cache   the dev cluster: pod executor, claim
+    python tools/cluster.py env [--name dev]    export lines: KUBECONFIG, the repo's kubectl and helm on PATH
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the real control plane; kwok plays
 the kubelet of the fake nodes with the stages in tools/kwok-stages/. Everything listens on 127.0.0.1 on
@@ -37,6 +39,7 @@ CACHE = Path(os.environ.get("MLPERF_CACHE", Path.home() / ".cache" / "mlperf-ope
 BIN = Path(os.environ.get("MLPERF_TOOLS_BIN", CACHE / "bin"))
 CLUSTERS = CACHE / "cluster"
 STAGES = Path(__file__).resolve().parent / "kwok-stages"
+EXECUTOR = Path(__file__).resolve().parents[1] / "tests" / "cluster" / "executor.py"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 SERVICE_CIDR = "10.96.0.0/16"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -557,8 +560,58 @@ class LocalCluster:
         self._children.clear()
 
     def down(self) -> None:
+        self.stop_executor()
         self._stop_processes()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # -- what the dev cluster adds: the pod executor and the example's claim -----------------------------------
+
+    def executor_pid(self) -> int | None:
+        pid = int(self.state().get("executor", {}).get("pid", 0))
+        return pid if pid and pid_alive(pid, Path(sys.executable).name) else None
+
+    def start_executor(self, namespaces: list[str]) -> int:
+        """kwok runs no containers: the pod executor (tests/cluster/executor.py) runs the step pods of these
+        namespaces as local processes, with this Python's `mlperf`. Without it a step pod stays Running and
+        its run never gets further."""
+        if (pid := self.executor_pid()) is not None:
+            return pid
+        args = [sys.executable, str(EXECUTOR), "--kubeconfig", str(self.kubeconfig)]
+        args += ["--workdir", str(self.state_dir / "executor")]
+        for ns in namespaces:
+            args += ["--namespace", ns]
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / "pod-executor.log", "ab") as out:
+            proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        state = self.state()
+        state["executor"] = {"pid": proc.pid, "namespaces": namespaces}
+        self._save(state)
+        return proc.pid
+
+    def stop_executor(self) -> None:
+        if (pid := self.executor_pid()) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def create_claim(self, namespace: str, name: str, size: str = "10Gi") -> None:
+        """A PVC of the default StorageClass, which kwok's volume stages bind at once."""
+        claim = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+        }
+        code, body = self._api(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", "POST", claim)
+        if code not in (201, 409):
+            raise ClusterError(f"creating PVC {namespace}/{name} failed: {code} {body.decode(errors='replace')}")
+
+    def env(self) -> str:
+        """Shell lines that point kubectl, helm and mlperf-operator at this cluster: the repository's own
+        binaries first on PATH (the venv's kubectl and the built helm, not whatever the system has)."""
+        venv_bin = Path(sys.executable).parent
+        return f"export KUBECONFIG={self.kubeconfig}\nexport PATH={venv_bin}:{self.bin_dir}:$PATH\n"
 
     def status(self) -> dict[str, Any]:
         state = self.state()
@@ -601,20 +654,34 @@ def _http_ok(url: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("up", "down", "status", "kubeconfig"))
+    parser.add_argument("command", choices=("up", "down", "status", "kubeconfig", "env"))
     parser.add_argument("--name", default=os.environ.get("MLPERF_CLUSTER", "dev"))
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness (up)")
+    parser.add_argument(
+        "--executor", action="append", metavar="NAMESPACE", help="up: run the step pods of this namespace"
+    )
+    parser.add_argument("--claim", action="append", metavar="NAME", help="up: create this PVC in namespace default")
     args = parser.parse_args(argv)
     cluster = LocalCluster(args.name)
     if args.command == "up":
         try:
             seconds = cluster.up(timeout=args.timeout)
+            for claim in args.claim or []:
+                cluster.create_claim("default", claim)
+            if args.executor:
+                pid = cluster.start_executor(args.executor)
         except ClusterError as e:
             print(f"cluster {args.name}: failed to start: {e}", file=sys.stderr)
             return 1
         how = "already running, healthy" if cluster.reused else "started"
         print(f"cluster {args.name}: ready in {seconds:.1f} s ({how})")
+        for claim in args.claim or []:
+            print(f"  PersistentVolumeClaim default/{claim}")
+        if args.executor:
+            print(f"  pod executor (pid {pid}) runs the step pods of {', '.join(args.executor)}: {cluster.logs}")
         print(f"  export KUBECONFIG={cluster.kubeconfig}")
+    elif args.command == "env":
+        print(cluster.env(), end="")
     elif args.command == "down":
         cluster.down()
         print(f"cluster {args.name}: down")

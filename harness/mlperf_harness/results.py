@@ -35,6 +35,11 @@ class ScenarioResult(ResultModel):
     testMode: str = Field(description="PerformanceOnly or AccuracyOnly.")
     valid: bool | None = Field(default=None, description="LoadGen's result validity (performance runs).")
     resultValidity: str = Field(default="", description="VALID or INVALID as LoadGen printed it.")
+    invalidReason: str = Field(
+        default="",
+        description="Why the run is INVALID: the LoadGen checks that failed (min duration, min queries, "
+        "early stopping) or the round's latency bound.",
+    )
     samplesPerSecond: float | None = Field(
         default=None, description="Offline samples/s, Server completed QPS, or the stream equivalent."
     )

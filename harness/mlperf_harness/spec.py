@@ -9,7 +9,7 @@ the YAML in ``crds/`` is derived from this file and nothing else.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,18 +24,64 @@ BackendName = Literal["onnxruntime", "pytorch", "tensorrt", "null"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
 
 CEL = "x-kubernetes-validations"
+# A label value as the API server checks it, checked at admission instead: a run whose Jobs cannot be made fails.
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")]
 
 
-def immutable(what: str) -> dict[str, Any]:
-    """CEL transition rule: the field cannot change once the run exists."""
-    return {
-        CEL: [
+# What may change while a run is in flight: neither shapes a measurement. Every other field is fixed at creation.
+MUTABLE_FIELDS = ("retries", "ttlSecondsAfterFinished")
+
+
+TENSORRT_NEEDS_GPU = (
+    "spec.system.gpuCount: backend tensorrt runs only on a GPU (gpuCount >= 1); "
+    "for the CPU use backend onnxruntime or pytorch"
+)
+SEEDS_DIFFER = (
+    "spec.model.synthetic.seed must equal spec.dataset.synthetic.seed for an accuracy run: the synthetic labels "
+    "are the synthetic model's predictions for the dataset of that seed, so another model seed scores chance"
+)
+
+
+def _seed_cel(source: str) -> str:
+    """The synthetic seed in CEL: 0 when the source is left out (the synthetic default), -1 when not synthetic."""
+    return f"(!has(self.{source}) ? 0 : has(self.{source}.synthetic) ? self.{source}.synthetic.seed : -1)"
+
+
+SPEC_RULES: list[dict[str, str]] = [
+    {
+        "rule": "self.backend != 'tensorrt' || !has(self.system) || self.system.gpuCount > 0",
+        "message": TENSORRT_NEEDS_GPU,
+        "fieldPath": ".system.gpuCount",
+        "reason": "FieldValueInvalid",
+    },
+    {
+        "rule": f"!self.testModes.exists(m, m == 'AccuracyOnly') || {_seed_cel('dataset')} == -1 || "
+        f"{_seed_cel('model')} == -1 || {_seed_cel('dataset')} == {_seed_cel('model')}",
+        "message": SEEDS_DIFFER,
+        "fieldPath": ".model.synthetic.seed",
+        "reason": "FieldValueInvalid",
+    },
+]
+
+
+def _spec_rules(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Rules across fields, and transition rules on the spec, one per field: on the field itself a rule would
+    not run when the field is added or removed (a nodeSelector set after creation, say)."""
+    fields = [f for f in model.model_fields if f not in MUTABLE_FIELDS]
+    schema[CEL] = (
+        schema.get(CEL, [])
+        + SPEC_RULES
+        + [
             {
-                "rule": "self == oldSelf",
-                "message": f"{what} is immutable once the run exists; create a new MLPerfRun instead",
+                "rule": f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})",
+                "message": f"spec.{f} is immutable once the run exists (it shapes the run's Jobs, and a change would "
+                "mix two settings in one result); create a new MLPerfRun instead",
+                "fieldPath": f".{f}",
+                "reason": "FieldValueForbidden",
             }
+            for f in fields
         ]
-    }
+    )
 
 
 class SpecModel(BaseModel):
@@ -168,10 +214,6 @@ class Storage(SpecModel):
                     "rule": "has(self.existingClaim) != has(self.create)",
                     "message": "set exactly one of storage.existingClaim or storage.create",
                 },
-                {
-                    "rule": "self == oldSelf",
-                    "message": "storage is immutable once the run exists; create a new MLPerfRun instead",
-                },
             ]
         }
     )
@@ -284,43 +326,41 @@ def category_message(suite: str, benchmark: str, category: str) -> str:
 class MLPerfRunSpec(SpecModel):
     """What to run: one benchmark of one suite, its scenarios and modes, on which system."""
 
+    model_config = ConfigDict(json_schema_extra=cast(Any, _spec_rules))
+
     benchmark: Benchmark = Field(
-        json_schema_extra=immutable("spec.benchmark"),
         description="Benchmark: resnet50, ssd-resnet34, bert, dlrm, rnnt or 3d-unet.",
     )
     suite: SuiteName = Field(
         default="v1.0",
-        json_schema_extra=immutable("spec.suite"),
         description="Rules of the MLPerf round: v1.0, or v6.1 (the current round) where the benchmark exists there.",
     )
     category: Literal["datacenter", "edge"] = Field(
         default="datacenter",
-        json_schema_extra=immutable("spec.category"),
         description="System category; decides which scenarios the suite allows.",
     )
     scenarios: list[Scenario] = Field(
         default=["Offline"],
         min_length=1,
         max_length=4,
-        json_schema_extra={"x-kubernetes-list-type": "set", **immutable("spec.scenarios")},
+        json_schema_extra={"x-kubernetes-list-type": "set"},
         description="LoadGen scenarios to run: Offline, Server, SingleStream, MultiStream.",
     )
     configVer: ConfigVer = Field(
         default="default",
-        json_schema_extra=immutable("spec.configVer"),
         description="default (99 % accuracy target) or high_accuracy (99.9 %, bert, dlrm, 3d-unet).",
     )
     testModes: list[TestMode] = Field(
         default=["PerformanceOnly", "AccuracyOnly"],
         min_length=1,
         max_length=2,
-        json_schema_extra={"x-kubernetes-list-type": "set", **immutable("spec.testModes")},
+        json_schema_extra={"x-kubernetes-list-type": "set"},
         description="PerformanceOnly and/or AccuracyOnly.",
     )
     audits: list[AuditTest] | None = Field(
         default=None,
         max_length=5,
-        json_schema_extra={"x-kubernetes-list-type": "set", **immutable("spec.audits")},
+        json_schema_extra={"x-kubernetes-list-type": "set"},
         description=(
             "Compliance tests to run after the performance runs. Unset: what the suite requires for "
             "the benchmark; [] runs none (the result is then not submittable)."
@@ -328,7 +368,6 @@ class MLPerfRunSpec(SpecModel):
     )
     fast: bool = Field(
         default=False,
-        json_schema_extra=immutable("spec.fast"),
         description=(
             "Debug runs: 60 s minimum duration and min query count 1 for Offline and MultiStream. "
             "Results are marked not submittable."
@@ -336,26 +375,22 @@ class MLPerfRunSpec(SpecModel):
     )
     backend: BackendName = Field(
         default="onnxruntime",
-        json_schema_extra=immutable("spec.backend"),
         description="Inference backend: tensorrt, pytorch, onnxruntime, or null (harness overhead only).",
     )
     precision: Precision | None = Field(
         default=None,
-        json_schema_extra=immutable("spec.precision"),
         description="Override of the benchmark config's precision (fp32, fp16, bf16, int8, fp8).",
     )
     batchSize: int | None = Field(
         default=None,
         gt=0,
         le=65536,
-        json_schema_extra=immutable("spec.batchSize"),
         description="Override of the batch size the engine is built for and runs with.",
     )
     instancesPerDevice: int | None = Field(
         default=None,
         ge=1,
         le=16,
-        json_schema_extra=immutable("spec.instancesPerDevice"),
         description=(
             "Backend instances per GPU (or on the CPU) in one LoadGen run, each with its own queue; "
             "on a GPU they queue their batches on its one stream, so one's host work overlaps "
@@ -364,17 +399,14 @@ class MLPerfRunSpec(SpecModel):
     )
     loadgen: LoadGenOverrides = Field(
         default_factory=LoadGenOverrides,
-        json_schema_extra=immutable("spec.loadgen"),
         description="LoadGen settings written to user.conf.",
     )
     dataset: Source = Field(
         default_factory=synthetic_source,
-        json_schema_extra=immutable("spec.dataset"),
         description="Where the dataset comes from; synthetic when unset.",
     )
     model: Source = Field(
         default_factory=synthetic_source,
-        json_schema_extra=immutable("spec.model"),
         description="Where the model comes from; a generated random-weight model when unset.",
     )
     storage: Storage = Field(
@@ -382,7 +414,6 @@ class MLPerfRunSpec(SpecModel):
     )
     system: System = Field(
         default_factory=System,
-        json_schema_extra=immutable("spec.system"),
         description="Which GPUs to run on.",
     )
     images: Images = Field(default_factory=Images, description="Images of the step Jobs.")
@@ -394,7 +425,25 @@ class MLPerfRunSpec(SpecModel):
     nodeSelector: dict[str, str] = Field(default_factory=dict, description="Extra node selector for every step's pod.")
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list,
-        json_schema_extra={"items": {"x-kubernetes-preserve-unknown-fields": True}},
+        # The core/v1 Toleration's fields, typed: CEL cannot see a list of untyped objects (spec immutability).
+        json_schema_extra={
+            "items": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string", "description": "Taint key the toleration matches (empty: all)."},
+                    "operator": {"type": "string", "description": "Exists or Equal (default)."},
+                    "value": {"type": "string", "description": "Taint value, for operator Equal."},
+                    "effect": {
+                        "type": "string",
+                        "description": "NoSchedule, PreferNoSchedule or NoExecute (empty: all).",
+                    },
+                    "tolerationSeconds": {
+                        "type": "integer",
+                        "description": "How long a NoExecute taint is tolerated before eviction.",
+                    },
+                },
+            }
+        },
         description="Extra tolerations for every step's pod (the GPU taint is tolerated already).",
     )
     affinity: dict[str, Any] = Field(
@@ -403,7 +452,11 @@ class MLPerfRunSpec(SpecModel):
         description="Affinity of every step's pod.",
     )
     podAnnotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every step's pod.")
-    podLabels: dict[str, str] = Field(default_factory=dict, description="Labels added to every step's pod.")
+    podLabels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        description="Labels added to every step's pod; values as Kubernetes allows them (63 characters of "
+        "letters, digits, '-', '_', '.', alphanumeric at both ends).",
+    )
     serviceAccountName: str | None = Field(
         default=None, description="ServiceAccount the step pods run as (the namespace default when unset)."
     )
@@ -412,12 +465,32 @@ class MLPerfRunSpec(SpecModel):
     retries: int = Field(
         default=2, ge=0, le=10, description="Times a failed step is retried, with backoff, before the run fails."
     )
+    schedulingTimeoutSeconds: int = Field(
+        default=900,
+        ge=1,
+        le=7 * 24 * 3600,
+        description=(
+            "How long a step's pod may stay unschedulable (no node fits: GPU product, node selector, quota) "
+            "before the run fails with the scheduler's reason. Until then the step, a condition and a Warning "
+            "Event say why it waits."
+        ),
+    )
     ttlSecondsAfterFinished: int | None = Field(
         default=None,
         ge=0,
         description="Delete the finished step Jobs after this many seconds (the run keeps its results).",
     )
     submission: Submission = Field(default_factory=Submission, description="Submission metadata for the report step.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MLPerfRunSpec:
+        # SPEC_RULES, for manifests that never see an API server.
+        if self.backend == "tensorrt" and self.system.gpuCount == 0:
+            raise ValueError(TENSORRT_NEEDS_GPU)
+        seeds = [s.synthetic.seed for s in (self.dataset, self.model) if s.synthetic is not None]
+        if "AccuracyOnly" in self.testModes and len(seeds) == 2 and seeds[0] != seeds[1]:
+            raise ValueError(f"{SEEDS_DIFFER} (dataset {seeds[0]}, model {seeds[1]})")
+        return self
 
     @model_validator(mode="after")
     def _suite_rules(self) -> MLPerfRunSpec:

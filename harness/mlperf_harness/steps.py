@@ -200,11 +200,13 @@ def run_harness(ws: Workspace, scenario: str, mode: str) -> StepOutcome:
                 "resultValidity": summary.validity
                 if valid or not summary.valid
                 else "INVALID (over the round's bound)",
+                "invalidReason": "" if valid else _invalid_reason(cfg, summary),
                 "samplesPerSecond": summary.throughput(),
                 "latencyNs": summary.latency_ns(),
             }
         )
-        message = f"{scenario} {mode}: {result.resultValidity}, {summary.throughput() or 0:.1f} samples/s"
+        why = f" ({result.invalidReason})" if result.invalidReason else ""
+        message = f"{scenario} {mode}: {result.resultValidity}{why}, {summary.throughput() or 0:.1f} samples/s"
     else:
         report = ws.bench.accuracy(log_dir / ACC_LOG, ws.preprocessed_dir)
         target = rule.threshold(ws.spec.configVer)
@@ -230,6 +232,20 @@ def run_harness(ws: Workspace, scenario: str, mode: str) -> StepOutcome:
     atomic_write_json(log_dir / "harness-config.json", json.loads(cfg.model_dump_json()))
     write_marker(log_dir, "run-harness", [p for p in (log_dir / SUMMARY, log_dir / DETAIL) if p.exists()])
     return outcome
+
+
+def _invalid_reason(cfg: HarnessConfig, s: Summary) -> str:
+    """The checks of LoadGen's summary that failed, in its words, or the round's bound."""
+    checks = {
+        "min duration not met: the samples issued took less than the minimum duration; raise expectedQps "
+        "(Offline) or targetQps (Server)": s.min_duration_met,
+        "min queries not met": s.min_queries_met,
+        "early stopping not met": s.early_stopping_met,
+    }
+    failed = [what for what, met in checks.items() if met is False]
+    if _over_bound(cfg, s):
+        failed.append(f"p99 latency over the round's bound of {(cfg.latencyBoundNs or 0) / 1e6:.0f} ms")
+    return "; ".join(failed) or "LoadGen reported INVALID (see mlperf_log_summary.txt)"
 
 
 def _over_bound(cfg: HarnessConfig, s: Summary) -> bool:

@@ -9,17 +9,20 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from mlperf_harness.pipeline import Phase, Step, plan
 from mlperf_harness.spec import MLPerfRunSpec
 from pydantic import ValidationError
 
 from . import metrics
 from .jobs import build_cache_index, build_claim, build_job, claim_name
-from .kube import Kube, job_views
+from .kube import MESSAGE_LIMIT, Kube, job_views
 from .reconcile import Decision, decide
 from .status import TERMINAL_PHASES, MLPerfRunStatus, now
 
 log = logging.getLogger(__name__)
+LEASE_PREFIX = "producing."  # index key of an artifact's producer while its Job runs
+LEASE_ATTEMPTS = 5
 
 
 def backend_version(spec: MLPerfRunSpec) -> str:
@@ -42,6 +45,9 @@ class Controller:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        # Runs waiting for another run's artifact, by (namespace, claim, key); lost on a restart, when the
+        # resync finds them instead.
+        self._waiters: defaultdict[tuple[str, str, str], set[str]] = defaultdict(set)
 
     def reconcile(self, namespace: str, name: str) -> None:
         """Bring one run a step further; safe to call at any time, any number of times."""
@@ -51,66 +57,154 @@ class Controller:
                 metrics.observe_phase(f"{namespace}/{name}", None)
                 return
             try:
-                self._reconcile(run)
+                waiting = self._reconcile(run)
             except Exception as exc:
                 metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+                self._report_error(run, exc)
                 raise
+        for other in sorted(waiting):  # outside this run's lock: the other run's reconcile takes its own
+            try:
+                self.reconcile(namespace, other)
+            except Exception:
+                log.exception("reconcile of %s/%s failed", namespace, other)
 
-    def _reconcile(self, run: dict[str, Any]) -> None:
+    def resync(self, namespaces: list[str] | None) -> None:
+        """Reconcile every run; one run's error is that run's (its status and Events say it), not the others'."""
+        for run in self.kube.list_runs(namespaces):
+            meta = run["metadata"]
+            try:
+                self.reconcile(meta["namespace"], meta["name"])
+            except Exception:
+                log.exception("reconcile of %s/%s failed", meta["namespace"], meta["name"])
+
+    def _report_error(self, run: dict[str, Any], exc: Exception) -> None:
+        """Say on the run why it does not progress; an API server's rejection of what the spec asks is final."""
+        meta = run["metadata"]
+        what = _api_message(exc)
+        run = self.kube.get_run(meta["namespace"], meta["name"]) or run  # what the failed reconcile wrote counts
+        previous = MLPerfRunStatus.model_validate(run.get("status") or {})
+        try:
+            if isinstance(exc, ApiException) and exc.status == 422:
+                self._fail(run, previous, "Rejected", f"the API server rejected an object of this run: {what}")
+                return
+            message = f"reconcile failed (retried at the next resync): {what}"
+            if previous.message != message:
+                status = previous.model_copy(update={"message": message})
+                body = status.model_dump(mode="json", exclude_none=True)
+                self.kube.patch_status(meta["namespace"], meta["name"], body)
+                self.kube.event(run, "Warning", "ReconcileError", message)
+        except Exception:
+            log.exception("could not report the error of %s/%s", meta["namespace"], meta["name"])
+
+    def _reconcile(self, run: dict[str, Any]) -> set[str]:
+        """One reconcile; the names of the runs (of the namespace) that can go on now because of it."""
         meta = run["metadata"]
         ns, name, generation = meta["namespace"], meta["name"], meta.get("generation", 1)
         previous = MLPerfRunStatus.model_validate(run.get("status") or {})
-        key = f"{ns}/{name}"
         if previous.phase in TERMINAL_PHASES:
-            metrics.observe_phase(key, previous.phase.value)
-            return
+            # The status is the memory: a restarted operator exports the results it finds there.
+            self._export(run, previous)
+            return set()
         try:
             spec = MLPerfRunSpec.model_validate(run.get("spec") or {})
         except ValidationError as exc:
             self._fail_invalid(run, previous, exc)
-            return
+            return set()
 
         claim = self._ensure_claim(run, spec, previous)
         if claim is None:
-            return
-        index = self.kube.cache_index(ns, claim) or {}
+            return set()
         steps = plan(spec, backend_version(spec))
-        jobs = job_views(self.kube, ns, name)
-        cached = {s.artifact.relpath for s in steps if s.artifact and _cache_key(s.artifact.relpath) in index}
-        decision = decide(name, generation, spec, steps, previous, jobs, cached, claim)
-        self._act(run, spec, claim, decision, previous)
+        jobs = job_views(self.kube, run)
+        for _ in range(LEASE_ATTEMPTS):
+            data, version = self.kube.cache_index(ns, claim) or ({}, "")
+            keyed = {_cache_key(s.artifact.relpath): s for s in steps if s.artifact}
+            cached = {s.artifact.relpath for k, s in keyed.items() if s.artifact and k in data}
+            producing = {
+                s.artifact.relpath: holder
+                for k, s in keyed.items()
+                if s.artifact and (holder := self._producer(run, data.get(LEASE_PREFIX + k)))
+            }
+            decision = decide(name, generation, spec, steps, previous, jobs, cached, claim, producing)
+            if self._take_leases(run, claim, decision, version):
+                break
+        else:
+            raise RuntimeError(f"the cache index of claim {claim} kept changing under {LEASE_ATTEMPTS} attempts")
+        for step in decision.waiting:
+            if step.artifact:
+                self._waiters[(ns, claim, _cache_key(step.artifact.relpath))].add(name)
+        return self._act(run, spec, claim, decision, previous)
+
+    def _producer(self, run: dict[str, Any], lease: str | None) -> str | None:
+        """Who else is producing an artifact now: a lease of another run that still runs (a run that ended or
+        is gone left a stale one behind, which the next producer takes over)."""
+        if not lease:
+            return None
+        holder = json.loads(lease)
+        if holder["uid"] == run["metadata"]["uid"]:
+            return None
+        other = self.kube.get_run(run["metadata"]["namespace"], holder["run"])
+        if other is None or other["metadata"]["uid"] != holder["uid"]:
+            return None
+        if (other.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            return None
+        return f"run {holder['run']} (step {holder['step']})"
+
+    def _take_leases(self, run: dict[str, Any], claim: str, decision: Decision, version: str) -> bool:
+        """One producer per artifact across runs: the leases for the artifact Jobs about to be created, taken in
+        one write conditional on the index read; False when another run wrote it meanwhile (decide again)."""
+        meta = run["metadata"]
+        leases: dict[str, str | None] = {
+            LEASE_PREFIX + _cache_key(s.artifact.relpath): json.dumps(
+                {"run": meta["name"], "uid": meta["uid"], "step": s.name, "at": now()}
+            )
+            for s in decision.create
+            if s.artifact
+        }
+        return not leases or self.kube.patch_cache_index(meta["namespace"], claim, leases, version)
 
     def _act(
         self, run: dict[str, Any], spec: MLPerfRunSpec, claim: str, decision: Decision, previous: MLPerfRunStatus
-    ) -> None:
+    ) -> set[str]:
         meta = run["metadata"]
         ns, name = meta["namespace"], meta["name"]
+        for job in decision.suspend:  # its pod would wait for a node for ever, holding its place in a quota
+            self.kube.suspend_job(ns, job)
         # Jobs first: a status that names a Job which was never created would wait forever.
         for step in decision.create:
             if self.kube.create(build_job(run, spec, step, claim)):
                 metrics.JOBS_CREATED.labels(step.verb).inc()
-        entries = {_cache_key(s.artifact.relpath): _entry(s, name) for s in decision.cached if s.artifact}
+        # A finished producer records its artifact and gives its lease back in one write.
+        ended = {_cache_key(s.artifact.relpath) for s, st in decision.finished if s.artifact and st.job}
+        entries: dict[str, str | None] = {LEASE_PREFIX + k: None for k in ended}
+        entries |= {_cache_key(s.artifact.relpath): _entry(s, name) for s in decision.cached if s.artifact}
         if entries:
-            self.kube.add_cache_entries(ns, claim, entries)
+            self.kube.patch_cache_index(ns, claim, entries)
         self._record_metrics(run, spec, decision)
         new = decision.status.model_dump(mode="json", exclude_none=True)
         if new != previous.model_dump(mode="json", exclude_none=True):
             self.kube.patch_status(ns, name, new)
         for event in decision.events:
             self.kube.event(run, event.type, event.reason, event.message)
+        # The runs that waited for these artifacts go on now, not at the next resync.
+        return {w for k in ended for w in self._waiters.pop((ns, claim, k), set()) if w != name}
 
     def _record_metrics(self, run: dict[str, Any], spec: MLPerfRunSpec, decision: Decision) -> None:
-        meta = run["metadata"]
         for step, st in decision.finished:
             if st.cacheHit and step.artifact:
                 metrics.CACHE_HITS.labels(step.artifact.kind).inc()
             elif (seconds := _seconds(st.startTime, st.endTime)) is not None:
                 metrics.STEP_DURATION.labels(step.verb, spec.benchmark).observe(seconds)
-        status = decision.status
+        self._export(run, decision.status)
+
+    @staticmethod
+    def _export(run: dict[str, Any], status: MLPerfRunStatus) -> None:
+        meta, spec = run["metadata"], run.get("spec") or {}
         metrics.observe_phase(f"{meta['namespace']}/{meta['name']}", status.phase.value)
         if status.phase == Phase.SUCCEEDED:
+            gpu = (spec.get("system") or {}).get("gpuProduct", "")
             for result in status.results:
-                metrics.observe_result(meta["namespace"], meta["name"], spec.benchmark, spec.system.gpuProduct, result)
+                metrics.observe_result(meta["namespace"], meta["name"], spec.get("benchmark", ""), gpu, result)
 
     def _ensure_claim(self, run: dict[str, Any], spec: MLPerfRunSpec, previous: MLPerfRunStatus) -> str | None:
         """The claim's name once it and its cache index exist; None (and a waiting status) before."""
@@ -133,15 +227,28 @@ class Controller:
         return claim
 
     def _fail_invalid(self, run: dict[str, Any], previous: MLPerfRunStatus, exc: ValidationError) -> None:
-        meta = run["metadata"]
         errors = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        self._fail(run, previous, "InvalidSpec", f"invalid spec: {errors}")
+
+    def _fail(self, run: dict[str, Any], previous: MLPerfRunStatus, reason: str, message: str) -> None:
+        meta = run["metadata"]
         status = previous.model_copy(deep=True)
         status.phase = Phase.FAILED
-        status.message = f"invalid spec: {errors}"
+        status.message = message
         status.completionTime = now()
-        status.set_condition("Failed", True, "InvalidSpec", status.message, meta.get("generation", 1))
+        status.set_condition("Failed", True, reason, message, meta.get("generation", 1))
         self.kube.patch_status(meta["namespace"], meta["name"], status.model_dump(mode="json", exclude_none=True))
-        self.kube.event(run, "Warning", "InvalidSpec", status.message)
+        self.kube.event(run, "Warning", reason, message)
+
+
+def _api_message(exc: Exception) -> str:
+    """An API error's own message (it names the field), else the exception's text."""
+    if isinstance(exc, ApiException) and exc.body:
+        try:
+            return f"{exc.status} {json.loads(exc.body).get('message', exc.reason)}"
+        except (ValueError, AttributeError):
+            pass
+    return f"{type(exc).__name__}: {exc}"[:MESSAGE_LIMIT]
 
 
 def _entry(step: Step, run: str) -> str:

@@ -27,15 +27,19 @@ WATCHED_NAMESPACES: list[str] | None = None
 
 
 def controller() -> Controller:
-    global _controller
+    """The process's one controller: made by the startup handler, which kopf runs before any other, so
+    concurrent first events share it and its per-run locks."""
     if _controller is None:
-        load_config()
-        _controller = Controller(Kube())
+        raise RuntimeError("the controller is made at startup; no handler may run before it")
     return _controller
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _controller
+    load_config()
+    _controller = Controller(Kube())
+    log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
     settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "8"))
@@ -65,7 +69,6 @@ def job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
 def _resync_forever(stop: threading.Event) -> None:
     while not stop.wait(RESYNC_SECONDS):
         try:
-            for run in controller().kube.list_runs(WATCHED_NAMESPACES):
-                controller().reconcile(run["metadata"]["namespace"], run["metadata"]["name"])
+            controller().resync(WATCHED_NAMESPACES)
         except Exception:
             log.exception("resync failed; retrying in %.0f s", RESYNC_SECONDS)

@@ -33,8 +33,28 @@ def dns_name(*parts: str, limit: int = MAX_NAME) -> str:
     return f"{name[: limit - 9].rstrip('-')}-{digest}"
 
 
+def _short(run: str, room: int) -> str:
+    """The run's name in `room` characters: cut, with a digest of the whole so that two cuts never collide."""
+    if len(run) <= room:
+        return run
+    digest = hashlib.sha256(run.encode()).hexdigest()[:8]
+    return f"{run[: room - 9].rstrip('-.')}-{digest}"
+
+
+def run_label(run: str) -> str:
+    """The run label's value: a run name may be 253 characters, a label value 63."""
+    return _short(run, MAX_NAME)
+
+
 def job_name(run: str, step: str) -> str:
-    return dns_name(run, step)
+    """The run's name shortened, never the step's: `kubectl get jobs` still says which step it is."""
+    return f"{_short(run, MAX_NAME - len(step) - 1)}-{step}"
+
+
+def run_key(run: dict[str, Any]) -> str:
+    """The run's directory on the claim: a run deleted and created anew under its name measures afresh."""
+    meta = run["metadata"]
+    return f"{meta['name']}-{meta['uid'][:8]}"
 
 
 def claim_name(run: str) -> str:
@@ -50,7 +70,7 @@ def common_labels(run: str, spec: MLPerfRunSpec) -> dict[str, str]:
         "app.kubernetes.io/name": "mlperf-harness",
         "app.kubernetes.io/part-of": PART_OF,
         "app.kubernetes.io/managed-by": PART_OF,
-        RUN_LABEL: run,
+        RUN_LABEL: run_label(run),
         f"{GROUP}/benchmark": spec.benchmark,
     }
 
@@ -74,10 +94,10 @@ def _gpu_count(spec: MLPerfRunSpec, step: Step) -> int:
     return spec.system.gpuCount
 
 
-def _env(spec: MLPerfRunSpec, run: str) -> list[dict[str, Any]]:
+def _env(spec: MLPerfRunSpec, key: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "MLPERF_SPEC", "value": spec.model_dump_json(exclude_defaults=True)},
-        {"name": "MLPERF_RUN", "value": run},
+        {"name": "MLPERF_RUN", "value": key},
         {"name": "MLPERF_WORKDIR", "value": WORKDIR},
         {"name": "MLPERF_SOURCES_ROOT", "value": SOURCES_ROOT},
         {"name": "HOME", "value": "/tmp"},
@@ -139,8 +159,8 @@ def build_job(run: dict[str, Any], spec: MLPerfRunSpec, step: Step, claim: str) 
         "image": spec.images.harness,
         "imagePullPolicy": spec.images.pullPolicy,
         "command": ["mlperf", step.verb],
-        "args": [*step.args, "--run", name, "--workdir", WORKDIR],
-        "env": _env(spec, name),
+        "args": [*step.args, "--run", run_key(run), "--workdir", WORKDIR],
+        "env": _env(spec, run_key(run)),
         "resources": resources,
         "volumeMounts": mounts,
         "securityContext": restricted_container_security(),

@@ -17,12 +17,11 @@ from kubernetes.client.exceptions import ApiException
 from mlperf_harness.results import StepOutcome, read_termination_message
 
 from .crd import GROUP, PLURAL, VERSION
-from .jobs import RUN_LABEL, STEP_LABEL, cache_index_name
+from .jobs import RUN_LABEL, STEP_LABEL, cache_index_name, run_label
 from .reconcile import JobView
 from .status import StepState, now
 
 log = logging.getLogger(__name__)
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 MESSAGE_LIMIT = 1500  # of a failure message kept in status; Kubernetes caps the source at 4096
 
 
@@ -66,11 +65,13 @@ class Kube:
         return runs
 
     def run_jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
-        resp = self.batch.list_namespaced_job(namespace, label_selector=f"{RUN_LABEL}={run}", _preload_content=False)
+        selector = f"{RUN_LABEL}={run_label(run)}"
+        resp = self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
         return self._json(resp)["items"]
 
     def run_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
-        resp = self.core.list_namespaced_pod(namespace, label_selector=f"{RUN_LABEL}={run}", _preload_content=False)
+        selector = f"{RUN_LABEL}={run_label(run)}"
+        resp = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
         return self._json(resp)["items"]
 
     def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -82,14 +83,16 @@ class Kube:
                 return None
             raise
 
-    def cache_index(self, namespace: str, claim: str) -> dict[str, str] | None:
+    def cache_index(self, namespace: str, claim: str) -> tuple[dict[str, str], str] | None:
+        """The claim's cache index: its data and the resourceVersion that a conditional patch names."""
         try:
             resp = self.core.read_namespaced_config_map(cache_index_name(claim), namespace, _preload_content=False)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return self._json(resp).get("data") or {}
+        index = self._json(resp)
+        return index.get("data") or {}, index["metadata"]["resourceVersion"]
 
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 20) -> str:
         try:
@@ -116,9 +119,29 @@ class Kube:
                 return False
             raise
 
-    def add_cache_entries(self, namespace: str, claim: str, entries: dict[str, str]) -> None:
-        body = {"data": entries}
-        self.core.patch_namespaced_config_map(cache_index_name(claim), namespace, body)
+    def suspend_job(self, namespace: str, name: str) -> None:
+        """A suspended Job keeps its history; the Job controller removes its pods."""
+        try:
+            self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": True}})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_cache_index(
+        self, namespace: str, claim: str, entries: dict[str, str | None], resource_version: str | None = None
+    ) -> bool:
+        """Merge entries into the index (None removes one); with a resourceVersion only if nobody wrote since:
+        False when somebody did."""
+        body: dict[str, Any] = {"data": entries}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            self.core.patch_namespaced_config_map(cache_index_name(claim), namespace, body)
+        except ApiException as exc:
+            if exc.status == 409 and resource_version:
+                return False
+            raise
+        return True
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
@@ -175,7 +198,7 @@ def job_view(kube: Kube, job: dict[str, Any], pods: list[dict[str, Any]]) -> Job
     status = job.get("status", {})
     conditions = _conditions(job)
     mine = sorted(
-        (p for p in pods if p["metadata"].get("labels", {}).get(JOB_NAME_LABEL) == name),
+        (p for p in pods if _owned_by(p, job["metadata"]["uid"])),
         key=lambda p: p["metadata"].get("creationTimestamp", ""),
     )
     ended = [(p, t) for p in mine if (t := _terminated(p)) is not None]
@@ -191,6 +214,7 @@ def job_view(kube: Kube, job: dict[str, Any], pods: list[dict[str, Any]]) -> Job
     else:
         state = "Pending"
 
+    unschedulable = _unschedulable(mine[-1]) if mine and state == "Pending" else None
     outcome, message = None, ""
     if ended:
         pod, term = ended[-1]
@@ -208,7 +232,17 @@ def job_view(kube: Kube, job: dict[str, Any], pods: list[dict[str, Any]]) -> Job
         end=end if state in ("Succeeded", "Failed") else None,
         message=message,
         outcome=outcome if state in ("Succeeded", "Failed") else None,
+        unschedulable=(unschedulable.get("message") or "no node fits") if unschedulable else "",
+        unschedulable_since=unschedulable.get("lastTransitionTime") if unschedulable else None,
     )
+
+
+def _unschedulable(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The scheduler's PodScheduled=False condition, when it could place the pod nowhere."""
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            return dict(c)
+    return None
 
 
 def _failure_message(
@@ -233,9 +267,16 @@ def _failure_message(
     return f"{head}: {tail}" if tail else head
 
 
-def job_views(kube: Kube, namespace: str, run: str) -> dict[str, JobView]:
-    jobs = kube.run_jobs(namespace, run)
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    return any(o.get("uid") == uid for o in obj["metadata"].get("ownerReferences") or [])
+
+
+def job_views(kube: Kube, run: dict[str, Any]) -> dict[str, JobView]:
+    """The run's own Jobs: a deleted run of the same name may leave some behind until the garbage collector
+    removes them, and they are not this run's."""
+    meta = run["metadata"]
+    jobs = [j for j in kube.run_jobs(meta["namespace"], meta["name"]) if _owned_by(j, meta["uid"])]
     if not jobs:
         return {}
-    pods = kube.run_pods(namespace, run)
+    pods = kube.run_pods(meta["namespace"], meta["name"])
     return {j["metadata"]["labels"][STEP_LABEL]: job_view(kube, j, pods) for j in jobs}

@@ -39,6 +39,9 @@ class StepStatus(StatusModel):
     startTime: str | None = Field(default=None, description="When the step's Job was created.")
     endTime: str | None = Field(default=None, description="When the step finished.")
     cacheHit: bool = Field(default=False, description="The step's artifact was already in the cache.")
+    reason: str = Field(
+        default="", description="Why the step waits or failed: Unschedulable when no node fits its pod."
+    )
     message: str = Field(default="", description="Outcome or failure details.")
 
 

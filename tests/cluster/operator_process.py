@@ -24,16 +24,25 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, namespaces: list[str], log_path: Path, resync_seconds: float = 5) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespaces: list[str],
+        log_path: Path,
+        resync_seconds: float = 5,
+        command: list[str] | None = None,
+    ) -> None:
+        """`command`: what starts the operator (default: this venv's); KUBECONFIG names `kubeconfig` either way."""
         self.kubeconfig, self.namespaces, self.log_path = kubeconfig, namespaces, log_path
         self.resync_seconds = resync_seconds
+        self.command = command or [sys.executable, "-m", "mlperf_operator"]
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> OperatorProcess:
-        args = [sys.executable, "-m", "mlperf_operator", "--health-port", str(self.health_port)]
+        args = [*self.command, "--health-port", str(self.health_port)]
         for ns in self.namespaces:
             args += ["--namespace", ns]
         env = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlperf_harness.pipeline import plan
 from mlperf_harness.spec import MLPerfRunSpec
-from mlperf_operator.jobs import build_claim, build_job, dns_name
+from mlperf_operator.jobs import build_claim, build_job, dns_name, job_name, run_label
 
 RUN = {"metadata": {"name": "r1", "namespace": "ns", "uid": "u-1"}}
 
@@ -64,3 +64,14 @@ def test_created_claim_is_owned_unless_retained() -> None:
     owned = build_claim(RUN, _spec(storage={"create": {"size": "10Gi"}}))
     kept = build_claim(RUN, _spec(storage={"create": {"size": "10Gi", "reclaim": "Retain"}}))
     assert owned["metadata"]["ownerReferences"] and "ownerReferences" not in kept["metadata"]
+
+
+def test_long_run_names_keep_the_step_in_job_names_and_fit_a_label() -> None:
+    run = "r" * 200
+    name = job_name(run, "run-offline-performance")
+    assert len(name) == 63 and name.endswith("-run-offline-performance") and name.startswith("r" * 20)
+    assert job_name(run, "report") != job_name("r" * 199, "report")  # cut, with a digest of the whole
+    assert len(run_label(run)) == 63 and run_label("short") == "short"
+    job = build_job({"metadata": {"name": run, "namespace": "ns", "uid": "u-1"}}, _spec(), plan(_spec(), "v")[0], "c")
+    assert all(len(v) <= 63 for v in job["metadata"]["labels"].values())
+    assert all(len(v) <= 63 for v in job["spec"]["template"]["metadata"]["labels"].values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from mlperf_harness.pipeline import Phase, plan
 from mlperf_harness.results import AuditResult, ScenarioResult, StepOutcome
 from mlperf_harness.spec import MLPerfRunSpec
@@ -98,3 +100,56 @@ def test_a_deleted_job_of_an_unfinished_step_is_created_again() -> None:
     first = _decide(MLPerfRunStatus(), {})
     again = _decide(first.status, {})
     assert [s.name for s in again.create] == ["download-data", "download-model"]
+
+
+def test_a_failed_audit_is_a_warning_event() -> None:
+    audit = AuditResult(test="TEST05", scenario="Offline", verdict="FAIL", details="ratio 0.91")
+    outcome = StepOutcome(step="audit", ok=True, message="TEST05 Offline: FAIL", audits=[audit])
+    jobs = {
+        s.name: JobView(name=f"r-{s.name}", state="Succeeded", outcome=outcome if s.verb == "audit" else None)
+        for s in STEPS
+    }
+    d = _decide(MLPerfRunStatus(), jobs)
+    failed = [e for e in d.events if e.reason == "AuditFailed"]
+    assert len(failed) == 1 and failed[0].type == "Warning" and "audit-test05-offline" in failed[0].message
+    assert not any(e.reason == "StepSucceeded" and "audit" in e.message for e in d.events)
+
+
+def test_an_artifact_another_run_makes_is_waited_for_without_a_job() -> None:
+    data = next(s for s in STEPS if s.name == "download-data").artifact
+    assert data is not None
+    d = decide("r", 1, SPEC, STEPS, MLPerfRunStatus(), {}, set(), "cache", {data.relpath: "run other"})
+    assert [s.name for s in d.create] == ["download-model"]
+    waiting = d.status.step("download-data")
+    assert waiting is not None and waiting.state == "Pending" and waiting.job == ""
+    assert waiting.reason == "ArtifactInProduction" and "run other" in waiting.message
+    assert d.status.phase == Phase.DOWNLOADING
+    # Once made, it is a cache hit.
+    done = _decide(d.status, {}, {data.relpath})
+    assert done.status.step("download-data").cacheHit  # type: ignore[union-attr]
+
+
+def test_an_unschedulable_step_waits_saying_why_then_fails_after_the_deadline() -> None:
+    first = _decide(MLPerfRunStatus(), {})
+    why = "0/8 nodes are available: 8 node(s) didn't match Pod's node affinity/selector."
+    recent = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stuck = {
+        "download-data": JobView(name="r-download-data", state="Pending", unschedulable=why, unschedulable_since=recent)
+    }
+    d = _decide(first.status, stuck)
+    st = d.status.step("download-data")
+    assert st is not None and st.reason == "Unschedulable" and why in st.message and d.status.phase == Phase.DOWNLOADING
+    assert [e.reason for e in d.events if e.type == "Warning"] == ["Unschedulable"]
+    assert next(c for c in d.status.conditions if c.type == "Unschedulable").status == "True"
+    assert not [e for e in _decide(d.status, stuck).events if e.reason == "Unschedulable"]  # said once
+
+    long_ago = "2020-01-01T00:00:00Z"
+    late = {
+        "download-data": JobView(
+            name="r-download-data", state="Pending", unschedulable=why, unschedulable_since=long_ago
+        )
+    }
+    failed = _decide(d.status, late)
+    assert failed.status.phase == Phase.FAILED and failed.suspend == ["r-download-data"]
+    cond = next(c for c in failed.status.conditions if c.type == "Failed")
+    assert cond.reason == "Unschedulable" and "schedulingTimeoutSeconds" in cond.message and why in cond.message
