@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlperf_harness import steps
 from mlperf_harness.spec import MLPerfRunSpec
 from mlperf_harness.workspace import Workspace
@@ -36,6 +37,13 @@ def workspace(run: str, **over: Any) -> Workspace:
     for step in (steps.download_model, steps.download_data, steps.preprocess):
         step(ws)
     return ws
+
+
+def images(ws: Workspace) -> np.ndarray:
+    """resnet50's preprocessed images, (N, 3, 224, 224), in RAM."""
+    from mlperf_harness.benchmarks.resnet50 import INPUT
+
+    return np.asarray(ws.samples().fixed[INPUT])
 
 
 def machine() -> str:

@@ -32,15 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine, stamp, workspace
+from _common import images, machine, stamp, workspace
 from mlperf_harness import steps
 from mlperf_harness.backends.torch_backend import REWRITES, PyTorchBackend
+from mlperf_harness.benchmarks.resnet50 import INPUT
 
 ANCHORS = {
     "TensorRT 1x H100 (v4.0) Offline": 88_714.0,
     "TensorRT 8x H200 (v4.1) Offline, per GPU": 756_960.0 / 8,
     "INT8 physical limit (8.2 GFLOP/image)": 240_000.0,
 }
+SOFTMAX = "softmax_tensor:0"  # the model's probabilities, for accuracy against FP32
 ALL = ",".join(REWRITES)
 GPU = {"gpuProduct": "NVIDIA-H200", "gpuCount": 1}
 SAMPLES = 1024
@@ -59,7 +61,7 @@ def backend(model: Path, batch: int, precision: str, compile_mode: str, output: 
     os.environ["MLPERF_TORCH_REWRITES"] = rewrites
     b = PyTorchBackend()
     b.compile_mode = compile_mode
-    b.load(model, batch, precision, output_name=output)
+    b.load(model, batch, precision, outputs=[output])
     return b
 
 
@@ -98,7 +100,7 @@ def accuracy_check(model: Path, data: np.ndarray, batch: int, precision: str, co
     random_inputs = (rng.standard_normal((batch, *data.shape[1:])) * 60).astype(np.float32)
     sets = {"synthetic samples": data[:batch], "random inputs": random_inputs}
     ref = backend(model, batch, "fp32", "off", "softmax_tensor:0")
-    wants = {name: ref.predict(x).astype(np.float64) for name, x in sets.items()}
+    wants = {name: ref.predict({INPUT: x})[SOFTMAX].astype(np.float64) for name, x in sets.items()}
     out: dict[str, float] = {}
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     cpu = sess.run(["softmax_tensor:0"], {"input_tensor:0": data[:256]})[0]
@@ -110,12 +112,12 @@ def accuracy_check(model: Path, data: np.ndarray, batch: int, precision: str, co
     release(ref)
     fast = backend(model, batch, precision, compile_mode, "softmax_tensor:0")
     fast.reserve_samples(batch)
-    fast.warmup(batch)
+    fast.warmup({})
     for name, x in sets.items():
         want = wants[name]
-        fast.stage_samples(x)
-        got = fast.predict_rows(np.arange(len(x))).astype(np.float64)
-        again = fast.predict_rows(np.arange(len(x))[::-1])[::-1]  # same samples, other rows order
+        fast.stage_samples({INPUT: x})
+        got = fast.predict_rows(np.arange(len(x)))[SOFTMAX].astype(np.float64)
+        again = fast.predict_rows(np.arange(len(x))[::-1])[SOFTMAX][::-1]  # same samples, other rows order
         if not np.allclose(again, got, atol=1e-3):
             raise SystemExit(f"accuracy check FAILED on {name}: a second run in another order differs")
         rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
@@ -137,7 +139,7 @@ def plain_loop(
 
     b = backend(model, batch, precision, compile_mode, "ArgMax:0", rewrites)
     b.reserve_samples(len(data))
-    b.stage_samples(data)
+    b.stage_samples({INPUT: data})
     graph, static_in, _ = b._graph_for(batch)
     static_in.copy_(torch.randint(0, len(data), (batch,), device=static_in.device))
     for _ in range(3):
@@ -250,7 +252,7 @@ def main() -> None:
     figures: dict[str, Any] = {"date": stamp(), "machine": machine(), "gpu": torch.cuda.get_device_name(0)}
     print(f"resnet50 pytorch {torch.__version__} on {figures['gpu']}, {machine()}, {stamp()}", flush=True)
     prep = workspace("bench-gpu-prepare", dataset={"synthetic": {"samples": SAMPLES}})
-    data = np.load(prep.samples_path())
+    data = images(prep)
     model = prep.bench.model_file(prep.model_dir)
 
     if args.server_grid:

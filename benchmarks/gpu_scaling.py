@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from _common import machine, stamp, workspace
+from _common import images, machine, stamp, workspace
 from gpu_h200 import harness, plain_loop
 
 
@@ -26,7 +26,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--instances", type=int, default=None, help="instances per GPU (default: the harness config's)")
     args = ap.parse_args()
-    import numpy as np
     import torch
 
     visible = torch.cuda.device_count()
@@ -34,7 +33,7 @@ def main() -> None:
         raise SystemExit(f"--gpus asks for {max(args.gpus)} GPUs, {visible} visible here")
     print(f"resnet50 Offline scaling on {visible}x {torch.cuda.get_device_name(0)}, {machine()}, {stamp()}")
     prep = workspace("bench-gpu-prepare", dataset={"synthetic": {"samples": 1024}})
-    one = plain_loop(prep.bench.model_file(prep.model_dir), np.load(prep.samples_path()), args.batch, "fp16", "off")
+    one = plain_loop(prep.bench.model_file(prep.model_dir), images(prep), args.batch, "fp16", "off")
     rows = []
     for n in args.gpus:
         got, validity = harness("Offline", args.batch, args.seconds, one * n, "off", f"x{n}", args.instances, gpus=n)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from _common import machine, offline_run, stamp, workspace
+from _common import images, machine, offline_run, stamp, workspace
 
 
 def plain_loop(model: str, data: np.ndarray, batch: int, seconds: float) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating plain/harness pairs")
     args = ap.parse_args()
     ws = workspace("bench-ort-prepare")
-    data = np.load(ws.samples_path())  # in RAM, as the harness's QSL holds it
+    data = images(ws)  # in RAM, as the harness's QSL holds it
     model = str(ws.bench.model_file(ws.model_dir))
     print(f"resnet50 onnxruntime {ort.__version__} Offline, {len(data)} synthetic samples, {machine()}, {stamp()}")
     sweep = {b: plain_loop(model, data, b, args.sweep_seconds) for b in args.batches}

@@ -21,20 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .benchmarks import preprocess_version
 from .spec import MLPerfRunSpec, Source
 
 ArtifactKind = Literal["dataset", "preprocessed", "model", "engine"]
 
-# Bump when a benchmark's preprocessing or a generator changes its output: old artifacts are then
-# no longer reused.
-PREPROCESS_VERSION: dict[str, int] = {
-    "resnet50": 1,
-    "ssd-resnet34": 1,
-    "bert": 1,
-    "dlrm": 1,
-    "rnnt": 1,
-    "3d-unet": 1,
-}
 SYNTHETIC_GENERATOR_VERSION = 1
 
 # Defaults when the spec does not override them; the harness config refines per scenario.
@@ -127,7 +118,7 @@ def model(spec: MLPerfRunSpec) -> Artifact:
 def preprocessed(spec: MLPerfRunSpec) -> Artifact:
     inputs = {
         "dataset": dataset(spec).key,
-        "preprocess": PREPROCESS_VERSION[spec.benchmark],
+        "preprocess": preprocess_version(spec.benchmark),
         "dtype": input_dtype_of(spec),
     }
     return _make("preprocessed", spec.benchmark, inputs)

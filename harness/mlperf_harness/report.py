@@ -144,13 +144,18 @@ def _write_audit(src: Path, dst: Path, keep: int) -> None:
         truncate_log(acc / ACC_LOG, dst / "accuracy" / ACC_LOG, keep)
 
 
+_DTYPE_WORDS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # numpy names in MLPerf words
+
+
 def _measurements(ws: Workspace) -> dict[str, object]:
     """The implementation facts every round's checker requires (SYSTEM_IMP_REQUIRED_FILES)."""
     spec = ws.spec
     model = ws.bench.model_file(ws.model_dir).name if ws.bench.capabilities.get("model") else ""
     precision = artifacts.precision_of(spec)
     return {
-        "input_data_types": artifacts.input_dtype_of(spec),
+        "input_data_types": ", ".join(
+            dict.fromkeys(_DTYPE_WORDS.get(t.dtype, t.dtype) for t in ws.bench.inputs(artifacts.input_dtype_of(spec)))
+        ),
         "retraining": "No",
         "starting_weights_filename": model,
         "weight_data_types": precision,

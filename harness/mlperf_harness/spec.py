@@ -14,9 +14,8 @@ from typing import Annotated, Any, Literal, cast
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .suites import ConfigVer, Scenario, load_suite
+from .suites import BENCHMARKS, BenchmarkName, ConfigVer, Scenario, load_suite
 
-Benchmark = Literal["resnet50", "ssd-resnet34", "bert", "dlrm", "rnnt", "3d-unet"]
 SuiteName = Literal["v1.0", "v6.1"]
 TestMode = Literal["PerformanceOnly", "AccuracyOnly"]
 AuditTest = Literal["TEST01", "TEST04", "TEST04-A", "TEST04-B", "TEST05"]
@@ -328,8 +327,8 @@ class MLPerfRunSpec(SpecModel):
 
     model_config = ConfigDict(json_schema_extra=cast(Any, _spec_rules))
 
-    benchmark: Benchmark = Field(
-        description="Benchmark: resnet50, ssd-resnet34, bert, dlrm, rnnt or 3d-unet.",
+    benchmark: BenchmarkName = Field(
+        description=f"Benchmark: {', '.join(BENCHMARKS[:-1])} or {BENCHMARKS[-1]}.",
     )
     suite: SuiteName = Field(
         default="v1.0",

@@ -16,13 +16,14 @@ from typing import cast
 
 from . import artifacts, audits
 from .backends import Backend, backend_class, get_backend
-from .backends.base import TensorSpec
 from .backends.null import NullBackend
+from .benchmarks.base import MODEL
 from .config import HarnessConfig, build_config
 from .errors import HarnessError
 from .fsutil import atomic_write_json, atomic_write_text, read_marker, write_marker
 from .loadgen.logs import Summary, detail_errors, parse_summary
 from .results import AuditResult, AuditVerdict, ScenarioResult, StepOutcome, write_termination_message
+from .samples import SampleStore
 from .suites import Scenario, load_suite
 from .workspace import Workspace
 
@@ -89,10 +90,11 @@ def preprocess(ws: Workspace) -> StepOutcome:
         return hit
     ws.require(ws.dataset_dir, "dataset", "download-data")
     out.mkdir(parents=True, exist_ok=True)
-    dtype = artifacts.input_dtype_of(ws.spec)
-    meta = ws.bench.preprocess(ws.dataset_dir, out, dtype, quiet=ws.quiet)
-    write_marker(out, "preprocess", [out / f"{dtype}.npy", out / "val_map.txt"], meta=meta)
-    return StepOutcome(step="preprocess", ok=True, message=f"preprocessed {meta.get('count')} samples ({dtype})")
+    variant = artifacts.input_dtype_of(ws.spec)
+    files = ws.bench.preprocess(ws.dataset_dir, out, variant, quiet=ws.quiet)
+    store = SampleStore(out, ws.bench.inputs(variant))
+    write_marker(out, "preprocess", files, count=store.count, synthetic=bool(store.facts.get("synthetic")))
+    return StepOutcome(step="preprocess", ok=True, message=f"preprocessed {store.count} samples ({variant})")
 
 
 def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
@@ -111,19 +113,19 @@ def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
     spec = ws.spec
     builder = cls()
     builder.configure(build_config(spec, cast(Scenario, scenario)))
-    if hasattr(builder, "int8_input_scale"):
-        builder.int8_input_scale = getattr(ws.bench, "int8_input_scale", None)
-    engine = builder.build_engine(
-        ws.bench.model_file(ws.model_dir), out, artifacts.batch_size_of(spec, scenario), artifacts.precision_of(spec)
-    )
-    # The engine and what the backend wrote beside it (a compile cache), each checksummed.
-    files = (
-        sorted(f for f in out.iterdir() if f.is_file() and not f.name.startswith(".")) if engine.parent == out else []
-    )
-    write_marker(
-        out, "build-engine", files, engine=engine.name if files else None, backend=cls.name, version=cls.version()
-    )
-    return StepOutcome(step="build-engine", ok=True, message=f"engine ready: {engine.name}")
+    batch, precision = artifacts.batch_size_of(spec, scenario), artifacts.precision_of(spec)
+    inputs = ws.bench.inputs(artifacts.input_dtype_of(spec))
+    engines = {
+        part: builder.build_engine(path, out, batch, precision, inputs)
+        for part, path in ws.bench.model_files(ws.model_dir).items()
+    }
+    # The engines and what the backend wrote beside them (a compile cache), each checksummed; a
+    # part the backend runs as it is (the model itself) is not copied.
+    built = {part: e.name for part, e in engines.items() if e.parent == out}
+    files = sorted(f for f in out.iterdir() if f.is_file() and not f.name.startswith(".")) if built else []
+    write_marker(out, "build-engine", files, engines=built, backend=cls.name, version=cls.version())
+    names = ", ".join(e.name for e in engines.values())
+    return StepOutcome(step="build-engine", ok=True, message=f"engine ready: {names}")
 
 
 # --- run-harness ---------------------------------------------------------------------------
@@ -132,10 +134,7 @@ def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
 def _backend_factory(ws: Workspace, mode: str) -> Callable[[], Backend]:
     def make() -> Backend:
         if ws.spec.backend == "null":
-            b: Backend = NullBackend(
-                TensorSpec(ws.bench.output_name, (None,), "int64"),
-                TensorSpec(ws.bench.input_name, (None, *ws.bench.sample_shape()), "float32"),
-            )
+            b: Backend = NullBackend(ws.bench.outputs, ws.bench.inputs(artifacts.input_dtype_of(ws.spec)))
         else:
             b = get_backend(ws.spec.backend)
         wrap = ws.perf_backend_wrapper
@@ -163,9 +162,9 @@ def _execute(
         if not ok:
             raise HarnessError(f"{ws.spec.backend}: not usable here: {why}")
     ws.require(ws.preprocessed_dir, "preprocessed data", "preprocess")
-    model = ws.model_path(cfg.scenario) if ws.spec.backend != "null" else Path("/dev/null")
+    models = ws.model_paths(cfg.scenario) if ws.spec.backend != "null" else {MODEL: Path("/dev/null")}
     _clean(log_dir)
-    out = run_loadgen(cfg, mode, log_dir, ws.bench, ws.samples_path(), model, _backend_factory(ws, mode), audit)
+    out = run_loadgen(cfg, mode, log_dir, ws.bench, ws.preprocessed_dir, models, _backend_factory(ws, mode), audit)
     errors = out.errors + detail_errors(log_dir / DETAIL)
     summary = parse_summary(log_dir / SUMMARY) if mode == "PerformanceOnly" else None
     return summary, errors, out.device, out.backend

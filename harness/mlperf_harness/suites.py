@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,7 +19,8 @@ ConfigVer = Literal["default", "high_accuracy"]
 
 SUITE_NAMES: tuple[str, ...] = ("v1.0", "v6.1")
 CURRENT_ROUND = "v6.1"
-BENCHMARKS: tuple[str, ...] = ("resnet50", "ssd-resnet34", "bert", "dlrm", "rnnt", "3d-unet")
+BenchmarkName = Literal["resnet50", "ssd-resnet34", "bert", "dlrm", "rnnt", "3d-unet"]  # the v1.0 suite's six
+BENCHMARKS: tuple[str, ...] = get_args(BenchmarkName)
 SCENARIOS: tuple[str, ...] = ("Offline", "Server", "SingleStream", "MultiStream")
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from . import artifacts
 from .backends import engine_version
-from .benchmarks import Benchmark, get_benchmark
+from .benchmarks import get_benchmark
+from .benchmarks.base import Benchmark
 from .errors import HarnessError
 from .fsutil import read_marker, verify_marker_files
+from .samples import SampleStore
 from .spec import MLPerfRunSpec
 
 
@@ -60,22 +62,26 @@ class Workspace:
     def audit_dir(self, test: str, scenario: str) -> Path:
         return self.workdir.audit(self.run, test, scenario)
 
-    def samples_path(self) -> Path:
-        return self.preprocessed_dir / f"{artifacts.input_dtype_of(self.spec)}.npy"
+    def samples(self) -> SampleStore:
+        """The preprocessed sample store, checked against the benchmark's input tensors."""
+        return SampleStore(self.preprocessed_dir, self.bench.inputs(artifacts.input_dtype_of(self.spec)))
 
     def require(self, directory: Path, what: str, verb: str) -> None:
         if read_marker(directory) is None:
             raise HarnessError(f"{directory}: {what} not ready; run 'mlperf {verb}' first")
         verify_marker_files(directory)
 
-    def model_path(self, scenario: str) -> Path:
-        """The built engine when build-engine made one, else the downloaded model."""
+    def model_paths(self, scenario: str) -> dict[str, Path]:
+        """Each part of the model: its built engine where build-engine made one, else the
+        downloaded part."""
         engine = self.engine_dir(scenario)
-        marker = read_marker(engine)
-        if marker and marker.get("engine"):
-            return engine / str(marker["engine"])
-        self.require(self.model_dir, "model", "download-model")
-        return self.bench.model_file(self.model_dir)
+        built = (read_marker(engine) or {}).get("engines") or {}
+        if len(built) < len(self.bench.model_files(self.model_dir)):
+            self.require(self.model_dir, "model", "download-model")
+        return {
+            part: engine / built[part] if part in built else path
+            for part, path in self.bench.model_files(self.model_dir).items()
+        }
 
     def rel(self, path: Path) -> str:
         try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mlperf_harness.backends.base import Backend
+from mlperf_harness.benchmarks.base import MODEL
 from mlperf_harness.config import build_config
 from mlperf_harness.loadgen.runner import RunOutput, run_loadgen
 from mlperf_harness.spec import MLPerfRunSpec
@@ -53,5 +54,5 @@ def answers(log_dir: Path) -> dict[int, str]:
 def run_direct(ws: Any, scenario: str, mode: str, factory: Callable[[], Backend], **cfg_update: Any) -> RunOutput:
     """One LoadGen run of ``ws`` with backends from ``factory`` and harness-config fields changed."""
     cfg = build_config(ws.spec, scenario).model_copy(update=cfg_update)
-    model = ws.model_path(scenario) if ws.spec.backend != "null" else Path("/dev/null")
-    return run_loadgen(cfg, mode, ws.harness_dir(scenario, mode), ws.bench, ws.samples_path(), model, factory)
+    models = ws.model_paths(scenario) if ws.spec.backend != "null" else {MODEL: Path("/dev/null")}
+    return run_loadgen(cfg, mode, ws.harness_dir(scenario, mode), ws.bench, ws.preprocessed_dir, models, factory)

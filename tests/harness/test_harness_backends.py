@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from mlperf_harness.backends import BACKENDS, backend_class, get_backend
 from mlperf_harness.backends.null import NullBackend
+from mlperf_harness.benchmarks import get_benchmark
 from mlperf_harness.errors import HarnessError
+from mlperf_harness.samples import SampleStore
 
 
 def test_registry_knows_every_backend() -> None:
@@ -18,18 +20,19 @@ def test_registry_knows_every_backend() -> None:
 
 
 def test_null_backend_answers_right_shape_without_copying() -> None:
-    b = NullBackend()
+    b = NullBackend(get_benchmark("resnet50").outputs)
     b.load(Path("/dev/null"), 64, "fp32")
-    out = b.predict(np.empty((10, 0), dtype=np.float32))
+    out = b.predict({"": np.empty((10, 0), dtype=np.float32)})["ArgMax:0"]
     assert out.shape == (10,) and out.dtype == np.int64 and not b.consumes_input
 
 
 def test_onnxruntime_backend_runs_the_model(workdir: Path) -> None:
     model = next((workdir / "cache" / "model").glob("*/resnet50_v1.onnx"))
     b = get_backend("onnxruntime")
-    b.load(model, 2, "fp32", output_name="ArgMax:0")
-    assert b.input_spec.shape[1:] == (3, 224, 224) and b.output_spec.dtype == "int64"
-    out = b.predict(np.zeros((2, 3, 224, 224), dtype=np.float32))
+    b.load(model, 2, "fp32", outputs=["ArgMax:0"])
+    (inp,), (out_spec,) = b.input_specs, b.output_specs
+    assert inp.shape == (3, 224, 224) and out_spec.dtype == "int64"
+    out = b.predict({inp.name: np.zeros((2, 3, 224, 224), dtype=np.float32)})["ArgMax:0"]
     assert out.shape == (2,) and b.device() == "cpu"
 
 
@@ -46,11 +49,12 @@ def test_pytorch_backend_runs_the_same_onnx_on_cpu(workdir: Path) -> None:
         pytest.skip(f"pytorch: {why}")
     model = next((workdir / "cache" / "model").glob("*/resnet50_v1.onnx"))
     b = get_backend("pytorch")
-    b.load(model, 2, "fp32", output_name="ArgMax:0")
-    x = np.load(next((workdir / "cache" / "preprocessed").glob("*/fp32.npy")))[:2]  # well-separated logits
+    b.load(model, 2, "fp32", outputs=["ArgMax:0"])
+    store = SampleStore(next((workdir / "cache" / "preprocessed").glob("*/samples.json")).parent)
+    x = {name: a[:2] for name, a in store.fixed.items()}  # well-separated logits
     ort = get_backend("onnxruntime")
-    ort.load(model, 2, "fp32", output_name="ArgMax:0")
-    assert np.array_equal(b.predict(x), ort.predict(x))
+    ort.load(model, 2, "fp32", outputs=["ArgMax:0"])
+    assert np.array_equal(b.predict(x)["ArgMax:0"], ort.predict(x)["ArgMax:0"])
 
 
 def test_pytorch_rewrites_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,33 +29,39 @@ GPU = {"system": {"gpuProduct": "NVIDIA-H200", "gpuCount": 1}, "backend": "pytor
 
 def load(ws: Any, precision: str, output: str = "ArgMax:0") -> Any:
     b = get_backend("pytorch")
-    b.load(ws.bench.model_file(ws.model_dir), 8, precision, output_name=output)
+    b.load(ws.bench.model_file(ws.model_dir), 8, precision, outputs=[output])
     return b
+
+
+def images(ws: Any) -> np.ndarray:
+    [data] = ws.samples().fixed.values()
+    return np.asarray(data)
 
 
 def test_fused_fp16_matches_fp32_reference(workspace: Any) -> None:
     _cuda()
     ws = workspace(**GPU, precision="fp32")
-    data = np.load(ws.samples_path())[:8]
+    data = {"input_tensor:0": images(ws)[:8]}
     ref, fast = load(ws, "fp32", "softmax_tensor:0"), load(ws, "fp16", "softmax_tensor:0")
     # Every conv + ReLU and conv + add + ReLU of ResNet-50, the 4 projection shortcuts' biases
     # folded into them, the stem padded to 4 channels, the max-pool compiled.
     assert (fast.fused, fast.folded, fast.pools, fast._channels) == (49, 4, 1, 4)
-    want = ref.predict(data).astype(np.float64)
-    got = fast.predict(data).astype(np.float64)
+    want = ref.predict(data)["softmax_tensor:0"].astype(np.float64)
+    got = fast.predict(data)["softmax_tensor:0"].astype(np.float64)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2
 
 
 def test_resident_rows_answer_as_host_batches(workspace: Any) -> None:
     _cuda()
     ws = workspace(**GPU, precision="fp16")
-    data = np.load(ws.samples_path())
+    data = images(ws)
     host, resident = load(ws, "fp16"), load(ws, "fp16")
     assert resident.reserve_samples(len(data)) and resident.resident
-    resident.stage_samples(data)
-    resident.warmup(8)
+    resident.stage_samples({"input_tensor:0": data})
+    resident.warmup({})
     rows = np.array([5, 3, 30, 0, 7])  # a partial batch: padded to a bucket
-    assert np.array_equal(resident.predict_rows(rows), host.predict(data[rows]))
+    want = host.predict({"input_tensor:0": data[rows]})["ArgMax:0"]
+    assert np.array_equal(resident.predict_rows(rows)["ArgMax:0"], want)
 
 
 def test_two_fp16_instances_sharing_the_stream_answer_as_one(workspace: Any) -> None:

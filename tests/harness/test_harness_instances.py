@@ -12,6 +12,7 @@ from mlperf_harness import steps
 from mlperf_harness.backends import get_backend
 from mlperf_harness.backends.base import Backend
 from mlperf_harness.backends.faulty import HostResident, Paced
+from mlperf_harness.backends.null import NullBackend
 from mlperf_harness.loadgen.runner import RunOutput
 
 SERVER = {"category": "datacenter", "loadgen": {"minDurationMs": 500, "minQueryCount": 8, "targetQps": 40}}
@@ -32,7 +33,7 @@ def paced_nulls(
     made: list[Paced] = []
 
     def factory() -> Backend:
-        made.append(Paced(get_backend("null"), paces[min(len(made), len(paces) - 1)]))
+        made.append(Paced(NullBackend(ws.bench.outputs), paces[min(len(made), len(paces) - 1)]))
         return made[-1]
 
     return run_direct(ws, "Offline", "PerformanceOnly", factory, **cfg), made

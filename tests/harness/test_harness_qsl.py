@@ -1,26 +1,101 @@
-"""The QSL loads exactly the samples LoadGen asks for; the SUT answers each sample once."""
+"""The sample store holds fixed-shape and ragged named tensors without padding; the QSL loads
+exactly the samples LoadGen asks for; a sample can cost several rows of a batch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from mlperf_harness.backends.base import TensorSpec
+from mlperf_harness.errors import HarnessError
 from mlperf_harness.loadgen.qsl import SampleLibrary
+from mlperf_harness.samples import MANIFEST, SampleStore, write_samples
+
+FIXED = TensorSpec("x", (3,), "float32")
+ROWS = TensorSpec("rows", (None, 2), "int32")  # a sample of several rows (dlrm's shape)
+VOLUME = TensorSpec("vol", (1, None, None), "uint8")  # varying in two dimensions (3d-unet's shape)
 
 
-def test_load_exactly_the_requested_samples() -> None:
-    data = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
-    lib = SampleLibrary(data, performance_sample_count=4)
+def _samples(n: int) -> list[dict[str, np.ndarray]]:
+    return [
+        {
+            "x": np.arange(3, dtype=np.float32) + 10 * i,
+            "rows": np.full((i % 4 + 1, 2), i, dtype=np.int32),
+            "vol": np.full((1, i + 1, 2 * i + 1), i, dtype=np.uint8),
+        }
+        for i in range(n)
+    ]
+
+
+def _store(tmp_path: Path, n: int = 10) -> SampleStore:
+    write_samples(tmp_path, [FIXED, ROWS, VOLUME], iter(_samples(n)), n, synthetic=True)
+    return SampleStore(tmp_path, [FIXED, ROWS, VOLUME])
+
+
+def test_ragged_samples_round_trip_without_padding(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for i, want in enumerate(_samples(10)):
+        got = store.sample(i)
+        assert all(np.array_equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in want)
+    # Stored as the samples' own elements, no padding to the largest.
+    assert (tmp_path / "vol.bin").stat().st_size == sum(s["vol"].size for s in _samples(10))
+    assert store.facts["synthetic"] is True and store.ragged
+    assert list(store.leading("rows")) == [i % 4 + 1 for i in range(10)]
+
+
+def test_store_errors_name_the_file(tmp_path: Path) -> None:
+    _store(tmp_path)
+    with pytest.raises(HarnessError, match=r"samples\.json: x is float32\[3\], expected int8\[3\]"):
+        SampleStore(tmp_path, [TensorSpec("x", (3,), "int8")])
+    with pytest.raises(HarnessError, match=r"samples\.json: no tensor 'y'"):
+        SampleStore(tmp_path, [TensorSpec("y", (3,), "float32")])
+    raw = tmp_path / "vol.bin"
+    raw.write_bytes(raw.read_bytes()[:-5])
+    with pytest.raises(HarnessError, match=r"vol\.bin: \d+ bytes, expected \d+ \(truncated\?\)"):
+        SampleStore(tmp_path)
+    (tmp_path / MANIFEST).unlink()
+    with pytest.raises(HarnessError, match=r"samples\.json: missing preprocessed data; run preprocess first"):
+        SampleStore(tmp_path)
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    bad = [*_samples(3), {"x": np.zeros(4, np.float32)}]
+    with pytest.raises(HarnessError, match=r"sample 3: x has shape \(4,\), expected \(3,\)"):
+        write_samples(tmp_path, [FIXED, ROWS, VOLUME], iter(bad), 4)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_fixed_shape_and_dtype_name_the_file(tmp_path: Path) -> None:
+    _store(tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((10, 4), dtype=np.float32))
+    with pytest.raises(HarnessError, match=r"x\.npy: wrong tensor shape \(10, 4\), expected \(10, 3\)"):
+        SampleStore(tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((10, 3), dtype=np.float64))
+    with pytest.raises(HarnessError, match=r"x\.npy: wrong dtype float64"):
+        SampleStore(tmp_path)
+    (tmp_path / "x.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:100])
+    with pytest.raises(HarnessError, match=r"x\.npy: corrupt or truncated"):
+        SampleStore(tmp_path)
+
+
+def test_load_exactly_the_requested_samples(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    lib = SampleLibrary(store, performance_sample_count=4, cost_tensor="rows")
     assert lib.performance_count == 4
     lib.load([7, 2, 5, 0])
-    assert lib.ram.shape == (4, 3) and lib.ram.flags.c_contiguous
-    out = np.empty((8, 3), dtype=np.float32)
-    got = lib.gather(np.array([5, 7, 5]), out)
-    assert np.array_equal(got, data[[5, 7, 5]])
+    assert lib.ram["x"].shape == (4, 3) and lib.ram["x"].flags.c_contiguous
+    bufs = lib.buffers(8)
+    got = lib.gather(np.array([5, 7, 5]), bufs)
+    assert np.array_equal(got["x"], store.fixed["x"][[5, 7, 5]])
+    samples = lib.samples(np.array([7, 0]))
+    assert samples[0]["vol"].shape == (1, 8, 15) and np.array_equal(samples[1]["rows"], [[0, 0]])
+    assert list(lib.costs(np.array([7, 2, 5]))) == [4, 3, 2]
     with pytest.raises(RuntimeError, match="sample 3 was issued but not loaded"):
-        lib.gather(np.array([3]), out)
+        lib.gather(np.array([3]), bufs)
     lib.unload([7, 2, 5, 0])
-    assert lib.ram.shape == (0, 3)
+    assert lib.ram == {} and lib.ragged == []
 
 
-def test_performance_count_is_capped_by_the_dataset() -> None:
-    assert SampleLibrary(np.zeros((5, 2), dtype=np.float32), 1024).performance_count == 5
+def test_performance_count_is_capped_by_the_dataset(tmp_path: Path) -> None:
+    assert SampleLibrary(_store(tmp_path, 5), 1024).performance_count == 5

@@ -1,8 +1,9 @@
-"""The one interface every inference backend implements."""
+"""The one interface every inference backend implements: named tensors in, named tensors out."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,20 +13,38 @@ import numpy as np
 if TYPE_CHECKING:
     from ..config import HarnessConfig
 
+Tensors = Mapping[str, np.ndarray]
+
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One named tensor of a sample (or of a model's batch row): its per-sample shape, without the
+    batch dimension; ``None`` where a dimension varies from sample to sample."""
+
     name: str
-    shape: tuple[int | None, ...]  # None: the batch (or another dynamic) dimension
+    shape: tuple[int | None, ...]
     dtype: str  # numpy dtype name
+    # int8 tensors: the real value of one quantisation step (symmetric), for engines that take them as is.
+    scale: float | None = None
+
+    @property
+    def ragged(self) -> bool:
+        return any(d is None for d in self.shape)
+
+    def concrete(self, fill: int = 1) -> tuple[int, ...]:
+        """The shape with every varying dimension set to ``fill``."""
+        return tuple(fill if d is None else d for d in self.shape)
+
+    def zeros(self, n: int) -> np.ndarray:
+        return np.zeros((n, *self.concrete()), dtype=self.dtype)
 
 
 class Backend(ABC):
     """Load a model (or a built engine) once, then run batches.
 
-    ``predict`` takes a batch of preprocessed samples (N, ...) and returns the benchmark's chosen
-    output for those N samples, first dimension N. It is called from one worker thread at a time
-    per backend instance.
+    ``predict`` takes a batch of named input tensors (first dimension the batch) and returns the
+    named outputs the caller asked for at ``load`` (all, when it named none), first dimension the
+    batch. It is called from one worker thread at a time per backend instance.
     """
 
     name: str = "backend"
@@ -42,25 +61,18 @@ class Backend(ABC):
         """Take backend-specific settings from the harness config; called before ``load``."""
 
     @abstractmethod
-    def load(
-        self,
-        model_path: Path,
-        batch_size: int,
-        precision: str,
-        *,
-        output_name: str | None = None,
-    ) -> None: ...
+    def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None: ...
 
     @abstractmethod
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+    def predict(self, feeds: Tensors) -> dict[str, np.ndarray]: ...
 
     @property
     @abstractmethod
-    def input_spec(self) -> TensorSpec: ...
+    def input_specs(self) -> tuple[TensorSpec, ...]: ...
 
     @property
     @abstractmethod
-    def output_spec(self) -> TensorSpec: ...
+    def output_specs(self) -> tuple[TensorSpec, ...]: ...
 
     @classmethod
     def version(cls) -> str:
@@ -75,26 +87,27 @@ class Backend(ABC):
     def device(self) -> str:
         return "cpu"
 
-    def build_engine(self, model_path: Path, out_dir: Path, batch_size: int, precision: str) -> Path:
-        """Turn the model into what ``load`` runs fastest; the default runs the model as is."""
+    def build_engine(
+        self, model_path: Path, out_dir: Path, batch_size: int, precision: str, inputs: Sequence[TensorSpec] = ()
+    ) -> Path:
+        """Turn the model into what ``load`` runs fastest; the default runs the model as is.
+        ``inputs``: the benchmark's input tensors as the samples hold them (dtype, int8 scale)."""
         return model_path
 
-    def warmup(self, batch_size: int, rounds: int = 2) -> None:
-        shape = tuple(batch_size if d is None else d for d in self.input_spec.shape)
-        dummy = np.zeros(shape, dtype=self.input_spec.dtype)
+    def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
         for _ in range(rounds):
-            self.predict(dummy)
+            self.predict(feeds)
 
     def reserve_samples(self, capacity: int) -> bool:
         """Keep up to ``capacity`` loaded samples in device memory; False where the backend cannot
         (the SUT then gathers samples on the host and calls ``predict``). Called after ``load``."""
         return False
 
-    def stage_samples(self, samples: np.ndarray) -> None:
-        """Copy a newly loaded sample set (rows in load order) to the device."""
+    def stage_samples(self, samples: Tensors) -> None:
+        """Copy a newly loaded sample set (named tensors, rows in load order) to the device."""
         raise NotImplementedError(f"{self.name}: no device-resident samples")
 
-    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+    def predict_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """``predict`` for the staged samples at ``rows``."""
         raise NotImplementedError(f"{self.name}: no device-resident samples")
 
@@ -108,15 +121,26 @@ class Backend(ABC):
 class ModelBackend(Backend):
     """A backend whose tensor specs are read off the model by ``load``."""
 
-    _in: TensorSpec | None = None
-    _out: TensorSpec | None = None
+    _ins: tuple[TensorSpec, ...] = ()
+    _outs: tuple[TensorSpec, ...] = ()
 
     @property
-    def input_spec(self) -> TensorSpec:
-        assert self._in is not None, "load() first"
-        return self._in
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        assert self._ins, "load() first"
+        return self._ins
 
     @property
-    def output_spec(self) -> TensorSpec:
-        assert self._out is not None, "load() first"
-        return self._out
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        assert self._outs, "load() first"
+        return self._outs
+
+
+def pick_outputs(available: Sequence[str], wanted: Sequence[str], model: str) -> list[str]:
+    """The outputs a caller asked for, in its order (all when it named none); an unknown name is
+    an error that lists what the model has."""
+    from ..errors import HarnessError
+
+    for name in wanted:
+        if name not in available:
+            raise HarnessError(f"{model}: has no output {name!r} (outputs: {', '.join(available)})")
+    return list(wanted) or list(available)

@@ -4,16 +4,19 @@ the audits can be seen to fail), and host-resident (the SUT's start_from_device 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from .base import Backend, TensorSpec
+from .base import Backend, Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from ..config import HarnessConfig
+
+Outputs = dict[str, np.ndarray]
+A = TypeVar("A")
 
 
 class _Wrapper(Backend):
@@ -26,29 +29,29 @@ class _Wrapper(Backend):
         self.inner.device_index = self.device_index
         self.inner.configure(cfg)
 
-    def load(self, model_path: Path, batch_size: int, precision: str, *, output_name: str | None = None) -> None:
-        self.inner.load(model_path, batch_size, precision, output_name=output_name)
+    def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
+        self.inner.load(model_path, batch_size, precision, outputs=outputs)
 
     def reserve_samples(self, capacity: int) -> bool:
         self.resident = self.inner.reserve_samples(capacity)
         return self.resident
 
-    def stage_samples(self, samples: np.ndarray) -> None:
+    def stage_samples(self, samples: Tensors) -> None:
         self.inner.stage_samples(samples)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.inner.predict(batch)
+    def predict(self, feeds: Tensors) -> Outputs:
+        return self.inner.predict(feeds)
 
-    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+    def predict_rows(self, rows: np.ndarray) -> Outputs:
         return self.inner.predict_rows(rows)
 
     @property
-    def input_spec(self) -> TensorSpec:
-        return self.inner.input_spec
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return self.inner.input_specs
 
     @property
-    def output_spec(self) -> TensorSpec:
-        return self.inner.output_spec
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return self.inner.output_specs
 
     def device(self) -> str:
         return self.inner.device()
@@ -65,17 +68,21 @@ class Paced(_Wrapper):
         super().__init__(inner)
         self.seconds = seconds
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._paced(self.inner.predict, batch)
+    def predict(self, feeds: Tensors) -> Outputs:
+        return self._paced(self.inner.predict, feeds)
 
-    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+    def predict_rows(self, rows: np.ndarray) -> Outputs:
         return self._paced(self.inner.predict_rows, rows)
 
-    def _paced(self, run: Callable[[np.ndarray], np.ndarray], arg: np.ndarray) -> np.ndarray:
+    def _paced(self, run: Callable[[A], Outputs], arg: A) -> Outputs:
         deadline = time.monotonic() + self.seconds
         out = run(arg)
         time.sleep(max(0.0, deadline - time.monotonic()))
         return out
+
+
+def _shifted(outputs: Outputs) -> Outputs:
+    return {name: out + np.ones(1, dtype=out.dtype) for name, out in outputs.items()}
 
 
 class CorruptOutputs(_Wrapper):
@@ -84,13 +91,17 @@ class CorruptOutputs(_Wrapper):
     Used for performance-mode runs only, which is exactly what TEST01 must catch.
     """
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        out = self.inner.predict(batch)
-        return out + np.ones(1, dtype=out.dtype)
+    def predict(self, feeds: Tensors) -> Outputs:
+        return _shifted(self.inner.predict(feeds))
 
-    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
-        out = self.inner.predict_rows(rows)
-        return out + np.ones(1, dtype=out.dtype)
+    def predict_rows(self, rows: np.ndarray) -> Outputs:
+        return _shifted(self.inner.predict_rows(rows))
+
+
+def _row_keys(feeds: Tensors) -> list[bytes]:
+    """One key per batch row: the bytes of every input tensor's row."""
+    arrays = list(feeds.values())
+    return [b"".join(a[i].tobytes() for a in arrays) for i in range(len(arrays[0]))]
 
 
 class CachingOutputs(_Wrapper):
@@ -99,15 +110,17 @@ class CachingOutputs(_Wrapper):
 
     def __init__(self, inner: Backend) -> None:
         super().__init__(inner)
-        self.cache: dict[bytes, np.ndarray] = {}
+        self.cache: dict[bytes, dict[str, np.ndarray]] = {}
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        keys = [row.tobytes() for row in batch]
+    def predict(self, feeds: Tensors) -> Outputs:
+        keys = _row_keys(feeds)
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
         if missing:
-            for i, out in zip(missing, self.inner.predict(batch[missing]), strict=True):
-                self.cache[keys[i]] = out
-        return np.stack([self.cache[k] for k in keys])
+            out = self.inner.predict({name: a[missing] for name, a in feeds.items()})
+            for j, i in enumerate(missing):
+                self.cache[keys[i]] = {name: o[j] for name, o in out.items()}
+        names = self.cache[keys[0]].keys()
+        return {name: np.stack([self.cache[k][name] for k in keys]) for name in names}
 
 
 class HostResident(_Wrapper):
@@ -116,7 +129,7 @@ class HostResident(_Wrapper):
 
     def __init__(self, inner: Backend) -> None:
         super().__init__(inner)
-        self.samples: np.ndarray | None = None
+        self.samples: dict[str, np.ndarray] | None = None
         self.stages = 0
         self.rows_served = 0
 
@@ -124,11 +137,11 @@ class HostResident(_Wrapper):
         self.resident = True
         return True
 
-    def stage_samples(self, samples: np.ndarray) -> None:
-        self.samples = samples.copy()
+    def stage_samples(self, samples: Tensors) -> None:
+        self.samples = {name: a.copy() for name, a in samples.items()}
         self.stages += 1
 
-    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+    def predict_rows(self, rows: np.ndarray) -> Outputs:
         assert self.samples is not None, "rows predicted before any samples were staged"
         self.rows_served += len(rows)
-        return self.inner.predict(self.samples[rows])
+        return self.inner.predict({name: a[rows] for name, a in self.samples.items()})

@@ -1,43 +1,45 @@
-"""A backend that answers at once with the right shape: measures the harness, not a model."""
+"""A backend that answers at once with the benchmark's real output tensors (zeros): measures
+the harness, not a model."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, TensorSpec
+from .base import Backend, Tensors, TensorSpec
 
 
 class NullBackend(Backend):
     name = "null"
     consumes_input = False
 
-    def __init__(self, output: TensorSpec | None = None, input_spec: TensorSpec | None = None) -> None:
-        self._out = output or TensorSpec("ArgMax:0", (None,), "int64")
-        self._in = input_spec or TensorSpec("input_tensor:0", (None, 3, 224, 224), "float32")
-        self._zeros = np.zeros(0, dtype=self._out.dtype)
+    def __init__(self, outputs: Sequence[TensorSpec], inputs: Sequence[TensorSpec] = ()) -> None:
+        self._outs = tuple(outputs)
+        self._ins = tuple(inputs)
+        self._zeros: dict[str, np.ndarray] = {}
 
-    def load(self, model_path: Path, batch_size: int, precision: str, *, output_name: str | None = None) -> None:
+    def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
         self._grow(batch_size)
 
     def _grow(self, n: int) -> None:
-        tail = tuple(d or 1 for d in self._out.shape[1:])
-        self._zeros = np.zeros((n, *tail), dtype=self._out.dtype)
+        self._zeros = {s.name: s.zeros(n) for s in self._outs}
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        n = len(batch)
-        if n > len(self._zeros):
+    def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:
+        # The batch size is the first dimension of whatever the SUT passed (a placeholder).
+        n = len(next(iter(feeds.values()))) if feeds else 0
+        if any(n > len(z) for z in self._zeros.values()):
             self._grow(n)
-        return self._zeros[:n]  # a view: no allocation per batch
+        return {name: z[:n] for name, z in self._zeros.items()}  # views: no allocation per batch
 
     @property
-    def input_spec(self) -> TensorSpec:
-        return self._in
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return self._ins
 
     @property
-    def output_spec(self) -> TensorSpec:
-        return self._out
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return self._outs
 
     @classmethod
     def version(cls) -> str:

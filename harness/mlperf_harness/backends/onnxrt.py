@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import HarnessError
-from .base import ModelBackend, TensorSpec
+from .base import ModelBackend, Tensors, TensorSpec, pick_outputs
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -25,7 +26,8 @@ def _bad_model(path: Path, exc: Exception) -> HarnessError:
 
 
 def _spec(arg: object) -> TensorSpec:
-    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)  # type: ignore[attr-defined]
+    """A graph input or output as a per-sample spec (its first dimension is the batch)."""
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape[1:])  # type: ignore[attr-defined]
     return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, "float32"))  # type: ignore[attr-defined]
 
 
@@ -35,7 +37,7 @@ class OnnxRuntimeBackend(ModelBackend):
     def __init__(self, threads: int | None = None) -> None:
         self._threads = threads
         self._session: object | None = None
-        self._output: str | None = None
+        self._names: list[str] = []
         self._provider = "CPUExecutionProvider"
 
     @classmethod
@@ -62,7 +64,7 @@ class OnnxRuntimeBackend(ModelBackend):
             opts.intra_op_num_threads = threads
         return opts
 
-    def load(self, model_path: Path, batch_size: int, precision: str, *, output_name: str | None = None) -> None:
+    def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
         import onnxruntime as ort
 
         if precision not in ("fp32",):
@@ -78,20 +80,19 @@ class OnnxRuntimeBackend(ModelBackend):
             raise _bad_model(model_path, exc) from None
         self._session = sess
         self._provider = sess.get_providers()[0]
-        outputs = {o.name: o for o in sess.get_outputs()}
-        name = output_name or next(iter(outputs))
-        if name not in outputs:
-            raise HarnessError(f"{model_path.name}: has no output {name!r} (outputs: {', '.join(outputs)})")
-        self._output = name
-        self._in = _spec(sess.get_inputs()[0])
-        self._out = _spec(outputs[name])
+        graph_outputs = {o.name: o for o in sess.get_outputs()}
+        self._names = pick_outputs(list(graph_outputs), outputs, model_path.name)
+        self._ins = tuple(_spec(i) for i in sess.get_inputs())
+        self._outs = tuple(_spec(graph_outputs[n]) for n in self._names)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        assert self._session is not None and self._in is not None, "load() first"
-        out = self._session.run([self._output], {self._in.name: batch})  # type: ignore[attr-defined]
-        return np.asarray(out[0])
+    def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:
+        assert self._session is not None, "load() first"
+        out = self._session.run(self._names, dict(feeds))  # type: ignore[attr-defined]
+        return {name: np.asarray(o) for name, o in zip(self._names, out, strict=True)}
 
-    def build_engine(self, model_path: Path, out_dir: Path, batch_size: int, precision: str) -> Path:
+    def build_engine(
+        self, model_path: Path, out_dir: Path, batch_size: int, precision: str, inputs: Sequence[TensorSpec] = ()
+    ) -> Path:
         """Save ORT's optimised graph (basic level, portable across CPUs) as the 'engine'."""
         import onnxruntime as ort
 

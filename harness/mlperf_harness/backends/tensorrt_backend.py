@@ -6,13 +6,14 @@ Untested on the project's machines: TensorRT cannot be installed there (see BENC
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import HarnessError
-from .base import ModelBackend, TensorSpec
+from .base import ModelBackend, Tensors, TensorSpec, pick_outputs
 from .cuda_buffers import DeviceBuffer, Stream, device_name
 
 _TRT_DTYPES = {
@@ -80,8 +81,7 @@ class TensorRTBackend(ModelBackend):
         self._stream: Stream | None = None
         self._bufs: dict[str, DeviceBuffer] = {}
         self.calibration_batches: list[np.ndarray] | None = None
-        # int8 engines take the preprocessed int8 samples as they are: input scale per benchmark.
-        self.int8_input_scale: float | None = None
+        self._out_names: list[str] = []
 
     @classmethod
     def version(cls) -> str:
@@ -102,7 +102,9 @@ class TensorRTBackend(ModelBackend):
             return False, "cuda-python is not installed"
         return True, ""
 
-    def build_engine(self, model_path: Path, out_dir: Path, batch_size: int, precision: str) -> Path:
+    def build_engine(
+        self, model_path: Path, out_dir: Path, batch_size: int, precision: str, inputs: Sequence[TensorSpec] = ()
+    ) -> Path:
         trt = _trt()
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
@@ -121,13 +123,16 @@ class TensorRTBackend(ModelBackend):
             config.set_flag(trt.BuilderFlag.INT8)
             config.int8_calibrator = _Calibrator(out_dir / "calibration.cache", self.calibration_batches)
         # One profile per batch size: min 1 so partial batches run without padding, opt = max = batch.
-        inp = network.get_input(0)
-        if precision == "int8" and self.int8_input_scale:
-            inp.dtype = trt.int8
-            inp.dynamic_range = (-128 * self.int8_input_scale, 127 * self.int8_input_scale)
+        scales = {s.name: s.scale for s in inputs if s.scale}
         profile = builder.create_optimization_profile()
-        tail = tuple(inp.shape)[1:]
-        profile.set_shape(inp.name, (1, *tail), (batch_size, *tail), (batch_size, *tail))
+        for i in range(network.num_inputs):
+            inp = network.get_input(i)
+            if precision == "int8" and inp.name in scales:
+                # int8 samples go in as they are: the benchmark's quantisation step gives the range.
+                inp.dtype = trt.int8
+                inp.dynamic_range = (-128 * scales[inp.name], 127 * scales[inp.name])
+            tail = tuple(inp.shape)[1:]
+            profile.set_shape(inp.name, (1, *tail), (batch_size, *tail), (batch_size, *tail))
         config.add_optimization_profile(profile)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
@@ -136,7 +141,7 @@ class TensorRTBackend(ModelBackend):
         target.write_bytes(bytes(plan))
         return target
 
-    def load(self, model_path: Path, batch_size: int, precision: str, *, output_name: str | None = None) -> None:
+    def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
         trt = _trt()
         if model_path.suffix != ".plan":
             raise HarnessError(f"{model_path.name}: tensorrt runs a built engine (.plan); run build-engine first")
@@ -147,32 +152,32 @@ class TensorRTBackend(ModelBackend):
         self._context = self._engine.create_execution_context()
         self._stream = Stream()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        out_name = output_name or outputs[0]
+        ins = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._out_names = pick_outputs([n for n in names if n not in ins], outputs, model_path.name)
+        specs: dict[str, TensorSpec] = {}
         for n in names:
             shape = tuple(batch_size if d < 0 else d for d in self._engine.get_tensor_shape(n))
             dtype = _TRT_DTYPES[self._engine.get_tensor_dtype(n).name]
             self._bufs[n] = DeviceBuffer(shape, dtype)
             self._context.set_tensor_address(n, self._bufs[n].ptr)
-            spec = TensorSpec(n, (None, *shape[1:]), dtype)
-            if n == inputs[0]:
-                self._in = spec
-            elif n == out_name:
-                self._out = spec
+            specs[n] = TensorSpec(n, tuple(shape[1:]), dtype)
+        self._ins = tuple(specs[n] for n in ins)
+        self._outs = tuple(specs[n] for n in self._out_names)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        assert self._in is not None and self._out is not None and self._stream is not None
-        n = len(batch)
-        ibuf, obuf = self._bufs[self._in.name], self._bufs[self._out.name]
-        ibuf.host[:n] = batch
-        self._context.set_input_shape(self._in.name, (n, *ibuf.shape[1:]))
-        ibuf.to_device(self._stream, batch.nbytes)
+    def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:
+        assert self._stream is not None, "load() first"
+        n = len(next(iter(feeds.values())))
+        for spec in self._ins:
+            buf, batch = self._bufs[spec.name], feeds[spec.name]
+            buf.host[:n] = batch
+            self._context.set_input_shape(spec.name, (n, *buf.shape[1:]))
+            buf.to_device(self._stream, batch.nbytes)
         self._context.execute_async_v3(self._stream.handle)
-        row = obuf.nbytes // obuf.shape[0]
-        obuf.to_host(self._stream, row * n)
+        for name in self._out_names:
+            buf = self._bufs[name]
+            buf.to_host(self._stream, buf.nbytes // buf.shape[0] * n)
         self._stream.synchronize()
-        return obuf.host[:n]
+        return {name: self._bufs[name].host[:n] for name in self._out_names}
 
     def device(self) -> str:
         return f"cuda:0 {device_name(0)}"

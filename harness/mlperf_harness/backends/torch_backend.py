@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..errors import HarnessError
 from ..fsutil import atomic_write_bytes
-from .base import ModelBackend, TensorSpec
+from .base import ModelBackend, Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from ..config import HarnessConfig
@@ -220,6 +221,8 @@ class PyTorchBackend(ModelBackend):
         self._stream: Any = None
         self._capture_stream: Any = None
         self._out_index = 0
+        self._in: TensorSpec | None = None  # with the batch dimension
+        self._out: TensorSpec | None = None
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}  # bucket -> (graph, static in, static out)
         self._samples: Any = None  # staged samples, (capacity, H, W, C) on the device
         self._pinned_in: Any = None
@@ -256,7 +259,22 @@ class PyTorchBackend(ModelBackend):
     def on_gpu(self) -> bool:
         return self._dev is not None and self._dev.type == "cuda"
 
-    def load(self, model_path: Path, batch_size: int, precision: str, *, output_name: str | None = None) -> None:
+    # This backend runs one input and one output (as resnet50's model has); its internal specs keep
+    # the batch dimension, the interface's are per sample.
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        assert self._in is not None, "load() first"
+        return (TensorSpec(self._in.name, self._in.shape[1:], self._in.dtype),)
+
+    @property
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        assert self._out is not None, "load() first"
+        return (TensorSpec(self._out.name, self._out.shape[1:], self._out.dtype),)
+
+    def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
+        if len(outputs) > 1:
+            raise HarnessError(f"{model_path.name}: the pytorch backend returns one output, not {len(outputs)}")
+        output_name = outputs[0] if outputs else None
         torch = _torch()
         if not model_path.is_file():
             raise HarnessError(f"{model_path}: missing model file")
@@ -344,7 +362,9 @@ class PyTorchBackend(ModelBackend):
             atomic_write_bytes(self.compile_cache, saved[0])
         return self.compile_cache
 
-    def build_engine(self, model_path: Path, out_dir: Path, batch_size: int, precision: str) -> Path:
+    def build_engine(
+        self, model_path: Path, out_dir: Path, batch_size: int, precision: str, inputs: Sequence[TensorSpec] = ()
+    ) -> Path:
         """On a GPU with torch.compile on, the engine is the model (linked in) plus the compile's
         artifacts; otherwise the model runs as it is."""
         torch = _torch()
@@ -357,7 +377,8 @@ class PyTorchBackend(ModelBackend):
             except OSError:
                 shutil.copyfile(model_path, target)
         self.load(target, batch_size, precision)
-        self.warmup(batch_size)
+        assert self._in is not None
+        self.warmup({self._in.name: np.zeros((batch_size, *(d or 1 for d in self._in.shape[1:])), np.float32)})
         self.save_compile_cache()
         self.close()
         return target
@@ -382,14 +403,14 @@ class PyTorchBackend(ModelBackend):
             size *= 2
         return min(size, self._batch) if n <= self._batch else n
 
-    def warmup(self, batch_size: int, rounds: int = 2) -> None:
+    def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
         """Capture every bucket's CUDA graph now, on the loading thread: no capture during the
         timed run, and graphs are created and destroyed by the same thread."""
         if self.on_gpu and self.use_graphs and self._in is not None and len(self._in.shape) == 4:
             for n in sorted({self._bucket(k) for k in range(1, self._batch + 1)}):
                 self._graph_for(n)
             return
-        super().warmup(batch_size, rounds)
+        super().warmup(feeds, rounds)
 
     def _static_input(self, n: int) -> Any:
         torch = _torch()
@@ -434,8 +455,10 @@ class PyTorchBackend(ModelBackend):
         self.resident = True
         return True
 
-    def stage_samples(self, samples: np.ndarray) -> None:
+    def stage_samples(self, tensors: Tensors) -> None:
         torch = _torch()
+        assert self._in is not None
+        samples = tensors[self._in.name]
         n = len(samples)
         if n > len(self._samples):
             raise RuntimeError(f"pytorch: {n} samples loaded, {len(self._samples)} reserved")
@@ -476,16 +499,24 @@ class PyTorchBackend(ModelBackend):
         done.synchronize()  # this batch's event, not the stream: others may have queued behind it
         return _numpy(pin_out[:n])
 
-    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+    def _named(self, out: np.ndarray) -> dict[str, np.ndarray]:
+        assert self._out is not None
+        return {self._out.name: out}
+
+    def predict_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         torch = _torch()
         if self.use_graphs:
-            return self._replay(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)))
+            return self._named(self._replay(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))))
         with torch.inference_mode(), torch.cuda.device(self._dev):
             index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self._dev)
             out = self._from_rows(index, len(rows) == self._batch)
-            return _numpy(out)
+            return self._named(_numpy(out))
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:
+        assert self._in is not None, "load() first"
+        return self._named(self._predict(feeds[self._in.name]))
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
         torch = _torch()
         x = torch.from_numpy(np.ascontiguousarray(batch))
         if self.on_gpu and self.use_graphs and len(x.shape) == 4 and not self.resident:

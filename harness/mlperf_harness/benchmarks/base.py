@@ -1,37 +1,101 @@
-"""What every benchmark provides: data, model, preprocessing, postprocessing and accuracy."""
+"""The benchmark contract: everything the generic harness (steps, SUT, QSL, runner, report) needs
+to know about one benchmark, and nothing outside ``benchmarks/`` knows it.
+
+A benchmark owns:
+
+- its tensors: ``inputs(variant)`` (what a preprocessed sample holds and the model takes, per
+  sample, ``None`` where a dimension varies) and ``outputs`` (what the model returns that the
+  responses are made of); the null backend answers ``outputs`` at once;
+- its model's parts: ``model_files`` (one graph, or several that ``infer`` calls: rnnt's encoder,
+  prediction and joint networks);
+- its data: ``prepare_dataset``, ``prepare_model`` and ``preprocess`` (which writes a sample
+  store: fixed-shape or ragged named tensors, see ``samples.py``);
+- its batching: ``cost_tensor`` (a sample that is many rows, as dlrm's, is batched by rows),
+  ``collate`` (samples -> the model's batch; the default stacks fixed-shape tensors, gathered
+  straight into preallocated buffers) and ``infer`` (the model calls for one batch; the default
+  is one call, a decoder or a sliding window calls more);
+- its responses: ``responses`` turns a batch's outputs into each sample's bytes for LoadGen
+  (one array per sample, sizes may differ, or one (n, ...) array when they do not);
+- its accuracy: ``accuracy`` scores an accuracy log as the official script does, with every
+  metric the script prints.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..backends.base import Backend, Tensors, TensorSpec
 from ..errors import HarnessError
 from ..spec import Source
+
+MODEL = "model"  # the part name of a single-graph model
+Responses = np.ndarray | Sequence[np.ndarray]
 
 
 @dataclass(frozen=True)
 class AccuracyReport:
-    value: float  # in the metric's unit (percent for top-1)
+    metric: str  # the metric the round's target applies to (a key of ``metrics``)
+    metrics: dict[str, float]  # every figure the official script prints, in its units
     line: str  # exactly what the official accuracy script prints
-    metric: str
-    good: int = 0
-    total: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # e.g. good / total
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.metric]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What ``responses`` needs to know of the batch it answers: the samples' QSL indices, and
+    for benchmarks batched by rows each sample's row count (their outputs are concatenated)."""
+
+    indices: np.ndarray
+    costs: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def rows(self) -> int:
+        return len(self.indices) if self.costs is None else int(self.costs.sum())
 
 
 class Benchmark(ABC):
     name: str = ""
-    # Names of the model's input and of the output the harness responds with.
-    input_name: str = ""
-    output_name: str = ""
     # What is implemented; anything False raises ``not_implemented`` with a clear message.
     capabilities: dict[str, bool] = {}
+    # The tensor whose leading dimension counts a sample's rows when one sample is many model rows.
+    cost_tensor: str | None = None
+    # False where ``infer`` is more than one call on the sample tensors (no device-resident samples).
+    device_resident: bool = True
 
     def not_implemented(self, what: str) -> HarnessError:
-        return HarnessError(f"{self.name}: {what} not implemented yet (only resnet50 runs end to end)")
+        return HarnessError(f"{self.name}: {what} not implemented yet")
 
+    # --- tensors and model ----------------------------------------------------------------------
+    def inputs(self, variant: str) -> tuple[TensorSpec, ...]:
+        """The tensors of one preprocessed sample for an input variant (``float32``, or ``int8``
+        for engines that take quantised inputs)."""
+        raise self.not_implemented("sample layout")
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The model outputs the responses are made of (per sample)."""
+        raise self.not_implemented("model outputs")
+
+    def model_file(self, model_dir: Path) -> Path:
+        raise self.not_implemented("model")
+
+    def model_files(self, model_dir: Path) -> dict[str, Path]:
+        """The model's parts by name; a single graph is the part ``model``."""
+        return {MODEL: self.model_file(model_dir)}
+
+    # --- data -----------------------------------------------------------------------------------
     @abstractmethod
     def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
         """download-data: fetch or generate the dataset into ``out_dir``; return marker facts."""
@@ -41,15 +105,31 @@ class Benchmark(ABC):
         """download-model: fetch or generate the model into ``out_dir``; return its path."""
 
     @abstractmethod
-    def preprocess(self, dataset_dir: Path, out_dir: Path, dtype: str, *, quiet: bool = False) -> dict[str, object]:
-        """preprocess: write ``<dtype>.npy`` (N, ...) in QSL order into ``out_dir``."""
+    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+        """preprocess: write the sample store (``samples.write_samples``) and whatever accuracy
+        scoring reads later into ``out_dir``; return every file written."""
+
+    # --- batching, inference, responses ------------------------------------------------------------
+    def collate(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Samples (ragged tensors included) -> the model's batch. Fixed-shape benchmarks never
+        get here: the SUT gathers their tensors straight into buffers."""
+        names = samples[0].keys()
+        return {name: np.stack([s[name] for s in samples]) for name in names}
+
+    def infer(self, parts: Mapping[str, Backend], feeds: Tensors) -> dict[str, np.ndarray]:
+        return parts[MODEL].predict(feeds)
 
     @abstractmethod
-    def postprocess(self, output: np.ndarray) -> np.ndarray:
-        """Backend output for N samples -> the N response rows LoadGen logs (contiguous)."""
+    def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> Responses:
+        """A batch's outputs -> what LoadGen logs for each sample, in batch order."""
 
+    def example(self, variant: str, n: int) -> dict[str, np.ndarray]:
+        """A batch of ``n`` zero samples (varying dimensions 1), for warming a backend up."""
+        return {s.name: s.zeros(n) for s in self.inputs(variant)}
+
+    # --- accuracy ---------------------------------------------------------------------------------
     @abstractmethod
-    def accuracy(self, accuracy_log: Path, dataset_dir: Path) -> AccuracyReport:
+    def accuracy(self, accuracy_log: Path, preprocessed_dir: Path) -> AccuracyReport:
         """Score an mlperf_log_accuracy.json as the official script does."""
 
     def response_description(self) -> str:
@@ -59,12 +139,6 @@ class Benchmark(ABC):
     def accuracy_command(self, accuracy_log: Path, data_dir: Path) -> str:
         """The official accuracy script's command line that scores ``accuracy_log``."""
         raise self.not_implemented("accuracy scoring")
-
-    def sample_shape(self) -> tuple[int, ...]:
-        raise self.not_implemented("sample layout")
-
-    def model_file(self, model_dir: Path) -> Path:
-        raise self.not_implemented("model")
 
 
 class PendingBenchmark(Benchmark):
@@ -76,11 +150,11 @@ class PendingBenchmark(Benchmark):
     def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
         raise self.not_implemented("model download")
 
-    def preprocess(self, dataset_dir: Path, out_dir: Path, dtype: str, *, quiet: bool = False) -> dict[str, object]:
+    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
         raise self.not_implemented("preprocessing")
 
-    def postprocess(self, output: np.ndarray) -> np.ndarray:
+    def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> Responses:
         raise self.not_implemented("postprocessing")
 
-    def accuracy(self, accuracy_log: Path, dataset_dir: Path) -> AccuracyReport:
+    def accuracy(self, accuracy_log: Path, preprocessed_dir: Path) -> AccuracyReport:
         raise self.not_implemented("accuracy scoring")

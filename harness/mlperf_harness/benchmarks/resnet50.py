@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,10 +18,12 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from .. import download
+from ..backends.base import TensorSpec
 from ..errors import HarnessError
 from ..fsutil import atomic_write_text, temp_path_for
+from ..samples import SampleWriter
 from ..spec import Source
-from .base import AccuracyReport, Benchmark
+from .base import AccuracyReport, Batch, Benchmark
 from .synthetic_imagenet import synthetic_image
 
 MODEL_URL = "https://zenodo.org/record/2592612/files/resnet50_v1.onnx"
@@ -110,15 +113,21 @@ def read_val_map(path: Path) -> list[tuple[str, int]]:
     return entries
 
 
+INPUT, OUTPUT = "input_tensor:0", "ArgMax:0"  # resnet50_v1.onnx's names
+
+
 class ResNet50(Benchmark):
     name = "resnet50"
-    input_name = "input_tensor:0"
-    output_name = "ArgMax:0"
     capabilities = {"dataset": True, "model": True, "preprocess": True, "accuracy": True, "synthetic": True}
-    int8_input_scale = INT8_SCALE
 
-    def sample_shape(self) -> tuple[int, ...]:
-        return (3, SIZE, SIZE)
+    def inputs(self, variant: str) -> tuple[TensorSpec, ...]:
+        if variant == "int8":
+            return (TensorSpec(INPUT, (3, SIZE, SIZE), "int8", scale=INT8_SCALE),)
+        return (TensorSpec(INPUT, (3, SIZE, SIZE), "float32"),)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec(OUTPUT, (), "int64"),)
 
     def model_file(self, model_dir: Path) -> Path:
         return model_dir / MODEL_FILE
@@ -217,7 +226,7 @@ class ResNet50(Benchmark):
         return facts
 
     # --- preprocess ---------------------------------------------------------------------------
-    def preprocess(self, dataset_dir: Path, out_dir: Path, dtype: str, *, quiet: bool = False) -> dict[str, object]:
+    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
         facts = json.loads((dataset_dir / DATASET_JSON).read_text())
         root = Path(facts["root"])
         entries = read_val_map(root / VAL_MAP)
@@ -228,33 +237,22 @@ class ResNet50(Benchmark):
             img = synthetic_image(int(facts["seed"]), i) if generated else decode(root / entries[i][0])
             return preprocess_image(img)
 
-        target = out_dir / f"{dtype}.npy"
-        np_dtype = np.int8 if dtype == "int8" else np.float32
-        with temp_path_for(target) as tmp:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(n, 3, SIZE, SIZE))
+        (spec,) = self.inputs(variant)
+        synthetic = bool(facts.get("synthetic"))
+        with SampleWriter(out_dir, [spec], n, layout="NCHW", synthetic=synthetic) as store:
             with progress(quiet) as bar, ThreadPoolExecutor(max_workers=2) as pool:
-                task = bar.add_task(f"preprocess {n} images ({dtype})", total=n)
-                for i, x in enumerate(pool.map(load, range(n))):
-                    arr[i] = quantize(x) if dtype == "int8" else x
+                task = bar.add_task(f"preprocess {n} images ({variant})", total=n)
+                for x in pool.map(load, range(n)):
+                    store.append({INPUT: quantize(x) if variant == "int8" else x})
                     bar.advance(task)
-            arr.flush()
-            del arr
-        atomic_write_text(out_dir / VAL_MAP, (root / VAL_MAP).read_text())
-        meta = {
-            "count": n,
-            "dtype": dtype,
-            "shape": [3, SIZE, SIZE],
-            "layout": "NCHW",
-            "int8Scale": INT8_SCALE if dtype == "int8" else None,
-            "synthetic": bool(facts.get("synthetic")),
-        }
-        atomic_write_text(out_dir / "preprocessed.json", json.dumps(meta, indent=2))
-        return meta
+            atomic_write_text(out_dir / VAL_MAP, (root / VAL_MAP).read_text())
+            return [*store.close(), out_dir / VAL_MAP]
 
     # --- responses and accuracy -----------------------------------------------------------------
-    def postprocess(self, output: np.ndarray) -> np.ndarray:
+    def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> np.ndarray:
         # ArgMax output (N,) int64 -> int32 ImageNet label, as NVIDIA's harness responds.
-        return (output.reshape(len(output)) + LABEL_OFFSET).astype(np.int32)
+        out = outputs[OUTPUT]
+        return (out.reshape(len(out)) + LABEL_OFFSET).astype(np.int32)
 
     def accuracy(self, accuracy_log: Path, dataset_dir: Path) -> AccuracyReport:
         return imagenet_accuracy(accuracy_log, dataset_dir / VAL_MAP)
@@ -296,7 +294,7 @@ def imagenet_accuracy(accuracy_log: Path, val_map: Path, dtype: str = "int32") -
     total = len(seen)
     value = 100.0 * good / total if total else 0.0
     line = f"accuracy={value:.3f}%, good={good}, total={total}"
-    return AccuracyReport(value=value, line=line, metric="top-1", good=good, total=total)
+    return AccuracyReport("accuracy", {"accuracy": value}, line, {"good": good, "total": total})
 
 
 def _unpack(archive: Path, dest: Path) -> Path:

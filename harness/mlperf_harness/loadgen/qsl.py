@@ -1,51 +1,46 @@
-"""The query sample library: a memory-mapped preprocessed array, and a RAM copy of exactly the
-samples LoadGen asks to load (the performance sample set). Backends that keep samples in device
-memory subscribe to ``on_load`` and get each loaded set once, to copy it over."""
+"""The query sample library: a sample store on disk, and a RAM copy of exactly the samples
+LoadGen asks to load (the performance sample set). Fixed-shape tensors are copied into one array
+per tensor (a batch is then one ``np.take`` per tensor into a preallocated buffer); ragged ones
+are kept as one array per sample. Backends that keep samples in device memory subscribe to
+``on_load`` and get each loaded set of fixed-shape tensors once, to copy it over."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import HarnessError
-
-
-def open_samples(path: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """Memory-map ``path`` and check it holds (N, *shape) of ``dtype``; one-line error otherwise."""
-    if not path.is_file():
-        raise HarnessError(f"{path}: missing preprocessed data; run preprocess first")
-    try:
-        data = np.load(path, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as exc:
-        raise HarnessError(f"{path}: corrupt or truncated .npy ({str(exc).splitlines()[0][:120]})") from None
-    if data.ndim != len(shape) + 1 or tuple(data.shape[1:]) != tuple(shape):
-        want = ", ".join(map(str, shape))
-        raise HarnessError(f"{path}: wrong tensor shape {tuple(data.shape)}, expected (N, {want})")
-    if data.dtype != np.dtype(dtype):
-        raise HarnessError(f"{path}: wrong dtype {data.dtype}, expected {np.dtype(dtype).name}")
-    if len(data) == 0:
-        raise HarnessError(f"{path}: holds no samples")
-    return data
+from ..backends.base import Tensors
+from ..samples import SampleStore
 
 
 class SampleLibrary:
-    def __init__(self, data: np.ndarray, performance_sample_count: int) -> None:
-        self.data = data
-        self.total = len(data)
+    def __init__(self, store: SampleStore, performance_sample_count: int, cost_tensor: str | None = None) -> None:
+        self.store = store
+        self.total = store.count
         self.performance_count = min(performance_sample_count, self.total)
-        # qsl index -> row of ``ram``; -1 when not loaded.
+        # What one sample costs in a batch: 1, or its rows (the leading dimension of ``cost_tensor``).
+        self.cost = store.leading(cost_tensor) if cost_tensor else None
+        # qsl index -> row of the loaded set; -1 when not loaded.
         self.row = np.full(self.total, -1, dtype=np.int64)
-        self.ram = np.empty((0, *data.shape[1:]), dtype=data.dtype)
+        self.ram: dict[str, np.ndarray] = {}
+        self.ragged: list[dict[str, np.ndarray]] = []  # per loaded row: its ragged tensors
         self.loads = 0
-        self.on_load: list[Callable[[np.ndarray], None]] = []
+        self.on_load: list[Callable[[Tensors], None]] = []
 
     def load(self, indices: list[int]) -> None:
         idx = np.asarray(indices, dtype=np.int64)
-        order = np.argsort(idx)  # read the memory map in file order, place rows in request order
-        ram = np.empty((len(idx), *self.data.shape[1:]), dtype=self.data.dtype)
-        ram[order] = self.data[idx[order]]
+        order = np.argsort(idx)  # read the memory maps in file order, place rows in request order
+        ram: dict[str, np.ndarray] = {}
+        for name, data in self.store.fixed.items():
+            rows = np.empty((len(idx), *data.shape[1:]), dtype=data.dtype)
+            rows[order] = data[idx[order]]
+            ram[name] = rows
+        if self.store.ragged:
+            fixed = set(ram)
+            self.ragged = [
+                {k: np.array(v) for k, v in self.store.sample(int(i)).items() if k not in fixed} for i in idx
+            ]
         self.ram = ram
         self.row[:] = -1
         self.row[idx] = np.arange(len(idx))
@@ -56,7 +51,8 @@ class SampleLibrary:
     def unload(self, indices: list[int]) -> None:
         self.row[np.asarray(indices, dtype=np.int64)] = -1
         if not (self.row >= 0).any():
-            self.ram = np.empty((0, *self.data.shape[1:]), dtype=self.data.dtype)
+            self.ram = {}
+            self.ragged = []
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """Rows of the loaded set that hold the samples of ``indices``."""
@@ -65,9 +61,24 @@ class SampleLibrary:
             raise RuntimeError(f"sample {int(indices[rows < 0][0])} was issued but not loaded")
         return rows
 
-    def gather(self, indices: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Copy the samples of ``indices`` into ``out[:n]`` (a preallocated batch buffer)."""
+    def buffers(self, batch_size: int) -> dict[str, np.ndarray]:
+        """Preallocated batch buffers for the fixed-shape tensors (one set per worker)."""
+        return {
+            name: np.empty((batch_size, *data.shape[1:]), dtype=data.dtype) for name, data in self.store.fixed.items()
+        }
+
+    def gather(self, indices: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The fixed-shape tensors of ``indices`` copied into ``out[...][:n]``."""
         rows = self.rows(indices)
         n = len(indices)
-        np.take(self.ram, rows, axis=0, out=out[:n])
-        return out[:n]
+        for name, ram in self.ram.items():
+            np.take(ram, rows, axis=0, out=out[name][:n])
+        return {name: buf[:n] for name, buf in out.items()}
+
+    def samples(self, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Every tensor of each sample of ``indices`` (loaded copies), for ragged batching."""
+        rows = self.rows(indices)
+        return [{**{k: v[r] for k, v in self.ram.items()}, **(self.ragged[r] if self.ragged else {})} for r in rows]
+
+    def costs(self, indices: np.ndarray) -> np.ndarray | None:
+        return None if self.cost is None else self.cost[indices]

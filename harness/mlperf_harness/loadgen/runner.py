@@ -12,12 +12,13 @@ from pathlib import Path
 import mlperf_loadgen as lg
 
 from ..backends.base import Backend
-from ..benchmarks.base import Benchmark
+from ..benchmarks.base import MODEL, Benchmark
 from ..config import HarnessConfig
 from ..fsutil import atomic_write_text
+from ..samples import SampleStore
 from ..suites import load_suite
 from . import settings
-from .qsl import SampleLibrary, open_samples
+from .qsl import SampleLibrary
 from .sut import HarnessSUT
 
 AUDIT_CONFIG = "audit.config"
@@ -50,19 +51,24 @@ def _instance(
     cfg: HarnessConfig,
     device: int,
     bench: Benchmark,
-    model_path: Path,
+    model_paths: dict[str, Path],
     qsl_lib: SampleLibrary,
-) -> Backend:
-    """One backend instance on ``device``, loaded and warmed up, its samples device-resident
-    when the config asks and the backend can."""
-    b = make_backend()
-    b.device_index = device
-    b.configure(cfg)
-    b.load(model_path, cfg.batchSize, cfg.precision, output_name=bench.output_name)
-    if cfg.startFromDevice and b.reserve_samples(qsl_lib.performance_count):
-        qsl_lib.on_load.append(b.stage_samples)
-    b.warmup(min(cfg.batchSize, 8))
-    return b
+) -> dict[str, Backend]:
+    """One instance of the model on ``device``: a backend per part, loaded and warmed up, its
+    samples device-resident when the config asks and the backend can."""
+    parts: dict[str, Backend] = {}
+    for part, path in model_paths.items():
+        b = make_backend()
+        b.device_index = device
+        b.configure(cfg)
+        b.load(path, cfg.batchSize, cfg.precision, outputs=[s.name for s in bench.outputs] if part == MODEL else ())
+        parts[part] = b
+    single = parts.get(MODEL) if len(parts) == 1 else None
+    if single and cfg.startFromDevice and bench.device_resident and single.reserve_samples(qsl_lib.performance_count):
+        qsl_lib.on_load.append(single.stage_samples)
+    for b in parts.values():  # after reserving: a GPU backend captures its graphs for where its inputs live
+        b.warmup({s.name: s.zeros(min(cfg.batchSize, 8)) for s in b.input_specs})
+    return parts
 
 
 def run_loadgen(
@@ -70,8 +76,8 @@ def run_loadgen(
     mode: str,
     log_dir: Path,
     bench: Benchmark,
-    samples_path: Path,
-    model_path: Path,
+    samples_dir: Path,
+    model_paths: dict[str, Path],
     make_backend: BackendFactory,
     audit: str | None = None,
 ) -> RunOutput:
@@ -88,13 +94,14 @@ def run_loadgen(
     if not cfg.loadgen.compiledIn:
         atomic_write_text(log_dir / "mlperf.conf", settings.round_mlperf_conf(load_suite(cfg.suite), cfg.benchmark))
 
-    data = open_samples(samples_path, bench.sample_shape(), "int8" if cfg.inputDtype == "int8" else "float32")
-    qsl_lib = SampleLibrary(data, cfg.loadgen.performanceSampleCount)
-    backends = [
-        _instance(make_backend, cfg, device, bench, model_path, qsl_lib)
+    store = SampleStore(samples_dir, bench.inputs(cfg.inputDtype))
+    qsl_lib = SampleLibrary(store, cfg.loadgen.performanceSampleCount, bench.cost_tensor)
+    models = [
+        _instance(make_backend, cfg, device, bench, model_paths, qsl_lib)
         for device in range(max(1, cfg.devices))
         for _ in range(max(1, cfg.workers))
     ]
+    backends = [b for parts in models for b in parts.values()]
     ts = settings.test_settings(cfg, mode, conf_path, qsl_lib.total, audit)
 
     log_settings = lg.LogSettings()
@@ -102,7 +109,7 @@ def run_loadgen(
     log_settings.log_output.copy_summary_to_stdout = False
     log_settings.enable_trace = False
 
-    sut = HarnessSUT(backends, qsl_lib, bench.postprocess, cfg.batchSize, cfg.batchTimeoutUs / 1e6)
+    sut = HarnessSUT(models, qsl_lib, bench, cfg.batchSize, cfg.batchTimeoutUs / 1e6)
     sut_handle = lg.ConstructFastSUT(sut.issue, sut.flush)
     qsl_handle = lg.ConstructQSL(qsl_lib.total, qsl_lib.performance_count, qsl_lib.load, qsl_lib.unload)
     audit_path = log_dir / AUDIT_CONFIG
@@ -122,7 +129,7 @@ def run_loadgen(
         lg.DestroyQSL(qsl_handle)
         lg.DestroyFastSUT(sut_handle)
     names = list(dict.fromkeys(b.device() for b in backends))
-    device = names[0] if len(backends) == 1 else f"{len(backends)} instances on {', '.join(names)}"
+    device = names[0] if len(models) == 1 else f"{len(models)} instances on {', '.join(names)}"
     described = backends[0].describe()
     for b in backends:
         b.close()

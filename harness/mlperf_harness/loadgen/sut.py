@@ -9,6 +9,11 @@ Each worker takes up to a batch of samples, waiting at most
 answers every sample exactly once with its real output bytes, in one QuerySamplesComplete per
 batch, as soon as that batch completes (responses come back in order of completion).
 
+What a batch is belongs to the benchmark: its size counts samples, or rows where one sample
+is many (``Benchmark.cost_tensor``); fixed-shape tensors are gathered straight into
+preallocated buffers, ragged ones are collated by the benchmark; ``Benchmark.infer`` runs the
+model's parts and ``Benchmark.responses`` turns the outputs into each sample's bytes.
+
 A backend that keeps the loaded samples in device memory (``Backend.resident``) is handed the
 samples' rows in the QSL's loaded set instead of the gathered samples (start_from_device).
 """
@@ -18,28 +23,31 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 
 import mlperf_loadgen as lg
 import numpy as np
 
 from ..backends.base import Backend
+from ..benchmarks.base import MODEL, Batch, Benchmark
 from .qsl import SampleLibrary
 
-Postprocess = Callable[[np.ndarray], np.ndarray]
+Parts = Mapping[str, Backend]
 Piece = tuple[np.ndarray, np.ndarray]  # (LoadGen response ids, QSL indices)
 _STOP = None
+_NOTHING = np.empty(0, dtype=np.uint8)  # the response of a sample whose batch failed
 
 
 class _Instance:
-    """One backend, its queue and its worker thread. ``outstanding`` (samples queued or running
-    from this queue) changes under the SUT's lock; ``samples`` (samples this instance ran) is
-    written by its worker alone."""
+    """One model (its backend parts), its queue and its worker thread. ``outstanding`` (samples
+    queued or running from this queue) changes under the SUT's lock; ``samples`` (samples this
+    instance ran) is written by its worker alone."""
 
-    def __init__(self, index: int, backend: Backend) -> None:
+    def __init__(self, index: int, parts: Parts) -> None:
         self.index = index
-        self.backend = backend
+        self.parts = parts
+        self.backend = parts[MODEL] if MODEL in parts else next(iter(parts.values()))
         self.queue: queue.SimpleQueue[Piece | None] = queue.SimpleQueue()
         self.outstanding = 0
         self.samples = 0
@@ -49,20 +57,20 @@ class _Instance:
 class HarnessSUT:
     def __init__(
         self,
-        backends: list[Backend],
+        models: Sequence[Parts],
         qsl: SampleLibrary,
-        postprocess: Postprocess,
+        bench: Benchmark,
         batch_size: int,
         batch_timeout_s: float = 0.0,
     ) -> None:
-        if not backends:
+        if not models:
             raise ValueError("the SUT needs at least one backend instance")
         self.qsl = qsl
-        self.postprocess = postprocess
+        self.bench = bench
         self.batch_size = batch_size
         self.timeout = batch_timeout_s
         self.errors: list[BaseException] = []
-        self.instances = [_Instance(i, b) for i, b in enumerate(backends)]
+        self.instances = [_Instance(i, parts) for i, parts in enumerate(models)]
         self._lock = threading.Lock()
         self._next = 0  # round-robin start, so ties spread over the instances
         for inst in self.instances:
@@ -82,9 +90,27 @@ class HarnessSUT:
     # LoadGen callbacks (ConstructFastSUT passes plain lists of ids and indices).
     def issue(self, ids: list[int], indices: list[int]) -> None:
         a_ids, a_idx = np.asarray(ids, dtype=np.uint64), np.asarray(indices, dtype=np.int64)
-        bs = self.batch_size
-        for start in range(0, len(a_ids), bs):
-            self._dispatch((a_ids[start : start + bs], a_idx[start : start + bs]))
+        for part in self._cut(a_idx):
+            self._dispatch((a_ids[part], a_idx[part]))
+
+    def _cost(self, idx: np.ndarray) -> int:
+        return len(idx) if self.qsl.cost is None else int(self.qsl.cost[idx].sum())
+
+    def _cut(self, idx: np.ndarray) -> list[slice]:
+        """Slices of ``idx`` that fill a batch each: ``batch_size`` samples, or as many samples as
+        fit in ``batch_size`` rows (a sample larger than a batch is a batch of its own)."""
+        bs, n = self.batch_size, len(idx)
+        costs = self.qsl.costs(idx)
+        if costs is None:
+            return [slice(start, start + bs) for start in range(0, n, bs)]
+        cuts, start, rows = [], 0, 0
+        for i, c in enumerate(costs.tolist()):
+            if rows and rows + c > bs:
+                cuts.append(slice(start, i))
+                start, rows = i, 0
+            rows += c
+        cuts.append(slice(start, n))
+        return cuts
 
     def _dispatch(self, piece: Piece) -> None:
         instances = self.instances
@@ -125,12 +151,10 @@ class HarnessSUT:
 
     def _work(self, inst: _Instance) -> None:
         backend = inst.backend
-        spec = backend.input_spec
-        sample_shape = tuple(d or 1 for d in spec.shape[1:])
-        if backend.consumes_input and not backend.resident:
-            buf = np.empty((self.batch_size, *sample_shape), dtype=spec.dtype)
-        else:
-            buf = np.empty((self.batch_size, 0), dtype=np.float32)
+        # Fixed-shape samples that the benchmark batches by stacking: gathered into buffers.
+        stacks = not self.qsl.store.ragged and type(self.bench).collate is Benchmark.collate
+        gathers = backend.consumes_input and not backend.resident and stacks
+        bufs = self.qsl.buffers(self.batch_size) if gathers else {}
         q = inst.queue
         while True:
             got = self._steal(inst) if q.empty() and len(self.instances) > 1 else None
@@ -138,7 +162,7 @@ class HarnessSUT:
             if item is _STOP:
                 return
             parts: list[tuple[Piece, _Instance]] = [(item, got[1] if got else inst)]
-            count = len(item[0])
+            count = self._cost(item[1])
             stop = False
             deadline = time.monotonic() + self.timeout
             while count < self.batch_size:
@@ -151,41 +175,52 @@ class HarnessSUT:
                     stop = True
                     break
                 parts.append((more, inst))
-                count += len(more[0])
+                count += self._cost(more[1])
             ids = item[0] if len(parts) == 1 else np.concatenate([p[0] for p, _ in parts])
             idx = item[1] if len(parts) == 1 else np.concatenate([p[1] for p, _ in parts])
-            for start in range(0, len(ids), self.batch_size):
-                end = start + self.batch_size
-                self._run(inst, ids[start:end], idx[start:end], buf)
+            for part in self._cut(idx) if len(parts) > 1 else [slice(None)]:
+                self._run(inst, ids[part], idx[part], bufs)
             with self._lock:
                 for (piece_ids, _), source in parts:
                     source.outstanding -= len(piece_ids)
             if stop:
                 return
 
-    def _run(self, inst: _Instance, ids: np.ndarray, idx: np.ndarray, buf: np.ndarray) -> None:
+    def _run(self, inst: _Instance, ids: np.ndarray, idx: np.ndarray, bufs: dict[str, np.ndarray]) -> None:
         backend = inst.backend
         n = len(ids)
+        batch = Batch(idx, self.qsl.costs(idx))
         try:
             if backend.resident:
-                raw = backend.predict_rows(self.qsl.rows(idx))
+                outputs = backend.predict_rows(self.qsl.rows(idx))
+            elif not backend.consumes_input:  # null: a placeholder that only says the batch's rows
+                outputs = backend.predict({"": np.empty((batch.rows, 0), dtype=np.uint8)})
             else:
-                raw = backend.predict(self.qsl.gather(idx, buf) if backend.consumes_input else buf[:n])
-            out = np.ascontiguousarray(self.postprocess(raw))
+                gathered = self.qsl.gather(idx, bufs) if bufs else self.bench.collate(self.qsl.samples(idx))
+                outputs = self.bench.infer(inst.parts, gathered)
+            out = self.bench.responses(outputs, batch)
             if len(out) != n:
-                raise RuntimeError(f"backend returned {len(out)} outputs for {n} samples")
+                raise RuntimeError(f"{len(out)} responses for {n} samples")
         except BaseException as exc:  # answer anyway: LoadGen must never wait forever
             self.errors.append(exc)
-            out = np.zeros(n, dtype=np.int32)
+            out = [_NOTHING] * n
         respond(ids, out)
         inst.samples += n
 
 
-def respond(ids: np.ndarray, out: np.ndarray) -> None:
-    """One QuerySamplesComplete for a batch; each response points at its row of ``out``, which
-    stays alive for the duration of the call (LoadGen copies what it logs)."""
+def respond(ids: np.ndarray, out: np.ndarray | Sequence[np.ndarray]) -> None:
+    """One QuerySamplesComplete for a batch; each response points at its sample's bytes (a row
+    of one array, or an array of its own), which stay alive for the duration of the call
+    (LoadGen copies what it logs)."""
     n = len(ids)
-    row = out.nbytes // n
-    base = out.ctypes.data
-    responses = list(map(lg.QuerySampleResponse, ids.tolist(), range(base, base + row * n, row), repeat(row, n)))
+    if isinstance(out, np.ndarray):
+        out = np.ascontiguousarray(out)
+        row = out.nbytes // n
+        base = out.ctypes.data
+        responses = list(map(lg.QuerySampleResponse, ids.tolist(), range(base, base + row * n, row), repeat(row, n)))
+    else:
+        arrays = [np.ascontiguousarray(a) for a in out]
+        responses = [
+            lg.QuerySampleResponse(i, a.ctypes.data, a.nbytes) for i, a in zip(ids.tolist(), arrays, strict=True)
+        ]
     lg.QuerySamplesComplete(responses)
