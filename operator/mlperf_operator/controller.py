@@ -183,9 +183,10 @@ class Controller:
         # A finished producer records the artifact its pod wrote and gives its lease back in one write.
         ended = {cacheindex.lease_key(s.artifact.relpath) for s, st in decision.finished if s.artifact and st.job}
         entries: dict[str, str | None] = dict.fromkeys(ended)
-        for step, made in decision.cached:
+        for step, made in decision.cached:  # two steps of a run (two scenarios' engines) may answer with one
             assert step.artifact is not None
-            key, value = cacheindex.record(index, step.artifact.relpath, made, f"{name}/{step.name}")
+            seen = {**index, **{k: v for k, v in entries.items() if v is not None}}
+            key, value = cacheindex.record(seen, step.artifact.relpath, made, f"{name}/{step.name}")
             entries[key] = value
         if entries:
             self.kube.patch_cache_index(ns, claim, entries)
