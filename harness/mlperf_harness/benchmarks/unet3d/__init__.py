@@ -1,8 +1,10 @@
-"""3d-unet: KiTS19 (the current round) building blocks; v1.0's BraTS 2019 is declared, not built.
+"""3d-unet building blocks for both rounds' datasets, to be wired into the Benchmark contract.
 
-``kits19`` (dataset layout, the reference's preprocessing, mean DICE), ``sliding_window`` (the
-reference's Gaussian-weighted patch inference and the logged response), ``model`` (the
-synthetic 3D U-Net as ONNX), ``synthetic`` (a SYNTHETIC KiTS19 labelled by that model).
+KiTS19 (v6.1, the names exported here): ``kits19`` (dataset layout, the reference's
+preprocessing, mean DICE), ``sliding_window`` (the reference's Gaussian-weighted patch inference
+and the logged response), ``model`` (the synthetic 3D U-Nets as ONNX), ``synthetic`` (a SYNTHETIC
+KiTS19 labelled by that model). BraTS 2019 (v1.0): ``brats`` (nnU-Net's preprocessing, whole-volume
+inference, region DICE) and ``brats_synthetic`` (its synthetic model and dataset).
 """
 
 from __future__ import annotations
