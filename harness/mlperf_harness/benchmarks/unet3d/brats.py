@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +229,9 @@ def collate(samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray
     return {INPUT: np.ascontiguousarray(np.stack([s[INPUT] for s in samples]), dtype=np.float32)}
 
 
-def infer(run: Any, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def infer(
+    run: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]], batch: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """The whole padded volume in one call; the reference keeps the ``output`` head as float16."""
     return {OUTPUT: np.asarray(run(dict(batch))[OUTPUT]).astype(np.float16)}
 
