@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from harness_support import make_spec
 from mlperf_harness import steps
+from mlperf_harness.backends.base import Tensors
 from mlperf_harness.backends.faulty import Paced
 from mlperf_harness.report import run_report
 from mlperf_harness.samples import SampleStore
@@ -97,6 +98,27 @@ def test_high_accuracy_target_is_99_9(workdir: Path) -> None:
     ws = workspace(workdir, testModes=["AccuracyOnly"], configVer="high_accuracy", **RUNS["Offline"])
     [acc] = steps.run_harness(ws, "Offline", "AccuracyOnly").results
     assert acc.accuracyPassed and acc.accuracyTarget == pytest.approx(0.86170 * 0.999, abs=1e-4)
+
+
+class SwappedClasses(Paced):
+    """The model's kidney and tumour logits swapped: labels of the right shape, wrong classes."""
+
+    def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:
+        return {name: out[:, [0, 2, 1]] for name, out in super().predict(feeds).items()}
+
+
+def test_test01_fails_when_performance_responses_are_wrong(workdir: Path) -> None:
+    ws = workspace(workdir, testModes=["PerformanceOnly", "AccuracyOnly"], **RUNS["Offline"])
+    steps.run_harness(ws, "Offline", "AccuracyOnly")
+    ws.perf_backend_wrapper = lambda b: SwappedClasses(b, 0.1)
+    steps.run_harness(ws, "Offline", "PerformanceOnly")
+    [audit] = steps.audit(ws, "TEST01", "Offline").audits
+    assert audit.verdict == "FAIL"
+    acc_dir = ws.audit_dir("TEST01", "Offline") / "accuracy"
+    # The official fallback scores the logged cases both ways: DICE 1.0 against far below 99 % of it.
+    assert (acc_dir / "baseline_accuracy.txt").read_text().startswith("Accuracy: mean = 1.00000")
+    compliance = float((acc_dir / "compliance_accuracy.txt").read_text().split()[3].rstrip(","))
+    assert compliance < 0.99
 
 
 def test_null_backend_offline_is_valid(workdir: Path) -> None:
