@@ -66,8 +66,8 @@ def test_store_is_ragged_and_the_reference_layout_is_written(workdir: Path) -> N
 @pytest.mark.parametrize("scenario", list(RUNS))
 def test_scenario_both_modes_and_test01(workdir: Path, scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
     ws = workspace(workdir, scenarios=[scenario], testModes=["PerformanceOnly", "AccuracyOnly"], **RUNS[scenario])
-    if scenario == "Offline":  # at least 0.1 s a model call (one or two a case): 4 cases outlast 0.3 s anywhere
-        ws.perf_backend_wrapper = lambda b: Paced(b, 0.1)
+    if scenario == "Offline":  # at least 0.08 s a model call (a patch; 1 to 8 a case): 4 cases outlast 0.3 s
+        ws.perf_backend_wrapper = lambda b: Paced(b, 0.08)
     [perf] = steps.run_harness(ws, scenario, "PerformanceOnly").results
     assert perf.resultValidity in ("VALID", "INVALID") and perf.samplesPerSecond and perf.latencyNs is not None
     assert perf.device == "cpu" and perf.synthetic and not perf.submittable
@@ -110,7 +110,7 @@ class SwappedClasses(Paced):
 def test_test01_fails_when_performance_responses_are_wrong(workdir: Path) -> None:
     ws = workspace(workdir, testModes=["PerformanceOnly", "AccuracyOnly"], **RUNS["Offline"])
     steps.run_harness(ws, "Offline", "AccuracyOnly")
-    ws.perf_backend_wrapper = lambda b: SwappedClasses(b, 0.1)
+    ws.perf_backend_wrapper = lambda b: SwappedClasses(b, 0.08)
     steps.run_harness(ws, "Offline", "PerformanceOnly")
     [audit] = steps.audit(ws, "TEST01", "Offline").audits
     assert audit.verdict == "FAIL"

@@ -5,7 +5,7 @@ or a .tar/.tar.gz of it, from a URL, S3 or a PVC; or a SYNTHETIC set labelled by
 model. Model: 3dunet_kits19_128x128x128_dynbatch.onnx (input ``input`` (N, 1, 128, 128, 128)
 float32, output ``output`` (N, 3, 128, 128, 128) logits). A sample is one preprocessed case at its
 own size; ``infer`` walks it with the reference's Gaussian sliding window, so a batch is a list of
-whole cases (``batchSize`` counts cases) and the model sees batches of ``PATCH_BATCH`` patches.
+whole cases (``batchSize`` counts cases) and the model sees ``PATCH_BATCH`` patches per call.
 
 The synthetic model is the small variant (32^3 patches, narrow), fast on a CPU; the full one (the
 official architecture, 128^3 patches) is ``model.build_model(path, seed, "full")`` with a dataset
@@ -39,9 +39,10 @@ from .synthetic import synthesize_dataset
 
 MODEL_FILE = "3dunet_kits19_128x128x128_dynbatch.onnx"
 SOURCE_JSON = "source.json"  # where download-data left the cases
-# Patches per model call. The synthetic labels come from the FP32 model run with this many patches
-# per call (a different batch can move a logit by an ulp and flip a tie).
-PATCH_BATCH = 4
+# Patches per model call: one, as the reference's SUTs, so an engine built for any batch size takes
+# it (TensorRT's buffers hold batchSize rows, and batchSize counts cases here). The synthetic labels
+# come from the FP32 model run the same way (another batch can move a logit by an ulp, flip a tie).
+PATCH_BATCH = 1
 SAMPLE = TensorSpec(INPUT, (1, None, None, None), "float32")
 # What ``infer`` makes of the model's logits, one per case: the label volume (D, H, W) uint8.
 LABELS = TensorSpec(OUTPUT, (None, None, None), "uint8")
