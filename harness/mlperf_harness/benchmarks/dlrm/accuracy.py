@@ -10,6 +10,7 @@ labels against predictions over all rows in log order. It prints
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,16 +52,22 @@ def read_pairs(accuracy_log: Path, dtype: str = "float32") -> tuple[np.ndarray, 
 def score(accuracy_log: Path, dataset_dir: Path | None = None, dtype: str = "float32") -> tuple[dict[str, float], str]:
     """``(metrics, line)``: AUC and accuracy in percent, good, total, queries, and the line the
     official script prints last. The labels come from the log, so ``dataset_dir`` is not read."""
+    import sklearn.exceptions
     import sklearn.metrics
 
     results, targets, queries = read_pairs(accuracy_log, dtype)
     total = len(results)
     if total == 0:
         raise HarnessError(f"{accuracy_log}: no rows logged (an accuracy run logs every sample)")
-    try:
-        auc = float(sklearn.metrics.roc_auc_score(targets, results))
-    except ValueError as exc:
-        raise HarnessError(f"{accuracy_log}: AUC undefined ({exc})") from None
+    with warnings.catch_warnings():
+        # One class only: sklearn warns and returns nan, and the script prints "AUC=nan%" (a fail).
+        warnings.simplefilter("ignore", sklearn.exceptions.UndefinedMetricWarning)
+        try:
+            auc = float(sklearn.metrics.roc_auc_score(targets, results))
+        except ValueError as exc:  # older sklearn raises instead
+            if "one class" not in str(exc):
+                raise
+            auc = float("nan")
     good = int(np.count_nonzero(np.round(results) == targets))
     acc = good / total
     line = f"AUC={100.0 * auc:.3f}%, accuracy={100.0 * acc:.3f}%, good={good}, total={total}, queries={queries}"

@@ -220,7 +220,10 @@ def npz_to_test_bin(npz_path: Path, out_path: Path, chunk_rows: int = 1 << 20) -
             except KeyError:
                 raise HarnessError(f"{npz_path}: missing array {key!r} (expected y, X_int, X_cat)") from None
             version = np.lib.format.read_magic(fh)
-            shape, fortran, dtype = np.lib.format._read_array_header(fh, version)  # type: ignore[attr-defined]
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             if fortran or shape[1:] not in ((), (width,)):
                 raise HarnessError(f"{npz_path}: {key} has shape {shape}, expected (rows, {width}) in C order")
             streams[key] = (fh, dtype, width, shape[0])
