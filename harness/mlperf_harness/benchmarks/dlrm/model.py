@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,6 +55,7 @@ ALIGN = 1 << 16  # tables start at aligned offsets of the data file, so they can
 CALIBRATION_ROWS = 4096
 
 Layer = tuple[np.ndarray, np.ndarray]
+Lookup = Callable[[int, np.ndarray], np.ndarray]  # (table, ids) -> rows
 
 
 def table_sizes(size: str) -> tuple[int, ...]:
@@ -130,14 +131,14 @@ def _external_tensor(name: str, rows: int, location: str, offset: int) -> Tensor
 
 
 def hidden(
-    bottom: Sequence[Layer], top: Sequence[Layer], tables: Sequence[np.ndarray], dense: np.ndarray, ids: np.ndarray
+    bottom: Sequence[Layer], top: Sequence[Layer], lookup: Lookup, dense: np.ndarray, ids: np.ndarray
 ) -> np.ndarray:
     """The forward pass in numpy through ``top`` (ReLU after each layer): used to scale the last
     layer on calibration rows, before the graph exists."""
     x = dense
     for w, b in bottom:
         x = np.maximum(x @ w + b, 0)
-    t = np.stack([x] + [tables[k][ids[:, k]] for k in range(SPARSE)], axis=1)
+    t = np.stack([x] + [lookup(k, ids[:, k]) for k in range(SPARSE)], axis=1)
     i, j = interaction_pairs()
     h = np.concatenate([x, (t @ t.transpose(0, 2, 1))[:, i, j]], axis=1)
     for w, b in top:
@@ -212,36 +213,38 @@ def build_model(path: Path, seed: int, size: str = "small", *, external: bool | 
     if not external:
         tables = [np.concatenate([_table_chunk(seed, t, c, n) for c in _chunks(n)]) for t, n in enumerate(sizes)]
         protos = [numpy_helper.from_array(tab, f"emb_{t}") for t, tab in enumerate(tables)]
-        _save(path, seed, sizes, tables, protos)
+        _save(path, seed, sizes, lambda t, ids: tables[t][ids], protos)
         return path
     data_path = path.with_name(path.name + ".data")
     with temp_path_for(data_path) as tmp_data:
         offsets = _write_tables(tmp_data, seed, sizes)
-        tables = [
-            np.memmap(tmp_data, dtype=np.float32, mode="r", offset=off, shape=(rows, EMB_DIM))
-            for off, rows in zip(offsets, sizes, strict=True)
-        ]
+
+        def lookup(t: int, ids: np.ndarray) -> np.ndarray:
+            # Row by row with pread: a memory map would fault in (and count) whole runs of pages.
+            with tmp_data.open("rb") as fh:
+                rows = [os.pread(fh.fileno(), EMB_DIM * 4, offsets[t] + int(i) * EMB_DIM * 4) for i in ids]
+            return np.frombuffer(b"".join(rows), dtype=np.float32).reshape(len(ids), EMB_DIM)
+
         protos = [
             _external_tensor(f"emb_{t}", rows, data_path.name, off)
             for t, (off, rows) in enumerate(zip(offsets, sizes, strict=True))
         ]
-        _save(path, seed, sizes, tables, protos)
+        _save(path, seed, sizes, lookup, protos)
     return path
 
 
-def _save(path: Path, seed: int, sizes: Sequence[int], tables: list[np.ndarray], protos: list[TensorProto]) -> None:
+def _save(path: Path, seed: int, sizes: Sequence[int], lookup: Lookup, protos: list[TensorProto]) -> None:
     rng = np.random.default_rng([seed, 0])
     bottom = [_layer(rng, m, n) for m, n in itertools.pairwise(BOTTOM)]
     top = [_layer(rng, m, n) for m, n in itertools.pairwise(TOP)]
     # Scale the last layer so that logits spread LOGIT_STD around 0 on synthetic rows: predictions
     # then span (0, 1) and split into clicks and non-clicks at 0.5.
     rows = transform(synthetic_rows(seed ^ 0xCA11, 0, CALIBRATION_ROWS, sizes))
-    h = hidden(bottom, top[:-1], tables, rows["dense_x"], rows["indices"])
+    h = hidden(bottom, top[:-1], lookup, rows["dense_x"], rows["indices"])
     w, _ = top[-1]
     z = h @ w
     scale = np.float32(LOGIT_STD / max(float(z.std()), 1e-6))
     top[-1] = ((w * scale).astype(np.float32), np.array([-np.median(z * scale)], dtype=np.float32))
-    tables.clear()  # drop the memory maps before the data file is renamed
     with temp_path_for(path) as tmp:
         onnx.save(_graph(bottom, top, protos), str(tmp))
 

@@ -11,6 +11,7 @@ own grouping of this file gives the same ``n`` samples. Each row's label is the 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,11 @@ from .model import OUTPUT, model_table_sizes
 CHUNK = 1 << 15  # rows labelled per model call
 
 
-def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path) -> dict[str, object]:
-    """Write ``n`` synthetic samples into ``out_dir``; return the facts written to dataset.json."""
+def synthesize_dataset(
+    out_dir: Path, seed: int, n: int, model_path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> dict[str, object]:
+    """Write ``n`` synthetic samples into ``out_dir``; return the facts written to dataset.json.
+    ``providers``: onnxruntime's, for labelling (CUDA for many rows or the full-size model)."""
     import onnxruntime as ort
 
     if n < 1:
@@ -34,7 +38,7 @@ def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path) -> di
     sizes = model_table_sizes(model_path)
     boundaries = np.concatenate([[0], np.cumsum(quantile_sizes(n))]).astype(np.int64)
     total = int(boundaries[-1])
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_path), providers=list(providers))
     clicks = 0
     out_dir.mkdir(parents=True, exist_ok=True)
     with temp_path_for(out_dir / TEST_FILE) as tmp:
