@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlperf_harness.benchmarks import dlrm
 from mlperf_harness.benchmarks.dlrm import criteo
 from mlperf_harness.errors import HarnessError
 
@@ -57,6 +58,7 @@ def test_the_v1_test_set_has_330067_samples() -> None:
     assert criteo.TEST_ROWS == 89_137_319
     assert len(b) - 1 == criteo.TEST_SAMPLES == 330_067
     assert b[-1] == criteo.TEST_ROWS and np.all(np.diff(b) > 0)
+    assert dlrm.DATASET_SIZE == criteo.TEST_SAMPLES and dlrm.PERFORMANCE_SAMPLE_COUNT == 204_800
 
 
 def test_fixed_grouping() -> None:

@@ -136,3 +136,10 @@ def test_table_writer_streams_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyP
     inline = model.build_model(tmp_path / "i.onnx", seed=2)
     w_ext = {t.name: numpy_helper.to_array(t, base_dir=str(tmp_path)) for t in onnx.load(str(ext)).graph.initializer}
     assert all(np.array_equal(w_ext[k], v) for k, v in weights(inline).items())
+
+
+def test_table_sizes_of_a_file_that_is_not_the_synthetic_dlrm(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(HarnessError, match=f"{bad}: not a readable ONNX model"):
+        model.model_table_sizes(bad)
