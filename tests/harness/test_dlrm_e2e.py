@@ -59,7 +59,8 @@ def run_all(work: Path, max_rows: int = 1500) -> tuple[list[dict[str, np.ndarray
     out: list[np.ndarray] = []
     for idx in batching.batches_by_rows(ds.row_counts().tolist(), max_rows):
         group = [samples[i] for i in idx]
-        out += batching.responses(batching.infer(run, batching.collate(group)), group)
+        batch = {**batching.collate(group), batching.LABEL: batching.labels(group)}
+        out += batching.responses(batching.infer(run, batch), [len(s["label"]) for s in group])
     return samples, out
 
 

@@ -1,6 +1,6 @@
 """dlrm: DLRM (tb00_40M) on Criteo Terabyte day 23, scored by AUC (MLPerf v1.0 only).
 
-Building blocks, wired into the harness by the benchmark contract:
+``Dlrm`` (``benchmark``) puts it on the benchmark contract, from these parts:
 - ``criteo``: the reference's binary test file, memory-mapped, grouped into LoadGen samples;
 - ``model``: the synthetic DLRM as ONNX (small for CI, full-size with external data);
 - ``synthetic``: a synthetic test file labelled by the FP32 model's own clicks;
@@ -10,7 +10,7 @@ Building blocks, wired into the harness by the benchmark contract:
 
 from __future__ import annotations
 
-from ..base import PendingBenchmark
+from .benchmark import Dlrm
 
 # v1.0 facts for the round tables.
 TARGET_AUC = 80.25  # FP32 reference AUC (percent); targets 99 % and 99.9 % of it
@@ -21,13 +21,6 @@ SERVER_LATENCY_MS = 30  # mlperf.conf dlrm.Server.target_latency
 TEST01_SAMPLES = 4096  # compliance TEST01 audit.config accuracy_log_sampling_target
 AUDITS = ("TEST01", "TEST05")  # TEST04 exempt for dlrm in v1.0
 SCENARIOS = {"datacenter": ("Offline", "Server"), "edge": ()}
-
-
-class Dlrm(PendingBenchmark):
-    name = "dlrm"
-    input_name = "dense_x"  # with offsets and indices: see model.py
-    output_name = "pred"
-    capabilities = {"dataset": False, "model": False, "preprocess": False, "accuracy": False, "synthetic": False}
 
 
 __all__ = [

@@ -9,7 +9,8 @@ np.float32)``): 8 bytes per row, which accuracy-dlrm.py reads with its default `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,17 +21,18 @@ from .model import DENSE_INPUT, INDICES, OFFSETS, OUTPUT
 
 # What one sample holds (rows vary per sample). Ids stay int32 as in the file (half the memory
 # of the 204,800 loaded samples); collate widens them to the model's int64.
+LABEL = "label"  # stored with the sample: the reference logs it beside each prediction
 SAMPLE_SPECS = (
     TensorSpec(DENSE_INPUT, (None, DENSE), "float32"),
     TensorSpec(INDICES, (None, SPARSE), "int32"),
-    TensorSpec("label", (None,), "float32"),
+    TensorSpec(LABEL, (None,), "float32"),
 )
 MODEL_INPUTS = (
     TensorSpec(DENSE_INPUT, (None, DENSE), "float32"),
     TensorSpec(OFFSETS, (SPARSE, None), "int64"),
     TensorSpec(INDICES, (SPARSE, None), "int64"),
 )
-MODEL_OUTPUT = TensorSpec(OUTPUT, (None, 1), "float32")
+MODEL_OUTPUT = TensorSpec(OUTPUT, (1,), "float32")  # per row
 
 
 def rows_of(sample: Sample) -> int:
@@ -68,24 +70,36 @@ def collate(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
     }
 
 
+def labels(samples: Sequence[Sample]) -> np.ndarray:
+    """The samples' labels, rows concatenated as ``collate`` concatenates their inputs."""
+    return np.concatenate([np.asarray(s[LABEL], dtype=np.float32).reshape(-1) for s in samples])
+
+
 Batch = dict[str, np.ndarray]
 
 
 def infer(run: Callable[[Batch], Batch], batch: Batch) -> Batch:
-    """One model call per batch."""
-    return run(batch)
-
-
-def responses(outputs: dict[str, np.ndarray], samples: Sequence[Sample]) -> list[np.ndarray]:
-    """Per sample, its rows' ``[prediction, label]`` pairs as one float32 array (2 x rows)."""
-    pred = np.asarray(outputs[OUTPUT], dtype=np.float32).reshape(-1)
-    counts = [rows_of(s) for s in samples]
-    if len(pred) != sum(counts):
-        raise HarnessError(f"dlrm: the model returned {len(pred)} predictions for {sum(counts)} rows")
-    out: list[np.ndarray] = []
-    start = 0
-    for s, n in zip(samples, counts, strict=True):
-        pairs = np.stack([pred[start : start + n], np.asarray(s["label"], dtype=np.float32)], axis=1)
-        out.append(pairs.reshape(-1))
-        start += n
+    """One model call per batch. The labels travel beside the model inputs (the model does not
+    take them) and come back beside its outputs, for the responses."""
+    feeds = {k: v for k, v in batch.items() if k != LABEL}
+    out = dict(run(feeds))
+    if LABEL in batch:
+        out[LABEL] = batch[LABEL]
     return out
+
+
+def responses(outputs: Mapping[str, np.ndarray], rows: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+    """Per sample (``rows``: each sample's row count, in batch order), its rows' ``[prediction,
+    label]`` pairs as one float32 array (2 x rows). Outputs without labels (the null backend's)
+    log zeros in their place: the same bytes per sample, which is what a timing run measures."""
+    pred = np.asarray(outputs[OUTPUT], dtype=np.float32).reshape(-1)
+    counts = np.asarray(rows, dtype=np.int64)
+    total = int(counts.sum())
+    if len(pred) != total:
+        raise HarnessError(f"dlrm: the model returned {len(pred)} predictions for {total} rows")
+    pairs = np.zeros((total, 2), dtype=np.float32)
+    pairs[:, 0] = pred
+    if LABEL in outputs:
+        pairs[:, 1] = np.asarray(outputs[LABEL], dtype=np.float32).reshape(-1)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [pairs[s:e].reshape(-1) for s, e in itertools.pairwise(bounds.tolist())]
