@@ -180,9 +180,10 @@ def _find(root: Path, pattern: str, what: str) -> Path:
 def _link_dir(onnx_file: Path, target: Path) -> None:
     """``target`` (the model's name in the model directory) and every file beside ``onnx_file``
     (its external weights, found by relative name) as symbolic links."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     for f in onnx_file.parent.iterdir():
         dest = target if f == onnx_file else target.parent / f.name
-        if f.is_file() and dest != f:
+        if f.is_file() and not f.name.startswith(".") and dest != f:
             dest.unlink(missing_ok=True)
             os.symlink(f.resolve(), dest)
 
