@@ -49,13 +49,16 @@ class AccuracyReport:
         return self.metrics[self.metric]
 
 
-@dataclass(frozen=True)
 class Batch:
     """What ``responses`` needs to know of the batch it answers: the samples' QSL indices, and
-    for benchmarks batched by rows each sample's row count (their outputs are concatenated)."""
+    for benchmarks batched by rows each sample's row count (their outputs are concatenated).
+    A plain class: one is made per batch, on the SUT's hot path."""
 
-    indices: np.ndarray
-    costs: np.ndarray | None = None
+    __slots__ = ("costs", "indices")
+
+    def __init__(self, indices: np.ndarray, costs: np.ndarray | None = None) -> None:
+        self.indices = indices
+        self.costs = costs
 
     def __len__(self) -> int:
         return len(self.indices)
