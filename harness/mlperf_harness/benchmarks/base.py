@@ -127,7 +127,9 @@ class Benchmark(ABC):
         """A batch's outputs -> what LoadGen logs for each sample, in batch order."""
 
     def example(self, variant: str, n: int) -> dict[str, np.ndarray]:
-        """A batch of ``n`` zero samples (varying dimensions 1), for warming a backend up."""
+        """A batch of ``n`` zero samples (varying dimensions 1), for warming a backend up. The
+        runner warms a single-graph model with it where a benchmark overrides it (its model's
+        batch is not a stack of samples, as dlrm's), else with zeros of the graph's inputs."""
         return {s.name: s.zeros(n) for s in self.inputs(variant)}
 
     # --- accuracy ---------------------------------------------------------------------------------
