@@ -58,7 +58,7 @@ def test_dataset_is_coco_format_and_says_synthetic(run: tuple[Path, list[np.ndar
         assert img["file_name"] == f"{img['id']:012d}.jpg"
     assert len(data["annotations"]) >= N  # the model's confident detections are the boxes
     for ann in data["annotations"]:
-        x, y, w, h = ann["bbox"]
+        _, _, w, h = ann["bbox"]
         assert w > 0 and h > 0 and ann["area"] == pytest.approx(w * h) and ann["iscrowd"] == 0
         assert ann["category_id"] in {c["id"] for c in coco.CATEGORIES}
 

@@ -96,3 +96,36 @@ def test_same_seed_same_model(small_model: Path, tmp_path: Path) -> None:
     assert again.read_bytes() == small_model.read_bytes()
     other = model.build(4, "small")
     assert other.SerializeToString() != small_model.read_bytes()
+
+
+def test_an_image_without_detections(small_model: Path) -> None:
+    from mlperf_harness.benchmarks.ssd_resnet34 import pipeline
+
+    # NMS's score threshold raised to 1: nothing passes, so the graph's TopK takes k = 0.
+    m = onnx.load(str(small_model))
+    (nms,) = [n for n in m.graph.node if n.op_type == "NonMaxSuppression"]
+    (threshold,) = [t for t in m.graph.initializer if t.name == nms.input[4]]
+    threshold.CopyFrom(onnx.numpy_helper.from_array(np.array(1.0, np.float32), threshold.name))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    size = model.image_size_of(small_model)
+    photo = coco.preprocess_image(coco.synthetic_image(11, 0), size)
+    boxes, labels, scores = sess.run(None, {"image": photo[None]})
+    assert boxes.shape == (1, 0, 4) and labels.shape == (1, 0) and scores.shape == (1, 0)
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(model.OUTPUTS, sess.run(list(model.OUTPUTS), feed), strict=True))
+
+    samples = [{"image": photo, "image_idx": np.array(0)}]
+    out = pipeline.infer(run, pipeline.collate(samples))
+    assert out["num_detections"].tolist() == [0] and out["bboxes"].shape == (1, 0, 4)
+    assert pipeline.responses(out, samples)[0].size == 0  # the reference logs no bytes for it
+
+
+def test_v1_0_round_values() -> None:
+    from mlperf_harness.suites import load_suite
+
+    rule = load_suite("v1.0").rule("ssd-resnet34")
+    lg = rule.loadgen
+    assert (lg.datasetSize, lg.performanceSampleCount, lg.test01SamplingTarget) == (5000, 64, 256)
+    assert (lg.serverLatencyMs, lg.multiStreamLatencyMs, lg.multiStreamTargetQps) == (100, 66, 15)
+    assert rule.audits == ["TEST01", "TEST04-A", "TEST04-B", "TEST05"]
