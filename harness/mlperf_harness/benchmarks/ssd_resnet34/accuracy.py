@@ -52,8 +52,10 @@ def read_accuracy_log(path: Path) -> list[dict[str, Any]]:
 
 
 def score(accuracy_log: Path, dataset_dir: Path, *, quiet: bool = True) -> tuple[dict[str, float], str]:
-    """(metrics in percent, the script's last line ``mAP=xx.xxx%``). pycocotools' own progress
-    lines and summary table go to stdout unless ``quiet``; the line is always printed."""
+    """(metrics, the script's last line ``mAP=xx.xxx%``). Metrics are pycocotools' 12 summary
+    stats in percent, ``mAP`` first (the value the v1.0 checker compares with 0.99 x 20); a range
+    without ground truth is -100 (pycocotools' -1). pycocotools' own progress lines and table go to
+    stdout unless ``quiet``; the line is always printed."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

@@ -46,6 +46,9 @@ REPORT_SCORE = 0.5  # PostProcessCocoOnnx logs detections down to this score
 # Calibration: the spread of the class logits, and how many boxes per image (on average, before NMS)
 # have a class reaching REPORT_SCORE: about a dozen detections per image remain after NMS.
 LOGIT_SCALE = 4.0
+# Spread of the box deltas: random activations grow with an image's contrast, and at 1 the
+# largest default boxes stretched to several image widths on high-contrast images.
+LOC_SCALE = 0.5
 TARGET_PER_IMAGE = 20
 
 
@@ -57,13 +60,14 @@ class Variant:
     out_channels: tuple[int, ...]  # the six feature maps' channels
     mids: tuple[int, ...]  # the extra blocks' 1x1 bottleneck widths
     calibration_size: int  # calibrating at a lower resolution keeps the CPU cost small
+    calibration_images: int
 
 
 VARIANTS = {
-    "full": Variant(IMAGE_SIZE, 64, (64, 128, 256), (256, 512, 512, 256, 256, 256), (256, 256, 128, 128, 128), 600),
+    "full": Variant(IMAGE_SIZE, 64, (64, 128, 256), (256, 512, 512, 256, 256, 256), (256, 256, 128, 128, 128), 600, 4),
     # The same graph, an eighth of the widths; 400 is the smallest input whose last extra block
     # (3x3, no padding) still has a cell (300 leaves it none at these strides).
-    "small": Variant(400, 8, (8, 16, 32), (32, 64, 64, 32, 32, 32), (32, 32, 16, 16, 16), 400),
+    "small": Variant(400, 8, (8, 16, 32), (32, 64, 64, 32, 32, 32), (32, 32, 16, 16, 16), 400, 8),
 }
 
 
@@ -196,7 +200,7 @@ def _make_model(g: _Graph, size: int | str, outputs: list[onnx.ValueInfoProto]) 
     return model
 
 
-def _calibration_images(seed: int, size: int, n: int = 2) -> list[np.ndarray]:
+def _calibration_images(seed: int, size: int, n: int) -> list[np.ndarray]:
     from .coco import preprocess_image, synthetic_image
 
     return [preprocess_image(synthetic_image(seed ^ 0x55D, i), size)[None] for i in range(n)]
@@ -212,14 +216,14 @@ def _calibrate(g: _Graph, heads: _Heads, v: Variant, seed: int) -> None:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    runs = [sess.run(raw, {INPUT: img}) for img in _calibration_images(seed, v.calibration_size)]
+    runs = [sess.run(raw, {INPUT: img}) for img in _calibration_images(seed, v.calibration_size, v.calibration_images)]
     logits = []
     for h, (_, w_name, b_name) in enumerate(heads.loc + heads.conf):
         acts = np.stack([r[h][0] for r in runs]).astype(np.float64)  # (images, channels, y, x)
         # Per-channel means, one spread per head: the 1x1 maps give too few values for a channel's own.
         mean = acts.mean(axis=(0, 2, 3))
         std = np.full_like(mean, (acts - mean[None, :, None, None]).std() + 1e-6)
-        scale = 1.0 if h < len(heads.loc) else LOGIT_SCALE
+        scale = LOC_SCALE if h < len(heads.loc) else LOGIT_SCALE
         w, b = g.weights[w_name], g.weights[b_name]
         g.weights[w_name] = (w * (scale / std)[:, None, None, None]).astype(np.float32)
         g.weights[b_name] = ((b - mean) * scale / std).astype(np.float32)
