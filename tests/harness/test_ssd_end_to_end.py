@@ -148,3 +148,17 @@ def test_bad_logs_name_the_file(run: tuple[Path, list[np.ndarray]], tmp_path: Pa
         far = tmp_path / "far.json"
         far.write_text(json.dumps([{"seq_id": 0, "qsl_idx": 99, "data": rows[0].tobytes().hex()}]))
         ssd.score(far, dataset)
+
+
+def test_synthesis_is_deterministic(run: tuple[Path, list[np.ndarray]], tmp_path: Path) -> None:
+    dataset, _ = run
+    model_path = ssd.build_model(tmp_path / "m.onnx", seed=5, size="small")
+    ssd.synthesize_dataset(tmp_path / "again", seed=5, n=2, model_path=model_path)
+    first = json.loads((dataset / "annotations" / "instances_val2017.json").read_text())
+    again = json.loads((tmp_path / "again" / "annotations" / "instances_val2017.json").read_text())
+    assert again["images"] == first["images"][:2]
+    two = {img["id"] for img in again["images"]}
+    assert again["annotations"] == [a for a in first["annotations"] if a["image_id"] in two]
+    for img in again["images"]:
+        name = img["file_name"]
+        assert (tmp_path / "again" / "val2017" / name).read_bytes() == (dataset / "val2017" / name).read_bytes()

@@ -8,7 +8,7 @@ its position in the JSON's ``images`` list, which is how accuracy-coco.py maps r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +158,14 @@ def synthetic_image(seed: int, index: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path) -> dict[str, Any]:
+def synthesize_dataset(
+    out_dir: Path, seed: int, n: int, model_path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> dict[str, Any]:
     """A COCO val2017-format set of ``n`` synthetic JPEGs whose annotations are the FP32 synthetic
     model's own detections, as the reference logs them (score >= 0.5) and accuracy-coco.py maps
-    them to pixels: scoring the FP32 model's responses then gives mAP 1.0 with pycocotools."""
+    them to pixels: scoring the FP32 model's responses then gives mAP 1.0 with pycocotools.
+    ``providers``: onnxruntime's, for a full-size set on a GPU (labels then follow that device's
+    FP32 arithmetic)."""
     import cv2
     import onnxruntime as ort
 
@@ -170,14 +174,16 @@ def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path) -> di
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_path), opts, providers=list(providers))
     size = ssd_model.image_size_of(model_path)
+    (out_dir / ANNOTATIONS).unlink(missing_ok=True)  # a set is complete only once it is rewritten
 
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(ssd_model.OUTPUTS, sess.run(list(ssd_model.OUTPUTS), feed), strict=True))
 
     rng = np.random.default_rng([seed, 0xC0C0])
-    ids = [int(i) for i in rng.choice(np.arange(1, 581930), size=n, replace=False)]  # COCO's id range
+    # Distinct ids in COCO's range; image i has the same id whatever n is.
+    ids = [int(i) + 1 for i in rng.permutation(581929)[:n]]
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     inv_map = [0] + [c["id"] for c in CATEGORIES]
