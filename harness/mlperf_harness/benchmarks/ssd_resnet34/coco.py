@@ -115,13 +115,13 @@ def preprocess_image(bgr: np.ndarray, size: int = ssd_model.IMAGE_SIZE) -> np.nd
 def preprocess(
     dataset_dir: Path, image_size: int = ssd_model.IMAGE_SIZE, count: int | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Samples in QSL order: ``image`` (3, S, S) float32 and ``image_idx`` (int64 scalar, the QSL
-    index the response carries first). ``image_size`` is the model's input (1200; 400 for the small
-    synthetic model)."""
+    """Samples in QSL order (the annotation file's ``images`` order): ``image`` (3, S, S) float32
+    (the QSL index each response carries first comes from LoadGen's query, not the sample).
+    ``image_size`` is the model's input (1200; 400 for the small synthetic model)."""
     images = load_annotations(dataset_dir)["images"]
-    for idx, info in enumerate(images[:count]):
+    for info in images[:count]:
         x = preprocess_image(decode(dataset_dir / IMAGES / info["file_name"]), image_size)
-        yield {"image": x, "image_idx": np.array(idx, dtype=np.int64)}
+        yield {ssd_model.INPUT: x}
 
 
 def find_root(directory: Path) -> Path:
@@ -196,9 +196,8 @@ def synthesize_dataset(
         h, w = bgr.shape[:2]
         info = {"license": 1, "file_name": name, "coco_url": f"synthetic:{IMAGES}/{name}", "height": h, "width": w}
         images.append({**info, "date_captured": "2017-09-01 00:00:00", "flickr_url": "", "id": image_id})
-        sample = {"image": preprocess_image(bgr, size), "image_idx": np.array(idx, dtype=np.int64)}
-        outputs = infer(run, collate([sample]))
-        (response,) = responses(outputs, [sample])
+        outputs = infer(run, collate([{ssd_model.INPUT: preprocess_image(bgr, size)}]))
+        (response,) = responses(outputs, [idx])
         dets = coco_detections(response, images[-1], inv_map)
         # pycocotools' mAP counts at most 100 detections per image and class, by score.
         per_class: dict[int, int] = {}
