@@ -65,7 +65,7 @@ def test_preprocess_matches_reference_on_photographs(tmp_path: Path, size: int) 
     names = write_coco(tmp_path, {k: f() for k, f in PHOTOS.items()})
     samples = list(coco.preprocess(tmp_path, image_size=size))
     assert len(samples) == len(names)
-    for idx, (sample, name) in enumerate(zip(samples, names, strict=True)):
+    for sample, name in zip(samples, names, strict=True):
         x = sample["image"]
         assert x.shape == (3, size, size) and x.dtype == np.float32 and x.flags.c_contiguous
         assert list(sample) == ["image"]
