@@ -27,7 +27,8 @@ def reference_features(x: np.ndarray) -> np.ndarray:
     y = np.log(fb @ power + 1e-20)
     seq = [y] + [np.pad(y[:, k:], ((0, 0), (0, k))) for k in (1, 2)]
     y = np.concatenate(seq, axis=0)[:, ::3]
-    seq_len = -(-(-(-len(x) // 160)) // 3)
+    frames = (len(x) + 159) // 160
+    seq_len = (frames + 2) // 3
     y = y[:, :seq_len]
     y = (y - y.mean(axis=1, keepdims=True)) / (y.std(axis=1, ddof=1, keepdims=True) + 1e-5)
     return y.T

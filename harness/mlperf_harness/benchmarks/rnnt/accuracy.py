@@ -40,7 +40,9 @@ def word_error_rate(hypotheses: list[str], references: list[str]) -> tuple[float
 
 def _text(indices: np.ndarray, where: str) -> str:
     if indices.size and (indices.min() < 0 or indices.max() >= len(LABELS)):
-        raise HarnessError(f"{where}: label index out of range 0..{len(LABELS) - 1}; the log is not RNN-T's int64 labels")
+        raise HarnessError(
+            f"{where}: label index out of range 0..{len(LABELS) - 1}; the log is not RNN-T's int64 labels"
+        )
     return "".join(LABELS[int(k)] for k in indices)
 
 
@@ -52,7 +54,9 @@ def score(accuracy_log_path: Path, dataset_dir: Path) -> tuple[dict[str, float],
     except FileNotFoundError:
         raise HarnessError(f"{accuracy_log_path}: missing; run the accuracy mode first") from None
     except json.JSONDecodeError as exc:
-        raise HarnessError(f"{accuracy_log_path}: truncated or not JSON ({exc.msg}); run the accuracy mode again") from exc
+        raise HarnessError(
+            f"{accuracy_log_path}: truncated or not JSON ({exc.msg}); run the accuracy mode again"
+        ) from exc
     utterances = load_manifest(dataset_dir)
     hypotheses, references = [], []
     for n, result in enumerate(results if isinstance(results, list) else [None]):
@@ -61,7 +65,9 @@ def score(accuracy_log_path: Path, dataset_dir: Path) -> tuple[dict[str, float],
             raw = bytes.fromhex(result["data"])
             idx = int(result["qsl_idx"])
         except (TypeError, KeyError, ValueError) as exc:
-            raise HarnessError(f"{where}: expected {{qsl_idx, data: hex}} ({exc}); run the accuracy mode again") from exc
+            raise HarnessError(
+                f"{where}: expected {{qsl_idx, data: hex}} ({exc}); run the accuracy mode again"
+            ) from exc
         if len(raw) % 8 or not 0 <= idx < len(utterances):
             raise HarnessError(
                 f"{where}: {len(raw)} bytes for qsl_idx {idx} (int64 labels, index below {len(utterances)} expected);"

@@ -56,7 +56,9 @@ def normalize_transcript(text: str, where: str = "transcript") -> str:
     """The reference's normalisation for LibriSpeech's alphabet. Its number and abbreviation expansion
     never applies to LibriSpeech (capitals, apostrophes, spaces): text that would need it is refused."""
     if any(c.isdigit() for c in text):
-        raise HarnessError(f"{where}: digits in {text[:40]!r}; the reference spells numbers out, which is not done here")
+        raise HarnessError(
+            f"{where}: digits in {text[:40]!r}; the reference spells numbers out, which is not done here"
+        )
     text = text.lower().translate(_PUNCTUATION).replace("&", " and ").replace("+", " plus ")
     text = re.sub(r"\s+", " ", text).strip()
     return "".join(c for c in text if c in _LABEL_INDEX)
@@ -147,7 +149,9 @@ def load_manifest(dataset_dir: Path, manifest: Path | None = None) -> list[Utter
     except FileNotFoundError:
         raise HarnessError(f"{path}: missing; run preprocess (it converts the dataset) first") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"{path}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); convert again") from exc
+        raise HarnessError(
+            f"{path}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); convert again"
+        ) from exc
     if not isinstance(entries, list):
         raise HarnessError(f"{path}: expected a JSON list of utterances; convert the dataset again")
     out = []
@@ -157,7 +161,9 @@ def load_manifest(dataset_dir: Path, manifest: Path | None = None) -> list[Utter
             fname = next(f["fname"] for f in entry["files"] if f["speed"] == 1)
             text = entry["transcript"]
         except (KeyError, TypeError, StopIteration, ValueError) as exc:
-            raise HarnessError(f"{path}: entry {i} lacks {exc} (transcript, files[speed 1].fname, original_duration)") from exc
+            raise HarnessError(
+                f"{path}: entry {i} lacks {exc} (transcript, files[speed 1].fname, original_duration)"
+            ) from exc
         if duration > MAX_DURATION:
             continue
         norm = normalize_transcript(str(text), f"{path} entry {i}")

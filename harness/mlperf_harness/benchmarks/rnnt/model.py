@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -68,7 +69,7 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(value, name))
         return name
 
-    def node(self, op: str, inputs: list[str], prefix: str | None = None, n_out: int = 1, **attrs: object) -> list[str]:
+    def node(self, op: str, inputs: list[str], prefix: str | None = None, n_out: int = 1, **attrs: Any) -> list[str]:
         outs = [self.name(prefix or op.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
         return outs
@@ -96,7 +97,9 @@ class _Graph:
         return seq, y_h, y_c
 
 
-def _model(g: _Graph, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+def _model(
+    g: _Graph, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]
+) -> onnx.ModelProto:
     graph = helper.make_graph(g.nodes, name, inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="mlperf-operator")
     model.ir_version = 7  # opset 13's IR: older onnxruntimes refuse newer ones
@@ -124,7 +127,9 @@ def _encoder(rng: np.random.Generator, width: int) -> onnx.ModelProto:
             g.node("Unsqueeze", ["feature_length", g.const(np.array([0], dtype=np.int64), "axes")])[0],
         ],
     )[0]  # (T, B)
-    mask = g.node("Unsqueeze", [g.node("Cast", [valid], to=TensorProto.FLOAT)[0], g.const(np.array([2], np.int64), "axes")])[0]
+    mask = g.node(
+        "Unsqueeze", [g.node("Cast", [valid], to=TensorProto.FLOAT)[0], g.const(np.array([2], np.int64), "axes")]
+    )[0]
     x = g.node("Mul", [x, mask])[0]
     # Time stacking: frame t joined with frame t+1 (zero past the end), every second one kept.
     big = np.iinfo(np.int64).max
@@ -145,7 +150,9 @@ def _encoder(rng: np.random.Generator, width: int) -> onnx.ModelProto:
         ],
     )[0]
     # ceil(length / 2), as the reference's StackTime computes it.
-    out_len = g.node("Div", [g.node("Add", ["feature_length", g.const(np.array(1, np.int64))])[0], g.const(np.array(2, np.int64))])[0]
+    out_len = g.node(
+        "Div", [g.node("Add", ["feature_length", g.const(np.array(1, np.int64))])[0], g.const(np.array(2, np.int64))]
+    )[0]
     g.nodes.append(helper.make_node("Identity", [out_len], ["encoded_length"]))
     out_len32 = g.node("Cast", [out_len], to=TensorProto.INT32)[0]
     w_in = STACK_TIME * width
@@ -187,7 +194,7 @@ def _prediction(rng: np.random.Generator, width: int) -> onnx.ModelProto:
         helper.make_node("Concat", hs, ["hidden_out"], axis=0),
         helper.make_node("Concat", cs, ["cell_out"], axis=0),
     ]
-    state = ["L", "B", width]
+    state: list[str | int] = ["L", "B", width]
     return _model(
         g,
         "rnnt_prediction",
@@ -323,7 +330,11 @@ def build_graphs(seed: int, size: str = "small") -> dict[str, onnx.ModelProto]:
         else:
             high = (low + high) / 2
     joint[3][-1] = np.float32((low + high) / 2)
-    return {"encoder": encoder, "prediction": prediction, "joint": _joint(*joint, enc_w, pred_w)}
+    return {
+        "encoder": encoder,
+        "prediction": prediction,
+        "joint": _joint(joint[0], joint[1], joint[2], joint[3], enc_w, pred_w),
+    }
 
 
 def build_model(out_dir: Path, seed: int, size: str = "small") -> dict[str, Path]:
