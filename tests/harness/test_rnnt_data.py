@@ -1,5 +1,5 @@
-"""RNN-T data and model plumbing: the reference's conversion and manifest, its 15 s filter and text
-normalisation, the graphs' interface at both sizes, and one-line errors for bad input."""
+"""RNN-T data plumbing: the reference's conversion and manifest, its 15 s filter and text
+normalisation, and one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import soundfile as sf
 from mlperf_harness.benchmarks import get_benchmark, rnnt
 from mlperf_harness.benchmarks.rnnt import data as D
-from mlperf_harness.benchmarks.rnnt import model as M
 from mlperf_harness.errors import HarnessError
 
 
@@ -95,45 +93,6 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "rnnt_encoder.onnx").write_bytes(b"\x08\x07")
     with pytest.raises(HarnessError, match="not a valid ONNX graph"):
         rnnt.onnx_runner(tmp_path)
-
-
-def _io(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    def info(values: list[onnx.ValueInfoProto]) -> list[tuple[str, int]]:
-        return [(v.name, v.type.tensor_type.elem_type) for v in values]
-
-    return info(list(model.graph.input)), info(list(model.graph.output))
-
-
-def test_graph_interface_and_full_widths() -> None:
-    f32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
-    rng = np.random.default_rng(0)
-    encoder = M._encoder(rng, 1024)
-    prediction = M._prediction(rng, 320)
-    assert _io(encoder) == ([("feature", f32), ("feature_length", i64)], [("encoded", f32), ("encoded_length", i64)])
-    assert _io(prediction) == (
-        [("symbol", i64), ("hidden", f32), ("cell", f32)],
-        [("g", f32), ("hidden_out", f32), ("cell_out", f32)],
-    )
-    weights = {t.name: t for t in encoder.graph.initializer}
-    lstm_w = [list(weights[n.input[1]].dims) for n in encoder.graph.node if n.op_type == "LSTM"]
-    # Two LSTM layers on 240 stacked features, time stacking by 2, three on 2048: the real widths.
-    assert lstm_w == [[1, 4096, 240], [1, 4096, 1024], [1, 4096, 2048], [1, 4096, 1024], [1, 4096, 1024]]
-    pred_w = {t.name: t for t in prediction.graph.initializer}
-    embed = next(t for t in prediction.graph.initializer if t.name.startswith("embed"))
-    assert list(embed.dims) == [29, 320]
-    assert [list(pred_w[n.input[1]].dims) for n in prediction.graph.node if n.op_type == "LSTM"] == [[1, 1280, 320]] * 2
-    assert "SYNTHETIC" in encoder.doc_string
-    joint = M._joint(
-        np.zeros((1344, 512), np.float32),
-        np.zeros(512, np.float32),
-        np.zeros((512, 29), np.float32),
-        np.zeros(29, np.float32),
-        1024,
-        320,
-    )
-    assert _io(joint) == ([("f", f32), ("g", f32)], [("logits", f32)])
-    with pytest.raises(HarnessError, match="size 'huge' unknown"):
-        M.build_graphs(0, "huge")
 
 
 def test_registration_is_unchanged() -> None:

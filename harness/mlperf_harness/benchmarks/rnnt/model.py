@@ -1,4 +1,4 @@
-"""The RNN-T of MLPerf v1.0 (configs/rnnt.toml [rnnt]) as three ONNX graphs with random weights.
+"""The RNN-T of MLPerf v1.0 (configs/rnnt.toml [rnnt]) as three ONNX graphs.
 
 The reference runs one PyTorch module in three parts, and its greedy decoder calls them separately;
 the graphs here are those parts:
@@ -10,16 +10,18 @@ the graphs here are those parts:
 - ``prediction``: ``symbol`` (B, 1) int64, ``hidden`` and ``cell`` (2, B, P) -> ``g`` (B, 1, P),
   ``hidden_out``, ``cell_out``. Embedding of the 28 labels then two LSTM layers; P = 320. Index 28
   (the blank, never fed back) stands for the reference's start symbol: its embedding row is zero,
-  which is what the reference's prediction net uses before the first label.
+  which is what the reference's prediction net uses before the first label. A zero
+  ``hidden``/``cell`` is the reference's initial state (None).
 - ``joint``: ``f`` (B, H) and ``g`` (B, P) -> ``logits`` (B, 29): Linear(H+P, 512), ReLU, Linear(512, 29).
 
-A zero ``hidden``/``cell`` is the reference's initial state (None). ``size="small"`` keeps the graph
-and narrows every width to 64 for CI on two cores.
+The graphs are built from a state dict in the reference checkpoint's names and torch's layout
+(``checkpoint_graphs``): the real model converts through the same code as the SYNTHETIC one, whose
+weights are random (``build_model``; ``size="small"`` narrows every width for CI on two cores).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,25 +39,29 @@ from .synth import synthetic_waveform
 NUM_LABELS = 28  # " ", a-z, "'"
 NUM_CLASSES = NUM_LABELS + 1  # and the blank, last
 SOS = NUM_LABELS  # the start symbol's index in the prediction graph (its embedding row is zero)
-PRE_LAYERS, POST_LAYERS, PRED_LAYERS, STACK_TIME = 2, 3, 2, 2
+PRE_LAYERS, POST_LAYERS, PRED_LAYERS = 2, 3, 2
 FORGET_GATE_BIAS = 1.0
 SIZES = {"full": (1024, 320, 512), "small": (64, 64, 128)}  # (encoder, prediction, joint) widths
 PARTS = ("encoder", "prediction", "joint")
-LOGIT_SCALE = 3.0  # spread of the labels' logits: fp16 and int8 engines keep their ranking
-HOLD_BACK = 8.0 * LOGIT_SCALE  # how far the label just emitted falls
-SPACE_SHARE = 0.1
-LABEL_RATE = 0.4  # labels per encoder frame (60 ms) the synthetic model is tuned to emit
 FILES = {part: f"rnnt_{part}.onnx" for part in PARTS}
+# The reference checkpoint's module names (after its SUT's migration of "joint_net" to "joint.net").
+PRE_RNN, POST_RNN, PRED_RNN = "encoder.pre_rnn.lstm", "encoder.post_rnn.lstm", "prediction.dec_rnn.lstm"
+EMBED, JOINT_1, JOINT_2 = "prediction.embed.weight", "joint.net.0", "joint.net.3"
+# How the synthetic joint net behaves (see ``_fit_joint``).
+LOGIT_SCALE = 3.0  # spread of the labels' logits: fp16 and int8 engines keep their ranking
+HOLD_BACK = 8.0 * LOGIT_SCALE  # how far the labels just emitted fall
+SPACE_SHARE = 0.1  # of the frames' leading labels
+LABEL_RATE = 0.4  # labels per encoder frame (60 ms)
 
 # Per-sample tensors the pipeline hands to ``collate`` (no batch dimension).
 SAMPLE_SPECS = (TensorSpec("feature", (None, FEATURES), "float32"), TensorSpec("feature_length", (), "int64"))
 
 Runner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+State = Mapping[str, np.ndarray]
 
 
 class _Graph:
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
+    def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.n = 0
@@ -64,129 +70,111 @@ class _Graph:
         self.n += 1
         return f"{prefix}_{self.n}"
 
-    def const(self, value: np.ndarray, prefix: str = "c") -> str:
+    def const(self, value: np.ndarray | int | list[int], prefix: str = "c") -> str:
         name = self.name(prefix)
-        self.inits.append(numpy_helper.from_array(value, name))
+        array = value if isinstance(value, np.ndarray) else np.array(value, dtype=np.int64)
+        self.inits.append(numpy_helper.from_array(array, name))
         return name
 
-    def node(self, op: str, inputs: list[str], prefix: str | None = None, n_out: int = 1, **attrs: Any) -> list[str]:
-        outs = [self.name(prefix or op.lower()) for _ in range(n_out)]
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> list[str]:
+        outs = [self.name(op.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
         return outs
 
     def lstm(
-        self, x: str, width_in: int, hidden: int, lengths: str = "", h0: str = "", c0: str = "", gain: float = 3.0
+        self, x: str, state: State, prefix: str, layer: int, lengths: str = "", h0: str = "", c0: str = ""
     ) -> tuple[str, str, str]:
-        """One unidirectional LSTM layer; ONNX orders the gates i, o, f, c. Recurrent weights and biases
-        as torch.nn.LSTM initialises them (uniform ±1/sqrt(hidden)), the forget gate's input bias at 1
-        as the reference sets it. The input weights are scaled so that the gates see unit-variance
-        input (``gain`` 1 for unit-variance inputs, 3 for another LSTM's outputs): with torch's own
-        init five stacked random layers forget their input and every utterance encodes alike."""
-        bound = 1.0 / np.sqrt(hidden)
-        w = (self.rng.standard_normal((1, 4 * hidden, width_in)) * (gain / np.sqrt(width_in))).astype(np.float32)
-        r = self.rng.uniform(-bound, bound, (1, 4 * hidden, hidden)).astype(np.float32)
-        b = self.rng.uniform(-bound, bound, (1, 8 * hidden)).astype(np.float32)
-        b[0, 2 * hidden : 3 * hidden] = FORGET_GATE_BIAS
-        b[0, 6 * hidden : 7 * hidden] = 0.0
-        inputs = [x, self.const(w, "W"), self.const(r, "R"), self.const(b, "B"), lengths, h0, c0]
+        """One layer of a torch.nn.LSTM as an ONNX LSTM: torch orders the gates i, f, g, o, ONNX i, o, f, c."""
+        w_ih, w_hh = state[f"{prefix}.weight_ih_l{layer}"], state[f"{prefix}.weight_hh_l{layer}"]
+        b = np.concatenate([state[f"{prefix}.bias_ih_l{layer}"], state[f"{prefix}.bias_hh_l{layer}"]])
+        hidden = w_hh.shape[1]
+        order = np.concatenate([np.arange(k * hidden, (k + 1) * hidden) for k in (0, 3, 1, 2)])
+        order_b = np.concatenate([order, order + 4 * hidden])
+        weights = [w_ih[order][None], w_hh[order][None], b[order_b][None]]
+        inputs = [x, *(self.const(w.astype(np.float32), p) for w, p in zip(weights, "WRB", strict=True))]
+        inputs += [lengths, h0, c0]
         while inputs[-1] == "":
             inputs.pop()
-        y, y_h, y_c = self.node("LSTM", inputs, "lstm", n_out=3, hidden_size=hidden)
+        y, y_h, y_c = self.node("LSTM", inputs, n_out=3, hidden_size=hidden)
         # Y is (T, num_directions=1, B, hidden): drop the direction axis.
-        (seq,) = self.node("Squeeze", [y, self.const(np.array([1], dtype=np.int64), "axes")])
-        return seq, y_h, y_c
+        return self.node("Squeeze", [y, self.const([1], "axes")])[0], y_h, y_c
 
 
-def _model(
-    g: _Graph, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]
-) -> onnx.ModelProto:
+def _model(g: _Graph, name: str, doc: str, inputs: list[Any], outputs: list[Any]) -> onnx.ModelProto:
     graph = helper.make_graph(g.nodes, name, inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="mlperf-operator")
     model.ir_version = 7  # opset 13's IR: older onnxruntimes refuse newer ones
-    model.doc_string = f"SYNTHETIC: random-weight RNN-T {name}, not a trained model"
+    model.doc_string = doc
     onnx.checker.check_model(model)
     return model
 
 
-def _encoder(rng: np.random.Generator, width: int) -> onnx.ModelProto:
-    g = _Graph(rng)
+def _tensor(name: str, dtype: int, shape: list[str | int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def encoder_graph(state: State, doc: str) -> onnx.ModelProto:
+    g = _Graph()
     lengths32 = g.node("Cast", ["feature_length"], to=TensorProto.INT32)[0]
-    x, w_in = "feature", FEATURES
+    x = "feature"
     for layer in range(PRE_LAYERS):
-        x, _, _ = g.lstm(x, w_in, width, lengths32, gain=1.0 if layer == 0 else 3.0)
-        w_in = width
+        x = g.lstm(x, state, PRE_RNN, layer, lengths32)[0]
     # Zero the outputs past each utterance's end, as a batch of one has nothing there: the stacking
     # below then joins an utterance's last frame with zeros, whatever the batch's padding.
-    steps = g.node("Shape", [x])[0]
-    steps = g.node("Gather", [steps, g.const(np.array(0, np.int64))])[0]  # T, a scalar
-    steps = g.node("Range", [g.const(np.array(0, np.int64)), steps, g.const(np.array(1, np.int64))])[0]
+    steps = g.node("Gather", [g.node("Shape", [x])[0], g.const(0)])[0]  # T, a scalar
+    steps = g.node("Range", [g.const(0), steps, g.const(1)])[0]
     valid = g.node(
         "Less",
         [
-            g.node("Unsqueeze", [steps, g.const(np.array([1], dtype=np.int64), "axes")])[0],
-            g.node("Unsqueeze", ["feature_length", g.const(np.array([0], dtype=np.int64), "axes")])[0],
+            g.node("Unsqueeze", [steps, g.const([1], "axes")])[0],
+            g.node("Unsqueeze", ["feature_length", g.const([0], "axes")])[0],
         ],
     )[0]  # (T, B)
-    mask = g.node(
-        "Unsqueeze", [g.node("Cast", [valid], to=TensorProto.FLOAT)[0], g.const(np.array([2], np.int64), "axes")]
-    )[0]
+    mask = g.node("Unsqueeze", [g.node("Cast", [valid], to=TensorProto.FLOAT)[0], g.const([2], "axes")])[0]
     x = g.node("Mul", [x, mask])[0]
-    # Time stacking: frame t joined with frame t+1 (zero past the end), every second one kept.
-    big = np.iinfo(np.int64).max
-    later = g.node(
-        "Slice",
-        [x, g.const(np.array([1], np.int64)), g.const(np.array([big], np.int64)), g.const(np.array([0], np.int64))],
-    )[0]
-    later = g.node("Pad", [later, g.const(np.array([0, 0, 0, 1, 0, 0], np.int64))])[0]
+    # Time stacking by 2 (StackTime): frame t joined with frame t+1 (zero past the end), every second kept.
+    end = int(np.iinfo(np.int64).max)
+    later = g.node("Slice", [x, g.const([1]), g.const([end]), g.const([0])])[0]
+    later = g.node("Pad", [later, g.const([0, 0, 0, 1, 0, 0])])[0]
     stacked = g.node("Concat", [x, later], axis=2)[0]
-    x = g.node(
-        "Slice",
-        [
-            stacked,
-            g.const(np.array([0], np.int64)),
-            g.const(np.array([big], np.int64)),
-            g.const(np.array([0], np.int64)),
-            g.const(np.array([STACK_TIME], np.int64)),
-        ],
-    )[0]
-    # ceil(length / 2), as the reference's StackTime computes it.
-    out_len = g.node(
-        "Div", [g.node("Add", ["feature_length", g.const(np.array(1, np.int64))])[0], g.const(np.array(2, np.int64))]
-    )[0]
+    x = g.node("Slice", [stacked, g.const([0]), g.const([end]), g.const([0]), g.const([2])])[0]
+    # ceil(length / 2), as StackTime computes it.
+    out_len = g.node("Div", [g.node("Add", ["feature_length", g.const(1)])[0], g.const(2)])[0]
     g.nodes.append(helper.make_node("Identity", [out_len], ["encoded_length"]))
     out_len32 = g.node("Cast", [out_len], to=TensorProto.INT32)[0]
-    w_in = STACK_TIME * width
-    for _ in range(POST_LAYERS):
-        x, _, _ = g.lstm(x, w_in, width, out_len32)
-        w_in = width
+    for layer in range(POST_LAYERS):
+        x = g.lstm(x, state, POST_RNN, layer, out_len32)[0]
     g.nodes.append(helper.make_node("Transpose", [x], ["encoded"], perm=[1, 0, 2]))
+    width = state[f"{POST_RNN}.weight_hh_l0"].shape[1]
     return _model(
         g,
         "rnnt_encoder",
+        doc,
         [
-            helper.make_tensor_value_info("feature", TensorProto.FLOAT, ["T", "B", FEATURES]),
-            helper.make_tensor_value_info("feature_length", TensorProto.INT64, ["B"]),
+            _tensor("feature", TensorProto.FLOAT, ["T", "B", FEATURES]),
+            _tensor("feature_length", TensorProto.INT64, ["B"]),
         ],
         [
-            helper.make_tensor_value_info("encoded", TensorProto.FLOAT, ["B", "T2", width]),
-            helper.make_tensor_value_info("encoded_length", TensorProto.INT64, ["B"]),
+            _tensor("encoded", TensorProto.FLOAT, ["B", "T2", width]),
+            _tensor("encoded_length", TensorProto.INT64, ["B"]),
         ],
     )
 
 
-def _prediction(rng: np.random.Generator, width: int) -> onnx.ModelProto:
-    g = _Graph(rng)
-    embed = rng.standard_normal((NUM_CLASSES, width)).astype(np.float32)  # torch.nn.Embedding's N(0, 1)
-    embed[SOS] = 0.0
-    x = g.node("Gather", [g.const(embed, "embed"), "symbol"])[0]  # (B, 1, P)
+def prediction_graph(state: State, doc: str) -> onnx.ModelProto:
+    g = _Graph()
+    embed = state[EMBED]
+    width = embed.shape[1]
+    table = np.concatenate([embed, np.zeros((1, width))]).astype(np.float32)  # row 28: the start symbol
+    x = g.node("Gather", [g.const(table, "embed"), "symbol"])[0]  # (B, 1, P)
     x = g.node("Transpose", [x], perm=[1, 0, 2])[0]  # (1, B, P)
     hs, cs = [], []
     for layer in range(PRED_LAYERS):
         # This layer's slice of the (layers, B, P) state.
-        start, end, axis = (g.const(np.array([v], np.int64)) for v in (layer, layer + 1, 0))
-        h0 = g.node("Slice", ["hidden", start, end, axis])[0]
-        c0 = g.node("Slice", ["cell", start, end, axis])[0]
-        x, h, c = g.lstm(x, width, width, "", h0, c0, gain=1.0 if layer == 0 else 3.0)
+        start, stop, axis = g.const([layer]), g.const([layer + 1]), g.const([0])
+        h0 = g.node("Slice", ["hidden", start, stop, axis])[0]
+        c0 = g.node("Slice", ["cell", start, stop, axis])[0]
+        x, h, c = g.lstm(x, state, PRED_RNN, layer, "", h0, c0)
         hs.append(h)
         cs.append(c)
     g.nodes += [
@@ -194,37 +182,82 @@ def _prediction(rng: np.random.Generator, width: int) -> onnx.ModelProto:
         helper.make_node("Concat", hs, ["hidden_out"], axis=0),
         helper.make_node("Concat", cs, ["cell_out"], axis=0),
     ]
-    state: list[str | int] = ["L", "B", width]
+    shape: list[str | int] = ["L", "B", width]
     return _model(
         g,
         "rnnt_prediction",
+        doc,
         [
-            helper.make_tensor_value_info("symbol", TensorProto.INT64, ["B", 1]),
-            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, state),
-            helper.make_tensor_value_info("cell", TensorProto.FLOAT, state),
+            _tensor("symbol", TensorProto.INT64, ["B", 1]),
+            _tensor("hidden", TensorProto.FLOAT, shape),
+            _tensor("cell", TensorProto.FLOAT, shape),
         ],
         [
-            helper.make_tensor_value_info("g", TensorProto.FLOAT, ["B", 1, width]),
-            helper.make_tensor_value_info("hidden_out", TensorProto.FLOAT, state),
-            helper.make_tensor_value_info("cell_out", TensorProto.FLOAT, state),
+            _tensor("g", TensorProto.FLOAT, ["B", 1, width]),
+            _tensor("hidden_out", TensorProto.FLOAT, shape),
+            _tensor("cell_out", TensorProto.FLOAT, shape),
         ],
     )
 
 
-def _joint(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, enc: int, pred: int) -> onnx.ModelProto:
-    g = _Graph(np.random.default_rng(0))
+def joint_graph(state: State, doc: str) -> onnx.ModelProto:
+    g = _Graph()
+    w1 = state[f"{JOINT_1}.weight"]  # (512, H + P), torch's (out, in): Gemm with transB
+    enc = state[f"{POST_RNN}.weight_hh_l0"].shape[1]
     x = g.node("Concat", ["f", "g"], axis=1)[0]
-    x = g.node("Relu", [g.node("Gemm", [x, g.const(w1, "W1"), g.const(b1, "B1")])[0]])[0]
-    g.nodes.append(helper.make_node("Gemm", [x, g.const(w2, "W2"), g.const(b2, "B2")], ["logits"]))
+    consts = [
+        g.const(state[f"{layer}.{kind}"].astype(np.float32))
+        for layer in (JOINT_1, JOINT_2)
+        for kind in ("weight", "bias")
+    ]
+    x = g.node("Relu", [g.node("Gemm", [x, consts[0], consts[1]], transB=1)[0]])[0]
+    g.nodes.append(helper.make_node("Gemm", [x, consts[2], consts[3]], ["logits"], transB=1))
     return _model(
         g,
         "rnnt_joint",
-        [
-            helper.make_tensor_value_info("f", TensorProto.FLOAT, ["B", enc]),
-            helper.make_tensor_value_info("g", TensorProto.FLOAT, ["B", pred]),
-        ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", NUM_CLASSES])],
+        doc,
+        [_tensor("f", TensorProto.FLOAT, ["B", enc]), _tensor("g", TensorProto.FLOAT, ["B", w1.shape[1] - enc])],
+        [_tensor("logits", TensorProto.FLOAT, ["B", NUM_CLASSES])],
     )
+
+
+def checkpoint_graphs(
+    state: State, doc: str = "RNN-T converted from the MLPerf checkpoint"
+) -> dict[str, onnx.ModelProto]:
+    """The three graphs from a state dict with the reference checkpoint's names (numpy arrays; the
+    checkpoint's own "joint_net" names are accepted as its SUT migrates them)."""
+    state = {k.replace("joint_net", "joint.net"): np.asarray(v) for k, v in state.items()}
+    needed = [EMBED, f"{JOINT_1}.weight", f"{JOINT_2}.weight", f"{PRE_RNN}.weight_ih_l0", f"{POST_RNN}.weight_hh_l2"]
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise HarnessError(f"RNN-T state dict lacks {', '.join(missing)}; is it the MLPerf rnnt checkpoint?")
+    return {
+        "encoder": encoder_graph(state, doc),
+        "prediction": prediction_graph(state, doc),
+        "joint": joint_graph(state, doc),
+    }
+
+
+def _lstm_weights(
+    rng: np.random.Generator, prefix: str, layers: int, width_in: int, hidden: int
+) -> dict[str, np.ndarray]:
+    """A torch.nn.LSTM's parameters: recurrent weights and biases as torch initialises them (uniform
+    ±1/sqrt(hidden)), the forget gate's input bias at 1 and its recurrent one at 0 as the reference
+    sets them. The input weights are scaled so the gates see unit-variance input (gain 1 on
+    unit-variance inputs, 3 on another LSTM's outputs): with torch's own init five stacked random
+    layers forget their input and every utterance encodes alike."""
+    bound = 1.0 / np.sqrt(hidden)
+    out = {}
+    for layer in range(layers):
+        n_in = width_in if layer == 0 else hidden
+        gain = 1.0 if (layer == 0 and prefix != POST_RNN) else 3.0
+        b_ih = rng.uniform(-bound, bound, 4 * hidden)
+        b_hh = rng.uniform(-bound, bound, 4 * hidden)
+        b_ih[hidden : 2 * hidden], b_hh[hidden : 2 * hidden] = FORGET_GATE_BIAS, 0.0
+        out[f"{prefix}.weight_ih_l{layer}"] = rng.standard_normal((4 * hidden, n_in)) * (gain / np.sqrt(n_in))
+        out[f"{prefix}.weight_hh_l{layer}"] = rng.uniform(-bound, bound, (4 * hidden, hidden))
+        out[f"{prefix}.bias_ih_l{layer}"], out[f"{prefix}.bias_hh_l{layer}"] = b_ih, b_hh
+    return {k: v.astype(np.float32) for k, v in out.items()}
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -260,42 +293,39 @@ def _calibration(
     return utterances, np.concatenate(gs), np.concatenate(recent)
 
 
-def _labels_per_frame(prediction: onnx.ModelProto, utterances: list[np.ndarray], joint: list[np.ndarray]) -> float:
+def _labels_per_frame(prediction: onnx.ModelProto, utterances: list[np.ndarray], joint: dict[str, np.ndarray]) -> float:
     """Labels per encoder frame that greedy decoding of ``utterances`` gives with these joint weights."""
     from .decoder import greedy_decode
 
-    w1, b1, w2, b2 = joint
+    w1, b1 = joint[f"{JOINT_1}.weight"], joint[f"{JOINT_1}.bias"]
+    w2, b2 = joint[f"{JOINT_2}.weight"], joint[f"{JOINT_2}.bias"]
     pred = _session(prediction)
 
     def run(part: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if part == "joint":
             z = np.concatenate([tensors["f"], tensors["g"]], axis=1)
-            return {"logits": np.maximum(z @ w1 + b1, 0.0) @ w2 + b2}
+            return {"logits": np.maximum(z @ w1.T + b1, 0.0) @ w2.T + b2}
         return dict(zip(["g", "hidden_out", "cell_out"], pred.run(None, tensors), strict=True))
 
     emitted = frames = 0
     for enc in utterances:
-        emitted += len(greedy_decode(run, enc[None], np.array([len(enc)]), pred_width=w1.shape[0] - enc.shape[1])[0])
+        emitted += len(greedy_decode(run, enc[None], np.array([len(enc)]), pred_width=w1.shape[1] - enc.shape[1])[0])
         frames += len(enc)
     return emitted / frames
 
 
-def build_graphs(seed: int, size: str = "small") -> dict[str, onnx.ModelProto]:
-    """The three graphs for ``seed``, the joint net set up to behave like a trained one's: random
-    encoder frames vote for labels, and the prediction output holds back the label just emitted, so
-    a frame's label comes once and the blank follows (a random joint instead repeats one label up to
-    30 times a frame, or never leaves the blank). Every label is used, spaces about one in six, at
-    LABEL_RATE labels per encoder frame."""
-    if size not in SIZES:
-        raise HarnessError(f"rnnt model size {size!r} unknown; use one of {', '.join(SIZES)}")
-    enc_w, pred_w, joint_w = SIZES[size]
-    rng = np.random.default_rng(seed)
-    encoder = _encoder(rng, enc_w)
-    prediction = _prediction(rng, pred_w)
+def _fit_joint(
+    rng: np.random.Generator, encoder: onnx.ModelProto, prediction: onnx.ModelProto, widths: tuple[int, int, int]
+) -> dict[str, np.ndarray]:
+    """Joint weights that behave like a trained net's: encoder frames vote for labels through random
+    projections, and the prediction output holds back the last two labels emitted, so that a frame's
+    label comes once and the blank follows (a random joint instead repeats labels up to 30 times a
+    frame, or never leaves the blank). Every label leads equally often, the space in SPACE_SHARE of
+    frames; the blank's bias gives LABEL_RATE labels per encoder frame."""
+    enc_w, pred_w, joint_w = widths
     utterances, gs, recent = _calibration(rng, encoder, prediction, pred_w)
-    # Units reading the prediction output: a linear read-out of the last two labels (least squares),
-    # carried through the ReLU as relu(x) - relu(-x). Holding back two, not one, breaks the
-    # two-label cycles a frame would otherwise repeat.
+    # Units reading the prediction output: a least-squares read-out of the last two labels, carried
+    # through the ReLU as relu(x) - relu(-x). Two, not one: one leaves two-label cycles.
     readout = np.linalg.lstsq(np.concatenate([gs, np.ones((len(gs), 1))], axis=1), recent, rcond=None)[0]
     # Units reading the encoder frame: random projections of the standardised frame.
     f = np.concatenate(utterances)
@@ -305,7 +335,7 @@ def build_graphs(seed: int, size: str = "small") -> dict[str, onnx.ModelProto]:
     b1f = -mean @ w1f
     votes = rng.standard_normal((units, NUM_LABELS))
     raw = np.maximum(f @ w1f + b1f, 0.0) @ votes
-    spread = LOGIT_SCALE / (raw.std(axis=0) + 1e-9)  # every label equally likely to lead
+    spread = LOGIT_SCALE / (raw.std(axis=0) + 1e-9)
     votes *= spread
     vote_bias = -raw.mean(axis=0) * spread
     scores = raw * spread + vote_bias
@@ -314,37 +344,63 @@ def build_graphs(seed: int, size: str = "small") -> dict[str, onnx.ModelProto]:
     w1[:enc_w, :units] = w1f
     w1[enc_w:, units : units + NUM_LABELS] = readout[:-1]
     w1[enc_w:, units + NUM_LABELS :] = -readout[:-1]
-    b1 = np.concatenate([b1f, readout[-1], -readout[-1]])
     w2 = np.zeros((joint_w, NUM_CLASSES))
     w2[:units, :NUM_LABELS] = votes
     w2[units : units + NUM_LABELS, :NUM_LABELS] = -HOLD_BACK * np.eye(NUM_LABELS)
     w2[units + NUM_LABELS :, :NUM_LABELS] = HOLD_BACK * np.eye(NUM_LABELS)
-    b2 = np.concatenate([vote_bias, [0.0]])
+    joint = {
+        f"{JOINT_1}.weight": w1.T.astype(np.float32),
+        f"{JOINT_1}.bias": np.concatenate([b1f, readout[-1], -readout[-1]]).astype(np.float32),
+        f"{JOINT_2}.weight": w2.T.astype(np.float32),
+        f"{JOINT_2}.bias": np.concatenate([vote_bias, [0.0]]).astype(np.float32),
+    }
     # The blank's bias by bisection on the decode itself.
-    joint = [w1.astype(np.float32), b1.astype(np.float32), w2.astype(np.float32), b2.astype(np.float32)]
     low, high = -4.0 * LOGIT_SCALE, 8.0 * LOGIT_SCALE
     for _ in range(12):
-        joint[3][-1] = np.float32((low + high) / 2)
+        joint[f"{JOINT_2}.bias"][-1] = (low + high) / 2
         if _labels_per_frame(prediction, utterances, joint) > LABEL_RATE:
             low = (low + high) / 2
         else:
             high = (low + high) / 2
-    joint[3][-1] = np.float32((low + high) / 2)
-    return {
-        "encoder": encoder,
-        "prediction": prediction,
-        "joint": _joint(joint[0], joint[1], joint[2], joint[3], enc_w, pred_w),
+    joint[f"{JOINT_2}.bias"][-1] = (low + high) / 2
+    return joint
+
+
+def synthetic_state(seed: int, size: str = "small") -> dict[str, np.ndarray]:
+    """A state dict of the reference's names and shapes (embedding 28 x P), weights random for ``seed``."""
+    if size not in SIZES:
+        raise HarnessError(f"rnnt model size {size!r} unknown; use one of {', '.join(SIZES)}")
+    enc_w, pred_w, joint_w = SIZES[size]
+    rng = np.random.default_rng(seed)
+    state = {
+        **_lstm_weights(rng, PRE_RNN, PRE_LAYERS, FEATURES, enc_w),
+        **_lstm_weights(rng, POST_RNN, POST_LAYERS, 2 * enc_w, enc_w),
+        EMBED: rng.standard_normal((NUM_LABELS, pred_w)).astype(np.float32),  # torch.nn.Embedding's N(0, 1)
+        **_lstm_weights(rng, PRED_RNN, PRED_LAYERS, pred_w, pred_w),
     }
+    doc = f"SYNTHETIC: random-weight RNN-T ({size}), not a trained model"
+    state.update(_fit_joint(rng, encoder_graph(state, doc), prediction_graph(state, doc), (enc_w, pred_w, joint_w)))
+    return state
+
+
+def build_graphs(seed: int, size: str = "small") -> dict[str, onnx.ModelProto]:
+    return checkpoint_graphs(
+        synthetic_state(seed, size), f"SYNTHETIC: random-weight RNN-T ({size}), not a trained model"
+    )
+
+
+def write_graphs(graphs: dict[str, onnx.ModelProto], out_dir: Path) -> dict[str, Path]:
+    paths = {}
+    for part, model in graphs.items():
+        paths[part] = out_dir / FILES[part]
+        atomic_write_bytes(paths[part], model.SerializeToString())
+    return paths
 
 
 def build_model(out_dir: Path, seed: int, size: str = "small") -> dict[str, Path]:
     """Write the three SYNTHETIC graphs into ``out_dir`` (rnnt_encoder.onnx, rnnt_prediction.onnx,
     rnnt_joint.onnx); return their paths by part."""
-    paths = {}
-    for part, model in build_graphs(seed, size).items():
-        paths[part] = out_dir / FILES[part]
-        atomic_write_bytes(paths[part], model.SerializeToString())
-    return paths
+    return write_graphs(build_graphs(seed, size), out_dir)
 
 
 def onnx_runner(model_dir: Path, providers: list[str] | None = None, threads: int = 0) -> Runner:
