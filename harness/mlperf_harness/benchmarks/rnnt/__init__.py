@@ -2,16 +2,21 @@
 
 Building blocks, as plain functions, for the harness to wire in:
 ``convert_dataset`` / ``synthesize_dataset`` (data), ``build_model`` (three ONNX graphs),
-``preprocess`` / ``collate`` / ``infer`` / ``responses`` (pipeline) and ``score`` (accuracy).
+``preprocess`` / ``collate`` / ``infer`` / ``responses`` (pipeline) and ``score`` (accuracy);
+``checkpoint_graphs`` turns the real checkpoint's state dict (numpy arrays, e.g. from torch.load on
+the GPU image) into the same three graphs.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..base import PendingBenchmark
-from .accuracy import score, word_error_rate
+from .accuracy import TARGET_WER, score, word_error_rate
 from .data import (
     BLANK,
     LABELS,
+    MANIFEST,
     MAX_DURATION,
     Utterance,
     convert_dataset,
@@ -22,7 +27,25 @@ from .data import (
 )
 from .decoder import collate, greedy_decode, infer, responses
 from .features import FEATURES, filterbank_features
-from .model import SAMPLE_SPECS, build_model, onnx_runner
+from .model import SAMPLE_SPECS, build_model, checkpoint_graphs, onnx_runner, write_graphs
+
+# The v1.0 round's facts for rnnt (mlperf.conf, the compliance directory, the reference README), for the
+# suite tables: dev-clean's utterances of at most 15 s, all of them in the performance sample set.
+DATASET_SIZE = 2513
+PERFORMANCE_SAMPLE_COUNT = 2513
+SERVER_TARGET_LATENCY_MS = 1000
+AUDITS = ("TEST01", "TEST05")  # no TEST04 for rnnt
+TEST01_SAMPLING_TARGET = 4096  # compliance/nvidia/TEST01/rnnt/audit.config
+RESPONSE_DTYPE = "int64"  # what accuracy_eval.py and TEST01's verify_accuracy.py read the responses as
+TARGET_ACCURACY = 0.99 * (100.0 - TARGET_WER)  # 91.62252: 99 % of the FP32 reference's 100 - WER
+
+
+def accuracy_command(log_dir: Path, dataset_dir: Path) -> str:
+    """The reference's scoring command, run from speech_recognition/rnnt of the inference repo."""
+    return (
+        f"python3 accuracy_eval.py --log_dir {log_dir} --dataset_dir {dataset_dir}"
+        f" --manifest {dataset_dir / MANIFEST} --output_dtype {RESPONSE_DTYPE}"
+    )
 
 
 class Rnnt(PendingBenchmark):
@@ -31,14 +54,24 @@ class Rnnt(PendingBenchmark):
 
 
 __all__ = [
+    "AUDITS",
     "BLANK",
+    "DATASET_SIZE",
     "FEATURES",
     "LABELS",
     "MAX_DURATION",
+    "PERFORMANCE_SAMPLE_COUNT",
+    "RESPONSE_DTYPE",
     "SAMPLE_SPECS",
+    "SERVER_TARGET_LATENCY_MS",
+    "TARGET_ACCURACY",
+    "TARGET_WER",
+    "TEST01_SAMPLING_TARGET",
     "Rnnt",
     "Utterance",
+    "accuracy_command",
     "build_model",
+    "checkpoint_graphs",
     "collate",
     "convert_dataset",
     "filterbank_features",
@@ -52,4 +85,5 @@ __all__ = [
     "score",
     "synthesize_dataset",
     "word_error_rate",
+    "write_graphs",
 ]
