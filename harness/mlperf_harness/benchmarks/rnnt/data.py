@@ -25,6 +25,7 @@ import soundfile as sf
 
 from ...errors import HarnessError
 from ...fsutil import atomic_write_json, atomic_write_text, staging_dir
+from . import MANIFEST
 from .decoder import collate, infer
 from .features import SAMPLE_RATE, filterbank_features
 from .model import onnx_runner
@@ -35,7 +36,6 @@ BLANK = len(LABELS)  # 28: the RNN-T's extra class, never in a transcript
 MAX_DURATION = 15.0  # seconds: the reference QSL's filter
 SOURCE = Path("LibriSpeech") / "dev-clean"
 WAV_DIR = "dev-clean-wav"
-MANIFEST = "dev-clean-wav.json"
 SYNTHETIC_NOTE = "SYNTHETIC: generated audio; transcripts are a random-weight RNN-T's own greedy decode.\n"
 
 # The reference's text cleaning (english_cleaners with punctuation removal): punctuation that is not a
