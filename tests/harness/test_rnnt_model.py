@@ -72,16 +72,16 @@ def test_graphs_compute_the_reference_modules(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     # Two utterances of different lengths in one batch, one of them odd: the padding must not leak.
     feats = [rng.standard_normal((t, 240)).astype(np.float32) for t in (13, 8)]
-    batch = np.zeros((13, 2, 240), np.float32)
+    batch = np.zeros((2, 13, 240), np.float32)
     for i, f in enumerate(feats):
-        batch[: len(f), i] = f
+        batch[i, : len(f)] = f
     out = run("encoder", {"feature": batch, "feature_length": np.array([13, 8])})
     assert out["encoded_length"].tolist() == [7, 4]
     for i, f in enumerate(feats):
         want = reference_encoder(f.astype(np.float64), state)
         np.testing.assert_allclose(out["encoded"][i, : len(want)], want, atol=2e-5)
     # Prediction: the start symbol (zero input, zero state), then label 5 from the state it left.
-    zeros = np.zeros((2, 1, 64), np.float32)
+    zeros = np.zeros((1, 2, 64), np.float32)
     p0 = run("prediction", {"symbol": np.array([[M.SOS]]), "hidden": zeros, "cell": zeros})
     y, (h1, c1) = lstm(np.zeros((1, 64)), state, M.PRED_RNN, 0)
     y, (h2, c2) = lstm(y, state, M.PRED_RNN, 1)
@@ -122,12 +122,13 @@ def test_interface_and_full_widths() -> None:
         [("g", f32), ("hidden_out", f32), ("cell_out", f32)],
     )
     assert _io(graphs["joint"]) == ([("f", f32), ("g", f32)], [("logits", f32)])
-    weights = {t.name: list(t.dims) for m in graphs.values() for t in m.graph.initializer}
-    lstm_w = [weights[n.input[1]] for n in graphs["encoder"].graph.node if n.op_type == "LSTM"]
+    weights = {part: {t.name: list(t.dims) for t in m.graph.initializer} for part, m in graphs.items()}
+    lstm_w = [weights["encoder"][n.input[1]] for n in graphs["encoder"].graph.node if n.op_type == "LSTM"]
     # Two LSTM layers on 240 stacked features, time stacking by 2, three on 2048: the real widths.
     assert lstm_w == [[1, 4096, 240], [1, 4096, 1024], [1, 4096, 2048], [1, 4096, 1024], [1, 4096, 1024]]
-    assert [weights[n.input[1]] for n in graphs["prediction"].graph.node if n.op_type == "LSTM"] == [[1, 1280, 320]] * 2
-    assert [v for k, v in weights.items() if k.startswith("embed")] == [[29, 320]]  # 28 labels and the start
+    pred = weights["prediction"]
+    assert [pred[n.input[1]] for n in graphs["prediction"].graph.node if n.op_type == "LSTM"] == [[1, 1280, 320]] * 2
+    assert [v for k, v in pred.items() if k.startswith("embed")] == [[29, 320]]  # 28 labels and the start
     with pytest.raises(HarnessError, match=r"lacks prediction\.embed\.weight"):
         M.checkpoint_graphs({k: v for k, v in state.items() if k != M.EMBED})
     with pytest.raises(HarnessError, match="size 'huge' unknown"):

@@ -13,8 +13,6 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..base import PendingBenchmark
-
 if TYPE_CHECKING:
     from .accuracy import score, word_error_rate
     from .data import (
@@ -45,6 +43,8 @@ _LAZY = {
     **dict.fromkeys(("SAMPLE_SPECS", "build_model", "checkpoint_graphs", "onnx_runner", "write_graphs"), "model"),
 }
 MANIFEST = "dev-clean-wav.json"  # the converted dataset's manifest, beside dev-clean-wav/
+PARTS = ("encoder", "prediction", "joint")
+FILES = {part: f"rnnt_{part}.onnx" for part in PARTS}  # the model's three graphs
 TARGET_WER = 7.452  # the FP32 reference's WER (%) on dev-clean (README: 7.452253714852645)
 
 
@@ -73,18 +73,18 @@ def accuracy_command(log_dir: Path, dataset_dir: Path) -> str:
     )
 
 
-class Rnnt(PendingBenchmark):
-    name = "rnnt"
-    capabilities = {"dataset": False, "model": False, "preprocess": False, "accuracy": False, "synthetic": False}
-
+from .benchmark import Rnnt  # noqa: E402 - after the constants it imports
 
 __all__ = [
     "AUDITS",
     "BLANK",
     "DATASET_SIZE",
     "FEATURES",
+    "FILES",
     "LABELS",
+    "MANIFEST",
     "MAX_DURATION",
+    "PARTS",
     "PERFORMANCE_SAMPLE_COUNT",
     "RESPONSE_DTYPE",
     "SAMPLE_SPECS",

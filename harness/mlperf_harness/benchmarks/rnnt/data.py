@@ -98,14 +98,16 @@ def _transcripts(source: Path) -> list[tuple[Path, str, str]]:
     return found
 
 
-def convert_dataset(dataset_dir: Path) -> Path:
+def convert_dataset(dataset_dir: Path, out_dir: Path | None = None) -> Path:
     """LibriSpeech/dev-clean (FLAC) -> dev-clean-wav/ (16-bit wav) and dev-clean-wav.json, as the
-    reference's convert_librispeech.py writes them. The wav directory appears complete or not at all."""
+    reference's convert_librispeech.py writes them, into ``out_dir`` (default: beside the download;
+    elsewhere when that is read-only, a PVC). The wav directory appears complete or not at all."""
+    out = out_dir or dataset_dir
     source = dataset_dir / SOURCE
     if not source.is_dir():
         raise HarnessError(f"{source}: missing; download LibriSpeech dev-clean (or synthesize it) first")
     entries = []
-    with staging_dir(dataset_dir / WAV_DIR) as stage:
+    with staging_dir(out / WAV_DIR) as stage:
         for flac, utt_id, transcript in _transcripts(source):
             try:
                 pcm, rate = sf.read(str(flac), dtype="int16")
@@ -136,7 +138,7 @@ def convert_dataset(dataset_dir: Path) -> Path:
             )
         if (source.parent / "README.TXT").is_file() and "SYNTHETIC" in (source.parent / "README.TXT").read_text():
             atomic_write_text(stage / "README.TXT", SYNTHETIC_NOTE)
-    manifest = dataset_dir / MANIFEST
+    manifest = out / MANIFEST
     atomic_write_json(manifest, entries)
     return manifest
 

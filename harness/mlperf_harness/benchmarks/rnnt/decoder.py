@@ -10,6 +10,8 @@ the same output, so caching it changes nothing in the result.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ...errors import HarnessError
@@ -23,7 +25,7 @@ PRED_WIDTH = {enc: pred for enc, pred, _ in SIZES.values()}
 
 def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Samples {"feature": (T_i, 240) float32, "feature_length": () int64} -> the encoder's inputs:
-    ``feature`` (max T, B, 240) time-major and zero-padded, ``feature_length`` (B,) int64."""
+    ``feature`` (B, max T, 240) zero-padded, ``feature_length`` (B,) int64."""
     if not samples:
         raise HarnessError("rnnt: collate got an empty batch")
     for i, s in enumerate(samples):
@@ -31,9 +33,9 @@ def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         if feat.ndim != 2 or feat.shape[1] != FEATURES or feat.dtype != np.float32:
             raise HarnessError(f"rnnt sample {i}: feature {feat.dtype}{feat.shape}, expected float32 (T, {FEATURES})")
     lengths = np.array([int(s["feature_length"]) for s in samples], dtype=np.int64)
-    batch = np.zeros((int(max(s["feature"].shape[0] for s in samples)), len(samples), FEATURES), np.float32)
+    batch = np.zeros((len(samples), int(max(s["feature"].shape[0] for s in samples)), FEATURES), np.float32)
     for i, s in enumerate(samples):
-        batch[: s["feature"].shape[0], i] = s["feature"]
+        batch[i, : s["feature"].shape[0]] = s["feature"]
     return {"feature": batch, "feature_length": lengths}
 
 
@@ -44,11 +46,11 @@ def greedy_decode(run: Runner, encoded: np.ndarray, lengths: np.ndarray, pred_wi
     width = pred_width or PRED_WIDTH[encoded.shape[2]]
     # The reference's first prediction step: no label yet (the zero embedding), no state (zeros).
     # It is the same for every utterance: computed once.
-    zeros = np.zeros((PRED_LAYERS, 1, width), np.float32)
+    zeros = np.zeros((1, PRED_LAYERS, width), np.float32)
     start = run("prediction", {"symbol": np.full((1, 1), SOS, np.int64), "hidden": zeros, "cell": zeros})
     g = np.repeat(start["g"][:, 0], batch, axis=0)
-    hidden = np.repeat(start["hidden_out"], batch, axis=1)
-    cell = np.repeat(start["cell_out"], batch, axis=1)
+    hidden = np.repeat(start["hidden_out"], batch, axis=0)
+    cell = np.repeat(start["cell_out"], batch, axis=0)
     labels: list[list[int]] = [[] for _ in range(batch)]
     for t in range(int(lengths.max(initial=0))):
         rows = np.flatnonzero(lengths > t)
@@ -66,11 +68,11 @@ def greedy_decode(run: Runner, encoded: np.ndarray, lengths: np.ndarray, pred_wi
                 "prediction",
                 {
                     "symbol": best.astype(np.int64)[:, None],
-                    "hidden": np.ascontiguousarray(hidden[:, rows]),
-                    "cell": np.ascontiguousarray(cell[:, rows]),
+                    "hidden": hidden[rows],
+                    "cell": cell[rows],
                 },
             )
-            g[rows], hidden[:, rows], cell[:, rows] = out["g"][:, 0], out["hidden_out"], out["cell_out"]
+            g[rows], hidden[rows], cell[rows] = out["g"][:, 0], out["hidden_out"], out["cell_out"]
             added[rows] += 1
             rows = rows[added[rows] < MAX_SYMBOLS_PER_STEP]
     return labels
@@ -87,9 +89,11 @@ def infer(run: Runner, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"labels": out, "label_count": counts}
 
 
-def responses(outputs: dict[str, np.ndarray], samples: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-    """One response per sample, what the reference SUT logs: its label indices as int64 (array('q'))."""
+def responses(outputs: Mapping[str, np.ndarray], count: int) -> list[np.ndarray]:
+    """One response per sample of a batch of ``count``, what the reference SUT logs: its label
+    indices as int64 (array('q')). ``labels`` may be wider than the longest sequence (the null
+    backend's (n, 1) zeros with counts 0: empty transcripts)."""
     labels, counts = outputs["labels"], outputs["label_count"]
-    if len(counts) != len(samples):
-        raise HarnessError(f"rnnt: {len(counts)} decoded utterances for {len(samples)} samples")
+    if len(counts) != count:
+        raise HarnessError(f"rnnt: {len(counts)} decoded utterances for {count} samples")
     return [np.ascontiguousarray(labels[i, : int(n)], dtype="<i8") for i, n in enumerate(counts)]

@@ -3,12 +3,15 @@
 The reference runs one PyTorch module in three parts, and its greedy decoder calls them separately;
 the graphs here are those parts:
 
-- ``encoder``: ``feature`` (T, B, 240) float32 time-major, as the reference's SUT hands it over, and
-  ``feature_length`` (B,) int64 -> ``encoded`` (B, ceil(T/2), H) and ``encoded_length`` (B,) int64.
+- ``encoder``: ``feature`` (B, T, 240) float32 and ``feature_length`` (B,) int64 -> ``encoded``
+  (B, ceil(T/2), H) and ``encoded_length`` (B,) int64. The reference's SUT hands the features over
+  time-major; the graph takes them batch first and transposes, so that every input and output of
+  every part has the batch first, as the harness's backends (batch-size profiles, warm-up) expect.
   Two LSTM layers, time stacking by 2 (each frame joined with the next, zero past the end), three
   LSTM layers; H = 1024.
-- ``prediction``: ``symbol`` (B, 1) int64, ``hidden`` and ``cell`` (2, B, P) -> ``g`` (B, 1, P),
-  ``hidden_out``, ``cell_out``. Embedding of the 28 labels then two LSTM layers; P = 320. Index 28
+- ``prediction``: ``symbol`` (B, 1) int64, ``hidden`` and ``cell`` (B, 2, P) -> ``g`` (B, 1, P),
+  ``hidden_out``, ``cell_out`` (B, 2, P): torch's (layers, B, P) state, batch first. Embedding of
+  the 28 labels then two LSTM layers; P = 320. Index 28
   (the blank, never fed back) stands for the reference's start symbol: its embedding row is zero,
   which is what the reference's prediction net uses before the first label. A zero
   ``hidden``/``cell`` is the reference's initial state (None).
@@ -33,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ...backends.base import TensorSpec
 from ...errors import HarnessError
 from ...fsutil import atomic_write_bytes
+from . import FILES, PARTS
 from .features import FEATURES
 from .synth import synthetic_waveform
 
@@ -42,8 +46,6 @@ SOS = NUM_LABELS  # the start symbol's index in the prediction graph (its embedd
 PRE_LAYERS, POST_LAYERS, PRED_LAYERS = 2, 3, 2
 FORGET_GATE_BIAS = 1.0
 SIZES = {"full": (1024, 320, 512), "small": (64, 64, 128)}  # (encoder, prediction, joint) widths
-PARTS = ("encoder", "prediction", "joint")
-FILES = {part: f"rnnt_{part}.onnx" for part in PARTS}
 # The reference checkpoint's module names (after its SUT's migration of "joint_net" to "joint.net").
 PRE_RNN, POST_RNN, PRED_RNN = "encoder.pre_rnn.lstm", "encoder.post_rnn.lstm", "prediction.dec_rnn.lstm"
 EMBED, JOINT_1, JOINT_2 = "prediction.embed.weight", "joint.net.0", "joint.net.3"
@@ -116,7 +118,7 @@ def _tensor(name: str, dtype: int, shape: list[str | int]) -> onnx.ValueInfoProt
 def encoder_graph(state: State, doc: str) -> onnx.ModelProto:
     g = _Graph()
     lengths32 = g.node("Cast", ["feature_length"], to=TensorProto.INT32)[0]
-    x = "feature"
+    x = g.node("Transpose", ["feature"], perm=[1, 0, 2])[0]  # (T, B, 240), as the LSTMs take it
     for layer in range(PRE_LAYERS):
         x = g.lstm(x, state, PRE_RNN, layer, lengths32)[0]
     # Zero the outputs past each utterance's end, as a batch of one has nothing there: the stacking
@@ -151,7 +153,7 @@ def encoder_graph(state: State, doc: str) -> onnx.ModelProto:
         "rnnt_encoder",
         doc,
         [
-            _tensor("feature", TensorProto.FLOAT, ["T", "B", FEATURES]),
+            _tensor("feature", TensorProto.FLOAT, ["B", "T", FEATURES]),
             _tensor("feature_length", TensorProto.INT64, ["B"]),
         ],
         [
@@ -170,19 +172,21 @@ def prediction_graph(state: State, doc: str) -> onnx.ModelProto:
     x = g.node("Transpose", [x], perm=[1, 0, 2])[0]  # (1, B, P)
     hs, cs = [], []
     for layer in range(PRED_LAYERS):
-        # This layer's slice of the (layers, B, P) state.
-        start, stop, axis = g.const([layer]), g.const([layer + 1]), g.const([0])
-        h0 = g.node("Slice", ["hidden", start, stop, axis])[0]
-        c0 = g.node("Slice", ["cell", start, stop, axis])[0]
+        # This layer's slice of the (B, layers, P) state, as the LSTM's (1, B, P).
+        start, stop, axis = g.const([layer]), g.const([layer + 1]), g.const([1])
+        h0, c0 = (
+            g.node("Transpose", [g.node("Slice", [name, start, stop, axis])[0]], perm=[1, 0, 2])[0]
+            for name in ("hidden", "cell")
+        )
         x, h, c = g.lstm(x, state, PRED_RNN, layer, "", h0, c0)
-        hs.append(h)
-        cs.append(c)
+        hs.append(g.node("Transpose", [h], perm=[1, 0, 2])[0])
+        cs.append(g.node("Transpose", [c], perm=[1, 0, 2])[0])
     g.nodes += [
         helper.make_node("Transpose", [x], ["g"], perm=[1, 0, 2]),
-        helper.make_node("Concat", hs, ["hidden_out"], axis=0),
-        helper.make_node("Concat", cs, ["cell_out"], axis=0),
+        helper.make_node("Concat", hs, ["hidden_out"], axis=1),
+        helper.make_node("Concat", cs, ["cell_out"], axis=1),
     ]
-    shape: list[str | int] = ["L", "B", width]
+    shape: list[str | int] = ["B", PRED_LAYERS, width]
     return _model(
         g,
         "rnnt_prediction",
@@ -275,11 +279,11 @@ def _calibration(
     utterances = []
     for seconds in (3.0, 4.0, 5.0, 6.0, 8.0):
         feat = filterbank_features(synthetic_waveform(rng, seconds).astype(np.float32) / 32768.0)
-        out = enc.run(["encoded"], {"feature": feat[:, None, :], "feature_length": np.array([len(feat)], np.int64)})[0]
+        out = enc.run(["encoded"], {"feature": feat[None], "feature_length": np.array([len(feat)], np.int64)})[0]
         utterances.append(out[0])
     pred = _session(prediction)
     batch = 256
-    h = c = np.zeros((PRED_LAYERS, batch, pred_width), np.float32)
+    h = c = np.zeros((batch, PRED_LAYERS, pred_width), np.float32)
     g, h, c = pred.run(None, {"symbol": np.full((batch, 1), SOS, np.int64), "hidden": h, "cell": c})
     gs, recent = [], []
     previous = np.zeros((batch, NUM_LABELS))

@@ -35,7 +35,7 @@ def decode_all(run: rnnt.model.Runner, samples: list[dict[str, np.ndarray]], bat
     out: list[np.ndarray] = []
     for start in range(0, len(samples), batch):
         chunk = samples[start : start + batch]
-        out += rnnt.responses(rnnt.infer(run, rnnt.collate(chunk)), chunk)
+        out += rnnt.responses(rnnt.infer(run, rnnt.collate(chunk)), len(chunk))
     return out
 
 
@@ -70,7 +70,7 @@ def reference_greedy(run: rnnt.model.Runner, encoded: np.ndarray, length: int) -
     """decoders.py's loop for one utterance, written out: the prediction net is called before every
     joint step, on the last label and the state kept since it was emitted."""
     width = 64
-    hidden = cell = np.zeros((2, 1, width), np.float32)
+    hidden = cell = np.zeros((1, 2, width), np.float32)
     labels: list[int] = []
     for t in range(length):
         for _ in range(30):
