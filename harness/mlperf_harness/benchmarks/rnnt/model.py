@@ -25,6 +25,7 @@ weights are random (``build_model``; ``size="small"`` narrows every width for CI
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +388,7 @@ def synthetic_state(seed: int, size: str = "small") -> dict[str, np.ndarray]:
     return state
 
 
+@lru_cache(maxsize=2)  # download-model and download-data build the same model in one process
 def build_graphs(seed: int, size: str = "small") -> dict[str, onnx.ModelProto]:
     return checkpoint_graphs(
         synthetic_state(seed, size), f"SYNTHETIC: random-weight RNN-T ({size}), not a trained model"
