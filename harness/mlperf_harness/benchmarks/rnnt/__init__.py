@@ -66,9 +66,10 @@ TARGET_ACCURACY = 0.99 * (100.0 - TARGET_WER)  # 91.62252: 99 % of the FP32 refe
 
 
 def accuracy_command(log_dir: Path, dataset_dir: Path) -> str:
-    """The reference's scoring command, run from speech_recognition/rnnt of the inference repo."""
+    """The reference's scoring command, from the root of mlcommons/inference (r1.0); it needs the
+    reference's own imports (mlperf_loadgen, librosa, soundfile, inflect, unidecode), not torch."""
     return (
-        f"python3 accuracy_eval.py --log_dir {log_dir} --dataset_dir {dataset_dir}"
+        f"python3 speech_recognition/rnnt/accuracy_eval.py --log_dir {log_dir} --dataset_dir {dataset_dir}"
         f" --manifest {dataset_dir / MANIFEST} --output_dtype {RESPONSE_DTYPE}"
     )
 
