@@ -96,7 +96,7 @@ class OnnxRuntimeBackend(ModelBackend):
         """Save ORT's optimised graph (basic level, portable across CPUs) as the 'engine'."""
         import onnxruntime as ort
 
-        target = out_dir / "model.ort.onnx"
+        target = out_dir / f"{model_path.stem}.ort.onnx"  # one per part of a multi-part model
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(target)
