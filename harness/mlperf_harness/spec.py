@@ -347,7 +347,7 @@ class MLPerfRunSpec(SpecModel):
     )
     configVer: ConfigVer = Field(
         default="default",
-        description="default (99 % accuracy target) or high_accuracy (99.9 %, bert, dlrm, 3d-unet).",
+        description="default (99 % accuracy target) or high_accuracy (99.9 %, where the round has that level).",
     )
     testModes: list[TestMode] = Field(
         default=["PerformanceOnly", "AccuracyOnly"],
