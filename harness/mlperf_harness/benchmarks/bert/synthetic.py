@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from ...fsutil import atomic_write_text
+from .accuracy import Answer, best_answer, normalize_answer
 from .squad import DEV_JSON, SPECIAL_TOKENS, VOCAB, build_features, read_examples, read_vocab
 
 COMMON = ("the", "of", "and", "in", "to", "a", "was", "is", "for", "on", "by", "with", "as", "at", "from", "that")
-SUFFIXES = ("##s", "##ed", "##ing", "##ly", "##er")
+SUFFIXES = ("##ed", "##ing", "##ly", "##er")  # ##s is among the letters
 PUNCT = tuple(".,;:!?'\"()-$%&/")
 ACCENTS = {"a": "á", "e": "é", "i": "í", "o": "ö", "u": "ü", "n": "ñ", "c": "ç"}
 OUTSIDE_VOCAB = ("€", "ß", "Ω")  # not in the synthetic vocab: [UNK] tokens
@@ -28,6 +29,8 @@ MAX_ATTEMPTS = 40
 # A question is kept only if its best span beats the next by this much (logit sum), so batch size or
 # thread count (float reassociation, ~1e-6) can never flip the FP32 answer.
 MARGIN = 1e-3
+# SQuAD's answers are short (about 3 words on average): longer model spans are asked again.
+MAX_ANSWER_WORDS = 10
 README = "README.txt"
 
 
@@ -148,6 +151,14 @@ def _plan(rng: np.random.Generator, text: _Text, n: int) -> list[dict[str, objec
     return articles
 
 
+def _usable(answer: Answer, context: str) -> bool:
+    """An answer every correct pipeline gives again: clear winner, found verbatim in the context at its
+    offset, short, and not empty after SQuAD's normalisation (that would score F1 0)."""
+    words = normalize_answer(answer.text).split()
+    at = context[answer.char_start : answer.char_start + len(answer.text)]
+    return answer.margin >= MARGIN and at == answer.text and 0 < len(words) <= MAX_ANSWER_WORDS
+
+
 def _write_dev(path: Path, articles: list[dict[str, object]]) -> None:
     doc = {
         "version": "1.1",
@@ -162,7 +173,6 @@ def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path, batch
     FP32 model at ``model_path`` (run with onnxruntime, the reference's postprocessing)."""
     import onnxruntime as ort
 
-    from .accuracy import best_answer
     from .model import vocab_size
     from .pipeline import collate
 
@@ -206,7 +216,8 @@ def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path, batch
         for local, i in enumerate(pending):
             fis = by_example.get(local, [])
             got = best_answer(subset[local], [features[fi] for fi in fis], [(start[fi], end[fi]) for fi in fis])  # type: ignore[index]
-            if got is None or got.margin < MARGIN:
+            context = str(qas[i][0]["context"])
+            if got is None or not _usable(got, context):
                 still.append(i)
                 continue
             qas[i][1]["answers"] = [{"text": got.text, "answer_start": got.char_start}]
