@@ -132,14 +132,16 @@ class _Text:
 def _plan(rng: np.random.Generator, text: _Text, n: int) -> list[dict[str, object]]:
     """Articles of paragraphs of questions (answers to come), ``n`` questions in all."""
     articles: list[dict[str, object]] = []
-    qid = 0
+    qid = n_paragraphs = 0
     while qid < n:
         paragraphs: list[dict[str, object]] = []
         for _ in range(int(rng.integers(1, 5))):
             if qid >= n:
                 break
-            # About one context in eight is long enough for two or more windows.
-            n_words = int(rng.integers(280, 560)) if rng.random() < 0.125 else int(rng.integers(40, 220))
+            # One context in eight (the 2nd, 10th, ...) is long enough for two or more windows.
+            long = n_paragraphs % 8 == 1
+            n_paragraphs += 1
+            n_words = int(rng.integers(280, 560)) if long else int(rng.integers(40, 220))
             context = text.context(n_words)
             qas = []
             for _ in range(min(int(rng.integers(1, 4)), n - qid)):
