@@ -81,6 +81,10 @@ def test_responses_are_the_reference_suts(run: Path) -> None:
     assert [r.shape for r in rows] == [(384, 2), (384, 2)] and rows[0].dtype == np.float32
     assert len(rows[1].tobytes()) == 3072
     assert rows[1][3].tolist() == [387.0, -1.0]  # per token: start, then end
+    batch = bert.collate(samples)
+    assert list(batch) == ["input_ids", "input_mask", "segment_ids"] and batch["input_ids"].dtype == np.int64
+    assert batch["segment_ids"].shape == (2, 384)
+    assert list(bert.collate(samples, bert.FAKE_QUANT_NAMES)) == ["input_ids", "attention_mask", "token_type_ids"]
 
 
 def test_one_token_shift_fails_the_target(run: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..base import PendingBenchmark
 from .accuracy import score
 from .model import INPUTS, OUTPUTS, build_model
-from .pipeline import MODEL_INPUTS, MODEL_OUTPUTS, SAMPLE_SPECS, collate, infer, preprocess, responses
+from .pipeline import FAKE_QUANT_NAMES, MODEL_INPUTS, MODEL_OUTPUTS, SAMPLE_SPECS, collate, infer, preprocess, responses
 from .synthetic import synthesize_dataset
 
 # The rounds' values (mlperf.conf of v1.0 and of v6.1, the rules' tables).
@@ -31,6 +31,7 @@ class Bert(PendingBenchmark):
 
 __all__ = [
     "DATASET_SIZE",
+    "FAKE_QUANT_NAMES",
     "FP32_F1",
     "INPUTS",
     "MODEL_INPUTS",

@@ -7,7 +7,7 @@ sample is those two stacked per token, float32 (384, 2), as the reference's onnx
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,8 @@ Sample = dict[str, np.ndarray]
 SAMPLE_SPECS = tuple(TensorSpec(name, (MAX_SEQ_LENGTH,), "int32") for name in INPUTS)
 MODEL_INPUTS = tuple(TensorSpec(name, (None, None), "int64") for name in INPUTS)
 MODEL_OUTPUTS = tuple(TensorSpec(name, (None, None), "float32") for name in OUTPUTS)
+# bert_large_v1_1_fake_quant.onnx (the reference's --quantized model) names two inputs differently.
+FAKE_QUANT_NAMES = {"input_mask": "attention_mask", "segment_ids": "token_type_ids"}
 RESPONSE_SPEC = TensorSpec("logits", (MAX_SEQ_LENGTH, 2), "float32")
 
 
@@ -30,9 +32,11 @@ def preprocess(dataset_dir: Path, vocab_path: Path | None = None) -> list[Sample
     return [{"input_ids": f.input_ids, "input_mask": f.input_mask, "segment_ids": f.segment_ids} for f in features]
 
 
-def collate(samples: list[Sample]) -> dict[str, np.ndarray]:
-    """Stack samples into the model's int64 (batch, 384) inputs (the official model's dtype)."""
-    return {name: np.stack([s[name] for s in samples]).astype(np.int64) for name in INPUTS}
+def collate(samples: list[Sample], names: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Stack samples into the model's int64 (batch, 384) inputs (the official model's dtype); ``names``
+    renames them for a model with other input names (FAKE_QUANT_NAMES for the INT8 ONNX model)."""
+    names = names or {}
+    return {names.get(n, n): np.stack([s[n] for s in samples]).astype(np.int64) for n in INPUTS}
 
 
 def infer(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,11 @@ MAX_ANSWER_WORDS = 10
 README = "README.txt"
 
 
+def _pick(rng: np.random.Generator, items: Sequence[str]) -> str:
+    # rng.choice would turn a list into an array on every call: too slow over a 30,522-word vocab.
+    return items[int(rng.integers(len(items)))]
+
+
 def _pseudo_words(rng: np.random.Generator, count: int, taken: set[str]) -> list[str]:
     onsets = [*"bcdfghjklmprstvwz", "br", "ch", "st", "tr", "sh", "pl", "gr"]
     vowels = [*"aeiou", "ai", "ou", "ea"]
@@ -41,7 +47,7 @@ def _pseudo_words(rng: np.random.Generator, count: int, taken: set[str]) -> list
     words: list[str] = []
     while len(words) < count:
         n = int(rng.integers(1, 4))
-        w = "".join(str(rng.choice(onsets)) + str(rng.choice(vowels)) + str(rng.choice(codas)) for _ in range(n))
+        w = "".join(_pick(rng, onsets) + _pick(rng, vowels) + _pick(rng, codas) for _ in range(n))
         if w not in taken:
             taken.add(w)
             words.append(w)
@@ -79,9 +85,9 @@ class _Text:
 
     def word(self) -> str:
         r = self.rng.random()
-        w = str(self.rng.choice(self.words))
+        w = _pick(self.rng, self.words)
         if r < 0.12:
-            return str(self.rng.choice(COMMON))
+            return _pick(self.rng, COMMON)
         if r < 0.17 and w + "s" not in self.vocab:
             return w + "s"  # tokenizes as w ##s
         if r < 0.22:
@@ -96,11 +102,11 @@ class _Text:
         if r < 0.31:
             return f"({w})"
         if r < 0.33:
-            return f"{w}-{self.rng.choice(self.words)}"
+            return f"{w}-{_pick(self.rng, self.words)}"
         if r < 0.35:
             return f"{w}'s"
         if r < 0.36:
-            return f"{self.rng.choice(OUTSIDE_VOCAB)}{int(self.rng.integers(2, 99))}"
+            return f"{_pick(self.rng, OUTSIDE_VOCAB)}{int(self.rng.integers(2, 99))}"
         return w
 
     def sentence(self, n_words: int) -> str:
@@ -124,8 +130,8 @@ class _Text:
         # Mostly words from the context, as SQuAD's questions are.
         ctx_words = [w.strip(".,()") for w in context.split()]
         n = int(self.rng.integers(4, 12))
-        picked = [str(self.rng.choice(ctx_words)) if self.rng.random() < 0.6 else self.word() for _ in range(n)]
-        lead = str(self.rng.choice(["What", "Who", "When", "Which", "How many", "Where", "Why"]))
+        picked = [_pick(self.rng, ctx_words) if self.rng.random() < 0.6 else self.word() for _ in range(n)]
+        lead = _pick(self.rng, ["What", "Who", "When", "Which", "How many", "Where", "Why"])
         return " ".join([lead, *picked]) + "?"
 
 
@@ -148,7 +154,7 @@ def _plan(rng: np.random.Generator, text: _Text, n: int) -> list[dict[str, objec
                 qas.append({"id": f"{int(rng.integers(0, 2**63)):016x}{qid:08x}", "question": text.question(context)})
                 qid += 1
             paragraphs.append({"context": context, "qas": qas})
-        title = "_".join(w.capitalize() for w in rng.choice(text.words, size=int(rng.integers(1, 3))))
+        title = "_".join(w.capitalize() for w in (_pick(rng, text.words) for _ in range(int(rng.integers(1, 3)))))
         articles.append({"title": title, "paragraphs": paragraphs})
     return articles
 
