@@ -55,6 +55,8 @@ def test_fp32_scores_100(run: Path) -> None:
     metrics, line = bert.score(run / "mlperf_log_accuracy.json", run / "data")
     assert line == '{"exact_match": 100.0, "f1": 100.0}'
     assert metrics == {"exact_match": 100.0, "f1": 100.0}
+    cmd = bert.accuracy_command(run / "mlperf_log_accuracy.json", run / "data")
+    assert cmd.startswith("python3 language/bert/accuracy-squad.py --vocab_file ") and "dev-v1.1.json" in cmd
 
 
 def test_dataset_is_squad_format_and_says_synthetic(run: Path) -> None:

@@ -7,7 +7,7 @@ synthetic dataset (``synthetic``), samples/batches/responses (``pipeline``) and 
 from __future__ import annotations
 
 from ..base import PendingBenchmark
-from .accuracy import score
+from .accuracy import RESPONSE_DESCRIPTION, accuracy_command, score
 from .model import INPUTS, OUTPUTS, build_model
 from .pipeline import FAKE_QUANT_NAMES, MODEL_INPUTS, MODEL_OUTPUTS, SAMPLE_SPECS, collate, infer, preprocess, responses
 from .synthetic import synthesize_dataset
@@ -38,11 +38,13 @@ __all__ = [
     "MODEL_OUTPUTS",
     "OUTPUTS",
     "PERFORMANCE_SAMPLE_COUNT",
+    "RESPONSE_DESCRIPTION",
     "SAMPLE_SPECS",
     "SCENARIOS",
     "SERVER_LATENCY_MS",
     "TARGETS",
     "Bert",
+    "accuracy_command",
     "build_model",
     "collate",
     "infer",

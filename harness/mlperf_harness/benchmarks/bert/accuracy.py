@@ -197,3 +197,18 @@ def score(accuracy_log: Path, dataset_dir: Path, vocab_path: Path | None = None)
     except ZeroDivisionError:
         raise HarnessError(f"{dataset_dir / DEV_JSON}: no questions") from None
     return metrics, json.dumps(metrics)
+
+
+RESPONSE_DESCRIPTION = (
+    "float32 (384, 2) per sample: each token's start and end logit, as the reference's onnxruntime SUT "
+    "stacks the model's two outputs, so accuracy-squad.py reads it with its default --output_dtype float32"
+)
+
+
+def accuracy_command(accuracy_log: Path, dataset_dir: Path, vocab_path: Path | None = None) -> str:
+    """The official script's command line (mlcommons/inference language/bert) for ``accuracy_log``."""
+    vocab = vocab_path or dataset_dir / "vocab.txt"
+    return (
+        f"python3 language/bert/accuracy-squad.py --vocab_file {vocab} --val_data {dataset_dir / DEV_JSON} "
+        f"--log_file {accuracy_log} --out_file predictions.json --features_cache_file eval_features.pickle"
+    )
