@@ -18,7 +18,7 @@ import numpy as np
 
 from ...fsutil import atomic_write_text
 from .accuracy import Answer, best_answer, normalize_answer
-from .squad import DEV_JSON, SPECIAL_TOKENS, VOCAB, build_features, read_examples, read_vocab
+from .squad import DEV_JSON, MAX_SEQ_LENGTH, SPECIAL_TOKENS, VOCAB, build_features, read_examples, read_vocab
 
 COMMON = ("the", "of", "and", "in", "to", "a", "was", "is", "for", "on", "by", "with", "as", "at", "from", "that")
 SUFFIXES = ("##ed", "##ing", "##ly", "##er")  # ##s is among the letters
@@ -206,8 +206,8 @@ def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path, batch
         examples = read_examples(dev)
         subset = [examples[i] for i in pending]
         features = build_features(subset, vocab)
-        start = np.empty((len(features), features[0].input_ids.size), np.float32) if features else None
-        end = np.empty_like(start) if start is not None else None
+        start = np.empty((len(features), MAX_SEQ_LENGTH), np.float32)
+        end = np.empty_like(start)
         for b in range(0, len(features), batch_size):
             batch = collate(
                 [
@@ -216,14 +216,14 @@ def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path, batch
                 ]
             )
             s, e = sess.run(out_names, batch)
-            start[b : b + len(s)], end[b : b + len(e)] = s, e  # type: ignore[index]
+            start[b : b + len(s)], end[b : b + len(e)] = s, e
         by_example: dict[int, list[int]] = {}
         for fi, f in enumerate(features):
             by_example.setdefault(f.example_index, []).append(fi)
         still: list[int] = []
         for local, i in enumerate(pending):
             fis = by_example.get(local, [])
-            got = best_answer(subset[local], [features[fi] for fi in fis], [(start[fi], end[fi]) for fi in fis])  # type: ignore[index]
+            got = best_answer(subset[local], [features[fi] for fi in fis], [(start[fi], end[fi]) for fi in fis])
             context = str(qas[i][0]["context"])
             if got is None or not _usable(got, context):
                 still.append(i)
