@@ -1,13 +1,14 @@
 """Samples, batches and responses: what the harness moves between the QSL, the model and LoadGen.
 
-A sample is one feature: input_ids, input_mask, segment_ids, int32 (384,) each. The model takes them
-as int64 (batch, 384) and answers start and end logits (batch, 384); the response LoadGen logs for a
-sample is those two stacked per token, float32 (384, 2), as the reference's onnxruntime SUT sends.
+A sample is one feature: input_ids, input_mask, segment_ids, int32 (384,) each (as stored). The
+model takes them as int64 (batch, 384) and answers start and end logits (batch, 384); the response
+LoadGen logs for a sample is those two stacked per token, float32 (384, 2), as the reference's
+onnxruntime SUT sends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence, Sized
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,9 @@ from .squad import MAX_SEQ_LENGTH, load_features
 
 Sample = dict[str, np.ndarray]
 SAMPLE_SPECS = tuple(TensorSpec(name, (MAX_SEQ_LENGTH,), "int32") for name in INPUTS)
-MODEL_INPUTS = tuple(TensorSpec(name, (None, None), "int64") for name in INPUTS)
-MODEL_OUTPUTS = tuple(TensorSpec(name, (None, None), "float32") for name in OUTPUTS)
+OUTPUT_SPECS = tuple(TensorSpec(name, (MAX_SEQ_LENGTH,), "float32") for name in OUTPUTS)
 # bert_large_v1_1_fake_quant.onnx (the reference's --quantized model) names two inputs differently.
 FAKE_QUANT_NAMES = {"input_mask": "attention_mask", "segment_ids": "token_type_ids"}
-RESPONSE_SPEC = TensorSpec("logits", (MAX_SEQ_LENGTH, 2), "float32")
 
 
 def preprocess(dataset_dir: Path, vocab_path: Path | None = None) -> list[Sample]:
@@ -39,6 +38,19 @@ def collate(samples: list[Sample], names: Mapping[str, str] | None = None) -> di
     return {names.get(n, n): np.stack([s[n] for s in samples]).astype(np.int64) for n in INPUTS}
 
 
+def to_model(batch: Mapping[str, np.ndarray], model_inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """A stacked int32 batch as the model takes it: each tensor under the model's name for it
+    (the fake-quant model's names where the model has those) and in the model's dtype (int64 for the
+    official ONNX models; an engine that takes int32 gets the batch as it is)."""
+    specs = {s.name: s for s in model_inputs}
+    feeds: dict[str, np.ndarray] = {}
+    for name, x in batch.items():
+        target = name if name in specs or not specs else FAKE_QUANT_NAMES.get(name, name)
+        dtype = np.dtype(specs[target].dtype) if target in specs else np.dtype(np.int64)
+        feeds[target] = x if x.dtype == dtype else x.astype(dtype)
+    return feeds
+
+
 def infer(
     run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batch: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -46,9 +58,10 @@ def infer(
     return run(batch)
 
 
-def responses(outputs: dict[str, np.ndarray], samples: list[Sample]) -> list[np.ndarray]:
-    """Per sample float32 (seq, 2): start logit then end logit for each token."""
-    stacked = np.stack([outputs[OUTPUTS[0]], outputs[OUTPUTS[1]]], axis=-1).astype(np.float32)
+def responses(outputs: Mapping[str, np.ndarray], samples: Sized) -> np.ndarray:
+    """Per sample float32 (seq, 2): start logit then end logit for each token; one (n, seq, 2) array
+    for the batch (every response the same size)."""
+    stacked = np.stack([outputs[OUTPUTS[0]], outputs[OUTPUTS[1]]], axis=-1).astype(np.float32, copy=False)
     if stacked.shape[0] != len(samples):
         raise ValueError(f"model answered {stacked.shape[0]} rows for {len(samples)} samples")
-    return [np.ascontiguousarray(row) for row in stacked]
+    return stacked
