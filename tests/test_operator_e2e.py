@@ -24,7 +24,7 @@ from mlperf_operator.jobs import RUN_LABEL, run_label
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "resnet50-offline.yaml"
-RUN_TIMEOUT = 420
+RUN_TIMEOUT = 900  # a bound against hangs, not a speed check: a loaded 2-core machine took over 420 s
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +236,50 @@ def test_a_failing_step_is_retried_then_the_run_fails_with_a_clear_condition(
     assert "StepFailed" in events(api, namespace, "bad-model")
     time.sleep(0.5)
     assert 'mlperf_runs{phase="Failed"} 1.0' in operator.metrics()
+
+
+def claim_artifacts(executor: PodExecutor, namespace: str, claim: str = "mlperf-cache") -> set[str]:
+    """The complete artifacts on the claim, as the pods left them (the executor maps a claim to a directory)."""
+    root = executor.root / "pvcs" / namespace / claim
+    return {str(p.relative_to(root)) for p in root.glob("cache/*/*") if (p / ".complete").is_file()}
+
+
+def test_the_cache_index_lists_what_the_pods_wrote_for_a_cpu_and_a_gpu_spec(
+    cluster: Cluster, api: client.ApiClient, namespace: str, operator: OperatorProcess, pod_executor: PodExecutor
+) -> None:
+    """The operator plans from the manifest (an H200 spec: batch 1024), the pods key what they write from the
+    system they run on (this CPU: batch 8) and their installed backend: the index records the pods' keys."""
+    make_claim(api, namespace)
+    cheap = {
+        "testModes": ["PerformanceOnly"],
+        "audits": [],
+        "loadgen": {"minDurationMs": 1000, "expectedQps": 1},
+        "dataset": {"synthetic": {"samples": 16}},
+    }
+    specs = {"on-cpu": {"system": {"gpuCount": 0}}, "on-h200": {}, "on-h200-again": {}}
+    statuses = {}
+    for name, system in specs.items():  # one after the other: each later run finds the earlier one's artifacts
+        apply(cluster, namespace, manifest(name, **cheap, **system))
+        statuses[name] = status = wait_phase(api, namespace, name, {"Succeeded", "Failed"}, operator)["status"]
+        assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[:3000]
+
+        index = client.CoreV1Api(api).read_namespaced_config_map("mlperf-cache-mlperf-cache", namespace).data
+        assert not [k for k in index if k.startswith("producing.")], index  # every lease given back
+        recorded = {json.loads(v)["relpath"]: json.loads(v) for v in index.values()}
+        assert set(recorded) == claim_artifacts(pod_executor, namespace), (name, index)
+        assert {k.replace(".", "/", 1) for k in index} == {r.removeprefix("cache/") for r in recorded}
+
+    engines = [r for r in recorded if r.startswith("cache/engine/")]
+    assert len(engines) == 1 and "-b8-" in engines[0], engines  # built on this CPU, whatever the plan said
+    built = recorded[engines[0]]
+    assert built["inputs"]["batch"] == 8 and built["inputs"]["gpu"] == "cpu"
+    assert built["inputs"]["backendVersion"].startswith("onnxruntime-")  # the installed one, not the image's name
+    planned = {s["name"] for s in statuses["on-h200"]["steps"] if s["name"].startswith("build-engine")}
+    assert planned == {"build-engine-fp32-b1024"}  # the H200 plan asked for batch 1024 ...
+    assert any("-b1024-" in r for r in built["requests"]) and any("-b8-" in r for r in built["requests"])
+    # ... the pod answered it with the CPU engine, and the index says so: the third run takes all from the cache.
+    again = statuses["on-h200-again"]
+    shared = {"download-data", "download-model", "preprocess", "build-engine-fp32-b1024"}
+    assert {s["name"] for s in again["steps"] if s.get("cacheHit")} >= shared
+    jobs = {j.metadata.labels["mlperf-operator.io/step"] for j in run_jobs(api, namespace, "on-h200-again")}
+    assert not jobs & shared, f"cached steps still ran as Jobs: {jobs & shared}"

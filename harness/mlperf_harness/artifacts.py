@@ -1,8 +1,10 @@
 """Artifacts (datasets, preprocessed data, models, engines), their cache keys and the work-dir layout.
 
 A key is a digest of exactly what changes the artifact, so two runs that need the same
-artifact share it, and a run that changes any input gets a new one. The operator computes the
-same keys from the spec alone, which is how it knows the cache without mounting the volume.
+artifact share it, and a run that changes any input gets a new one. The step that writes an
+artifact owns its key (it keys it from the system it runs on and its installed backend) and reports
+it in its outcome; the operator's plan, from the manifest alone, only asks for artifacts, and its
+cache index records which artifact on the claim answered each ask (operator cacheindex.py).
 
 Layout of a work directory (the local ``./mlperf-work`` or the run's PVC)::
 

@@ -25,7 +25,8 @@ from . import artifacts
 from .backends import engine_version
 from .errors import HarnessError
 from .pipeline import Step, plan
-from .results import TERMINATION_LOG_ENV, AuditResult, ScenarioResult, StepOutcome
+from .results import TERMINATION_LOG_ENV, AuditResult, ScenarioResult, StepOutcome, verdict
+from .results import collect as collect_outcomes
 from .spec import MLPerfRunManifest, MLPerfRunSpec, load_manifest
 from .sysinfo import localize
 
@@ -219,14 +220,7 @@ def _execute(cmd: list[str], env: dict[str, str], log: Path) -> int:
 
 
 def collect(run: LocalRun, steps: list[Step]) -> tuple[list[ScenarioResult], list[AuditResult]]:
-    results: list[ScenarioResult] = []
-    audits: list[AuditResult] = []
-    for step in steps:
-        outcome = run.outcome(step)
-        if outcome:
-            results += outcome.results
-            audits += outcome.audits
-    return results, audits
+    return collect_outcomes(run.outcome(step) for step in steps)
 
 
 # --- the end of a run ------------------------------------------------------------------------
@@ -279,7 +273,7 @@ def print_summary(run: LocalRun, results: list[ScenarioResult], audits: list[Aud
 
 
 def passed(results: list[ScenarioResult], audits: list[AuditResult]) -> bool:
-    return bool(results) and all(r.passed for r in results) and all(a.passed for a in audits)
+    return verdict(results, audits).passed
 
 
 def load_runs(manifest: str | None, flags: V10Flags | None) -> list[MLPerfRunManifest]:
@@ -389,7 +383,9 @@ def _run_all(runs: list[MLPerfRunManifest], args: argparse.Namespace) -> int:
             print_summary(run, results, audits)
         if not ok:
             status = 1
-        elif not args.only and not passed(results, audits):
+        elif not args.only and not (judged := verdict(results, audits)).passed:
             console.print("[red]a result is INVALID, misses its accuracy target, or fails an audit[/]")
+            for reason in judged.reasons:
+                console.print(f"  [red]{reason}[/]", soft_wrap=True, highlight=False)
             status = 1
     return status

@@ -23,7 +23,7 @@ from . import artifacts
 from .backends import backend_class
 from .fsutil import atomic_write_json, atomic_write_text, staging_dir
 from .loadgen.logs import parse_summary
-from .results import AuditResult, ScenarioResult, StepOutcome
+from .results import AuditResult, ScenarioResult, StepOutcome, verdict
 from .steps import ACC_LOG, DETAIL, SUMMARY, SYNTHETIC_NOTE, stored_outcomes
 from .suites import Suite, load_suite
 from .sysinfo import default_system_name, describe
@@ -78,8 +78,9 @@ def run_report(ws: Workspace) -> StepOutcome:
     synthetic = " [synthetic]" if spec.synthetic else ""
     valid = sum(1 for r in results if r.passed)
     tree = ws.rel(ws.workdir.submission(ws.run) / suite.name)
+    judged = verdict(results, audit_results, spec.synthetic)
     message = (
-        f"report: {valid}/{len(results)} results pass, "
+        f"report: {judged.result or 'no result'}: {valid}/{len(results)} results pass, "
         f"{sum(a.passed for a in audit_results)}/{len(audit_results)} audits pass; "
         f"{suite.name} submission tree in {tree}{synthetic}"
     )
@@ -87,6 +88,8 @@ def run_report(ws: Workspace) -> StepOutcome:
         ws.results_dir / "report.json",
         {
             "suite": suite.name,
+            "result": judged.result,
+            "reasons": list(judged.reasons),
             "results": [r.model_dump() for r in results],
             "audits": [a.model_dump() for a in audit_results],
             "tree": tree,

@@ -7,8 +7,10 @@ which Kubernetes caps at 4096 bytes, so the models hold figures, never logs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,6 +85,19 @@ class AuditResult(ResultModel):
         return self.verdict != "FAIL"
 
 
+class ProducedArtifact(ResultModel):
+    """The artifact a step left on the work directory, under the key the step itself computed: only the
+    pod knows its node's GPU and its backend's version, so the operator records this, never its own plan."""
+
+    kind: str = Field(description="dataset, preprocessed, model or engine.")
+    key: str = Field(description="The artifact's key: its directory under cache/<kind>/.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="What the key is a digest of.")
+
+    @property
+    def relpath(self) -> str:
+        return f"cache/{self.kind}/{self.key}"
+
+
 class StepOutcome(ResultModel):
     step: str = Field(description="The verb that produced the outcome.")
     ok: bool = Field(description="The step itself succeeded (a result may still be INVALID).")
@@ -90,6 +105,9 @@ class StepOutcome(ResultModel):
     message: str = Field(default="", description="One-line summary or error.")
     results: list[ScenarioResult] = Field(default_factory=list, description="Harness run results.")
     audits: list[AuditResult] = Field(default_factory=list, description="Audit verdicts.")
+    artifact: ProducedArtifact | None = Field(
+        default=None, description="The artifact the step made or found complete (download, preprocess, engine)."
+    )
 
     def to_message(self) -> str:
         text = self.model_dump_json(exclude_defaults=True)
@@ -110,3 +128,63 @@ def write_termination_message(outcome: StepOutcome) -> Path | None:
         return None
     path.write_text(outcome.to_message())
     return path
+
+
+# --- a run's outcomes and its verdict: the one place the operator, `mlperf run` and the report derive them ----
+
+
+def collect(outcomes: Iterable[StepOutcome | None]) -> tuple[list[ScenarioResult], list[AuditResult]]:
+    """Every result and audit verdict of the outcomes, in their order; a later one for the same scenario and
+    test mode (or test and scenario) replaces an earlier one, in its place (a rerun step's newer outcome)."""
+    results: dict[tuple[str, str], ScenarioResult] = {}
+    audits: dict[tuple[str, str], AuditResult] = {}
+    for outcome in outcomes:
+        if outcome is None:
+            continue
+        for r in outcome.results:
+            results[(r.scenario, r.testMode)] = r
+        for a in outcome.audits:
+            audits[(a.test, a.scenario)] = a
+    return list(results.values()), list(audits.values())
+
+
+RunResult = Literal["PASS", "FAIL", "INVALID", ""]
+
+
+@dataclass(frozen=True)
+class RunVerdict:
+    result: RunResult  # "" while there is no result at all
+    reasons: tuple[str, ...]  # why it did not pass, one line each (empty when it passed)
+    summary: str  # every result and audit verdict in one line
+
+    @property
+    def passed(self) -> bool:
+        """What `mlperf run`'s exit code and the operator's Passed condition follow."""
+        return self.result == "PASS"
+
+
+def _line(r: ScenarioResult) -> str:
+    if r.testMode == "PerformanceOnly":
+        why = f" ({r.invalidReason})" if r.invalidReason else ""
+        return f"{r.scenario} performance {r.resultValidity or '?'}{why} {r.samplesPerSecond or 0:.1f}/s"
+    return f"{r.scenario} accuracy {r.accuracy} (target {r.accuracyTarget})"
+
+
+def verdict(results: list[ScenarioResult], audits: list[AuditResult], synthetic: bool = False) -> RunVerdict:
+    """PASS when there are results and every one is VALID or reaches its accuracy target and no audit FAILs;
+    INVALID when a performance result is INVALID; else FAIL."""
+    reasons = [_line(r) for r in results if not r.passed]
+    reasons += [f"{a.test}/{a.scenario} {a.verdict}: {a.details}" for a in audits if not a.passed]
+    result: RunResult
+    if any(r.testMode == "PerformanceOnly" and r.valid is False for r in results):
+        result = "INVALID"
+    elif reasons:
+        result = "FAIL"
+    elif results:
+        result = "PASS"
+    else:
+        result, reasons = "", ["no results"]
+    parts = [_line(r) for r in results] + [f"{a.test}/{a.scenario} {a.verdict}" for a in audits]
+    if synthetic or any(r.synthetic for r in results):
+        parts.append("SYNTHETIC data or model: not a real result")
+    return RunVerdict(result, tuple(reasons), "; ".join(parts))

@@ -512,6 +512,8 @@ class MLPerfRunSpec(SpecModel):
                 f"spec.configVer: {self.benchmark} has no high_accuracy target in suite {self.suite} "
                 f"({self.category}); use configVer: default"
             )
+        if rule.pending:  # after the table's own rules, which hold for the round whatever is wired
+            raise ValueError(f"spec.benchmark: {self.benchmark} in suite {self.suite} cannot run yet: {rule.pending}")
         return self
 
     # Derived facts, used by the pipeline and the Job builder.

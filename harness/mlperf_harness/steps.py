@@ -22,7 +22,15 @@ from .config import HarnessConfig, build_config
 from .errors import HarnessError
 from .fsutil import atomic_write_json, atomic_write_text, read_marker, write_marker
 from .loadgen.logs import Summary, detail_errors, parse_summary
-from .results import AuditResult, AuditVerdict, ScenarioResult, StepOutcome, write_termination_message
+from .results import (
+    AuditResult,
+    AuditVerdict,
+    ProducedArtifact,
+    ScenarioResult,
+    StepOutcome,
+    collect,
+    write_termination_message,
+)
 from .samples import SampleStore
 from .suites import Scenario, load_suite
 from .workspace import Workspace
@@ -31,11 +39,17 @@ SUMMARY, DETAIL, ACC_LOG = "mlperf_log_summary.txt", "mlperf_log_detail.txt", "m
 SYNTHETIC_NOTE = "SYNTHETIC: generated data and/or a random-weight model; not an MLPerf result"
 
 
-def _cached(step: str, directory: Path) -> StepOutcome | None:
+def _produced(artifact: artifacts.Artifact) -> ProducedArtifact:
+    return ProducedArtifact(kind=artifact.kind, key=artifact.key, inputs=artifact.inputs)
+
+
+def _cached(step: str, ws: Workspace, artifact: artifacts.Artifact) -> StepOutcome | None:
+    directory = ws.workdir.artifact(artifact)
     marker = read_marker(directory)
     if marker is None:
         return None
-    return StepOutcome(step=step, ok=True, cacheHit=True, message=f"{step}: already complete ({directory})")
+    message = f"{step}: already complete ({directory})"
+    return StepOutcome(step=step, ok=True, cacheHit=True, message=message, artifact=_produced(artifact))
 
 
 def emit(ws: Workspace, outcome: StepOutcome, name: str) -> StepOutcome:
@@ -47,15 +61,8 @@ def emit(ws: Workspace, outcome: StepOutcome, name: str) -> StepOutcome:
 
 def stored_outcomes(results_dir: Path) -> tuple[list[ScenarioResult], list[AuditResult]]:
     """Every result and audit verdict the run's steps recorded (the report's own file aside)."""
-    results: list[ScenarioResult] = []
-    verdicts: list[AuditResult] = []
-    for f in sorted(results_dir.glob("*.json")):
-        if f.name.startswith("report"):
-            continue
-        outcome = StepOutcome.model_validate_json(f.read_text())
-        results += outcome.results
-        verdicts += outcome.audits
-    return results, verdicts
+    files = [f for f in sorted(results_dir.glob("*.json")) if not f.name.startswith("report")]
+    return collect(StepOutcome.model_validate_json(f.read_text()) for f in files)
 
 
 # --- download-data / download-model / preprocess / build-engine ------------------------------
@@ -63,30 +70,32 @@ def stored_outcomes(results_dir: Path) -> tuple[list[ScenarioResult], list[Audit
 
 def download_data(ws: Workspace) -> StepOutcome:
     out = ws.dataset_dir
-    if hit := _cached("download-data", out):
+    if hit := _cached("download-data", ws, ws.dataset):
         return hit
     out.mkdir(parents=True, exist_ok=True)
     facts = ws.bench.prepare_dataset(ws.spec.dataset, out, quiet=ws.quiet)
     files = [p for p in (out / "dataset.json",) if p.exists()]
     write_marker(out, "download-data", files, facts=facts)
     kind = "synthetic " if facts.get("synthetic") else ""
-    return StepOutcome(step="download-data", ok=True, message=f"{kind}dataset ready: {facts.get('count')} samples")
+    message = f"{kind}dataset ready: {facts.get('count')} samples"
+    return StepOutcome(step="download-data", ok=True, message=message, artifact=_produced(ws.dataset))
 
 
 def download_model(ws: Workspace) -> StepOutcome:
     out = ws.model_dir
-    if hit := _cached("download-model", out):
+    if hit := _cached("download-model", ws, ws.model):
         return hit
     out.mkdir(parents=True, exist_ok=True)
     path = ws.bench.prepare_model(ws.spec.model, out, quiet=ws.quiet)
     write_marker(out, "download-model", [path], synthetic=ws.spec.model.is_synthetic)
     note = " (synthetic random-weight model)" if ws.spec.model.is_synthetic else ""
-    return StepOutcome(step="download-model", ok=True, message=f"model ready: {path.name}{note}")
+    message = f"model ready: {path.name}{note}"
+    return StepOutcome(step="download-model", ok=True, message=message, artifact=_produced(ws.model))
 
 
 def preprocess(ws: Workspace) -> StepOutcome:
     out = ws.preprocessed_dir
-    if hit := _cached("preprocess", out):
+    if hit := _cached("preprocess", ws, ws.preprocessed):
         return hit
     ws.require(ws.dataset_dir, "dataset", "download-data")
     out.mkdir(parents=True, exist_ok=True)
@@ -94,15 +103,17 @@ def preprocess(ws: Workspace) -> StepOutcome:
     files = ws.bench.preprocess(ws.dataset_dir, out, variant, quiet=ws.quiet)
     store = SampleStore(out, ws.bench.inputs(variant))
     write_marker(out, "preprocess", files, count=store.count, synthetic=bool(store.facts.get("synthetic")))
-    return StepOutcome(step="preprocess", ok=True, message=f"preprocessed {store.count} samples ({variant})")
+    message = f"preprocessed {store.count} samples ({variant})"
+    return StepOutcome(step="preprocess", ok=True, message=message, artifact=_produced(ws.preprocessed))
 
 
 def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
     if ws.spec.backend == "null":
         return StepOutcome(step="build-engine", ok=True, message="null backend: no engine to build")
     scenario = scenario or ws.spec.scenarios[0]
-    out = ws.engine_dir(scenario)
-    if hit := _cached("build-engine", out):
+    made = ws.engine(scenario)
+    out = ws.workdir.artifact(made)
+    if hit := _cached("build-engine", ws, made):
         return hit
     ws.require(ws.model_dir, "model", "download-model")
     cls = backend_class(ws.spec.backend)
@@ -125,7 +136,7 @@ def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
     files = sorted(f for f in out.iterdir() if f.is_file() and not f.name.startswith(".")) if built else []
     write_marker(out, "build-engine", files, engines=built, backend=cls.name, version=cls.version())
     names = ", ".join(e.name for e in engines.values())
-    return StepOutcome(step="build-engine", ok=True, message=f"engine ready: {names}")
+    return StepOutcome(step="build-engine", ok=True, message=f"engine ready: {names}", artifact=_produced(made))
 
 
 # --- run-harness ---------------------------------------------------------------------------

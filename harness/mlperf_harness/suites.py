@@ -85,6 +85,9 @@ class BenchmarkRule(_Model):
     audits: list[str]
     highAccuracyCategories: list[Category] = ["datacenter", "edge"]
     loadgen: BenchmarkLoadGen
+    pending: str | None = Field(
+        default=None, description="why this round's version of the benchmark cannot run yet (a spec is refused)"
+    )
 
     def allows_high_accuracy(self, category: Category) -> bool:
         return "high_accuracy" in self.accuracy.targets and category in self.highAccuracyCategories

@@ -33,20 +33,37 @@ class Workspace:
     def bench(self) -> Benchmark:
         return get_benchmark(self.spec.benchmark)
 
+    # The artifacts this step works with, keyed from the spec as it runs here (localized) and the installed
+    # backend: the producing step reports the one it wrote, which is what the operator's cache index records.
+    @property
+    def dataset(self) -> artifacts.Artifact:
+        return artifacts.dataset(self.spec)
+
+    @property
+    def model(self) -> artifacts.Artifact:
+        return artifacts.model(self.spec)
+
+    @property
+    def preprocessed(self) -> artifacts.Artifact:
+        return artifacts.preprocessed(self.spec)
+
+    def engine(self, scenario: str) -> artifacts.Artifact:
+        return artifacts.engine(self.spec, scenario, engine_version(self.spec.backend))
+
     @property
     def dataset_dir(self) -> Path:
-        return self.workdir.artifact(artifacts.dataset(self.spec))
+        return self.workdir.artifact(self.dataset)
 
     @property
     def model_dir(self) -> Path:
-        return self.workdir.artifact(artifacts.model(self.spec))
+        return self.workdir.artifact(self.model)
 
     @property
     def preprocessed_dir(self) -> Path:
-        return self.workdir.artifact(artifacts.preprocessed(self.spec))
+        return self.workdir.artifact(self.preprocessed)
 
     def engine_dir(self, scenario: str) -> Path:
-        return self.workdir.artifact(artifacts.engine(self.spec, scenario, engine_version(self.spec.backend)))
+        return self.workdir.artifact(self.engine(scenario))
 
     @property
     def run_dir(self) -> Path:

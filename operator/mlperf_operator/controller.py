@@ -10,28 +10,25 @@ from datetime import datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from mlperf_harness.pipeline import Phase, Step, plan
+from mlperf_harness.pipeline import Phase, plan
 from mlperf_harness.spec import MLPerfRunSpec
 from pydantic import ValidationError
 
-from . import metrics
+from . import cacheindex, metrics, observe
 from .jobs import build_cache_index, build_claim, build_job, claim_name
-from .kube import MESSAGE_LIMIT, Kube, job_views
+from .kube import Kube
+from .observe import MESSAGE_LIMIT
 from .reconcile import Decision, decide
 from .status import TERMINAL_PHASES, MLPerfRunStatus, now
 
 log = logging.getLogger(__name__)
-LEASE_PREFIX = "producing."  # index key of an artifact's producer while its Job runs
 LEASE_ATTEMPTS = 5
 
 
 def backend_version(spec: MLPerfRunSpec) -> str:
-    """In a cluster the harness image pins the backend's version, so the image names it."""
+    """The operator's plan names the backend by its image (it cannot look inside): the plan's artifact keys
+    are requests, and the cache index records what the pods answered them with (cacheindex.py)."""
     return f"{spec.backend}@{spec.images.harness}"
-
-
-def _cache_key(relpath: str) -> str:
-    return relpath.removeprefix("cache/").replace("/", ".")  # ConfigMap keys allow no '/'
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
@@ -115,15 +112,14 @@ class Controller:
         if claim is None:
             return set()
         steps = plan(spec, backend_version(spec))
-        jobs = job_views(self.kube, run)
+        jobs = self._job_views(run)
         for _ in range(LEASE_ATTEMPTS):
             data, version = self.kube.cache_index(ns, claim) or ({}, "")
-            keyed = {_cache_key(s.artifact.relpath): s for s in steps if s.artifact}
-            cached = {s.artifact.relpath for k, s in keyed.items() if s.artifact and k in data}
+            answers = cacheindex.answers(data)
+            planned = [s.artifact.relpath for s in steps if s.artifact]
+            cached = {p: answers[p] for p in planned if p in answers}
             producing = {
-                s.artifact.relpath: holder
-                for k, s in keyed.items()
-                if s.artifact and (holder := self._producer(run, data.get(LEASE_PREFIX + k)))
+                p: holder for p in planned if (holder := self._producer(run, data.get(cacheindex.lease_key(p))))
             }
             decision = decide(name, generation, spec, steps, previous, jobs, cached, claim, producing)
             if self._take_leases(run, claim, decision, version):
@@ -132,8 +128,15 @@ class Controller:
             raise RuntimeError(f"the cache index of claim {claim} kept changing under {LEASE_ATTEMPTS} attempts")
         for step in decision.waiting:
             if step.artifact:
-                self._waiters[(ns, claim, _cache_key(step.artifact.relpath))].add(name)
-        return self._act(run, spec, claim, decision, previous)
+                self._waiters[(ns, claim, cacheindex.lease_key(step.artifact.relpath))].add(name)
+        return self._act(run, spec, claim, decision, previous, data)
+
+    def _job_views(self, run: dict[str, Any]) -> dict[str, observe.JobView]:
+        meta = run["metadata"]
+        jobs = observe.own_jobs(run, self.kube.run_jobs(meta["namespace"], meta["name"]))
+        if not jobs:
+            return {}
+        return observe.job_views(jobs, self.kube.run_pods(meta["namespace"], meta["name"]), self.kube.pod_log_tail)
 
     def _producer(self, run: dict[str, Any], lease: str | None) -> str | None:
         """Who else is producing an artifact now: a lease of another run that still runs (a run that ended or
@@ -153,18 +156,21 @@ class Controller:
     def _take_leases(self, run: dict[str, Any], claim: str, decision: Decision, version: str) -> bool:
         """One producer per artifact across runs: the leases for the artifact Jobs about to be created, taken in
         one write conditional on the index read; False when another run wrote it meanwhile (decide again)."""
-        meta = run["metadata"]
         leases: dict[str, str | None] = {
-            LEASE_PREFIX + _cache_key(s.artifact.relpath): json.dumps(
-                {"run": meta["name"], "uid": meta["uid"], "step": s.name, "at": now()}
-            )
+            cacheindex.lease_key(s.artifact.relpath): cacheindex.lease(run, s.name)
             for s in decision.create
             if s.artifact
         }
-        return not leases or self.kube.patch_cache_index(meta["namespace"], claim, leases, version)
+        return not leases or self.kube.patch_cache_index(run["metadata"]["namespace"], claim, leases, version)
 
     def _act(
-        self, run: dict[str, Any], spec: MLPerfRunSpec, claim: str, decision: Decision, previous: MLPerfRunStatus
+        self,
+        run: dict[str, Any],
+        spec: MLPerfRunSpec,
+        claim: str,
+        decision: Decision,
+        previous: MLPerfRunStatus,
+        index: dict[str, str],
     ) -> set[str]:
         meta = run["metadata"]
         ns, name = meta["namespace"], meta["name"]
@@ -174,10 +180,14 @@ class Controller:
         for step in decision.create:
             if self.kube.create(build_job(run, spec, step, claim)):
                 metrics.JOBS_CREATED.labels(step.verb).inc()
-        # A finished producer records its artifact and gives its lease back in one write.
-        ended = {_cache_key(s.artifact.relpath) for s, st in decision.finished if s.artifact and st.job}
-        entries: dict[str, str | None] = {LEASE_PREFIX + k: None for k in ended}
-        entries |= {_cache_key(s.artifact.relpath): _entry(s, name) for s in decision.cached if s.artifact}
+        # A finished producer records the artifact its pod wrote and gives its lease back in one write.
+        ended = {cacheindex.lease_key(s.artifact.relpath) for s, st in decision.finished if s.artifact and st.job}
+        entries: dict[str, str | None] = dict.fromkeys(ended)
+        for step, made in decision.cached:  # two steps of a run (two scenarios' engines) may answer with one
+            assert step.artifact is not None
+            seen = {**index, **{k: v for k, v in entries.items() if v is not None}}
+            key, value = cacheindex.record(seen, step.artifact.relpath, made, f"{name}/{step.name}")
+            entries[key] = value
         if entries:
             self.kube.patch_cache_index(ns, claim, entries)
         self._record_metrics(run, spec, decision)
@@ -249,8 +259,3 @@ def _api_message(exc: Exception) -> str:
         except (ValueError, AttributeError):
             pass
     return f"{type(exc).__name__}: {exc}"[:MESSAGE_LIMIT]
-
-
-def _entry(step: Step, run: str) -> str:
-    assert step.artifact is not None
-    return json.dumps({"inputs": step.artifact.inputs, "producedBy": f"{run}/{step.name}", "at": now()})

@@ -1,4 +1,4 @@
-"""The operator's reads and writes against the Kubernetes API, as plain dicts.
+"""The operator's reads and writes against the Kubernetes API, as plain dicts (what they mean is observe.py's).
 
 Creation is idempotent by name (409 means it is already there), so a restarted operator never
 makes a second copy of anything.
@@ -14,15 +14,12 @@ from typing import Any, cast
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
-from mlperf_harness.results import StepOutcome, read_termination_message
 
 from .crd import GROUP, PLURAL, VERSION
-from .jobs import RUN_LABEL, STEP_LABEL, cache_index_name, run_label
-from .reconcile import JobView
-from .status import StepState, now
+from .jobs import RUN_LABEL, cache_index_name, run_label
+from .status import now
 
 log = logging.getLogger(__name__)
-MESSAGE_LIMIT = 1500  # of a failure message kept in status; Kubernetes caps the source at 4096
 
 
 def load_config() -> None:
@@ -170,113 +167,3 @@ class Kube:
             self.core.create_namespaced_event(meta["namespace"], cast(Any, body))
         except ApiException as exc:  # an event is never worth failing a reconcile for
             log.warning("could not post event %s: %s", reason, exc.reason)
-
-
-# --- turning Jobs and pods into JobViews --------------------------------------------------------
-
-
-def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in obj.get("status", {}).get("conditions") or [] if c.get("status") == "True"}
-
-
-def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for cs in pod.get("status", {}).get("containerStatuses") or []:
-        if "terminated" in (cs.get("state") or {}):
-            return cs["state"]["terminated"]
-    return None
-
-
-def _outcome(text: str) -> StepOutcome | None:
-    try:
-        return read_termination_message(text)
-    except ValueError:
-        return None
-
-
-def job_view(kube: Kube, job: dict[str, Any], pods: list[dict[str, Any]]) -> JobView:
-    name = job["metadata"]["name"]
-    status = job.get("status", {})
-    conditions = _conditions(job)
-    mine = sorted(
-        (p for p in pods if _owned_by(p, job["metadata"]["uid"])),
-        key=lambda p: p["metadata"].get("creationTimestamp", ""),
-    )
-    ended = [(p, t) for p in mine if (t := _terminated(p)) is not None]
-    state: StepState
-    if "Complete" in conditions:
-        state = "Succeeded"
-    elif "Failed" in conditions:
-        state = "Failed"
-    elif job.get("spec", {}).get("suspend"):
-        state = "Queued"
-    elif status.get("ready") or any(p.get("status", {}).get("phase") == "Running" for p in mine):
-        state = "Running"
-    else:
-        state = "Pending"
-
-    unschedulable = _unschedulable(mine[-1]) if mine and state == "Pending" else None
-    outcome, message = None, ""
-    if ended:
-        pod, term = ended[-1]
-        outcome = _outcome(term.get("message", ""))
-        if state == "Failed":
-            message = _failure_message(kube, conditions["Failed"], pod, term, outcome, int(status.get("failed", 0)))
-    elif state == "Failed":
-        cond = conditions["Failed"]
-        message = f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}"
-    end = (conditions.get("Complete") or conditions.get("Failed") or {}).get("lastTransitionTime")
-    return JobView(
-        name=name,
-        state=state,
-        start=status.get("startTime"),
-        end=end if state in ("Succeeded", "Failed") else None,
-        message=message,
-        outcome=outcome if state in ("Succeeded", "Failed") else None,
-        unschedulable=(unschedulable.get("message") or "no node fits") if unschedulable else "",
-        unschedulable_since=unschedulable.get("lastTransitionTime") if unschedulable else None,
-    )
-
-
-def _unschedulable(pod: dict[str, Any]) -> dict[str, Any] | None:
-    """The scheduler's PodScheduled=False condition, when it could place the pod nowhere."""
-    for c in pod.get("status", {}).get("conditions") or []:
-        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-            return dict(c)
-    return None
-
-
-def _failure_message(
-    kube: Kube,
-    cond: dict[str, Any],
-    pod: dict[str, Any],
-    term: dict[str, Any],
-    outcome: StepOutcome | None,
-    attempts: int,
-) -> str:
-    head = (
-        f"{cond.get('reason', 'Failed')} after {attempts} attempt(s); "
-        f"pod {pod['metadata']['name']} exited {term.get('exitCode')}"
-    )
-    if outcome is not None:
-        tail = outcome.message
-    else:
-        tail = (term.get("message") or "").strip() or kube.pod_log_tail(
-            pod["metadata"]["namespace"], pod["metadata"]["name"]
-        )
-    tail = tail[-MESSAGE_LIMIT:]
-    return f"{head}: {tail}" if tail else head
-
-
-def _owned_by(obj: dict[str, Any], uid: str) -> bool:
-    return any(o.get("uid") == uid for o in obj["metadata"].get("ownerReferences") or [])
-
-
-def job_views(kube: Kube, run: dict[str, Any]) -> dict[str, JobView]:
-    """The run's own Jobs: a deleted run of the same name may leave some behind until the garbage collector
-    removes them, and they are not this run's."""
-    meta = run["metadata"]
-    jobs = [j for j in kube.run_jobs(meta["namespace"], meta["name"]) if _owned_by(j, meta["uid"])]
-    if not jobs:
-        return {}
-    pods = kube.run_pods(meta["namespace"], meta["name"])
-    return {j["metadata"]["labels"][STEP_LABEL]: job_view(kube, j, pods) for j in jobs}

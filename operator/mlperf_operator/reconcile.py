@@ -8,34 +8,24 @@ so no Job is ever created twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
 from mlperf_harness.pipeline import Phase, Step
-from mlperf_harness.results import StepOutcome
+from mlperf_harness.results import ProducedArtifact, RunVerdict, StepOutcome, collect, verdict
 from mlperf_harness.spec import MLPerfRunSpec
 
 from .jobs import job_name
+from .observe import JobView
 from .status import MLPerfRunStatus, StepState, StepStatus, now
+
+__all__ = ["Decision", "Event", "JobView", "decide"]
 
 ACTIVE: tuple[StepState, ...] = ("Pending", "Queued", "Running")
 UNSCHEDULABLE = "Unschedulable"
 IN_PRODUCTION = "ArtifactInProduction"  # another run makes the step's artifact: no Job, no duplicate work
-
-
-@dataclass(frozen=True)
-class JobView:
-    """What the operator reads off one step's Job (and, when it ended, its pod)."""
-
-    name: str
-    state: StepState
-    start: str | None = None
-    end: str | None = None
-    message: str = ""
-    outcome: StepOutcome | None = None
-    unschedulable: str = ""  # the scheduler's reason while no node fits the step's pod
-    unschedulable_since: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +39,8 @@ class Event:
 class Decision:
     status: MLPerfRunStatus
     create: list[Step] = field(default_factory=list)
-    cached: list[Step] = field(default_factory=list)  # artifacts to record in the cache index
+    # Artifacts to record in the cache index: what each producing step's pod reported it wrote.
+    cached: list[tuple[Step, ProducedArtifact]] = field(default_factory=list)
     waiting: list[Step] = field(default_factory=list)  # steps waiting for another run's producer of their artifact
     suspend: list[str] = field(default_factory=list)  # Jobs that can never run (unschedulable past the deadline)
     finished: list[tuple[Step, StepStatus]] = field(default_factory=list)  # steps that ended now
@@ -63,11 +54,12 @@ def decide(
     steps: list[Step],
     previous: MLPerfRunStatus,
     jobs: dict[str, JobView],
-    cache: set[str],
+    cache: Mapping[str, str],
     claim: str,
     producing: dict[str, str] | None = None,
 ) -> Decision:
-    """`producing`: artifacts that another run's step is making now (relpath -> who), which this run takes from
+    """`cache`: the planned artifacts (relpath) the claim holds -> the artifact there that answers each.
+    `producing`: artifacts that another run's step is making now (relpath -> who), which this run takes from
     the cache when they are done instead of making them too."""
     producing = producing or {}
     status = previous.model_copy(deep=True)
@@ -81,11 +73,13 @@ def decide(
 
     for step in steps:
         old = previous.step(step.name)
-        current = _observe(step, old, jobs.get(step.name), cache, claim, spec.schedulingTimeoutSeconds)
+        job = jobs.get(step.name)
+        current = _observe(step, old, job, cache, claim, spec.schedulingTimeoutSeconds)
         if current.state in ("Succeeded", "Failed") and (old is None or old.state != current.state):
             decision.finished.append((step, current))
-            if step.artifact and current.state == "Succeeded" and current.job:  # made (or found) by its Job
-                decision.cached.append(step)
+            made = job.outcome.artifact if job and job.outcome else None
+            if step.artifact and made and current.state == "Succeeded" and current.job:  # made (or found) by its Job
+                decision.cached.append((step, made))
         if current.state == "Failed":
             run_failed = True
         ready = (
@@ -112,7 +106,7 @@ def decide(
 
 
 def _observe(
-    step: Step, old: StepStatus | None, job: JobView | None, cache: set[str], claim: str, timeout: int
+    step: Step, old: StepStatus | None, job: JobView | None, cache: Mapping[str, str], claim: str, timeout: int
 ) -> StepStatus:
     if old and old.state in ("Succeeded", "Failed"):
         return old  # terminal: the Job may be gone (TTL), the status remembers
@@ -146,7 +140,7 @@ def _observe(
             state="Succeeded",
             cacheHit=True,
             endTime=now(),
-            message=f"{step.artifact.relpath} already on claim {claim}",
+            message=f"{cache[step.artifact.relpath]} already on claim {claim}",
         )
     return StepStatus(name=step.name)
 
@@ -158,20 +152,13 @@ def _seconds_since(stamp: str | None) -> float:
 
 
 def _collect_results(status: MLPerfRunStatus, steps: list[Step], jobs: dict[str, JobView]) -> None:
-    """Results come from the outcomes of finished harness and audit Jobs, in step order."""
-    results = {(r.scenario, r.testMode): r for r in status.results}
-    audits = {(a.test, a.scenario): a for a in status.audits}
-    for step in steps:
-        job = jobs.get(step.name)
-        if job is None or job.outcome is None:
-            continue
-        for r in job.outcome.results:
-            results[(r.scenario, r.testMode)] = r
-        for a in job.outcome.audits:
-            audits[(a.test, a.scenario)] = a
+    """Results come from the outcomes of finished harness and audit Jobs (the status remembers those whose Jobs
+    are gone), in step order."""
+    remembered = StepOutcome(step="status", ok=True, results=status.results, audits=status.audits)
+    results, audits = collect([remembered, *(j.outcome for s in steps if (j := jobs.get(s.name)))])
     order = {s.name: i for i, s in enumerate(steps)}
-    status.results = sorted(results.values(), key=lambda r: order.get(_run_step(r.scenario, r.testMode), 0))
-    status.audits = list(audits.values())
+    status.results = sorted(results, key=lambda r: order.get(_run_step(r.scenario, r.testMode), 0))
+    status.audits = audits
     status.synthetic = status.synthetic or any(r.synthetic for r in status.results)
 
 
@@ -206,14 +193,12 @@ def _set_phase(
         status.set_condition("Failed", True, reason, message, generation)
         status.set_condition("Progressing", False, "Failed", message, generation)
     elif phase == Phase.SUCCEEDED:
-        _summarise(status, spec)
+        judged = _summarise(status, spec)
         message = f"all {len(status.steps)} steps succeeded; result {status.result}"
         status.message = message
         status.set_condition("Succeeded", True, "PipelineComplete", message, generation)
         status.set_condition("Progressing", False, "Complete", message, generation)
-        status.set_condition(
-            "Passed", status.result == "PASS", status.result or "NoResults", _verdict(status), generation
-        )
+        status.set_condition("Passed", judged.passed, status.result or "NoResults", judged.summary, generation)
     else:
         running = [s.name for s in status.steps if s.state in ACTIVE]
         status.message = f"{phase.value}: {', '.join(running) or 'waiting'}"
@@ -240,32 +225,15 @@ def _active_phase(status: MLPerfRunStatus, steps: list[Step]) -> Phase:
     return active[0][1].phase
 
 
-def _summarise(status: MLPerfRunStatus, spec: MLPerfRunSpec) -> None:
+def _summarise(status: MLPerfRunStatus, spec: MLPerfRunSpec) -> RunVerdict:
     perf = [r for r in status.results if r.testMode == "PerformanceOnly"]
     status.samplesPerSecond = perf[0].samplesPerSecond if perf else None
-    if any(r.testMode == "PerformanceOnly" and r.valid is False for r in status.results):
-        status.result = "INVALID"
-    elif all(r.passed for r in status.results) and all(a.passed for a in status.audits):
-        status.result = "PASS" if status.results else ""
-    else:
-        status.result = "FAIL"
+    judged = verdict(status.results, status.audits, status.synthetic)
+    status.result = judged.result
     status.submittable = (
         bool(status.results) and not spec.fast and not status.synthetic and all(r.submittable for r in status.results)
     )
-
-
-def _verdict(status: MLPerfRunStatus) -> str:
-    parts = []
-    for r in status.results:
-        if r.testMode == "PerformanceOnly":
-            why = f" ({r.invalidReason})" if r.invalidReason else ""
-            parts.append(f"{r.scenario} performance {r.resultValidity or '?'}{why} {r.samplesPerSecond or 0:.1f}/s")
-        else:
-            parts.append(f"{r.scenario} accuracy {r.accuracy} (target {r.accuracyTarget})")
-    parts += [f"{a.test}/{a.scenario} {a.verdict}" for a in status.audits]
-    if status.synthetic:
-        parts.append("SYNTHETIC data or model: not a real result")
-    return "; ".join(parts)
+    return judged
 
 
 def _step_events(decision: Decision, previous: MLPerfRunStatus) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from mlperf_harness.pipeline import Phase, plan
-from mlperf_harness.results import AuditResult, ScenarioResult, StepOutcome
+from mlperf_harness.results import AuditResult, ProducedArtifact, ScenarioResult, StepOutcome
 from mlperf_harness.spec import MLPerfRunSpec
 from mlperf_operator.reconcile import JobView, decide
 from mlperf_operator.status import MLPerfRunStatus
@@ -17,7 +17,8 @@ STEPS = plan(SPEC, "test")
 
 
 def _decide(previous: MLPerfRunStatus, jobs: dict[str, JobView], cache: set[str] = frozenset()):  # type: ignore[assignment]
-    return decide("r", 1, SPEC, STEPS, previous, jobs, set(cache), "cache")
+    """`cache`: the planned artifacts the claim holds, each under its planned name."""
+    return decide("r", 1, SPEC, STEPS, previous, jobs, {p: p for p in cache}, "cache")
 
 
 def test_first_reconcile_creates_only_the_steps_without_needs() -> None:
@@ -118,7 +119,7 @@ def test_a_failed_audit_is_a_warning_event() -> None:
 def test_an_artifact_another_run_makes_is_waited_for_without_a_job() -> None:
     data = next(s for s in STEPS if s.name == "download-data").artifact
     assert data is not None
-    d = decide("r", 1, SPEC, STEPS, MLPerfRunStatus(), {}, set(), "cache", {data.relpath: "run other"})
+    d = decide("r", 1, SPEC, STEPS, MLPerfRunStatus(), {}, {}, "cache", {data.relpath: "run other"})
     assert [s.name for s in d.create] == ["download-model"]
     waiting = d.status.step("download-data")
     assert waiting is not None and waiting.state == "Pending" and waiting.job == ""
@@ -153,3 +154,22 @@ def test_an_unschedulable_step_waits_saying_why_then_fails_after_the_deadline() 
     assert failed.status.phase == Phase.FAILED and failed.suspend == ["r-download-data"]
     cond = next(c for c in failed.status.conditions if c.type == "Failed")
     assert cond.reason == "Unschedulable" and "schedulingTimeoutSeconds" in cond.message and why in cond.message
+
+
+def test_a_producing_job_records_the_artifact_its_pod_wrote_not_the_plan() -> None:
+    engine = next(s for s in STEPS if s.verb == "build-engine")
+    assert engine.artifact is not None
+    made = ProducedArtifact(kind="engine", key="resnet50-onnxruntime-fp32-b8-0123456789abcdef", inputs={"batch": 8})
+    first = _decide(MLPerfRunStatus(), {})
+    built = {
+        engine.name: JobView(
+            name=f"r-{engine.name}", state="Succeeded", outcome=StepOutcome(step="build-engine", ok=True, artifact=made)
+        ),
+        "download-data": JobView(name="r-download-data", state="Succeeded", outcome=StepOutcome(step="x", ok=True)),
+    }
+    d = _decide(first.status, built)
+    assert d.cached == [(engine, made)]  # a Job that reported no artifact records nothing
+    # A planned artifact the index answers with another one: a cache hit that names what is on the claim.
+    hit = decide("r", 1, SPEC, STEPS, MLPerfRunStatus(), {}, {engine.artifact.relpath: made.relpath}, "cache")
+    st = hit.status.step(engine.name)
+    assert st is not None and st.cacheHit and made.relpath in st.message

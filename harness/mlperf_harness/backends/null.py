@@ -19,17 +19,19 @@ class NullBackend(Backend):
         self._outs = tuple(outputs)
         self._ins = tuple(inputs)
         self._zeros: dict[str, np.ndarray] = {}
+        self._capacity = -1
 
     def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
         self._grow(batch_size)
 
     def _grow(self, n: int) -> None:
         self._zeros = {s.name: s.zeros(n) for s in self._outs}
+        self._capacity = n
 
     def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:
         # The batch size is the first dimension of whatever the SUT passed (a placeholder).
         n = len(next(iter(feeds.values()))) if feeds else 0
-        if any(n > len(z) for z in self._zeros.values()):
+        if n > self._capacity:
             self._grow(n)
         return {name: z[:n] for name, z in self._zeros.items()}  # views: no allocation per batch
 

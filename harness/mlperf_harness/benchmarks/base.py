@@ -49,13 +49,16 @@ class AccuracyReport:
         return self.metrics[self.metric]
 
 
-@dataclass(frozen=True)
 class Batch:
     """What ``responses`` needs to know of the batch it answers: the samples' QSL indices, and
-    for benchmarks batched by rows each sample's row count (their outputs are concatenated)."""
+    for benchmarks batched by rows each sample's row count (their outputs are concatenated).
+    A plain class: one is made per batch, on the SUT's hot path."""
 
-    indices: np.ndarray
-    costs: np.ndarray | None = None
+    __slots__ = ("costs", "indices")
+
+    def __init__(self, indices: np.ndarray, costs: np.ndarray | None = None) -> None:
+        self.indices = indices
+        self.costs = costs
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -124,7 +127,9 @@ class Benchmark(ABC):
         """A batch's outputs -> what LoadGen logs for each sample, in batch order."""
 
     def example(self, variant: str, n: int) -> dict[str, np.ndarray]:
-        """A batch of ``n`` zero samples (varying dimensions 1), for warming a backend up."""
+        """A batch of ``n`` zero samples (varying dimensions 1), for warming a backend up. The
+        runner warms a single-graph model with it where a benchmark overrides it (its model's
+        batch is not a stack of samples, as dlrm's), else with zeros of the graph's inputs."""
         return {s.name: s.zeros(n) for s in self.inputs(variant)}
 
     # --- accuracy ---------------------------------------------------------------------------------

@@ -66,8 +66,14 @@ def _instance(
     single = parts.get(MODEL) if len(parts) == 1 else None
     if single and cfg.startFromDevice and bench.device_resident and single.reserve_samples(qsl_lib.performance_count):
         qsl_lib.on_load.append(single.stage_samples)
-    for b in parts.values():  # after reserving: a GPU backend captures its graphs for where its inputs live
-        b.warmup({s.name: s.zeros(min(cfg.batchSize, 8)) for s in b.input_specs})
+    n = min(cfg.batchSize, 8)
+    # A model whose batch is not a stack of samples (dlrm's (26, rows) offsets) is warmed up with
+    # the benchmark's own example batch; others with zeros of the graph's inputs.
+    own = type(bench).example is not Benchmark.example
+    for part, b in parts.items():  # after reserving: a GPU backend captures its graphs for where its inputs live
+        b.warmup(
+            bench.example(cfg.inputDtype, n) if own and part == MODEL else {s.name: s.zeros(n) for s in b.input_specs}
+        )
     return parts
 
 

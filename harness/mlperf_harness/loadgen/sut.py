@@ -48,6 +48,7 @@ class _Instance:
         self.index = index
         self.parts = parts
         self.backend = parts[MODEL] if MODEL in parts else next(iter(parts.values()))
+        self.placeholder = np.empty((0, 0), dtype=np.uint8)  # a null backend's input: its length is the batch
         self.queue: queue.SimpleQueue[Piece | None] = queue.SimpleQueue()
         self.outstanding = 0
         self.samples = 0
@@ -194,7 +195,10 @@ class HarnessSUT:
             if backend.resident:
                 outputs = backend.predict_rows(self.qsl.rows(idx))
             elif not backend.consumes_input:  # null: a placeholder that only says the batch's rows
-                outputs = backend.predict({"": np.empty((batch.rows, 0), dtype=np.uint8)})
+                rows = batch.rows
+                if rows > len(inst.placeholder):
+                    inst.placeholder = np.empty((rows, 0), dtype=np.uint8)
+                outputs = backend.predict({"": inst.placeholder[:rows]})
             else:
                 gathered = self.qsl.gather(idx, bufs) if bufs else self.bench.collate(self.qsl.samples(idx))
                 outputs = self.bench.infer(inst.parts, gathered)

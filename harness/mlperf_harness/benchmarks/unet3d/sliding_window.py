@@ -1,0 +1,87 @@
+"""Sliding-window inference as the KiTS19 reference does it (inference_utils.py, base_SUT.py).
+
+Cubic patches with 50 % overlap walk the whole preprocessed volume (whose edges the
+preprocessing made multiples of half a patch); each patch's logits are weighted by a Gaussian
+importance map (std = patch / 8, cube-rooted, peak 1) and summed, the sum is divided by the summed
+weights and the argmax over the 3 classes is the label volume. The response is that volume's
+uint8 bytes. Patches go to the model in batches; the sums are taken in the reference's window
+order, so the result is the same for any batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from ...errors import HarnessError
+from .kits19 import INPUT, OVERLAP, PREDICTION, ROI
+from .model import OUTPUT
+
+Run = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+def gaussian_importance(patch: int) -> np.ndarray:
+    """The reference's ``gaussian_kernel(patch, 0.125 * patch)`` as float32 (patch, patch, patch)."""
+    from scipy.signal import windows
+
+    g = windows.gaussian(patch, 0.125 * patch)
+    cube = np.cbrt((g[:, None] * g[None, :])[:, :, None] * g[None, None, :])
+    return (cube / cube.max()).astype(np.float32)
+
+
+def window_origins(shape: Sequence[int], patch: int, overlap: float = OVERLAP) -> list[tuple[int, int, int]]:
+    """Patch corners in the reference's order (z outermost); edges must fit whole strides."""
+    stride = int(patch * (1 - overlap))
+    if len(shape) != 3 or any(s < patch for s in shape):
+        raise HarnessError(f"3d-unet sample of shape {tuple(shape)}: each edge must be at least the patch ({patch})")
+    counts = [(s - patch) // stride + 1 for s in shape]
+    return [
+        (i, j, k)
+        for i in range(0, stride * counts[0], stride)
+        for j in range(0, stride * counts[1], stride)
+        for k in range(0, stride * counts[2], stride)
+    ]
+
+
+def collate(patches: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Patches (1, P, P, P) -> the model's batch ``{"input": (B, 1, P, P, P)}``."""
+    return {INPUT: np.ascontiguousarray(np.stack(patches), dtype=np.float32)}
+
+
+def infer(run: Run, sample: Mapping[str, np.ndarray], patch: int = ROI, batch_size: int = 1) -> dict[str, np.ndarray]:
+    """One sample ``{"input": (1, D, H, W)}`` -> ``{"prediction": (D, H, W) uint8}``."""
+    image = sample[INPUT]
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise HarnessError(f"3d-unet sample input of shape {image.shape}: expected (1, D, H, W)")
+    shape = image.shape[1:]
+    origins = window_origins(shape, patch)
+    weight = gaussian_importance(patch)
+    result = np.zeros((3, *shape), dtype=np.float32)
+    # The reference keeps one norm map per class; the three are equal, so one is enough.
+    norm = np.zeros(shape, dtype=np.float32)
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start : start + batch_size]
+        views = [(slice(i, i + patch), slice(j, j + patch), slice(k, k + patch)) for i, j, k in chunk]
+        logits = np.asarray(run(collate([image[(slice(None), *v)] for v in views]))[OUTPUT], dtype=np.float32)
+        if logits.shape != (len(chunk), 3, patch, patch, patch):
+            want = (len(chunk), 3, patch, patch, patch)
+            raise HarnessError(f"3d-unet model output {OUTPUT!r} of shape {logits.shape}: expected {want}")
+        for out, view in zip(logits, views, strict=True):
+            result[(slice(None), *view)] += out * weight
+            norm[view] += weight
+    result /= norm
+    return {PREDICTION: np.argmax(result, axis=0).astype(np.uint8)}
+
+
+def responses(
+    outputs: Sequence[Mapping[str, np.ndarray]], samples: Sequence[Mapping[str, np.ndarray]]
+) -> list[np.ndarray]:
+    """What the reference logs per sample: the label volume's bytes (D*H*W uint8, C order)."""
+    out = []
+    for o, s in zip(outputs, samples, strict=True):
+        pred = o[PREDICTION]
+        if pred.shape != s[INPUT].shape[1:]:
+            raise HarnessError(f"3d-unet prediction of shape {pred.shape} for a sample of shape {s[INPUT].shape[1:]}")
+        out.append(np.ascontiguousarray(pred, dtype=np.uint8).reshape(-1))
+    return out
