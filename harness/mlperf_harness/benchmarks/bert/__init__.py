@@ -1,0 +1,216 @@
+"""bert: BERT-Large on SQuAD v1.1 dev (seq 384, query 64, stride 128), F1 as accuracy-squad.py scores it.
+
+Dataset: ``dev-v1.1.json`` with the model's WordPiece ``vocab.txt`` beside it (a directory or a
+.tar/.tar.gz holding both; the vocab decides the features, so it travels with the data): from a URL,
+S3, a PVC, or synthetic. Model: the reference's FP32 ``model.onnx`` (int64 input_ids, input_mask,
+segment_ids; output_start_logits, output_end_logits). The round's accuracy level (bert-99,
+bert-99.9) is the run's configVer; the pipeline is the same for both.
+
+Synthetic: the small variant of the real architecture (2 layers, hidden 128, vocab 1,024), the one
+that runs in a few minutes on a CPU. The full BERT-Large variant (24 layers, hidden 1024, the real
+30,522-word vocab size) is ``model.build_model(path, seed, "full")``; its dataset is
+``synthetic.synthesize_dataset(dir, seed, n, path)`` with that model, so that the answers are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ... import download
+from ...backends.base import Backend, Tensors, TensorSpec
+from ...errors import HarnessError
+from ...fsutil import atomic_write_text, temp_path_for
+from ...samples import SampleWriter
+from ...spec import Source
+from ..base import MODEL, AccuracyReport, Batch, Benchmark
+from .accuracy import RESPONSE_DESCRIPTION, accuracy_command, score
+from .model import INPUTS, OUTPUTS, build_model
+from .pipeline import FAKE_QUANT_NAMES, OUTPUT_SPECS, SAMPLE_SPECS, collate, infer, preprocess, responses, to_model
+from .squad import DEV_JSON, VOCAB, load_features
+from .synthetic import synthesize_dataset
+
+MODEL_FILE = "model.onnx"  # the reference's FP32 model (bert_tf_v1_1_large_fp32_384_v2)
+DATASET_JSON = "dataset.json"
+SYNTHETIC_SIZE = "small"  # the CPU-sized variant; see the module's docstring for the full one
+
+
+class Bert(Benchmark):
+    name = "bert"
+    capabilities = {"dataset": True, "model": True, "preprocess": True, "accuracy": True, "synthetic": True}
+    # The store holds int32 and the official model takes int64: ``infer`` casts, so the samples do
+    # not go to the device as they are.
+    device_resident = False
+
+    def inputs(self, variant: str) -> tuple[TensorSpec, ...]:
+        return SAMPLE_SPECS  # token ids, no int8 input path: the same for every variant
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return OUTPUT_SPECS
+
+    def model_file(self, model_dir: Path) -> Path:
+        return model_dir / MODEL_FILE
+
+    # --- download-model -----------------------------------------------------------------------
+    def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
+        target = out_dir / MODEL_FILE
+        if source.synthetic is not None:
+            return build_model(target, source.synthetic.seed, SYNTHETIC_SIZE)
+        if source.https is not None:
+            got = download.fetch_https(source.https, out_dir, quiet=quiet)
+        elif source.s3 is not None:
+            got = download.fetch_s3(source.s3, out_dir, quiet=quiet)
+        else:
+            assert source.pvc is not None
+            path = download.resolve_pvc(source.pvc)
+            got = download.copy_file_verified(path if path.is_file() else path / MODEL_FILE, out_dir)
+        if got.is_dir():
+            got = got / MODEL_FILE
+        if got != target:
+            got.replace(target)
+        _check_model(target)
+        return target
+
+    # --- download-data ------------------------------------------------------------------------
+    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
+        if source.synthetic is not None:
+            return self._synthesize(source.synthetic.samples, source.synthetic.seed, out_dir)
+        if source.pvc is not None:
+            root = download.resolve_pvc(source.pvc)  # used in place
+        else:
+            if source.https:
+                got = download.fetch_https(source.https, out_dir / "_download", quiet=quiet)
+            else:
+                assert source.s3 is not None  # a Source holds exactly one kind
+                got = download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
+            root = _unpack(got, out_dir / "squad") if got.is_file() and got.suffix != ".json" else got
+        root = _find_squad_root(root)
+        _, features = load_features(root)  # checks both files now rather than at preprocess
+        facts = {"root": str(root), "count": len(features), "synthetic": False}
+        atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2))
+        return facts
+
+    def _synthesize(self, n: int, seed: int, out_dir: Path) -> dict[str, object]:
+        """``n`` questions answered by the FP32 synthetic model of the same seed (the one
+        ``download-model`` makes), so an FP32 accuracy run scores 100 for real."""
+        root = out_dir / "squad"
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            model = build_model(Path(tmp) / MODEL_FILE, seed, SYNTHETIC_SIZE)
+            made = synthesize_dataset(root, seed, n, model)
+        facts: dict[str, object] = {
+            "root": str(root),
+            "count": made["features"],
+            "questions": made["questions"],
+            "synthetic": True,
+            "seed": seed,
+        }
+        atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2))
+        return facts
+
+    # --- preprocess ---------------------------------------------------------------------------
+    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+        facts = json.loads((dataset_dir / DATASET_JSON).read_text())
+        root = Path(facts["root"])
+        _, features = load_features(root)
+        synthetic = bool(facts.get("synthetic"))
+        with SampleWriter(out_dir, SAMPLE_SPECS, len(features), synthetic=synthetic) as store:
+            for f in features:
+                store.append({"input_ids": f.input_ids, "input_mask": f.input_mask, "segment_ids": f.segment_ids})
+            # What scoring reads (and the official script's --val_data / --vocab_file) beside the samples.
+            copies = [out_dir / DEV_JSON, out_dir / VOCAB]
+            for dst in copies:
+                with temp_path_for(dst) as tmp:
+                    shutil.copyfile(root / dst.name, tmp)
+            return [*store.close(), *copies]
+
+    # --- inference, responses and accuracy ----------------------------------------------------------
+    def infer(self, parts: Mapping[str, Backend], feeds: Tensors) -> dict[str, np.ndarray]:
+        model = parts[MODEL]
+        return model.predict(to_model(feeds, model.input_specs))
+
+    def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> np.ndarray:
+        return responses(outputs, batch)
+
+    def accuracy(self, accuracy_log: Path, preprocessed_dir: Path) -> AccuracyReport:
+        metrics, line = score(accuracy_log, preprocessed_dir)
+        return AccuracyReport("f1", metrics, line)
+
+    def response_description(self) -> str:
+        return RESPONSE_DESCRIPTION
+
+    def accuracy_command(self, accuracy_log: Path, data_dir: Path) -> str:
+        return accuracy_command(accuracy_log, data_dir)
+
+
+def _find_squad_root(root: Path) -> Path:
+    """The directory holding dev-v1.1.json (searched below ``root``); its vocab.txt must be beside it."""
+    if root.is_file():
+        root = root.parent
+    found = [root] if (root / DEV_JSON).is_file() else sorted(p.parent for p in root.rglob(DEV_JSON))
+    if not found:
+        raise HarnessError(f"{root / DEV_JSON}: missing file (the dataset needs SQuAD v1.1's dev-v1.1.json)")
+    if not (found[0] / VOCAB).is_file():
+        raise HarnessError(
+            f"{found[0] / VOCAB}: missing file; give the dataset as a directory or .tar holding dev-v1.1.json "
+            "and the BERT model's vocab.txt (the vocab decides the features)"
+        )
+    return found[0]
+
+
+def _unpack(archive: Path, dest: Path) -> Path:
+    if not tarfile.is_tarfile(archive):
+        raise HarnessError(f"{archive.name}: neither dev-v1.1.json nor a tar archive holding it and vocab.txt")
+    stage = dest.with_name(dest.name + ".part")
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(stage, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise HarnessError(f"{archive.name}: corrupt or truncated archive ({exc})") from None
+    stage.replace(dest)
+    return dest
+
+
+def _check_model(path: Path) -> None:
+    """A loadable ONNX graph with the official model's input and output names."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # onnx raises its own untyped errors for bad files
+        path.unlink(missing_ok=True)
+        raise HarnessError(f"{path.name}: not a valid ONNX model ({str(exc).splitlines()[0][:160]})") from None
+    ins, outs = {i.name for i in graph.input}, {o.name for o in graph.output}
+    want_ins = {FAKE_QUANT_NAMES.get(n, n) for n in INPUTS} if "attention_mask" in ins else set(INPUTS)
+    missing = sorted((want_ins - ins) | (set(OUTPUTS) - outs))
+    if missing:
+        raise HarnessError(
+            f"{path.name}: no tensor {missing[0]!r}; the official bert model has inputs {', '.join(INPUTS)} "
+            f"and outputs {', '.join(OUTPUTS)}"
+        )
+
+
+__all__ = [
+    "FAKE_QUANT_NAMES",
+    "INPUTS",
+    "OUTPUTS",
+    "OUTPUT_SPECS",
+    "RESPONSE_DESCRIPTION",
+    "SAMPLE_SPECS",
+    "Bert",
+    "accuracy_command",
+    "build_model",
+    "collate",
+    "infer",
+    "preprocess",
+    "responses",
+    "score",
+    "synthesize_dataset",
+]
