@@ -179,3 +179,22 @@ def copy_file_verified(src: Path, dest_dir: Path, sha: str | None = None) -> Pat
     part = final.with_name(final.name + ".part")
     shutil.copyfile(src, part)
     return _finish(part, final, sha)
+
+
+def unpack(archive: Path, dest: Path, what: str) -> Path:
+    """Extract the tar archive ``archive`` (``what`` it should hold, for the error) into ``dest``
+    through a staging directory, so a crash never leaves a half-unpacked ``dest``."""
+    import tarfile
+
+    if not tarfile.is_tarfile(archive):
+        raise HarnessError(f"{archive.name}: not a tar archive of {what}")
+    stage = dest.with_name(dest.name + ".part")
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(stage, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise HarnessError(f"{archive.name}: corrupt or truncated archive ({exc}); download it again") from None
+    shutil.rmtree(dest, ignore_errors=True)
+    stage.replace(dest)
+    return dest

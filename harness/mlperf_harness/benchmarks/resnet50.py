@@ -9,7 +9,6 @@ ImageNet's licence requires), or synthetic. Model: resnet50_v1.onnx (1001 classe
 from __future__ import annotations
 
 import json
-import tarfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -166,7 +165,9 @@ class ResNet50(Benchmark):
             else:
                 assert source.s3 is not None  # a Source holds exactly one kind
                 got = download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
-            root = _unpack(got, out_dir / "imagenet") if got.is_file() else got
+            root = (
+                download.unpack(got, out_dir / "imagenet", "the ImageNet validation images") if got.is_file() else got
+            )
         root = _find_val_map_root(root)
         entries = read_val_map(root / VAL_MAP)
         missing = [f for f, _ in entries[:10] + entries[-10:] if not (root / f).is_file()]
@@ -295,19 +296,6 @@ def imagenet_accuracy(accuracy_log: Path, val_map: Path, dtype: str = "int32") -
     value = 100.0 * good / total if total else 0.0
     line = f"accuracy={value:.3f}%, good={good}, total={total}"
     return AccuracyReport("accuracy", {"accuracy": value}, line, {"good": good, "total": total})
-
-
-def _unpack(archive: Path, dest: Path) -> Path:
-    if not tarfile.is_tarfile(archive):
-        raise HarnessError(f"{archive.name}: not a tar archive of the ImageNet validation images")
-    stage = dest.with_name(dest.name + ".part")
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(stage, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise HarnessError(f"{archive.name}: corrupt or truncated archive ({exc})") from None
-    stage.replace(dest)
-    return dest
 
 
 def _find_val_map_root(root: Path) -> Path:

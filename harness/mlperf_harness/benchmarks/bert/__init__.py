@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,7 +89,11 @@ class Bert(Benchmark):
             else:
                 assert source.s3 is not None  # a Source holds exactly one kind
                 got = download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
-            root = _unpack(got, out_dir / "squad") if got.is_file() and got.suffix != ".json" else got
+            root = (
+                download.unpack(got, out_dir / "squad", "dev-v1.1.json and the model's vocab.txt")
+                if got.is_file() and got.suffix != ".json"
+                else got
+            )
         root = _find_squad_root(root)
         _, features = load_features(root)  # checks both files now rather than at preprocess
         facts = {"root": str(root), "count": len(features), "synthetic": False}
@@ -162,19 +165,6 @@ def _find_squad_root(root: Path) -> Path:
             "and the BERT model's vocab.txt (the vocab decides the features)"
         )
     return found[0]
-
-
-def _unpack(archive: Path, dest: Path) -> Path:
-    if not tarfile.is_tarfile(archive):
-        raise HarnessError(f"{archive.name}: neither dev-v1.1.json nor a tar archive holding it and vocab.txt")
-    stage = dest.with_name(dest.name + ".part")
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(stage, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise HarnessError(f"{archive.name}: corrupt or truncated archive ({exc})") from None
-    stage.replace(dest)
-    return dest
 
 
 def _check_model(path: Path) -> None:

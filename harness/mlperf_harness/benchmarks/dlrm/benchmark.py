@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Mapping
@@ -73,7 +72,7 @@ class Dlrm(Benchmark):
                 else download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)  # type: ignore[arg-type]
             )
             if got.is_file() and tarfile.is_tarfile(got):
-                got = _unpack(got, out_dir / "unpacked")
+                got = download.unpack(got, out_dir / "unpacked", "the Criteo test data or the model's files")
             onnx_file = got if got.is_file() else _find(got, "*.onnx", "the DLRM ONNX model (tb00_40M.onnx)")
             _link_dir(onnx_file, target)
         _check_model(target)
@@ -91,7 +90,11 @@ class Dlrm(Benchmark):
                 if source.https is not None
                 else download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)  # type: ignore[arg-type]
             )
-            root = _unpack(got, out_dir / "criteo") if got.is_file() and tarfile.is_tarfile(got) else got
+            root = (
+                download.unpack(got, out_dir / "criteo", "the Criteo test data or the model's files")
+                if got.is_file() and tarfile.is_tarfile(got)
+                else got
+            )
         data_dir = _test_file_dir(root, out_dir)
         ds = criteo.preprocess(data_dir)
         facts: dict[str, object] = {
@@ -186,19 +189,6 @@ def _link_dir(onnx_file: Path, target: Path) -> None:
         if f.is_file() and not f.name.startswith(".") and dest != f:
             dest.unlink(missing_ok=True)
             os.symlink(f.resolve(), dest)
-
-
-def _unpack(archive: Path, dest: Path) -> Path:
-    stage = dest.with_name(dest.name + ".part")
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(stage, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise HarnessError(f"{archive.name}: corrupt or truncated archive ({exc}); download it again") from None
-    if dest.exists():
-        shutil.rmtree(dest)
-    stage.replace(dest)
-    return dest
 
 
 def _test_file_dir(root: Path, out_dir: Path) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,7 +81,11 @@ class Rnnt(Benchmark):
         if got.is_file() and got.suffix in (".pt", ".pth"):
             _convert_checkpoint(got, out_dir)
         else:
-            root = _unpack(got, out_dir / "_unpacked") if got.is_file() else got
+            root = (
+                download.unpack(got, out_dir / "_unpacked", "LibriSpeech dev-clean or the model's files")
+                if got.is_file()
+                else got
+            )
             for part, name in FILES.items():
                 found = sorted(root.rglob(name))
                 if not found:
@@ -112,7 +115,11 @@ class Rnnt(Benchmark):
             else:
                 assert source.s3 is not None
                 got = download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
-            found = _unpack(got, out_dir / "librispeech") if got.is_file() else got
+            found = (
+                download.unpack(got, out_dir / "librispeech", "LibriSpeech dev-clean or the model's files")
+                if got.is_file()
+                else got
+            )
             root = _dataset_root(found)
             if not (root / MANIFEST).is_file():
                 convert_dataset(root, out_dir)  # FLAC -> wav as the reference's run.sh does, into out_dir
@@ -220,21 +227,6 @@ def _dataset_root(found: Path) -> Path:
         f"{found}: neither {MANIFEST} nor {SOURCE}/ inside; point the dataset at LibriSpeech dev-clean"
         " (dev-clean.tar.gz) or at its conversion"
     )
-
-
-def _unpack(archive: Path, dest: Path) -> Path:
-    if not tarfile.is_tarfile(archive):
-        raise HarnessError(f"{archive.name}: not a tar archive; give a .tar/.tar.gz of the files or their directory")
-    stage = dest.with_name(dest.name + ".part")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(stage, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise HarnessError(f"{archive.name}: corrupt or truncated archive ({exc}); download it again") from None
-    shutil.rmtree(dest, ignore_errors=True)
-    stage.replace(dest)
-    return dest
 
 
 def _convert_checkpoint(path: Path, out_dir: Path) -> None:

@@ -18,7 +18,6 @@ wired: the v1.0 round table says so and refuses the run.
 from __future__ import annotations
 
 import json
-import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -116,7 +115,11 @@ class Unet3D(Benchmark):
                 else:
                     assert source.s3 is not None
                     got = download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
-                root = _unpack(got, out_dir / "kits19") if got.is_file() else got
+                root = (
+                    download.unpack(got, out_dir / "kits19", "KiTS19's data directory (case_XXXXX/ folders)")
+                    if got.is_file()
+                    else got
+                )
             root = _find_cases(root)
             facts = {"root": str(root), "count": len(kits19.case_list(root)), "synthetic": False}
         atomic_write_text(out_dir / SOURCE_JSON, json.dumps(facts, indent=2))
@@ -183,19 +186,6 @@ def _patch_of(backend: Backend) -> int:
     if spec is None or len(spec.shape) != 4 or spec.shape[1] is None:
         raise HarnessError(f"3d-unet model: input {INPUT!r} (N, 1, P, P, P) not found; got {list(specs)}")
     return int(spec.shape[1])
-
-
-def _unpack(archive: Path, dest: Path) -> Path:
-    if not tarfile.is_tarfile(archive):
-        raise HarnessError(f"{archive.name}: not a tar archive of KiTS19's data directory (case_XXXXX/ folders)")
-    stage = dest.with_name(dest.name + ".part")
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(stage, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise HarnessError(f"{archive.name}: corrupt or truncated archive ({exc}); download it again") from None
-    stage.replace(dest)
-    return dest
 
 
 def _find_cases(root: Path) -> Path:
