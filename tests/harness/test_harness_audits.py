@@ -14,10 +14,10 @@ from mlperf_harness.loadgen.logs import Summary
 from mlperf_harness.local import passed
 from mlperf_harness.results import AuditResult, ScenarioResult
 
-# onnxruntime at batch 1 takes ~0.05 s on two cores; pacing each batch to 0.25 s (5x headroom
-# for a busy shared machine) makes the performance ratios the audits check independent of
-# whatever else the machine is doing.
-PACE_S = 0.4  # well above an onnxruntime sample on a busy 2-core machine: the timing checks see the pace
+# onnxruntime at batch 1 takes ~0.05 s on two quiet cores and up to ~0.4 s under a load of 8-27
+# (seen in CI beside helpers): pacing each batch to 0.8 s makes the performance ratios the audits
+# check independent of whatever else the machine is doing.
+PACE_S = 0.8
 AUDIT_SPEC: dict[str, Any] = {
     "batchSize": 1,
     "testModes": ["PerformanceOnly", "AccuracyOnly"],
