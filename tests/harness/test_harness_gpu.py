@@ -27,8 +27,10 @@ def _cuda() -> None:
 GPU = {"system": {"gpuProduct": "NVIDIA-H200", "gpuCount": 1}, "backend": "pytorch"}
 
 
-def load(ws: Any, precision: str, output: str = "ArgMax:0") -> Any:
+def load(ws: Any, precision: str, output: str = "ArgMax:0", rewrites: set[str] | None = None) -> Any:
     b = get_backend("pytorch")
+    if rewrites is not None:
+        b.rewrites = rewrites  # type: ignore[attr-defined]
     b.load(ws.bench.model_file(ws.model_dir), 8, precision, outputs=[output])
     return b
 
@@ -38,17 +40,62 @@ def images(ws: Any) -> np.ndarray:
     return np.asarray(data)
 
 
+def _softmax(backend: Any, x: np.ndarray) -> np.ndarray:
+    chunks = [backend.predict({"input_tensor:0": x[i : i + 8]})["softmax_tensor:0"] for i in range(0, len(x), 8)]
+    return np.concatenate(chunks).astype(np.float64)
+
+
+def _errors(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Each sample's relative error against the reference."""
+    return np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
+
+
+def _drop_last_residual(backend: Any) -> None:
+    """A wrong fusion: the last block's conv + add + ReLU with its residual left out."""
+    last = [m for m in backend._model.modules() if getattr(m, "add", False)][-1]
+    keep = last.forward
+    last.forward = lambda x, z=None: keep(x, z * 0)
+
+
 def test_fused_fp16_matches_fp32_reference(workspace: Any) -> None:
+    """The rewrites are exact, and fp16 through them is as good as plain fp16 on the same GPU.
+
+    The synthetic model's softmax is ill-conditioned in fp16 (its classifier is centred on the mean
+    feature, so fp16's rounding of large features moves the calibrated logits): a fixed bound on
+    fp16's error failed on a fresh H200. So the rewrites are checked in fp32, where fp32 rounding
+    is the only difference and a dropped residual stands out, and fused fp16 is judged against
+    plain fp16's error distribution measured in the same run. On an H200 (2026-12-04): fp32
+    rewrites max error 2.5e-5, a dropped residual at least 0.30; fp16 plain and fused both a
+    median error of 1.2 and 11 of 32 top-1 agreements on this fixture's images (98.7 % on
+    gpu_h200.py's 1,024: the fewer the calibration images, the smaller the logits' margins)."""
     _cuda()
+    from mlperf_harness.backends.torch_backend import fuse_conv_activations
+
     ws = workspace(**GPU, precision="fp32")
-    data = {"input_tensor:0": images(ws)[:8]}
-    ref, fast = load(ws, "fp32", "softmax_tensor:0"), load(ws, "fp16", "softmax_tensor:0")
+    data = images(ws)
+    want = _softmax(load(ws, "fp32", "softmax_tensor:0"), data)
+
+    fused32, wrong32 = load(ws, "fp32", "softmax_tensor:0"), load(ws, "fp32", "softmax_tensor:0")
+    assert fuse_conv_activations(fused32._model) == fuse_conv_activations(wrong32._model) == (49, 4)
+    _drop_last_residual(wrong32)  # before its first batch captures a CUDA graph
+    exact, broken = (_errors(_softmax(b, data), want) for b in (fused32, wrong32))
+    print(f"fp32 rewrites: max err {exact.max():.2e}; with a dropped residual: min err {broken.min():.2e}")
+    assert exact.max() < 1e-3 < 1e-1 < broken.min()
+
+    fast = load(ws, "fp16", "softmax_tensor:0")
     # Every conv + ReLU and conv + add + ReLU of ResNet-50, the 4 projection shortcuts' biases
     # folded into them, the stem padded to 4 channels, the max-pool compiled.
     assert (fast.fused, fast.folded, fast.pools, fast._channels) == (49, 4, 1, 4)
-    want = ref.predict(data)["softmax_tensor:0"].astype(np.float64)
-    got = fast.predict(data)["softmax_tensor:0"].astype(np.float64)
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 2e-2
+    plain_out = _softmax(load(ws, "fp16", "softmax_tensor:0", rewrites=set()), data)
+    fast_out = _softmax(fast, data)
+    plain, fused = _errors(plain_out, want), _errors(fast_out, want)
+    top1 = want.argmax(axis=1)
+    agree_plain, agree_fused = (int((out.argmax(axis=1) == top1).sum()) for out in (plain_out, fast_out))
+    print(
+        f"fp16 vs fp32 over {len(data)} samples: plain median err {np.median(plain):.2e}, top-1 {agree_plain}; "
+        f"fused median err {np.median(fused):.2e}, top-1 {agree_fused}"
+    )
+    assert np.median(fused) <= 2 * np.median(plain) and agree_fused >= agree_plain - len(data) // 16
 
 
 def test_resident_rows_answer_as_host_batches(workspace: Any) -> None:
