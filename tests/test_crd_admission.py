@@ -16,7 +16,7 @@ INVALID = sorted((REPO / "tests" / "manifests" / "invalid").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def crd_installed(cluster: Cluster) -> Cluster:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/mlperfruns.mlperf-operator.io", "--timeout=60s")
+    cluster.kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"), "--timeout=60s")
     return cluster
 
 

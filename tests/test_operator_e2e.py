@@ -30,7 +30,7 @@ RUN_TIMEOUT = 900  # a bound against hangs, not a speed check: a loaded 2-core m
 @pytest.fixture(scope="module")
 def crds(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/mlperfruns.mlperf-operator.io", "--timeout=60s")
+    cluster.kubectl("wait", "--for=condition=Established", "-f", str(REPO / "crds"), "--timeout=60s")
 
 
 def make_claim(api: client.ApiClient, namespace: str, name: str = "mlperf-cache") -> None:

@@ -68,6 +68,10 @@ ALLOWED = [
     ("patch", "jobs.batch"),  # only to suspend a Job unschedulable past its run's deadline
     ("watch", "mlperfruns.mlperf-operator.io"),
     ("patch", "mlperfruns.mlperf-operator.io/status"),
+    ("create", "mlperfruns.mlperf-operator.io"),  # a campaign's points
+    ("delete", "mlperfruns.mlperf-operator.io"),  # a point removed from a campaign's matrix
+    ("watch", "mlperfcampaigns.mlperf-operator.io"),
+    ("patch", "mlperfcampaigns.mlperf-operator.io/status"),
     ("get", "pods/log"),
     ("create", "persistentvolumeclaims"),
     ("patch", "configmaps"),
@@ -87,7 +91,9 @@ DENIED = [
     ("update", "jobs.batch"),
     ("delete", "persistentvolumeclaims"),
     ("update", "mlperfruns.mlperf-operator.io"),
-    ("delete", "mlperfruns.mlperf-operator.io"),
+    ("patch", "mlperfruns.mlperf-operator.io"),
+    ("patch", "mlperfcampaigns.mlperf-operator.io"),
+    ("delete", "mlperfcampaigns.mlperf-operator.io"),
     ("create", "serviceaccounts/token"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("impersonate", "serviceaccounts"),

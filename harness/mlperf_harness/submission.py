@@ -15,14 +15,17 @@ import argparse
 import json
 import re
 import shutil
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from .artifacts import Workdir
+from .fsutil import temp_path_for
 from .loadgen.logs import detail_values
 from .report import sha256
+from .results import StepOutcome, write_termination_message
 from .suites import SUITE_NAMES, Suite, load_suite
 
 console = Console(stderr=True)
@@ -222,6 +225,13 @@ def submission_command(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, help="where to write the trees, one per round (default <workdir>/submission)")
     p.add_argument("--check", type=Path, metavar="TREE", help="only check an existing tree (of --round)")
     p.add_argument("--round", choices=SUITE_NAMES, default="v1.0", help="the round of the --check tree")
+    p.add_argument("--tarball", type=Path, help="also write the assembled trees as this .tar.gz (atomically)")
+    p.add_argument(
+        "--no-fail",
+        action="store_true",
+        help="exit 0 once the trees are assembled, whatever the checks found (a campaign's Job: the findings "
+        "go to its outcome, and a check that fails would fail again on a retry)",
+    )
     args = p.parse_args(argv)
     if args.check:
         return _report({args.check: check_tree(args.check, args.round)})
@@ -242,7 +252,26 @@ def submission_command(argv: list[str]) -> int:
         full_logs = assemble(args.workdir, suite, runs, root)
         console.print(f"{suite}: assembled {len(runs)} run(s) into {root}")
         found[root] = check_tree(root, suite, full_logs)
-    return _report(found)
+    if args.tarball:
+        write_tarball(args.tarball, sorted(found))
+        console.print(f"wrote {args.tarball}")
+    code = _report(found)
+    problems = [p for ps in found.values() for p in ps]
+    runs_total = sum(len(r) for r in grouped.values())
+    summary = f"{runs_total} run(s) in {len(found)} tree(s), {len(problems)} problem(s)"
+    if args.tarball:
+        summary += f", {args.tarball}"
+    write_termination_message(
+        StepOutcome(step="submission", ok=not problems, message="; ".join([summary, *problems[:5]])[:1000])
+    )
+    return 0 if args.no_fail else code
+
+
+def write_tarball(path: Path, roots: list[Path]) -> None:
+    """The trees as one .tar.gz, each under its round's name; written whole or not at all."""
+    with temp_path_for(path) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for root in roots:
+            tar.add(root, arcname=root.name)
 
 
 def _report(found: dict[Path, list[str]]) -> int:

@@ -1,6 +1,6 @@
-"""Generate the MLPerfRun CustomResourceDefinition from the pydantic models.
+"""Generate the MLPerfRun and MLPerfCampaign CustomResourceDefinitions from the pydantic models.
 
-``python -m mlperf_operator.crd`` (``make crds``) writes ``crds/``; a test fails when the file
+``python -m mlperf_operator.crd`` (``make crds``) writes ``crds/``; a test fails when the files
 and the models drift. The pydantic JSON schema is turned into a Kubernetes structural schema
 (no $ref, no anyOf, OpenAPI v3.0 bounds), and the suite tables add the CEL admission rules.
 """
@@ -17,17 +17,20 @@ from mlperf_harness.spec import MLPerfRunSpec, category_message
 from mlperf_harness.suites import all_suites
 from pydantic import BaseModel
 
+from .api import CAMPAIGN_KIND, CAMPAIGN_PLURAL, GROUP, KIND, PLURAL, VERSION
+from .campaign import MATRIX_FIELDS, MLPerfCampaignSpec, MLPerfCampaignStatus
 from .status import MLPerfRunStatus
 
-GROUP = "mlperf-operator.io"
-VERSION = "v1alpha1"
-KIND = "MLPerfRun"
-PLURAL = "mlperfruns"
-CRD_NAME = f"{PLURAL}.{GROUP}"
 REPO = Path(__file__).resolve().parents[2]
-CRD_PATH = REPO / "crds" / f"{CRD_NAME}.yaml"
-# The chart carries a copy: one source, written together, checked together.
-CRD_PATHS = (CRD_PATH, REPO / "helm" / "mlperf-operator" / "crds" / f"{CRD_NAME}.yaml")
+
+
+def crd_paths(plural: str) -> tuple[Path, Path]:
+    """Where a CRD is written: crds/ and the chart's copy (one source, written together, checked together)."""
+    name = f"{plural}.{GROUP}.yaml"
+    return REPO / "crds" / name, REPO / "helm" / "mlperf-operator" / "crds" / name
+
+
+CRD_PATH = crd_paths(PLURAL)[0]
 
 _DROP = {"title", "additionalProperties", "$defs"}
 CEL = "x-kubernetes-validations"
@@ -142,18 +145,44 @@ PRINTER_COLUMNS = [
 ]
 
 
-def crd() -> dict[str, Any]:
+CAMPAIGN_COLUMNS = [
+    {"name": "Points", "type": "integer", "jsonPath": ".status.pointCount"},
+    {"name": "Succeeded", "type": "integer", "jsonPath": ".status.succeeded"},
+    {"name": "Failed", "type": "integer", "jsonPath": ".status.failed"},
+    {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Suite", "type": "string", "jsonPath": ".spec.template.suite", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def run_spec_schema() -> dict[str, Any]:
     spec = model_schema(MLPerfRunSpec)
-    spec["x-kubernetes-validations"] = spec.get("x-kubernetes-validations", []) + suite_rules()
-    status = model_schema(MLPerfRunStatus)
+    spec[CEL] = spec.get(CEL, []) + suite_rules()
+    return spec
+
+
+def template_schema() -> dict[str, Any]:
+    """A campaign's run template: the run spec's schema without the fields the matrix sets, none of them
+    required here, and without the rules that relate those fields (each point's run is checked whole)."""
+    run = model_schema(MLPerfRunSpec)
+    return {
+        "type": "object",
+        "description": MLPerfCampaignSpec.model_fields["template"].description,
+        "properties": {k: v for k, v in run["properties"].items() if k not in MATRIX_FIELDS},
+    }
+
+
+def _definition(
+    kind: str, plural: str, short: str, description: str, spec: dict[str, Any], status: dict[str, Any], columns: list
+) -> dict[str, Any]:
     root = {
         "type": "object",
-        "description": "An MLPerf Inference run: one benchmark's scenarios, test modes and audits, "
-        "run as a pipeline of Jobs.",
+        "description": description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "API version: mlperf-operator.io/v1alpha1."},
-            "kind": {"type": "string", "description": "MLPerfRun."},
+            "apiVersion": {"type": "string", "description": f"API version: {GROUP}/{VERSION}."},
+            "kind": {"type": "string", "description": f"{kind}."},
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
@@ -162,16 +191,16 @@ def crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/part-of": "mlperf-operator"}},
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "mlperf-operator"}},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "plural": PLURAL,
-                "singular": "mlperfrun",
-                "listKind": "MLPerfRunList",
-                "shortNames": ["mlpr"],
+                "kind": kind,
+                "plural": plural,
+                "singular": kind.lower(),
+                "listKind": f"{kind}List",
+                "shortNames": [short],
                 "categories": ["mlperf"],
             },
             "versions": [
@@ -180,7 +209,7 @@ def crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": columns,
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
@@ -188,21 +217,47 @@ def crd() -> dict[str, Any]:
     }
 
 
+def crd(kind: str = KIND) -> dict[str, Any]:
+    if kind == CAMPAIGN_KIND:
+        spec = model_schema(MLPerfCampaignSpec)
+        spec["properties"]["template"] = template_schema()
+        return _definition(
+            CAMPAIGN_KIND,
+            CAMPAIGN_PLURAL,
+            "mlpc",
+            "A submission campaign: one MLPerfRun for every point of a matrix of benchmarks, scenarios, "
+            "accuracy levels and systems, made from one run template.",
+            spec,
+            model_schema(MLPerfCampaignStatus),
+            CAMPAIGN_COLUMNS,
+        )
+    return _definition(
+        KIND,
+        PLURAL,
+        "mlpr",
+        "An MLPerf Inference run: one benchmark's scenarios, test modes and audits, run as a pipeline of Jobs.",
+        run_spec_schema(),
+        model_schema(MLPerfRunStatus),
+        PRINTER_COLUMNS,
+    )
+
+
+KINDS = {KIND: PLURAL, CAMPAIGN_KIND: CAMPAIGN_PLURAL}
 HEADER = "# Generated by `make crds` from the pydantic models (mlperf_operator.crd). Do not edit.\n"
 
 
-def render() -> str:
-    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=100)
+def render(kind: str = KIND) -> str:
+    return HEADER + yaml.safe_dump(crd(kind), sort_keys=False, width=100)
 
 
 def main() -> None:
-    text = render()
+    written = {path: render(kind) for kind, plural in KINDS.items() for path in crd_paths(plural)}
     if "--check" in sys.argv:
-        stale = [str(p) for p in CRD_PATHS if not p.exists() or p.read_text() != text]
+        stale = [str(p) for p, text in written.items() if not p.exists() or p.read_text() != text]
         if stale:
             sys.exit(f"{', '.join(stale)} out of date: run `make crds`")
         return
-    for path in CRD_PATHS:
+    for path, text in written.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)

@@ -14,14 +14,16 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from .api import CAMPAIGN_KIND, CAMPAIGN_PLURAL, GROUP, KIND, PLURAL, VERSION
+from .campaigns import CampaignController
 from .controller import Controller
-from .crd import GROUP, PLURAL, VERSION
 from .jobs import PART_OF
 from .kube import Kube, load_config
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = float(os.environ.get("MLPERF_RESYNC_SECONDS", "30"))
 _controller: Controller | None = None
+_campaigns: CampaignController | None = None
 # Set by __main__ in single-namespace mode; None watches (and resyncs) every namespace.
 WATCHED_NAMESPACES: list[str] | None = None
 
@@ -34,11 +36,18 @@ def controller() -> Controller:
     return _controller
 
 
+def campaigns() -> CampaignController:
+    if _campaigns is None:
+        raise RuntimeError("the campaign controller is made at startup; no handler may run before it")
+    return _campaigns
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _controller
+    global _controller, _campaigns
     load_config()
-    _controller = Controller(Kube())
+    kube = Kube()
+    _controller, _campaigns = Controller(kube), CampaignController(kube)
     log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
@@ -52,9 +61,19 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def run_changed(name: str, namespace: str | None, **_: Any) -> None:
+def run_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    if not namespace:
+        return
+    controller().reconcile(namespace, name)
+    for owner in body.metadata.get("ownerReferences") or []:  # a campaign's point moved on
+        if owner.get("kind") == CAMPAIGN_KIND and owner.get("apiVersion", "").startswith(GROUP):
+            campaigns().reconcile(namespace, owner["name"])
+
+
+@kopf.on.event(GROUP, VERSION, CAMPAIGN_PLURAL)
+def campaign_changed(name: str, namespace: str | None, **_: Any) -> None:
     if namespace:
-        controller().reconcile(namespace, name)
+        campaigns().reconcile(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/part-of": PART_OF})
@@ -62,13 +81,18 @@ def job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
     if not namespace:
         return
     for owner in body.metadata.get("ownerReferences") or []:
-        if owner.get("kind") == "MLPerfRun" and owner.get("apiVersion", "").startswith(GROUP):
+        if not owner.get("apiVersion", "").startswith(GROUP):
+            continue
+        if owner.get("kind") == KIND:
             controller().reconcile(namespace, owner["name"])
+        elif owner.get("kind") == CAMPAIGN_KIND:  # the campaign's submission Job
+            campaigns().reconcile(namespace, owner["name"])
 
 
 def _resync_forever(stop: threading.Event) -> None:
     while not stop.wait(RESYNC_SECONDS):
         try:
             controller().resync(WATCHED_NAMESPACES)
+            campaigns().resync(WATCHED_NAMESPACES)
         except Exception:
             log.exception("resync failed; retrying in %.0f s", RESYNC_SECONDS)

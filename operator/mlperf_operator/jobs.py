@@ -8,7 +8,7 @@ from typing import Any
 from mlperf_harness.pipeline import Step
 from mlperf_harness.spec import MLPerfRunSpec
 
-from .crd import GROUP, KIND, VERSION
+from .api import GROUP, KIND, VERSION
 
 PART_OF = "mlperf-operator"
 RUN_LABEL = f"{GROUP}/run"
@@ -75,12 +75,13 @@ def common_labels(run: str, spec: MLPerfRunSpec) -> dict[str, str]:
     }
 
 
-def owner_reference(run: dict[str, Any]) -> dict[str, Any]:
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    """The reference that makes an object the run's (or the campaign's): removed with it."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "name": run["metadata"]["name"],
-        "uid": run["metadata"]["uid"],
+        "kind": owner.get("kind", KIND),
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
         "controller": True,
         "blockOwnerDeletion": True,
     }
@@ -129,6 +130,38 @@ def build_job(run: dict[str, Any], spec: MLPerfRunSpec, step: Step, claim: str) 
     """The batch/v1 Job that runs one step of one run."""
     name = run["metadata"]["name"]
     labels = {**common_labels(name, spec), STEP_LABEL: step.name, "app.kubernetes.io/component": step.verb}
+    key = run_key(run)
+    command = [step.verb, *step.args, "--run", key, "--workdir", WORKDIR]
+    job = _job(run, job_name(name, step.name), spec, labels, command, claim, _gpu_count(spec, step), key)
+    if step.artifact:
+        job["metadata"]["annotations"] = {ARTIFACT_ANNOTATION: step.artifact.relpath}
+    return job
+
+
+def build_submission_job(
+    campaign: dict[str, Any], name: str, spec: MLPerfRunSpec, labels: dict[str, str], runs: list[str], out: str
+) -> dict[str, Any]:
+    """The Job that assembles a campaign's finished runs (their directories on the claim) into one checked
+    tree and tarball under ``out`` on the claim; the check's findings are its outcome."""
+    command = ["submission", "--workdir", WORKDIR, "--runs", ",".join(runs), "--out", f"{WORKDIR}/{out}/trees"]
+    command += ["--tarball", f"{WORKDIR}/{out}/submission.tar.gz", "--no-fail"]
+    all_labels = {"app.kubernetes.io/name": "mlperf-harness", "app.kubernetes.io/component": "submission", **labels}
+    assert spec.storage.existingClaim is not None
+    return _job(campaign, name, spec, all_labels, command, spec.storage.existingClaim, 0, run_key(campaign))
+
+
+def _job(
+    owner: dict[str, Any],
+    name: str,
+    spec: MLPerfRunSpec,
+    labels: dict[str, str],
+    command: list[str],
+    claim: str,
+    gpus: int,
+    key: str,
+) -> dict[str, Any]:
+    """A Job of the harness image running `mlperf <command>` on the claim, as the spec places its pods;
+    ``key`` is the owner's directory on the claim (MLPERF_RUN)."""
     job_labels = dict(labels)
     if spec.kueue.queueName:
         job_labels["kueue.x-k8s.io/queue-name"] = spec.kueue.queueName
@@ -136,7 +169,6 @@ def build_job(run: dict[str, Any], spec: MLPerfRunSpec, step: Step, claim: str) 
         job_labels["kueue.x-k8s.io/priority-class"] = spec.kueue.priorityClass
 
     resources: dict[str, Any] = {k: dict(v) for k, v in spec.resources.items()}
-    gpus = _gpu_count(spec, step)
     node_selector = dict(spec.nodeSelector)
     tolerations = list(spec.tolerations)
     if gpus:
@@ -158,9 +190,9 @@ def build_job(run: dict[str, Any], spec: MLPerfRunSpec, step: Step, claim: str) 
         "name": "harness",
         "image": spec.images.harness,
         "imagePullPolicy": spec.images.pullPolicy,
-        "command": ["mlperf", step.verb],
-        "args": [*step.args, "--run", run_key(run), "--workdir", WORKDIR],
-        "env": _env(spec, run_key(run)),
+        "command": ["mlperf", command[0]],
+        "args": command[1:],
+        "env": _env(spec, key),
         "resources": resources,
         "volumeMounts": mounts,
         "securityContext": restricted_container_security(),
@@ -208,13 +240,11 @@ def build_job(run: dict[str, Any], spec: MLPerfRunSpec, step: Step, claim: str) 
         job_spec["suspend"] = True  # Kueue un-suspends the Job when it admits it
 
     metadata: dict[str, Any] = {
-        "name": job_name(name, step.name),
-        "namespace": run["metadata"]["namespace"],
+        "name": name,
+        "namespace": owner["metadata"]["namespace"],
         "labels": job_labels,
-        "ownerReferences": [owner_reference(run)],
+        "ownerReferences": [owner_reference(owner)],
     }
-    if step.artifact:
-        metadata["annotations"] = {ARTIFACT_ANNOTATION: step.artifact.relpath}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 

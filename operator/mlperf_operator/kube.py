@@ -15,7 +15,7 @@ from typing import Any, cast
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .crd import GROUP, PLURAL, VERSION
+from .api import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
 from .jobs import RUN_LABEL, cache_index_name, run_label
 from .status import now
 
@@ -61,13 +61,42 @@ class Kube:
             runs += cast(dict[str, Any], self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))["items"]
         return runs
 
+    def get_campaign(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return cast(
+                dict[str, Any],
+                self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, CAMPAIGN_PLURAL, name),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_campaigns(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]:
+        if not namespaces:
+            listed = self.custom.list_cluster_custom_object(GROUP, VERSION, CAMPAIGN_PLURAL)
+            return cast(dict[str, Any], listed)["items"]
+        found: list[dict[str, Any]] = []
+        for ns in namespaces:
+            listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, CAMPAIGN_PLURAL)
+            found += cast(dict[str, Any], listed)["items"]
+        return found
+
+    def campaign_runs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, label_selector=selector)
+        return cast(dict[str, Any], listed)["items"]
+
     def run_jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
-        selector = f"{RUN_LABEL}={run_label(run)}"
+        return self.jobs(namespace, f"{RUN_LABEL}={run_label(run)}")
+
+    def run_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        return self.pods(namespace, f"{RUN_LABEL}={run_label(run)}")
+
+    def jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         resp = self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
         return self._json(resp)["items"]
 
-    def run_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
-        selector = f"{RUN_LABEL}={run_label(run)}"
+    def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         resp = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
         return self._json(resp)["items"]
 
@@ -106,6 +135,7 @@ class Kube:
             "Job": self.batch.create_namespaced_job,
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
             "ConfigMap": self.core.create_namespaced_config_map,
+            "MLPerfRun": lambda ns, body: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body),
         }
         create = creators[kind]
         try:
@@ -140,17 +170,26 @@ class Kube:
             raise
         return True
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+    def delete_run(self, namespace: str, name: str) -> None:
+        """Delete a run; its Jobs and pods go with it (the garbage collector follows their owner)."""
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
-    def event(self, run: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        meta = run["metadata"]
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = PLURAL) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": status})
+
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """An Event about a run or a campaign."""
+        meta = obj["metadata"]
         stamp = now()
         body = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "MLPerfRun",
+                "kind": obj.get("kind", "MLPerfRun"),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta["uid"],

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING
+
 from mlperf_harness.pipeline import Phase
 from mlperf_harness.results import ScenarioResult
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from .campaign import MLPerfCampaignStatus
 
 RUN_LABELS = ("namespace", "run", "benchmark", "scenario", "gpu_product", "synthetic")
 
@@ -21,6 +27,11 @@ ACCURACY = Gauge("mlperf_result_accuracy", "Accuracy result of a run, in the met
 RESULT_VALID = Gauge("mlperf_result_valid", "1 when LoadGen reported VALID.", RUN_LABELS)
 CACHE_HITS = Counter("mlperf_cache_hits_total", "Steps skipped because their artifact was cached.", ["kind"])
 JOBS_CREATED = Counter("mlperf_jobs_created_total", "Step Jobs created.", ["step"])
+CAMPAIGN_POINTS = Gauge(
+    "mlperf_campaign_points",
+    "Points of a campaign, by state: total, succeeded, failed, running.",
+    ["namespace", "campaign", "state"],
+)
 RECONCILE_ERRORS = Counter("mlperf_reconcile_errors_total", "Reconciles that raised an error.", ["reason"])
 
 _phases: dict[str, str] = {}
@@ -47,3 +58,15 @@ def observe_result(namespace: str, run: str, benchmark: str, gpu: str, result: S
             RESULT_VALID.labels(*labels).set(1 if result.valid else 0)
     elif result.accuracy is not None:
         ACCURACY.labels(*labels).set(result.accuracy)
+
+
+def observe_campaign(namespace: str, campaign: str, status: MLPerfCampaignStatus | None) -> None:
+    """A campaign's progress; its four series go with it."""
+    if status is None:
+        for state in ("total", "succeeded", "failed", "running"):
+            with contextlib.suppress(KeyError):
+                CAMPAIGN_POINTS.remove(namespace, campaign, state)
+        return
+    counts = {"total": status.pointCount, "succeeded": status.succeeded, "failed": status.failed}
+    for state, value in {**counts, "running": status.running}.items():
+        CAMPAIGN_POINTS.labels(namespace, campaign, state).set(value)

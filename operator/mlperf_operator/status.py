@@ -32,6 +32,28 @@ class Condition(StatusModel):
     observedGeneration: int = Field(default=0, description="The spec generation the condition is about.")
 
 
+class Conditioned(StatusModel):
+    """A status with standard conditions."""
+
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
+
+    def set_condition(self, type_: str, status: bool, reason: str, message: str, generation: int) -> None:
+        value: Literal["True", "False"] = "True" if status else "False"
+        old = next((c for c in self.conditions if c.type == type_), None)
+        if old and old.status == value and old.reason == reason and old.message == message:
+            old.observedGeneration = generation
+            return
+        new = Condition(
+            type=type_,
+            status=value,
+            reason=reason,
+            message=message,
+            lastTransitionTime=old.lastTransitionTime if old and old.status == value else now(),
+            observedGeneration=generation,
+        )
+        self.conditions = [c for c in self.conditions if c.type != type_] + [new]
+
+
 class StepStatus(StatusModel):
     name: str = Field(description="Step name, e.g. preprocess or run-offline-performance.")
     job: str = Field(default="", description="Name of the step's Job (empty for a cache hit).")
@@ -45,7 +67,7 @@ class StepStatus(StatusModel):
     message: str = Field(default="", description="Outcome or failure details.")
 
 
-class MLPerfRunStatus(StatusModel):
+class MLPerfRunStatus(Conditioned):
     phase: Phase = Field(default=Phase.PENDING, description="Where the run is in its pipeline.")
     result: str = Field(
         default="",
@@ -63,7 +85,6 @@ class MLPerfRunStatus(StatusModel):
     startTime: str | None = Field(default=None, description="When the operator started the run.")
     completionTime: str | None = Field(default=None, description="When the run reached Succeeded or Failed.")
     message: str = Field(default="", description="Latest human-readable message.")
-    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
     steps: list[StepStatus] = Field(default_factory=list, description="Every step of the pipeline.")
     results: list[ScenarioResult] = Field(
         default_factory=list, description="Per scenario and test mode: validity, throughput, latency, accuracy."
@@ -72,19 +93,3 @@ class MLPerfRunStatus(StatusModel):
 
     def step(self, name: str) -> StepStatus | None:
         return next((s for s in self.steps if s.name == name), None)
-
-    def set_condition(self, type_: str, status: bool, reason: str, message: str, generation: int) -> None:
-        value: Literal["True", "False"] = "True" if status else "False"
-        old = next((c for c in self.conditions if c.type == type_), None)
-        if old and old.status == value and old.reason == reason and old.message == message:
-            old.observedGeneration = generation
-            return
-        new = Condition(
-            type=type_,
-            status=value,
-            reason=reason,
-            message=message,
-            lastTransitionTime=old.lastTransitionTime if old and old.status == value else now(),
-            observedGeneration=generation,
-        )
-        self.conditions = [c for c in self.conditions if c.type != type_] + [new]

@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from subprocess import PIPE
@@ -163,3 +164,26 @@ def test_submission_of_two_runs_is_accepted_and_damage_is_named(flag_run: Path, 
     logs = {acc: flag_run / "runs" / "resnet50-offline" / "Offline" / "AccuracyOnly" / "mlperf_log_accuracy.json"}
     problems = check_tree(rebuilt / "v1.0", "v1.0", logs)
     assert any(f"{acc}: hash does not match" in p for p in problems), problems
+
+
+def test_a_submission_for_a_job_writes_a_tarball_and_its_findings(
+    flag_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a campaign's submission Job runs: the trees as one tarball, the check's findings as its outcome,
+    exit 0 whatever they are (the same check would fail again on a retry)."""
+    from mlperf_harness.results import read_termination_message
+    from mlperf_harness.submission import submission_command
+
+    monkeypatch.setenv("MLPERF_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    tarball = tmp_path / "campaign" / "submission.tar.gz"
+    args = ["--workdir", str(flag_run), "--runs", "resnet50-offline", "--out", str(tmp_path / "tree"), "--no-fail"]
+    assert submission_command([*args, "--tarball", str(tarball)]) == 0
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert any(
+        n.startswith("v1.0/closed/") and n.endswith("Offline/performance/run_1/mlperf_log_summary.txt") for n in names
+    )
+    outcome = read_termination_message((tmp_path / "termination-log").read_text())
+    assert outcome.step == "submission" and outcome.message.startswith("1 run(s) in 1 tree(s), ")
+    assert outcome.ok == ("0 problem(s)" in outcome.message)
+    assert not list(tarball.parent.glob(".*.tmp")), "no half-written tarball is left"
