@@ -168,3 +168,14 @@ def test_a_fixed_batch_graph_runs_call_by_call(tmp_path: Path) -> None:
     other.fixed_batch = 1
     with pytest.raises(HarnessError, match=r"spec\.batchSize: resnet50's model graph takes a batch of exactly 1"):
         fixed_batch_note(get_benchmark("resnet50"), {MODEL: other}, 8)
+
+
+def test_bert_refuses_a_vocab_larger_than_the_model(tmp_path: Path) -> None:
+    """A real SQuAD set's vocab.txt (30,522 words) with the small synthetic model (1,024 rows): refused."""
+    from mlperf_harness.benchmarks.bert.squad import SPECIAL_TOKENS
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "vocab.txt").write_text("\n".join([*SPECIAL_TOKENS, *(f"w{i}" for i in range(2000))]) + "\n")
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps({"root": str(tmp_path / "d"), "synthetic": False}))
+    with pytest.raises(HarnessError, match="more than the small synthetic BERT's 1,024 embedding rows"):
+        get_benchmark("bert").preprocess(tmp_path / "d", tmp_path / "p", "fp32", size="small")

@@ -32,7 +32,7 @@ from ..base import MODEL, AccuracyReport, Batch, Benchmark
 from .accuracy import RESPONSE_DESCRIPTION, accuracy_command, score
 from .model import INPUTS, OUTPUTS, build_model
 from .pipeline import FAKE_QUANT_NAMES, OUTPUT_SPECS, SAMPLE_SPECS, collate, infer, preprocess, responses, to_model
-from .squad import DEV_JSON, VOCAB, load_features
+from .squad import DEV_JSON, VOCAB, load_features, read_vocab
 from .synthetic import synthesize_dataset
 
 MODEL_FILE = "model.onnx"  # the reference's FP32 model (bert_tf_v1_1_large_fp32_384_v2)
@@ -124,6 +124,7 @@ class Bert(Benchmark):
     ) -> list[Path]:
         facts = json.loads((dataset_dir / DATASET_JSON).read_text())
         root = Path(facts["root"])
+        _check_vocab(root / VOCAB, size)
         _, features = load_features(root)
         synthetic = bool(facts.get("synthetic"))
         with SampleWriter(out_dir, SAMPLE_SPECS, len(features), synthetic=synthetic) as store:
@@ -207,3 +208,16 @@ __all__ = [
     "score",
     "synthesize_dataset",
 ]
+
+
+def _check_vocab(path: Path, size: ModelSize) -> None:
+    """The features' token ids index the model's word embeddings: a vocab.txt longer than the model
+    of the run's size has rows (a real SQuAD set's 30,522 words and the small model's 1,024) is refused."""
+    from .model import SIZES
+
+    words = len(read_vocab(path))
+    if words > SIZES[size].vocab:
+        raise HarnessError(
+            f"{path}: {words:,} words, more than the {size} synthetic BERT's {SIZES[size].vocab:,} embedding rows; "
+            "with this dataset use model.synthetic.size: full or the real model"
+        )

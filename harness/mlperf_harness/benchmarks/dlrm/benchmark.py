@@ -143,7 +143,12 @@ class Dlrm(Benchmark):
             raise HarnessError(f"{marker}: missing; run download-data first")
         facts = json.loads(marker.read_text())
         root = Path(facts["root"])
-        ds = criteo.preprocess(root)
+        # Ids modulo the small model's 1,000-row tables, so real data runs on it (a no-op for its own
+        # synthetic data); full leaves them as the real model takes them (the capped synthetic model
+        # would need ids below 4M: pair it with its own synthetic data).
+        from .model import table_sizes
+
+        ds = criteo.preprocess(root, table_sizes=table_sizes("small") if size == "small" else None)
         synthetic = bool(facts.get("synthetic"))
         with SampleWriter(
             out_dir, self.inputs(variant), len(ds), synthetic=synthetic, rows=int(ds.boundaries[-1])
