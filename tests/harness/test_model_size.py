@@ -74,6 +74,48 @@ def test_every_benchmark_names_its_sizes(name: str) -> None:
         assert sum(table_sizes("capped")) * 128 * 4 < 12 * 2**30  # the 64 GiB disk holds model and labeller
 
 
+# Where each benchmark builds its synthetic model and its labelled set (module paths to patch) and the
+# size its builder is asked for under the spec's "full".
+P = "mlperf_harness.benchmarks"
+WIRING = {
+    "ssd-resnet34": (f"{P}.ssd_resnet34.model.build_model", f"{P}.ssd_resnet34.coco.synthesize_dataset", "full"),
+    "bert": (f"{P}.bert.build_model", f"{P}.bert.synthesize_dataset", "full"),
+    "dlrm": (f"{P}.dlrm.model.build_model", f"{P}.dlrm.synthetic.synthesize_dataset", "capped"),
+    "rnnt": (f"{P}.rnnt.model.build_model", f"{P}.rnnt.data.synthesize_dataset", "full"),
+    "3d-unet": (f"{P}.unet3d.build_model", f"{P}.unet3d.synthesize_dataset", "full"),
+}
+
+
+class _Labelled(Exception):
+    """Raised by the stub labeller: the test has seen what it needed."""
+
+
+@pytest.mark.parametrize("name", WIRING)
+def test_model_and_labeller_get_the_spec_size(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """download-model builds the synthetic model of the source's size, download-data labels with the
+    model of the run's size (the builders stubbed: the full ones are a GPU's work)."""
+    build, label, expected = WIRING[name]
+    sizes: list[str] = []
+
+    def fake_build(path: Path, seed: int, size: str = "small", **_: Any) -> Path:
+        sizes.append(size)
+        return path
+
+    def fake_label(*_: Any, **__: Any) -> dict[str, object]:
+        raise _Labelled
+
+    monkeypatch.setattr(build, fake_build)
+    monkeypatch.setattr(label, fake_label)
+    bench = get_benchmark(name)
+    spec = make_spec(model={"synthetic": {"size": "full"}})  # its sources; the benchmark is the one under test
+    for folder in ("m", "d"):  # as the steps make them
+        (tmp_path / folder).mkdir()
+    bench.prepare_model(spec.model, tmp_path / "m")
+    with pytest.raises(_Labelled):
+        bench.prepare_dataset(spec.dataset, tmp_path / "d", size=artifacts.model_size(spec))
+    assert sizes == [expected, expected]
+
+
 def _ssd_spec(data: Path, **over: Any) -> MLPerfRunSpec:
     spec: dict[str, Any] = {
         "benchmark": "ssd-resnet34",
