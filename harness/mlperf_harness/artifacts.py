@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .benchmarks import preprocess_version
-from .spec import MLPerfRunSpec, Source
+from .spec import MLPerfRunSpec, ModelSize, Source
 
 ArtifactKind = Literal["dataset", "preprocessed", "model", "engine"]
 
@@ -77,7 +77,16 @@ def source_identity(source: Source, role: str, benchmark: str) -> dict[str, Any]
     }
     if role == "dataset":
         ident["samples"] = source.synthetic.samples
+    else:
+        ident["size"] = source.synthetic.size
     return ident
+
+
+def model_size(spec: MLPerfRunSpec) -> ModelSize:
+    """The size of the model the run's data is made for: the synthetic model's, or full for a real model.
+    The one owner of that fact: a synthetic dataset is labelled by (and its samples shaped for) the model
+    of this size, and preprocessing follows it (ssd-resnet34's input side), so both keys carry it."""
+    return spec.model.synthetic.size if spec.model.synthetic is not None else "full"
 
 
 def precision_of(spec: MLPerfRunSpec) -> str:
@@ -109,6 +118,8 @@ def input_dtype_of(spec: MLPerfRunSpec) -> str:
 
 def dataset(spec: MLPerfRunSpec) -> Artifact:
     ident = source_identity(spec.dataset, "dataset", spec.benchmark)
+    if spec.dataset.synthetic is not None:  # its answers are the model's
+        ident["modelSize"] = model_size(spec)
     return _make("dataset", spec.benchmark, {"benchmark": spec.benchmark, **ident})
 
 
@@ -122,6 +133,7 @@ def preprocessed(spec: MLPerfRunSpec) -> Artifact:
         "dataset": dataset(spec).key,
         "preprocess": preprocess_version(spec.benchmark),
         "dtype": input_dtype_of(spec),
+        "modelSize": model_size(spec),
     }
     return _make("preprocessed", spec.benchmark, inputs)
 

@@ -21,6 +21,7 @@ TestMode = Literal["PerformanceOnly", "AccuracyOnly"]
 AuditTest = Literal["TEST01", "TEST04", "TEST04-A", "TEST04-B", "TEST05"]
 BackendName = Literal["onnxruntime", "pytorch", "tensorrt", "null"]
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
+ModelSize = Literal["small", "full"]
 
 CEL = "x-kubernetes-validations"
 # A label value as the API server checks it, checked at admission instead: a run whose Jobs cannot be made fails.
@@ -139,6 +140,18 @@ class SyntheticSource(SpecModel):
         ),
     )
     seed: int = Field(default=0, ge=0, description="Seed of the generator.")
+    size: ModelSize = Field(
+        default="small",
+        description=(
+            "Model only (ignored for a dataset: synthetic data is always made for the run's model, so its "
+            "answers and its samples' shapes follow this size; a real model counts as full). small: the "
+            "benchmark's graph with narrow layers and small inputs, minutes on a CPU (CI). full: the real "
+            "architecture's sizes, for a GPU (ssd-resnet34 1200x1200, BERT-Large, the full RNN-T, 3d-unet's "
+            "128^3 patches). resnet50: both are the real ResNet-50 (no smaller variant). dlrm full: the real "
+            "MLPs and 26 tables, each capped at 4,000,000 rows (11.5 GiB instead of the real 89.5 GiB; the "
+            "model's status says capped)."
+        ),
+    )
 
 
 _ONE_SOURCE: dict[str, Any] = {

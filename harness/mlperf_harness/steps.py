@@ -73,7 +73,7 @@ def download_data(ws: Workspace) -> StepOutcome:
     if hit := _cached("download-data", ws, ws.dataset):
         return hit
     out.mkdir(parents=True, exist_ok=True)
-    facts = ws.bench.prepare_dataset(ws.spec.dataset, out, quiet=ws.quiet)
+    facts = ws.bench.prepare_dataset(ws.spec.dataset, out, size=artifacts.model_size(ws.spec), quiet=ws.quiet)
     files = [p for p in (out / "dataset.json",) if p.exists()]
     write_marker(out, "download-data", files, facts=facts)
     kind = "synthetic " if facts.get("synthetic") else ""
@@ -87,8 +87,10 @@ def download_model(ws: Workspace) -> StepOutcome:
         return hit
     out.mkdir(parents=True, exist_ok=True)
     path = ws.bench.prepare_model(ws.spec.model, out, quiet=ws.quiet)
-    write_marker(out, "download-model", [path], synthetic=ws.spec.model.is_synthetic)
-    note = " (synthetic random-weight model)" if ws.spec.model.is_synthetic else ""
+    synthetic = ws.spec.model.synthetic
+    size = ws.bench.size_note(synthetic.size) if synthetic is not None else None
+    write_marker(out, "download-model", [path], synthetic=synthetic is not None, size=size)
+    note = f" (synthetic random-weight model, {size})" if size else ""
     message = f"model ready: {path.name}{note}"
     return StepOutcome(step="download-model", ok=True, message=message, artifact=_produced(ws.model))
 
@@ -100,7 +102,7 @@ def preprocess(ws: Workspace) -> StepOutcome:
     ws.require(ws.dataset_dir, "dataset", "download-data")
     out.mkdir(parents=True, exist_ok=True)
     variant = artifacts.input_dtype_of(ws.spec)
-    files = ws.bench.preprocess(ws.dataset_dir, out, variant, quiet=ws.quiet)
+    files = ws.bench.preprocess(ws.dataset_dir, out, variant, size=artifacts.model_size(ws.spec), quiet=ws.quiet)
     store = SampleStore(out, ws.bench.inputs(variant))
     write_marker(out, "preprocess", files, count=store.count, synthetic=bool(store.facts.get("synthetic")))
     message = f"preprocessed {store.count} samples ({variant})"

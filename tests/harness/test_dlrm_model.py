@@ -124,7 +124,10 @@ def test_sizes() -> None:
     full = model.table_sizes("full")
     assert len(full) == 26 and sum(full) == 187_767_399 and max(full) <= 40_000_000
     assert sum(full) * 128 * 4 / 2**30 == pytest.approx(89.5, abs=0.1)
-    with pytest.raises(HarnessError, match="'small' or 'full'"):
+    capped = model.table_sizes("capped")  # the spec's size: full
+    assert len(capped) == 26 and sum(capped) == 24_063_992 and max(capped) == 4_000_000
+    assert sum(capped) * 128 * 4 / 2**30 == pytest.approx(11.5, abs=0.1)
+    with pytest.raises(HarnessError, match="one of full, capped, small, got 'medium'"):
         model.table_sizes("medium")
 
 

@@ -146,3 +146,15 @@ def test_null_backend_offline_is_valid(workdir: Path) -> None:
     ws.perf_backend_wrapper = lambda b: Paced(b, 0.05)
     [result] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
     assert result.valid, (ws.root / result.logDir / "mlperf_log_summary.txt").read_text()
+
+
+def test_batch_of_two_offline(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The synthetic graph takes a batch (the official one's is 1): batchSize 2 warms up and runs one
+    model call per batch, VALID, and the answers are the batch-1 labels' (mAP 100 %)."""
+    ws = make(workdir, batchSize=2)
+    ws.perf_backend_wrapper = lambda b: Paced(b, PACE_S)
+    [perf] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
+    assert perf.valid and "batch" not in perf.backend, (ws.root / perf.logDir / "mlperf_log_summary.txt").read_text()
+    [acc] = steps.run_harness(ws, "Offline", "AccuracyOnly").results
+    assert "mAP=100.000%" in capsys.readouterr().out.splitlines()
+    assert acc.accuracy == pytest.approx(100.0)

@@ -56,6 +56,9 @@ class Backend(ABC):
     # True once ``reserve_samples`` accepted: the SUT then calls ``predict_rows`` with rows of
     # the loaded sample set, which ``stage_samples`` copied to the device (start_from_device).
     resident: bool = False
+    # The batch the loaded graph takes where its input fixes one (the official ssd-resnet34 graph's 1);
+    # None where any batch goes. Set by ``load``.
+    fixed_batch: int | None = None
 
     def configure(self, cfg: HarnessConfig) -> None:  # noqa: B027 - optional hook
         """Take backend-specific settings from the harness config; called before ``load``."""

@@ -31,6 +31,7 @@ class _Wrapper(Backend):
 
     def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
         self.inner.load(model_path, batch_size, precision, outputs=outputs)
+        self.fixed_batch = self.inner.fixed_batch
 
     def reserve_samples(self, capacity: int) -> bool:
         self.resident = self.inner.reserve_samples(capacity)

@@ -83,6 +83,8 @@ class OnnxRuntimeBackend(ModelBackend):
         graph_outputs = {o.name: o for o in sess.get_outputs()}
         self._names = pick_outputs(list(graph_outputs), outputs, model_path.name)
         self._ins = tuple(_spec(i) for i in sess.get_inputs())
+        first = sess.get_inputs()[0].shape[0] if sess.get_inputs() and sess.get_inputs()[0].shape else None
+        self.fixed_batch = first if isinstance(first, int) and first > 0 else None
         self._outs = tuple(_spec(graph_outputs[n]) for n in self._names)
 
     def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:

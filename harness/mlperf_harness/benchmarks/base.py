@@ -31,7 +31,7 @@ import numpy as np
 
 from ..backends.base import Backend, Tensors, TensorSpec
 from ..errors import HarnessError
-from ..spec import Source
+from ..spec import ModelSize, Source
 
 MODEL = "model"  # the part name of a single-graph model
 Responses = np.ndarray | Sequence[np.ndarray]
@@ -76,6 +76,9 @@ class Benchmark(ABC):
     cost_tensor: str | None = None
     # False where ``infer`` is more than one call on the sample tensors (no device-resident samples).
     device_resident: bool = True
+    # True where ``infer`` runs a graph of fixed batch (``Backend.fixed_batch``) in calls of that batch;
+    # else such a graph below the run's batch size is refused.
+    splits_batches: bool = False
 
     def not_implemented(self, what: str) -> HarnessError:
         return HarnessError(f"{self.name}: {what} not implemented yet")
@@ -100,17 +103,30 @@ class Benchmark(ABC):
 
     # --- data -----------------------------------------------------------------------------------
     @abstractmethod
-    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
-        """download-data: fetch or generate the dataset into ``out_dir``; return marker facts."""
+    def prepare_dataset(
+        self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
+    ) -> dict[str, object]:
+        """download-data: fetch or generate the dataset into ``out_dir``; return marker facts. ``size``:
+        the run's model size (``artifacts.model_size``); a synthetic dataset is labelled by the
+        synthetic model of that size and its samples made for that model's inputs."""
 
     @abstractmethod
     def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
-        """download-model: fetch or generate the model into ``out_dir``; return its path."""
+        """download-model: fetch or generate the model into ``out_dir`` (a synthetic one of
+        ``source.synthetic.size``); return its path."""
 
     @abstractmethod
-    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+    def preprocess(
+        self, dataset_dir: Path, out_dir: Path, variant: str, *, size: ModelSize = "small", quiet: bool = False
+    ) -> list[Path]:
         """preprocess: write the sample store (``samples.write_samples``) and whatever accuracy
-        scoring reads later into ``out_dir``; return every file written."""
+        scoring reads later into ``out_dir``; return every file written. ``size``: the run's model
+        size, for samples whose shape is the model's (ssd-resnet34's image side)."""
+
+    def size_note(self, size: ModelSize) -> str:
+        """What the synthetic model of ``size`` is, for download-model's status (where it is not
+        simply that size of the real architecture, as dlrm's capped tables)."""
+        return size
 
     # --- batching, inference, responses ------------------------------------------------------------
     def collate(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -149,13 +165,17 @@ class Benchmark(ABC):
 class PendingBenchmark(Benchmark):
     """A benchmark of the suite whose pipeline is not written yet: every step says so clearly."""
 
-    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
+    def prepare_dataset(
+        self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
+    ) -> dict[str, object]:
         raise self.not_implemented("dataset download")
 
     def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
         raise self.not_implemented("model download")
 
-    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+    def preprocess(
+        self, dataset_dir: Path, out_dir: Path, variant: str, *, size: ModelSize = "small", quiet: bool = False
+    ) -> list[Path]:
         raise self.not_implemented("preprocessing")
 
     def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> Responses:

@@ -21,7 +21,7 @@ from ..backends.base import TensorSpec
 from ..errors import HarnessError
 from ..fsutil import atomic_write_text, temp_path_for
 from ..samples import SampleWriter
-from ..spec import Source
+from ..spec import ModelSize, Source
 from .base import AccuracyReport, Batch, Benchmark
 from .synthetic_imagenet import synthetic_image
 
@@ -131,10 +131,13 @@ class ResNet50(Benchmark):
     def model_file(self, model_dir: Path) -> Path:
         return model_dir / MODEL_FILE
 
+    def size_note(self, size: ModelSize) -> str:
+        return f"{size}: the real ResNet-50 v1.5 either way (it runs on a CPU; there is no smaller variant)"
+
     # --- download-model -----------------------------------------------------------------------
     def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
         target = out_dir / MODEL_FILE
-        if source.synthetic is not None:
+        if source.synthetic is not None:  # size small and full alike: the real architecture
             from . import synthetic_resnet
 
             with temp_path_for(target) as tmp:
@@ -154,7 +157,9 @@ class ResNet50(Benchmark):
         return target
 
     # --- download-data ------------------------------------------------------------------------
-    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
+    def prepare_dataset(
+        self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
+    ) -> dict[str, object]:
         if source.synthetic is not None:
             return self._synthesize(source.synthetic.samples, source.synthetic.seed, out_dir, quiet)
         if source.pvc is not None:
@@ -227,7 +232,9 @@ class ResNet50(Benchmark):
         return facts
 
     # --- preprocess ---------------------------------------------------------------------------
-    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+    def preprocess(
+        self, dataset_dir: Path, out_dir: Path, variant: str, *, size: ModelSize = "small", quiet: bool = False
+    ) -> list[Path]:
         facts = json.loads((dataset_dir / DATASET_JSON).read_text())
         root = Path(facts["root"])
         entries = read_val_map(root / VAL_MAP)

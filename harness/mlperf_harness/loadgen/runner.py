@@ -14,6 +14,7 @@ import mlperf_loadgen as lg
 from ..backends.base import Backend
 from ..benchmarks.base import MODEL, Benchmark
 from ..config import HarnessConfig
+from ..errors import HarnessError
 from ..fsutil import atomic_write_text
 from ..samples import SampleStore
 from ..suites import load_suite
@@ -68,13 +69,31 @@ def _instance(
         qsl_lib.on_load.append(single.stage_samples)
     n = min(cfg.batchSize, 8)
     # A model whose batch is not a stack of samples (dlrm's (26, rows) offsets) is warmed up with
-    # the benchmark's own example batch; others with zeros of the graph's inputs.
+    # the benchmark's own example batch; others with zeros of the graph's inputs, at its batch where fixed.
     own = type(bench).example is not Benchmark.example
     for part, b in parts.items():  # after reserving: a GPU backend captures its graphs for where its inputs live
+        m = min(n, b.fixed_batch or n)
         b.warmup(
-            bench.example(cfg.inputDtype, n) if own and part == MODEL else {s.name: s.zeros(n) for s in b.input_specs}
+            bench.example(cfg.inputDtype, n) if own and part == MODEL else {s.name: s.zeros(m) for s in b.input_specs}
         )
     return parts
+
+
+def fixed_batch_note(bench: Benchmark, parts: dict[str, Backend], batch_size: int) -> str:
+    """What a run says of a graph whose batch is fixed below the batch size: the benchmark's ``infer``
+    runs it in calls of its batch (said with the result's backend), or the run is refused."""
+    notes = []
+    for part, b in parts.items():
+        if b.fixed_batch is None or b.fixed_batch >= batch_size:
+            continue
+        if not bench.splits_batches:
+            raise HarnessError(
+                f"spec.batchSize: {bench.name}'s {part} graph takes a batch of exactly {b.fixed_batch} "
+                f"(its input's first dimension), not {batch_size}; set batchSize: {b.fixed_batch} or give a model "
+                "with a dynamic batch dimension"
+            )
+        notes.append(f"{part} graph batch {b.fixed_batch}: batches of {batch_size} run as {b.fixed_batch}-sample calls")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def run_loadgen(
@@ -108,6 +127,7 @@ def run_loadgen(
         for _ in range(max(1, cfg.workers))
     ]
     backends = [b for parts in models for b in parts.values()]
+    batch_note = fixed_batch_note(bench, models[0], cfg.batchSize)  # refused before LoadGen starts
     ts = settings.test_settings(cfg, mode, conf_path, qsl_lib.total, audit)
 
     log_settings = lg.LogSettings()
@@ -136,7 +156,7 @@ def run_loadgen(
         lg.DestroyFastSUT(sut_handle)
     names = list(dict.fromkeys(b.device() for b in backends))
     device = names[0] if len(models) == 1 else f"{len(models)} instances on {', '.join(names)}"
-    described = backends[0].describe()
+    described = backends[0].describe() + batch_note
     for b in backends:
         b.close()
     errors = [f"{type(e).__name__}: {e}" for e in sut.errors[:3]]

@@ -6,10 +6,10 @@ S3, a PVC, or synthetic. Model: the reference's FP32 ``model.onnx`` (int64 input
 segment_ids; output_start_logits, output_end_logits). The round's accuracy level (bert-99,
 bert-99.9) is the run's configVer; the pipeline is the same for both.
 
-Synthetic: the small variant of the real architecture (2 layers, hidden 128, vocab 1,024), the one
-that runs in a few minutes on a CPU. The full BERT-Large variant (24 layers, hidden 1024, the real
-30,522-word vocab size) is ``model.build_model(path, seed, "full")``; its dataset is
-``synthetic.synthesize_dataset(dir, seed, n, path)`` with that model, so that the answers are its own.
+Synthetic (``model.synthetic.size``): ``small`` (the default) is the real architecture with 2
+layers, hidden 128 and a 1,024-word vocab, minutes on a CPU; ``full`` is BERT-Large (24 layers,
+hidden 1024, the real 30,522-word vocab size), for a GPU. The synthetic dataset is answered by the
+model of the run's size, and its vocab.txt is that model's (the features are made with it).
 """
 
 from __future__ import annotations
@@ -27,17 +27,16 @@ from ...backends.base import Backend, Tensors, TensorSpec
 from ...errors import HarnessError
 from ...fsutil import atomic_write_text, temp_path_for
 from ...samples import SampleWriter
-from ...spec import Source
+from ...spec import ModelSize, Source
 from ..base import MODEL, AccuracyReport, Batch, Benchmark
 from .accuracy import RESPONSE_DESCRIPTION, accuracy_command, score
 from .model import INPUTS, OUTPUTS, build_model
 from .pipeline import FAKE_QUANT_NAMES, OUTPUT_SPECS, SAMPLE_SPECS, collate, infer, preprocess, responses, to_model
-from .squad import DEV_JSON, VOCAB, load_features
+from .squad import DEV_JSON, VOCAB, load_features, read_vocab
 from .synthetic import synthesize_dataset
 
 MODEL_FILE = "model.onnx"  # the reference's FP32 model (bert_tf_v1_1_large_fp32_384_v2)
 DATASET_JSON = "dataset.json"
-SYNTHETIC_SIZE = "small"  # the CPU-sized variant; see the module's docstring for the full one
 
 
 class Bert(Benchmark):
@@ -61,7 +60,7 @@ class Bert(Benchmark):
     def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
         target = out_dir / MODEL_FILE
         if source.synthetic is not None:
-            return build_model(target, source.synthetic.seed, SYNTHETIC_SIZE)
+            return build_model(target, source.synthetic.seed, source.synthetic.size)
         if source.https is not None:
             got = download.fetch_https(source.https, out_dir, quiet=quiet)
         elif source.s3 is not None:
@@ -78,9 +77,11 @@ class Bert(Benchmark):
         return target
 
     # --- download-data ------------------------------------------------------------------------
-    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
+    def prepare_dataset(
+        self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
+    ) -> dict[str, object]:
         if source.synthetic is not None:
-            return self._synthesize(source.synthetic.samples, source.synthetic.seed, out_dir)
+            return self._synthesize(source.synthetic.samples, source.synthetic.seed, size, out_dir)
         if source.pvc is not None:
             root = download.resolve_pvc(source.pvc)  # used in place
         else:
@@ -100,12 +101,12 @@ class Bert(Benchmark):
         atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2))
         return facts
 
-    def _synthesize(self, n: int, seed: int, out_dir: Path) -> dict[str, object]:
-        """``n`` questions answered by the FP32 synthetic model of the same seed (the one
+    def _synthesize(self, n: int, seed: int, size: ModelSize, out_dir: Path) -> dict[str, object]:
+        """``n`` questions answered by the FP32 synthetic model of the same seed and size (the one
         ``download-model`` makes), so an FP32 accuracy run scores 100 for real."""
         root = out_dir / "squad"
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            model = build_model(Path(tmp) / MODEL_FILE, seed, SYNTHETIC_SIZE)
+            model = build_model(Path(tmp) / MODEL_FILE, seed, size)
             made = synthesize_dataset(root, seed, n, model)
         facts: dict[str, object] = {
             "root": str(root),
@@ -118,9 +119,12 @@ class Bert(Benchmark):
         return facts
 
     # --- preprocess ---------------------------------------------------------------------------
-    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+    def preprocess(
+        self, dataset_dir: Path, out_dir: Path, variant: str, *, size: ModelSize = "small", quiet: bool = False
+    ) -> list[Path]:
         facts = json.loads((dataset_dir / DATASET_JSON).read_text())
         root = Path(facts["root"])
+        _check_vocab(root / VOCAB, size)
         _, features = load_features(root)
         synthetic = bool(facts.get("synthetic"))
         with SampleWriter(out_dir, SAMPLE_SPECS, len(features), synthetic=synthetic) as store:
@@ -204,3 +208,16 @@ __all__ = [
     "score",
     "synthesize_dataset",
 ]
+
+
+def _check_vocab(path: Path, size: ModelSize) -> None:
+    """The features' token ids index the model's word embeddings: a vocab.txt longer than the model
+    of the run's size has rows (a real SQuAD set's 30,522 words and the small model's 1,024) is refused."""
+    from .model import SIZES
+
+    words = len(read_vocab(path))
+    if words > SIZES[size].vocab:
+        raise HarnessError(
+            f"{path}: {words:,} words, more than the {size} synthetic BERT's {SIZES[size].vocab:,} embedding rows; "
+            "with this dataset use model.synthetic.size: full or the real model"
+        )

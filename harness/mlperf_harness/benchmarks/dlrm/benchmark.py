@@ -4,7 +4,8 @@ Dataset: a directory (or a .tar of one) holding the reference's ``terabyte_proce
 (or ``day_23_reordered.npz``, converted to it), optionally with the aggregation trace
 ``dlrm_trace_of_aggregated_samples.txt``: from a URL, S3, a PVC, or synthetic (labelled by the
 FP32 synthetic model). Model: ``tb00_40M.onnx`` (the reference's ONNX export, with its external
-weight files beside it), or the synthetic DLRM with small tables.
+weight files beside it), or the synthetic DLRM: ``size: small`` tables of at most 1,000 rows,
+``size: full`` the real MLPs and tables capped at 4,000,000 rows (``MODEL_SIZES``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ...backends.base import Backend, Tensors, TensorSpec
 from ...errors import HarnessError
 from ...fsutil import atomic_write_text
 from ...samples import SampleWriter
-from ...spec import Source
+from ...spec import ModelSize, Source
 from ..base import MODEL, AccuracyReport, Batch, Benchmark
 from . import accuracy as scoring
 from . import batching, criteo
@@ -31,6 +32,9 @@ from .model import DENSE_INPUT, INDICES, OFFSETS, OUTPUT
 
 MODEL_FILE = "tb00_40M.onnx"  # the name inside the reference's tb00_40M.onnx.tar
 NPZ_FILE = "day_23_reordered.npz"
+# The spec's model size -> the synthetic DLRM built for it: "full" is capped (model.CAPPED_ROWS), as
+# the real 89.5 GiB of tables fit neither the GPU machine's disk nor twice (model and labeller) beside it.
+MODEL_SIZES = {"small": "small", "full": "capped"}
 DATASET_JSON = criteo.DATASET_JSON
 
 
@@ -50,16 +54,24 @@ class Dlrm(Benchmark):
     def model_file(self, model_dir: Path) -> Path:
         return model_dir / MODEL_FILE
 
+    def size_note(self, size: ModelSize) -> str:
+        from .model import CAPPED_ROWS
+
+        if MODEL_SIZES[size] == "capped":
+            return f"full MLPs, 26 tables capped at {CAPPED_ROWS:,} rows (11.5 GiB, not the real 89.5 GiB)"
+        return size
+
     # --- download-model -----------------------------------------------------------------------
     def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
-        """Synthetic: the small DLRM (tables of at most 1,000 rows, inline). The full-size one
-        (89.5 GiB of tables as external data) is built with ``model.build_model(path, seed,
-        "full")`` and given as a PVC source, as the real model is."""
+        """Synthetic: the DLRM of ``MODEL_SIZES[size]`` (small: inline tables of at most 1,000 rows;
+        full: tables capped at 4,000,000 rows as external data). The uncapped one (89.5 GiB) is
+        built with ``model.build_model(path, seed, "full")`` and given as a PVC source, as the real
+        model is."""
         target = out_dir / MODEL_FILE
         if source.synthetic is not None:
             from .model import build_model
 
-            build_model(target, source.synthetic.seed, "small")
+            build_model(target, source.synthetic.seed, MODEL_SIZES[source.synthetic.size])
             return target
         if source.pvc is not None:
             path = download.resolve_pvc(source.pvc)
@@ -79,9 +91,11 @@ class Dlrm(Benchmark):
         return target
 
     # --- download-data ------------------------------------------------------------------------
-    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
+    def prepare_dataset(
+        self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
+    ) -> dict[str, object]:
         if source.synthetic is not None:
-            return self._synthesize(source.synthetic.samples, source.synthetic.seed, out_dir)
+            return self._synthesize(source.synthetic.samples, source.synthetic.seed, size, out_dir)
         if source.pvc is not None:
             root = download.resolve_pvc(source.pvc)  # used in place: the test file is 14 GB
         else:
@@ -106,28 +120,35 @@ class Dlrm(Benchmark):
         atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2) + "\n")
         return facts
 
-    def _synthesize(self, n: int, seed: int, out_dir: Path) -> dict[str, object]:
-        """The synthetic test file, labelled by the small FP32 model ``download-model`` makes for
-        the same seed (built here again: it is deterministic), so FP32 scores AUC 100 %."""
+    def _synthesize(self, n: int, seed: int, size: ModelSize, out_dir: Path) -> dict[str, object]:
+        """The synthetic test file, labelled by the FP32 model ``download-model`` makes for the
+        same seed and size (built here again: it is deterministic), so FP32 scores AUC 100 %."""
         from .model import build_model
         from .synthetic import synthesize_dataset
 
         data_dir = out_dir / "criteo"
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".labeller.") as tmp:
-            model_path = build_model(Path(tmp) / MODEL_FILE, seed, "small")
+            model_path = build_model(Path(tmp) / MODEL_FILE, seed, MODEL_SIZES[size])
             facts = synthesize_dataset(data_dir, seed, n, model_path)
         facts = {**facts, "root": str(data_dir), "count": n}
         atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2) + "\n")
         return facts
 
     # --- preprocess ---------------------------------------------------------------------------
-    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+    def preprocess(
+        self, dataset_dir: Path, out_dir: Path, variant: str, *, size: ModelSize = "small", quiet: bool = False
+    ) -> list[Path]:
         marker = dataset_dir / DATASET_JSON
         if not marker.is_file():
             raise HarnessError(f"{marker}: missing; run download-data first")
         facts = json.loads(marker.read_text())
         root = Path(facts["root"])
-        ds = criteo.preprocess(root)
+        # Ids modulo the small model's 1,000-row tables, so real data runs on it (a no-op for its own
+        # synthetic data); full leaves them as the real model takes them (the capped synthetic model
+        # would need ids below 4M: pair it with its own synthetic data).
+        from .model import table_sizes
+
+        ds = criteo.preprocess(root, table_sizes=table_sizes("small") if size == "small" else None)
         synthetic = bool(facts.get("synthetic"))
         with SampleWriter(
             out_dir, self.inputs(variant), len(ds), synthetic=synthetic, rows=int(ds.boundaries[-1])

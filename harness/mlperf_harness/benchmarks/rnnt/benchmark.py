@@ -6,9 +6,8 @@ FLAC and transcripts), or a directory that already holds the reference's convers
 (``dev-clean-wav/`` and ``dev-clean-wav.json``), from a URL, S3 or a PVC; or SYNTHETIC. Model: the
 three graphs ``rnnt_encoder.onnx``, ``rnnt_prediction.onnx``, ``rnnt_joint.onnx`` (a tar of them
 or a directory), or the reference's PyTorch checkpoint (``.pt``), converted where torch is
-installed; or SYNTHETIC, the small variant (every width narrowed, so CPU runs take seconds). The
-full-width synthetic model is ``build_model(out_dir, seed, size="full")`` of this package (one
-call, a minute on a CPU), to be put where a run's model source points.
+installed; or SYNTHETIC of ``model.synthetic.size``: small (every width narrowed, so CPU runs take
+seconds) or full (the real widths, a minute to build on a CPU; for a GPU).
 
 Samples are ragged: a ``(frames, 240)`` float32 feature matrix and its frame count each; a batch is
 padded to its longest utterance only (``collate``), and ``infer`` runs the encoder once, then the
@@ -31,7 +30,7 @@ from ...backends.base import Backend, Tensors, TensorSpec
 from ...errors import HarnessError
 from ...fsutil import atomic_write_text, staging_dir
 from ...samples import SampleWriter
-from ...spec import Source
+from ...spec import ModelSize, Source
 from ..base import AccuracyReport, Batch, Benchmark
 from . import FILES, MANIFEST, accuracy_command
 
@@ -69,7 +68,7 @@ class Rnnt(Benchmark):
         if source.synthetic is not None:
             from .model import build_model
 
-            build_model(out_dir, source.synthetic.seed, "small")
+            build_model(out_dir, source.synthetic.seed, source.synthetic.size)
             return self.model_file(out_dir)
         if source.https is not None:
             got = download.fetch_https(source.https, out_dir / "_download", quiet=quiet)
@@ -100,12 +99,14 @@ class Rnnt(Benchmark):
         return self.model_file(out_dir)
 
     # --- download-data ------------------------------------------------------------------------
-    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
+    def prepare_dataset(
+        self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
+    ) -> dict[str, object]:
         from .data import SOURCE, convert_dataset, load_manifest
 
         facts: dict[str, object]
         if source.synthetic is not None:
-            facts = self._synthesize(source.synthetic.samples, source.synthetic.seed, out_dir)
+            facts = self._synthesize(source.synthetic.samples, source.synthetic.seed, size, out_dir)
             root = out_dir
         else:
             if source.pvc is not None:
@@ -134,20 +135,22 @@ class Rnnt(Benchmark):
         atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2))
         return facts
 
-    def _synthesize(self, n: int, seed: int, out_dir: Path) -> dict[str, object]:
-        """SYNTHETIC dev-clean transcribed by the FP32 synthetic model of the same seed (the one
-        download-model makes), so an FP32 accuracy run scores WER 0 for real."""
+    def _synthesize(self, n: int, seed: int, size: ModelSize, out_dir: Path) -> dict[str, object]:
+        """SYNTHETIC dev-clean transcribed by the FP32 synthetic model of the same seed and size
+        (the one download-model makes), so an FP32 accuracy run scores WER 0 for real."""
         from .data import synthesize_dataset
         from .model import build_model
 
         with staging_dir(out_dir / "_model") as model_dir:
-            build_model(model_dir, seed, "small")
+            build_model(model_dir, seed, size)
             facts = synthesize_dataset(out_dir, seed, n, model_dir)
         shutil.rmtree(out_dir / "_model", ignore_errors=True)
         return facts
 
     # --- preprocess ---------------------------------------------------------------------------
-    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+    def preprocess(
+        self, dataset_dir: Path, out_dir: Path, variant: str, *, size: ModelSize = "small", quiet: bool = False
+    ) -> list[Path]:
         from ..resnet50 import progress
         from .data import load_manifest, read_wav
         from .features import filterbank_features

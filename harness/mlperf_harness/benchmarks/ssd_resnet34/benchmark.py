@@ -2,10 +2,10 @@
 number of detections per response, mAP as accuracy-coco.py --use-inv-map prints it.
 
 The image is the sample's one tensor, ``image`` (3, S, S) float32, with S the model's input size:
-1200 for the official resnet34-ssd1200.onnx (and the synthetic "full" variant), 400 for the small
-synthetic model that a synthetic source makes (the spec has no size field; the full variant is
-``model.build_model(path, seed, "full")``, a GPU's work). Because S depends on the source, the spec
-leaves it open (``(3, None, None)``) and the store records each image's shape.
+1200 for the official resnet34-ssd1200.onnx and the synthetic ``size: full`` model (a GPU's work),
+400 for the small synthetic one (``size: small``, the default). Preprocessing follows the run's
+model size (``artifacts.model_size``); because S depends on it, the spec leaves it open
+(``(3, None, None)``) and the store records each image's shape.
 """
 
 from __future__ import annotations
@@ -27,21 +27,22 @@ from ...backends.base import Backend, Tensors, TensorSpec
 from ...errors import HarnessError
 from ...fsutil import atomic_write_text, temp_path_for
 from ...samples import SampleWriter
-from ...spec import Source
+from ...spec import ModelSize, Source
 from ..base import MODEL, AccuracyReport, Batch, Benchmark
 from . import coco, pipeline
 from . import model as ssd_model
 from .accuracy import score
 
 DATASET_JSON = "dataset.json"
-SYNTHETIC_SIZE = "small"  # what a synthetic model source builds on any machine
 
 
 class SSDResNet34(Benchmark):
     name = "ssd-resnet34"
     capabilities = {"dataset": True, "model": True, "preprocess": True, "accuracy": True, "synthetic": True}
-    # The official graph takes one image: a batch is as many model calls, so samples stay on the host.
+    # The official graph takes one image: a batch is as many model calls (the synthetic graph takes
+    # the batch in one), so samples stay on the host.
     device_resident = False
+    splits_batches = True
 
     def inputs(self, variant: str) -> tuple[TensorSpec, ...]:
         return pipeline.input_specs()  # no int8 input path: the variant does not change the image
@@ -57,8 +58,8 @@ class SSDResNet34(Benchmark):
     def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
         target = out_dir / coco.MODEL_FILE
         if source.synthetic is not None:
-            # The official file name, so model_file finds it; its input says the size (400).
-            return ssd_model.build_model(target, source.synthetic.seed, SYNTHETIC_SIZE)
+            # The official file name, so model_file finds it; its input says the size (400 or 1200).
+            return ssd_model.build_model(target, source.synthetic.seed, source.synthetic.size)
         if source.https is not None:
             got = download.fetch_https(source.https, out_dir, quiet=quiet)
         elif source.s3 is not None:
@@ -73,12 +74,14 @@ class SSDResNet34(Benchmark):
         return target
 
     # --- download-data ------------------------------------------------------------------------
-    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
+    def prepare_dataset(
+        self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
+    ) -> dict[str, object]:
         if source.synthetic is not None:
-            # Labelled by the model download-model makes for the same seed, built here again.
+            # Labelled by the model download-model makes for the same seed and size, built here again.
             seed, root = source.synthetic.seed, out_dir / "coco"
             with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-                model_path = ssd_model.build_model(Path(tmp) / "ssd-labeller.onnx", seed, SYNTHETIC_SIZE)
+                model_path = ssd_model.build_model(Path(tmp) / "ssd-labeller.onnx", seed, size)
                 made = coco.synthesize_dataset(root, seed, source.synthetic.samples, model_path)
             facts: dict[str, object] = {"root": str(root), **made}
         else:
@@ -98,22 +101,30 @@ class SSDResNet34(Benchmark):
                         f"{root / coco.IMAGES / info['file_name']}: missing image listed in {root / coco.ANNOTATIONS}"
                         "; unpack val2017.zip beside annotations/"
                     )
-            facts = {"root": str(root), "count": len(images), "synthetic": False, "image_size": ssd_model.IMAGE_SIZE}
+            facts = {"root": str(root), "count": len(images), "synthetic": False}
         atomic_write_text(out_dir / DATASET_JSON, json.dumps(facts, indent=2))
         return facts
 
     # --- preprocess ---------------------------------------------------------------------------
-    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+    def preprocess(
+        self, dataset_dir: Path, out_dir: Path, variant: str, *, size: ModelSize = "small", quiet: bool = False
+    ) -> list[Path]:
         path = dataset_dir / DATASET_JSON
         try:
             facts = json.loads(path.read_text())
-            root, size = Path(facts["root"]), int(facts["image_size"])
+            root = Path(facts["root"])
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise HarnessError(f"{path}: missing or unreadable ({exc}); run download-data again") from None
+        side = ssd_model.VARIANTS[size].image_size
+        if facts.get("image_size", side) != side:  # a synthetic set is labelled at its model's size
+            raise HarnessError(
+                f"{path}: a synthetic set made for a {facts['image_size']}-pixel model, preprocessed for a "
+                f"{size} model ({side}); run download-data again for this model size"
+            )
         n = len(coco.load_annotations(root)["images"])
         synthetic = bool(facts.get("synthetic"))
         with SampleWriter(out_dir, self.inputs(variant), n, layout="NCHW", synthetic=synthetic) as store:
-            for sample in coco.preprocess(root, image_size=size):
+            for sample in coco.preprocess(root, image_size=side):
                 store.append(sample)
             # accuracy-coco.py reads <coco-dir>/annotations/instances_val2017.json: the preprocessed
             # folder is that directory for scoring (the images are not needed there).
@@ -128,7 +139,8 @@ class SSDResNet34(Benchmark):
         return pipeline.collate(samples)
 
     def infer(self, parts: Mapping[str, Backend], feeds: Tensors) -> dict[str, np.ndarray]:
-        return pipeline.infer(parts[MODEL].predict, feeds)
+        model = parts[MODEL]
+        return pipeline.infer(model.predict, feeds, model.fixed_batch)
 
     def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> list[np.ndarray]:
         return pipeline.responses(outputs, batch.indices)
@@ -193,4 +205,10 @@ def _check_model(path: Path) -> None:
         raise HarnessError(
             f"{path.name}: not SSD-ResNet34 (inputs {sorted(names)}, outputs {sorted(outputs)}; expected "
             f"{ssd_model.INPUT!r} and {', '.join(ssd_model.OUTPUTS)}); use resnet34-ssd1200.onnx from zenodo 3228411"
+        )
+    side = ssd_model.image_size_of(path)
+    if side != ssd_model.IMAGE_SIZE:  # the run preprocesses for the full model's 1200 (artifacts.model_size)
+        raise HarnessError(
+            f"{path.name}: takes {side}x{side} images, not the official {ssd_model.IMAGE_SIZE}x{ssd_model.IMAGE_SIZE}; "
+            "a given model is preprocessed for as the full size (for the small synthetic one use model.synthetic)"
         )

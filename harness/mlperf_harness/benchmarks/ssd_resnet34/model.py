@@ -10,8 +10,10 @@ As in the official ONNX file, decoding and NMS are inside the graph: box deltas 
 the default boxes (scale_xy 0.1, scale_wh 0.2) into ltrb in [0, 1] of the input, classes are a
 softmax over the 81 logits, then ONNX NonMaxSuppression per class (IoU 0.5, score > 0.05, at most
 200 per class) and the best 200 over all classes by score, in decreasing order. Input ``image``
-(1, 3, S, S) float32; outputs ``bboxes`` (1, N, 4) float32 ltrb, ``labels`` (1, N) int64 (1..80,
-contiguous COCO class indices), ``scores`` (1, N) float32.
+(B, 3, S, S) float32; outputs ``bboxes`` (B, N, 4) float32 ltrb, ``labels`` (B, N) int64 (1..80,
+contiguous COCO class indices), ``scores`` (B, N) float32, N the batch's largest count, the other
+images' rows padded with score 0. The official resnet34-ssd1200.onnx has the same interface with
+B fixed at 1 (the reference runs it with max-batchsize 1); this one takes any batch.
 
 Random weights give no confident classes, so the heads are calibrated on a few synthetic images:
 each head channel is centred and scaled on its observed statistics, and the background logit gets
@@ -31,6 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 INPUT = "image"
+BATCH = "batch"  # the graph's batch dimension (the official graph's is 1)
 BBOXES, LABELS, SCORES = "bboxes", "labels", "scores"
 OUTPUTS = (BBOXES, LABELS, SCORES)
 CLASSES = 81  # 80 COCO classes and background (0)
@@ -190,7 +193,7 @@ def _make_model(g: _Graph, size: int | str, outputs: list[onnx.ValueInfoProto]) 
     graph = helper.make_graph(
         g.nodes,
         "ssd_resnet34_synthetic",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [BATCH, 3, size, size])],
         outputs,
         inits,
     )
@@ -263,10 +266,10 @@ def _postprocess(g: _Graph, heads: _Heads, image_size: int) -> None:
     def f32(v: float | np.ndarray) -> str:
         return g.const(np.asarray(v, dtype=np.float32))
 
-    locs = [g.op("Reshape", [o, i64(1, 4, -1)])[0] for o, _, _ in heads.loc]
-    confs = [g.op("Reshape", [o, i64(1, CLASSES, -1)])[0] for o, _, _ in heads.conf]
-    (loc,) = g.op("Transpose", [g.op("Concat", locs, axis=2)[0]], perm=[0, 2, 1])  # (1, B, 4)
-    (conf,) = g.op("Concat", confs, axis=2)  # (1, 81, B)
+    locs = [g.op("Reshape", [o, i64(0, 4, -1)])[0] for o, _, _ in heads.loc]
+    confs = [g.op("Reshape", [o, i64(0, CLASSES, -1)])[0] for o, _, _ in heads.conf]
+    (loc,) = g.op("Transpose", [g.op("Concat", locs, axis=2)[0]], perm=[0, 2, 1])  # (B, boxes, 4)
+    (conf,) = g.op("Concat", confs, axis=2)  # (B, 81, boxes)
     dboxes = default_boxes(image_size)[None]
     dxy, dwh = f32(dboxes[..., :2]), f32(dboxes[..., 2:])
     (dxy_in,) = g.op("Slice", [loc, i64(0), i64(2), i64(2)])
@@ -280,17 +283,54 @@ def _postprocess(g: _Graph, heads: _Heads, image_size: int) -> None:
     (fg,) = g.op("Slice", [probs, i64(1), i64(CLASSES), i64(1)])  # background is never a detection
     (sel,) = g.op(
         "NonMaxSuppression", [boxes, fg, g.const(np.array(MAX_PER_CLASS, dtype=np.int64)), f32(NMS_IOU), f32(NMS_SCORE)]
-    )
-    (cls,) = g.op("Gather", [sel, g.const(np.array(1, dtype=np.int64))], axis=1)
-    (box,) = g.op("Gather", [sel, g.const(np.array(2, dtype=np.int64))], axis=1)
+    )  # (K, 3): image, class, box
+    image, cls = (g.op("Gather", [sel, g.const(np.array(k, dtype=np.int64))], axis=1)[0] for k in (0, 1))
     (sel_scores,) = g.op("GatherND", [fg, sel])
-    (sel_boxes,) = g.op("Gather", [g.op("Squeeze", [boxes, i64(0)])[0], box], axis=0)
+    (sel_boxes,) = g.op("GatherND", [boxes, g.op("Gather", [sel, i64(0, 2)], axis=1)[0]])
     (sel_labels,) = g.op("Add", [cls, g.const(np.array(1, dtype=np.int64))])
-    (k,) = g.op("Min", [g.op("Shape", [sel_scores])[0], i64(MAX_OUTPUT)])
-    top, order = g.op("TopK", [sel_scores, k], outputs=2, axis=0, largest=1, sorted=1)
-    g.nodes.append(helper.make_node("Unsqueeze", [g.op("Gather", [sel_boxes, order], axis=0)[0], i64(0)], [BBOXES]))
-    g.nodes.append(helper.make_node("Unsqueeze", [g.op("Gather", [sel_labels, order], axis=0)[0], i64(0)], [LABELS]))
-    g.nodes.append(helper.make_node("Unsqueeze", [top, i64(0)], [SCORES]))
+    # Order by image, then by decreasing score: a float64 key, exact for any batch.
+    (key,) = g.op("Cast", [image], to=TensorProto.DOUBLE)
+    (key,) = g.op(
+        "Sub", [g.op("Mul", [key, g.const(np.array(2.0))])[0], g.op("Cast", [sel_scores], to=TensorProto.DOUBLE)[0]]
+    )
+    (k,) = g.op("Shape", [sel_scores])
+    _, order = g.op("TopK", [key, k], outputs=2, axis=0, largest=0, sorted=1)
+    image, scores, labels = (g.op("Gather", [t, order], axis=0)[0] for t in (image, sel_scores, sel_labels))
+    (det_boxes,) = g.op("Gather", [sel_boxes, order], axis=0)
+    # Each detection's rank within its image; the best MAX_OUTPUT of each image are kept.
+    (batch,) = g.op("Gather", [g.op("Shape", [boxes])[0], i64(0)])  # (1,)
+    (images,) = g.op(
+        "Range",
+        [
+            g.const(np.array(0, dtype=np.int64)),
+            g.op("Squeeze", [batch, i64(0)])[0],
+            g.const(np.array(1, dtype=np.int64)),
+        ],
+    )
+    (member,) = g.op("Equal", [g.op("Unsqueeze", [images, i64(1)])[0], g.op("Unsqueeze", [image, i64(0)])[0]])
+    (counts,) = g.op("ReduceSum", [g.op("Cast", [member], to=TensorProto.INT64)[0], i64(1)], keepdims=0)  # (B,)
+    (starts,) = g.op("CumSum", [counts, g.const(np.array(0, dtype=np.int64))], exclusive=1)
+    (positions,) = g.op(
+        "Range",
+        [g.const(np.array(0, dtype=np.int64)), g.op("Squeeze", [k, i64(0)])[0], g.const(np.array(1, dtype=np.int64))],
+    )
+    (rank,) = g.op("Sub", [positions, g.op("Gather", [starts, image], axis=0)[0]])
+    (keep,) = g.op("Less", [rank, g.const(np.array(MAX_OUTPUT, dtype=np.int64))])
+    image, rank, scores, labels, det_boxes = (
+        g.op("Compress", [t, keep], axis=0)[0] for t in (image, rank, scores, labels, det_boxes)
+    )
+    (where,) = g.op("Concat", [g.op("Unsqueeze", [t, i64(1)])[0] for t in (image, rank)], axis=1)  # (K', 2)
+    (width,) = g.op("ReduceMax", [g.op("Min", [counts, i64(MAX_OUTPUT)])[0]], keepdims=1)  # (1,) N
+    (shape2,) = g.op("Concat", [batch, width], axis=0)
+    (shape3,) = g.op("Concat", [batch, width, i64(4)], axis=0)
+
+    def padded(out: str, shape: str, value: np.ndarray, updates: str) -> None:
+        (zeros,) = g.op("ConstantOfShape", [shape], value=numpy_helper.from_array(value))
+        g.nodes.append(helper.make_node("ScatterND", [zeros, where, updates], [out]))
+
+    padded(BBOXES, shape3, np.zeros(1, np.float32), det_boxes)
+    padded(LABELS, shape2, np.zeros(1, np.int64), labels)
+    padded(SCORES, shape2, np.zeros(1, np.float32), scores)
 
 
 def build(seed: int, size: str = "small", calibrate: bool = True) -> onnx.ModelProto:
@@ -307,9 +347,9 @@ def build(seed: int, size: str = "small", calibrate: bool = True) -> onnx.ModelP
         g,
         v.image_size,
         [
-            helper.make_tensor_value_info(BBOXES, TensorProto.FLOAT, [1, "N", 4]),
-            helper.make_tensor_value_info(LABELS, TensorProto.INT64, [1, "N"]),
-            helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, [1, "N"]),
+            helper.make_tensor_value_info(BBOXES, TensorProto.FLOAT, [BATCH, "N", 4]),
+            helper.make_tensor_value_info(LABELS, TensorProto.INT64, [BATCH, "N"]),
+            helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, [BATCH, "N"]),
         ],
     )
 

@@ -1,8 +1,8 @@
 """Batches, model calls and LoadGen responses for SSD-ResNet34, as the reference's ONNX path does them.
 
-The model (official or synthetic) takes one image per call, ``image`` (1, 3, S, S), and returns a
-variable number of detections; ``infer`` runs a batch image by image and pads the detections to the
-batch's largest count with zero scores, which ``responses`` never logs.
+The model takes ``image`` (B, 3, S, S) and returns a variable number of detections per image, padded
+to the batch's largest count with zero scores (which ``responses`` never logs). The official graph's
+B is fixed at 1, so ``infer`` runs it image by image; the synthetic graph takes the whole batch.
 """
 
 from __future__ import annotations
@@ -38,23 +38,29 @@ def collate(samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray
     return {ssd_model.INPUT: np.stack([s[ssd_model.INPUT] for s in samples]).astype(np.float32, copy=False)}
 
 
-def infer(run: Run, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One model call per image (the model's batch is 1), then the detections padded with zero
-    scores to the batch's largest count: ``bboxes`` (N, M, 4), ``labels`` (N, M), ``scores`` (N, M)."""
+def infer(run: Run, batch: Mapping[str, np.ndarray], per_call: int | None = None) -> dict[str, np.ndarray]:
+    """The detections of a batch of images: one model call, or calls of ``per_call`` images for a
+    graph of fixed batch (the official one's 1), padded with zero scores to the batch's largest
+    count: ``bboxes`` (N, M, 4), ``labels`` (N, M), ``scores`` (N, M)."""
     images = batch[ssd_model.INPUT]
     if images.ndim == 3:
         images = images[None]
-    per_image = []
-    for img in images:
-        out = run({ssd_model.INPUT: np.ascontiguousarray(img[None])})
-        boxes, labels, scores = (np.asarray(out[k]) for k in ssd_model.OUTPUTS)
-        per_image.append((boxes.reshape(-1, 4), labels.reshape(-1), scores.reshape(-1)))
-    n, m = len(per_image), max((len(s) for _, _, s in per_image), default=0)
+    step = per_call or len(images)
+    calls = [
+        [np.asarray(out[k]) for k in ssd_model.OUTPUTS]
+        for out in (
+            run({ssd_model.INPUT: np.ascontiguousarray(images[i : i + step])}) for i in range(0, len(images), step)
+        )
+    ]
+    if len(calls) == 1:
+        boxes, labels, scores = calls[0]
+        return {ssd_model.BBOXES: boxes, ssd_model.LABELS: labels, ssd_model.SCORES: scores}
+    n, m = len(images), max(c[2].shape[1] for c in calls)
     bboxes, labels_out = np.zeros((n, m, 4), np.float32), np.zeros((n, m), np.int64)
     scores_out = np.zeros((n, m), np.float32)
-    for i, (boxes, labels, scores) in enumerate(per_image):
-        k = len(scores)
-        bboxes[i, :k], labels_out[i, :k], scores_out[i, :k] = boxes, labels, scores
+    for i, (boxes, labels, scores) in zip(range(0, n, step), calls, strict=True):
+        k, rows = scores.shape[1], len(scores)
+        bboxes[i : i + rows, :k], labels_out[i : i + rows, :k], scores_out[i : i + rows, :k] = boxes, labels, scores
     return {ssd_model.BBOXES: bboxes, ssd_model.LABELS: labels_out, ssd_model.SCORES: scores_out}
 
 

@@ -7,9 +7,9 @@ float32, output ``output`` (N, 3, 128, 128, 128) logits). A sample is one prepro
 own size; ``infer`` walks it with the reference's Gaussian sliding window, so a batch is a list of
 whole cases (``batchSize`` counts cases) and the model sees ``PATCH_BATCH`` patches per call.
 
-The synthetic model is the small variant (32^3 patches, narrow), fast on a CPU; the full one (the
-official architecture, 128^3 patches) is ``model.build_model(path, seed, "full")`` with a dataset
-from ``synthetic.synthesize_dataset(dir, seed, n, that path)``.
+The synthetic model (``model.synthetic.size``) is small (32^3 patches, narrow, fast on a CPU) or
+full (the official architecture, 128^3 patches, for a GPU); the synthetic dataset is labelled by
+the model of the run's size.
 
 BraTS 2019 (v1.0's 3d-unet) has building blocks in ``brats`` and ``brats_synthetic`` and is not
 wired: the v1.0 round table says so and refuses the run.
@@ -28,7 +28,7 @@ from ...backends.base import Backend, Tensors, TensorSpec
 from ...errors import HarnessError
 from ...fsutil import atomic_write_text
 from ...samples import SampleWriter
-from ...spec import Source
+from ...spec import ModelSize, Source
 from ..base import MODEL, AccuracyReport, Batch, Benchmark
 from . import kits19
 from .kits19 import INPUT, preprocess, score
@@ -74,7 +74,7 @@ class Unet3D(Benchmark):
     def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
         target = out_dir / MODEL_FILE
         if source.synthetic is not None:
-            return build_model(target, source.synthetic.seed, "small")
+            return build_model(target, source.synthetic.seed, source.synthetic.size)
         if source.https is not None:
             got = download.fetch_https(source.https, out_dir, quiet=quiet)
         elif source.s3 is not None:
@@ -95,15 +95,17 @@ class Unet3D(Benchmark):
         return target
 
     # --- download-data ------------------------------------------------------------------------
-    def prepare_dataset(self, source: Source, out_dir: Path, *, quiet: bool = False) -> dict[str, object]:
+    def prepare_dataset(
+        self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
+    ) -> dict[str, object]:
         if source.synthetic is not None:
-            # Labelled by the model download-model makes for the same seed (the small variant).
+            # Labelled by the model download-model makes for the same seed and size.
             import tempfile
 
             seed = source.synthetic.seed
             root = out_dir / "kits19" / "data"
             with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-                model = build_model(Path(tmp) / MODEL_FILE, seed, "small")
+                model = build_model(Path(tmp) / MODEL_FILE, seed, size)
                 synthesize_dataset(root, seed, source.synthetic.samples, model, batch_size=PATCH_BATCH)
             facts: dict[str, object] = {"root": str(root), "count": source.synthetic.samples, "synthetic": True}
         else:
@@ -126,7 +128,9 @@ class Unet3D(Benchmark):
         return facts
 
     # --- preprocess ---------------------------------------------------------------------------
-    def preprocess(self, dataset_dir: Path, out_dir: Path, variant: str, *, quiet: bool = False) -> list[Path]:
+    def preprocess(
+        self, dataset_dir: Path, out_dir: Path, variant: str, *, size: ModelSize = "small", quiet: bool = False
+    ) -> list[Path]:
         """The sample store, and the ground truth in the reference's layout (``nifti/<case>/
         segmentation.nii.gz``, ``preprocessed_files.pkl``) that accuracy_kits.py reads."""
         meta = dataset_dir / SOURCE_JSON
