@@ -149,3 +149,12 @@ def test_a_campaign_runs_its_matrix_to_succeeded_through_restarts_and_grows_by_i
     ]
     assert status["pointCount"] == status["succeeded"] == 8
     assert status["submission"]["runs"] == 8 and status["submission"]["tarball"] != submission["tarball"]
+
+    # One point run again on demand, from Git: its next attempt, once; the submission follows it.
+    point = "resnet50-resnet50-offline-nvidia-h200x1"
+    grown["spec"]["reruns"] = {point: "2026-12-04"}
+    cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", str(write(tmp_path, grown)))
+    status = wait_campaign(api, namespace, operator, generation=3)
+    row = next(p for p in status["points"] if p["name"] == point)
+    assert (row["run"], row["attempts"], row["phase"]) == (f"{point}-r1", 2, "Succeeded"), row
+    assert len(campaign_runs(api, namespace)) == 9 and status["submission"]["runs"] == 8

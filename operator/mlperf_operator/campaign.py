@@ -31,6 +31,7 @@ MATRIX_FIELDS = ("benchmark", "scenarios", "configVer", "system")
 CAMPAIGN_LABEL = "mlperf-operator.io/campaign"
 POINT_ANNOTATION = "mlperf-operator.io/point"
 ATTEMPT_ANNOTATION = "mlperf-operator.io/attempt"
+RERUN_ANNOTATION = "mlperf-operator.io/rerun"
 
 
 class Matrix(SpecModel):
@@ -86,6 +87,12 @@ class MLPerfCampaignSpec(SpecModel):
         default=False,
         description="When a point leaves the matrix, delete its run even if it finished. Unset, only an "
         "unfinished run is deleted, and finished results stay with the campaign.",
+    )
+    reruns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Run points again on demand: a point's name (as in status.points) and any value, e.g. a "
+        "date. A point whose latest run finished and was not made for that value gets a new run; setting "
+        "the same value again does nothing, so the field can stay in Git.",
     )
 
 
@@ -167,6 +174,7 @@ class Point:
     system: System
     spec: dict[str, Any] = field(compare=False, hash=False)  # the run's spec
     error: str = ""  # why the round refuses it
+    rerun: str = ""  # the rerun asked for in the campaign's spec.reruns
 
     def row(self, **status: Any) -> PointStatus:
         """The point's line of the campaign's status."""
@@ -217,7 +225,8 @@ def points(campaign: str, spec: MLPerfCampaignSpec) -> list[Point]:
                     except ValidationError as exc:
                         error = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
                     name = dns_name(*parts, limit=200)  # room for an attempt suffix within 253
-                    out.append(Point(name, bench, scenario, config_ver, system, run_spec, error))
+                    rerun = spec.reruns.get(name, "")
+                    out.append(Point(name, bench, scenario, config_ver, system, run_spec, error, rerun))
     return out
 
 
@@ -246,7 +255,11 @@ def build_run(campaign: dict[str, Any], point: Point, attempt: int) -> dict[str,
             "name": attempt_name(point.name, attempt),
             "namespace": meta["namespace"],
             "labels": campaign_labels(meta["name"]),
-            "annotations": {POINT_ANNOTATION: point.name, ATTEMPT_ANNOTATION: str(attempt)},
+            "annotations": {
+                POINT_ANNOTATION: point.name,
+                ATTEMPT_ANNOTATION: str(attempt),
+                RERUN_ANNOTATION: point.rerun,
+            },
             "ownerReferences": [
                 {
                     "apiVersion": f"{GROUP}/{VERSION}",
@@ -361,23 +374,28 @@ def decide(
             else:
                 rows.append(point.row())
             continue
-        last = attempts[-1]
-        row = _summary(point, last, len(attempts))
-        if row.phase == Phase.FAILED and len(attempts) <= spec.retries:
+        last, n = attempts[-1], len(attempts)
+        row = _summary(point, last, n)
+        made_for = (last["metadata"].get("annotations") or {}).get(RERUN_ANNOTATION, "")
+        # Another attempt: asked for (now: no backoff, no limit), or a retry of a failure once its backoff is over.
+        event: tuple[str, str] | None = None
+        hold: PointState | None = None  # the point's phase while the attempt waits
+        if row.phase in (Phase.SUCCEEDED, Phase.FAILED) and point.rerun and made_for != point.rerun:
+            event, hold = ("Rerun", f"point {point.name}: run again as asked ({point.rerun})"), "Waiting"
+        elif row.phase == Phase.FAILED and n <= spec.retries:
             ended = _parse((last.get("status") or {}).get("completionTime")) or at
-            due = ended + timedelta(seconds=spec.retryBackoffSeconds * 2 ** (len(attempts) - 1))
-            if at >= due and active < spec.concurrency:
-                d.create.append((point, len(attempts)))
+            if at >= ended + timedelta(seconds=spec.retryBackoffSeconds * 2 ** (n - 1)):
+                event = ("Retrying", f"point {point.name}: run {row.run} failed; attempt {n + 1}")
+            hold = "Retrying"  # until then, the operator's periodic resync comes back for it
+        if hold:
+            if event and active < spec.concurrency:
+                d.create.append((point, n))
+                d.events.append(("Normal", *event))
                 active += 1
-                d.events.append(
-                    ("Normal", "Retrying", f"point {point.name}: run {row.run} failed; attempt {len(attempts) + 1}")
-                )
-                row = row.model_copy(
-                    update={"run": attempt_name(point.name, len(attempts)), "phase": "Pending", "result": ""}
-                )
+                row = row.model_copy(update={"run": attempt_name(point.name, n), "phase": "Pending", "result": ""})
                 row.attempts += 1
-            else:  # the operator's periodic resync comes back for it
-                row.phase = "Retrying"
+            else:
+                row.phase = hold
         elif row.phase == Phase.SUCCEEDED:
             succeeded.append(last)
         rows.append(row)

@@ -177,3 +177,21 @@ def test_a_points_run_is_owned_by_the_campaign_and_carries_none_of_its_labels() 
     assert owned_by(obj, CAMPAIGN) and obj["metadata"]["ownerReferences"][0]["controller"] is True
     assert "argocd.argoproj.io/x" not in obj["metadata"]["labels"]
     assert obj["metadata"]["labels"]["mlperf-operator.io/campaign"] == "c1"
+
+
+def test_a_rerun_asked_in_the_spec_runs_a_finished_point_once_more() -> None:
+    s = spec(matrix={"benchmarks": ["resnet50"], "scenarios": ["Offline"]}, retries=0)
+    [p] = points("c1", s)
+    runs = [run(p, phase="Succeeded")]
+    again = spec(matrix=s.matrix.model_dump(), retries=0, reruns={p.name: "2026-12-04"})
+    d = decide(gen(2), again, runs, MLPerfCampaignStatus(), at=T0)
+    [(point, attempt)] = d.create
+    assert attempt == 1 and d.status.points[0].run == f"{p.name}-r1" and d.events[0][1] == "Rerun"
+    made = build_run(CAMPAIGN, point, attempt)
+    assert made["metadata"]["annotations"]["mlperf-operator.io/rerun"] == "2026-12-04"
+    made["metadata"]["uid"], made["status"] = "u-2", {"phase": "Succeeded"}
+    # The same value again (the field stays in Git): nothing more.
+    assert decide(gen(2), again, [*runs, made], MLPerfCampaignStatus(), at=T0).create == []
+    # A run still going when the rerun is asked for finishes first.
+    busy = [run(p, phase="Running")]
+    assert decide(gen(2), again, busy, MLPerfCampaignStatus(), at=T0).create == []
