@@ -161,6 +161,28 @@ def test_half_precision_dtypes_hold(models: dict[str, Path], monkeypatch: pytest
             assert err < 5e-2, (name, out, err)
 
 
+def test_fused_attention_answers_as_the_graph(models: dict[str, Path]) -> None:
+    """The GPU path's rewrite of BERT's attention into scaled_dot_product_attention, here on the
+    CPU: it fires once per layer and answers as the unfused graph."""
+    import torch
+    from mlperf_harness.backends.torch_graph import Attention, convert, fuse_attention
+
+    path = models["bert"]
+    outputs = ["output_start_logits", "output_end_logits"]
+    plain, fused = (convert(onnx.load(str(path)), outputs, path).eval() for _ in range(2))
+    assert fuse_attention(fused) == 2  # the small model's two layers
+    softmaxes = [m for m in fused.modules() if isinstance(m, torch.nn.Softmax)]
+    assert sum(isinstance(m, Attention) for m in fused.modules()) == 2 and not softmaxes
+    feeds = [torch.from_numpy(a) for a in _feeds("bert").values()]  # two masks with padding
+    with torch.inference_mode():
+        want, got = plain(*feeds), fused(*feeds)
+    for w, g in zip(want, got, strict=True):
+        # fp32 both: the fused softmax sums in another order (measured ~1e-6 of the largest
+        # logit); a wrong scale, mask or transpose moves the logits by O(1).
+        scale = float(w.abs().max())
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4 * scale)
+
+
 def _onnx(path: Path, node: onnx.NodeProto, ins: list[Any], outs: list[Any], opset: int = 17) -> Path:
     graph = helper.make_graph([node], "g", ins, outs)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))

@@ -80,11 +80,15 @@ class OnnxLSTM(nn.Module):
         gates = torch.cat([torch.arange(k * hidden, (k + 1) * hidden) for k in (0, 2, 3, 1)])
         self.lstm = nn.LSTM(w.shape[-1], hidden)
         b = torch.zeros(8 * hidden) if b is None else b[0]
+        weights = {
+            "weight_ih_l0": w[0],
+            "weight_hh_l0": r[0],
+            "bias_ih_l0": b[: 4 * hidden],
+            "bias_hh_l0": b[4 * hidden :],
+        }
         with torch.no_grad():
-            self.lstm.weight_ih_l0.copy_(w[0][gates])
-            self.lstm.weight_hh_l0.copy_(r[0][gates])
-            self.lstm.bias_ih_l0.copy_(b[: 4 * hidden][gates])
-            self.lstm.bias_hh_l0.copy_(b[4 * hidden :][gates])
+            for name, value in weights.items():
+                getattr(self.lstm, name).copy_(value[gates])
         self.outputs = outputs
 
     def forward(self, x: Any, sequence_lens: Any = None, initial_h: Any = None, initial_c: Any = None) -> Any:
@@ -239,6 +243,93 @@ def _half(model: Any, dtype: Any) -> Any:
     return model.to(dtype)
 
 
+class Attention(nn.Module):
+    """softmax(q @ k^T * scale (+ mask)) @ v as one fused kernel (scaled_dot_product_attention),
+    from the graph's ``q``, ``k^T`` (as the ONNX graph transposes it), ``v`` and additive mask."""
+
+    def __init__(self, scale: float, four_d: bool) -> None:
+        super().__init__()
+        self.scale = scale
+        self.four_d = four_d  # the softmax was over axis 3: the last one of 4-D scores only
+
+    def forward(self, q: Any, k_t: Any, v: Any, mask: Any = None) -> Any:
+        if self.four_d and q.dim() != 4:
+            raise RuntimeError(f"fused attention: 4-D q expected, got {q.dim()}-D; set MLPERF_TORCH_ATTENTION=0")
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        k = k_t.transpose(-2, -1)
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
+
+def fuse_attention(model: Any) -> int:
+    """Rewrite each MatMul(q, k^T) -> Mul or Div by a constant -> (Add mask) -> Softmax over the
+    last axis -> MatMul(v) of an onnx2torch graph (BERT's self-attention) into one ``Attention``:
+    the (batch, heads, seq, seq) scores are then never written out. Returns how many."""
+    from onnx2torch.node_converters.activations import OnnxSoftmaxV1V11
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+
+    graph = model.graph
+
+    def module(node: Any) -> Any:
+        is_module = getattr(node, "op", None) == "call_module"
+        return model.get_submodule(str(node.target)) if is_module else None
+
+    def math(node: Any, *ops: str) -> bool:
+        fn = getattr(module(node), "math_op_function", None)
+        return fn is not None and any(fn.__name__ in (op, f"_onnx_{op}") for op in ops)
+
+    def only_user(node: Any) -> Any:
+        return next(iter(node.users)) if len(node.users) == 1 else None
+
+    def scalar(node: Any) -> float | None:
+        if getattr(node, "op", None) != "get_attr":
+            return None
+        value = model.get_buffer(str(node.target))
+        return float(value) if value.numel() == 1 and value.is_floating_point() else None
+
+    def softmax_axis(node: Any) -> int | None:
+        m = module(node)
+        if isinstance(m, OnnxSoftmaxV1V11) and not m.is_log:
+            return int(m.axis)  # opset < 13 flattens from the axis: the last one for -1, or 3 of 4-D
+        return int(m.dim) if isinstance(m, nn.Softmax) and m.dim is not None else None
+
+    fused = 0
+    for qk in list(graph.nodes):
+        if not isinstance(module(qk), OnnxMatMul):
+            continue
+        scaled = only_user(qk)
+        if scaled is None or not math(scaled, "mul", "div") or qk not in scaled.args:
+            continue
+        factor = scalar(scaled.args[1] if scaled.args[0] is qk else scaled.args[0])
+        if not factor or (math(scaled, "div") and scaled.args[0] is not qk):
+            continue
+        scale = factor if math(scaled, "mul") else 1.0 / factor
+        probs, mask = only_user(scaled), None
+        if probs is not None and math(probs, "add"):
+            a, b = probs.args
+            mask = b if a is scaled else a
+            probs = only_user(probs)
+        axis = None if probs is None else softmax_axis(probs)
+        if axis not in (-1, 3):
+            continue
+        ctx = only_user(probs)
+        if ctx is None or not isinstance(module(ctx), OnnxMatMul) or ctx.args[0] is not probs:
+            continue
+        name = f"attention_{fused}"
+        model.add_submodule(name, Attention(scale, four_d=axis == 3))
+        q, k_t = qk.args
+        with graph.inserting_before(ctx):
+            new = graph.call_module(name, (q, k_t, ctx.args[1], *([mask] if mask is not None else [])))
+        ctx.replace_all_uses_with(new)
+        for dead in (ctx, probs, *([probs.args[0]] if mask is not None else []), scaled, qk):
+            graph.erase_node(dead)
+        fused += 1
+    graph.lint()
+    model.delete_all_unused_submodules()
+    model.recompile()
+    return fused
+
+
 # --- the backend ------------------------------------------------------------------------------
 class TorchGraphBackend(ModelBackend):
     """Load with ``load(path, batch_size, precision, outputs=[...])``, run ``predict(feeds)``; a
@@ -247,7 +338,10 @@ class TorchGraphBackend(ModelBackend):
     name = "pytorch"
 
     def __init__(self, use_graphs: bool | None = None) -> None:
+        # MLPERF_TORCH_GRAPHS=0: no CUDA graphs; MLPERF_TORCH_ATTENTION=0: attention unfused (to compare).
         self.use_graphs = use_graphs if use_graphs is not None else os.environ.get("MLPERF_TORCH_GRAPHS", "1") != "0"
+        self.fuse_attention = os.environ.get("MLPERF_TORCH_ATTENTION", "1") != "0"
+        self.attention = 0  # attention blocks fused (on a GPU)
         self._model: Any = None
         self._dev: Any = None
         self._dtype: Any = None
@@ -278,8 +372,13 @@ class TorchGraphBackend(ModelBackend):
         self._dev, self._dtype = torch_device(self.device_index, precision)
         self._batch = batch_size
         model = convert(proto, self._names, model_path).eval().to(self._dev)
+        if self.on_gpu and self.fuse_attention:
+            self.attention = fuse_attention(model)
         if self._dtype != torch.float32:
             model = _half(model, self._dtype)
+        for m in model.modules():
+            if isinstance(m, nn.RNNBase):
+                m.flatten_parameters()  # cuDNN's RNN takes its weights as one block
         self._model = model
         fixed = not any(s.ragged for s in (*self._ins, *self._outs))
         self.graphed = self.on_gpu and self.use_graphs and fixed
