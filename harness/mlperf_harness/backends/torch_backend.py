@@ -7,7 +7,8 @@ stream, pinned host buffers, and the loaded samples resident in device memory
 (start_from_device): a batch is then a few row numbers in and one class index per sample out.
 Optionally torch.compile of the whole model, its artifacts cached in the engine directory so that
 only build-engine pays the compile (that save-and-reload path is untested on a GPU so far).
-On the CPU: plain fp32.
+On the CPU: plain fp32. That is the image path, for one 4-D float input and one output (resnet50's
+model); ``load`` hands any other graph to the general path (``torch_graph.TorchGraphBackend``).
 """
 
 from __future__ import annotations
