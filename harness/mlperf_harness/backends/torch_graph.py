@@ -6,8 +6,10 @@ volumes) runs here: feeds are named numpy arrays, float ones cast to the run's p
 bf16 on a GPU, fp32 on the CPU), int ones kept as they are; the outputs asked for come back as
 float32 (or the graph's int dtype). On a GPU: pinned host buffers, copies on the instance's own
 stream, and one CUDA graph per batch bucket where every input and output has a fixed per-sample
-shape; graphs with ragged tensors (dlrm's rows, rnnt's time axis, ssd's detections) run eagerly.
-The GPU part is untested so far (no GPU where it was written).
+shape; graphs with ragged tensors (dlrm's rows, rnnt's time axis, ssd's detections) run eagerly,
+and so do those whose call waits for the GPU (onnx2torch reads shapes back to the host: bert's
+Reshape and Range), ``eager_reason`` saying why. BERT's attention is fused on a GPU
+(``fuse_attention``). The GPU part is untested so far (no GPU where it was written).
 
 onnx2torch has no LSTM converter: rnnt's is registered here (forward, one direction, the
 sequence lengths through a packed sequence).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import operator
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -330,6 +333,20 @@ def fuse_attention(model: Any) -> int:
     return fused
 
 
+def host_sync(model: Any, inputs: Sequence[Any]) -> str:
+    """Why a call of ``model`` cannot be captured in a CUDA graph: the first operation in it that
+    waits for the GPU (onnx2torch reads shapes and values back: Shape, Range, Reshape by a tensor,
+    non-max suppression); "" where none does."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(*inputs)
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0][:160]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return ""
+
+
 # --- the backend ------------------------------------------------------------------------------
 class TorchGraphBackend(ModelBackend):
     """Load with ``load(path, batch_size, precision, outputs=[...])``, run ``predict(feeds)``; a
@@ -342,6 +359,8 @@ class TorchGraphBackend(ModelBackend):
         self.use_graphs = use_graphs if use_graphs is not None else os.environ.get("MLPERF_TORCH_GRAPHS", "1") != "0"
         self.fuse_attention = os.environ.get("MLPERF_TORCH_ATTENTION", "1") != "0"
         self.attention = 0  # attention blocks fused (on a GPU)
+        self.eager_reason = ""  # why a graph with fixed shapes still runs without CUDA graphs
+        self._file = ""
         self._model: Any = None
         self._dev: Any = None
         self._dtype: Any = None
@@ -365,6 +384,7 @@ class TorchGraphBackend(ModelBackend):
         if not model_path.is_file():
             raise HarnessError(f"{model_path}: missing model file")
         proto = _load_proto(model_path)
+        self._file = model_path.name
         specs = {o.name: graph_spec(o) for o in proto.graph.output}
         self._names = pick_outputs(list(specs), outputs, model_path.name)
         self._ins = tuple(graph_spec(i) for i in graph_inputs(proto.graph))
@@ -415,11 +435,9 @@ class TorchGraphBackend(ModelBackend):
     def _feeds(self, feeds: Tensors) -> list[np.ndarray]:
         missing = [s.name for s in self._ins if s.name not in feeds]
         if missing:
-            raise HarnessError(f"pytorch: no feed for input {', '.join(missing)} (inputs: {self._in_names()})")
+            names = ", ".join(s.name for s in self._ins)
+            raise HarnessError(f"{self._file}: no feed for input {', '.join(missing)} (inputs: {names})")
         return [feeds[s.name] for s in self._ins]
-
-    def _in_names(self) -> str:
-        return ", ".join(s.name for s in self._ins)
 
     # --- inference ----------------------------------------------------------------------------
     def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:
@@ -431,8 +449,9 @@ class TorchGraphBackend(ModelBackend):
                 outs = self._model(*(self._upload(s, b) for s, b in zip(self._ins, batch, strict=True)))
             return {name: _numpy(o) for name, o in zip(self._names, outs, strict=True)}
         with torch.cuda.device(self._dev), torch.cuda.stream(self._stream), torch.inference_mode():
-            if self.graphed:
-                graph, static_in, static_out = self._graph_for(batch_bucket(n, self._batch))
+            captured = self._graph_for(batch_bucket(n, self._batch)) if self.graphed else None
+            if captured is not None:
+                graph, static_in, static_out = captured
                 for s, b, x in zip(self._ins, batch, static_in, strict=True):
                     self._upload(s, b, x)
                 graph.replay()
@@ -446,8 +465,9 @@ class TorchGraphBackend(ModelBackend):
         # Copies: the pinned buffers are this instance's next batch's (a decoder keeps outputs).
         return {name: np.array(_numpy(h)) for name, h in zip(self._names, host, strict=True)}
 
-    def _graph_for(self, n: int) -> tuple[Any, list[Any], tuple[Any, ...]]:
-        """The CUDA graph of a bucket of ``n`` rows, captured on this instance's own stream."""
+    def _graph_for(self, n: int) -> tuple[Any, list[Any], tuple[Any, ...]] | None:
+        """The CUDA graph of a bucket of ``n`` rows, captured on this instance's own stream; None
+        (and eager from then on) where the model waits for the GPU during a call."""
         if n in self._graphs:
             return self._graphs[n]
         static_in = []
@@ -463,7 +483,12 @@ class TorchGraphBackend(ModelBackend):
             with torch.cuda.stream(side):
                 for _ in range(3):  # cuDNN's choices and allocations happen outside the graph
                     self._model(*static_in)
+                self.eager_reason = host_sync(self._model, static_in)
             torch.cuda.current_stream(self._dev).wait_stream(side)
+            if self.eager_reason:
+                self.graphed = False
+                sys.stderr.write(f"pytorch: {self._file}: no CUDA graphs ({self.eager_reason}); running eagerly\n")
+                return None
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=self._capture_stream):
                 static_out = tuple(self._model(*static_in))
@@ -473,11 +498,11 @@ class TorchGraphBackend(ModelBackend):
     def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
         """With CUDA graphs, capture every bucket's now (on the loading thread, before the timed
         run); otherwise run the feeds."""
-        if self.graphed:
-            for n in sorted({batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}):
-                self._graph_for(n)
-            return
-        super().warmup(feeds, rounds)
+        for n in sorted({batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}):
+            if not self.graphed or self._graph_for(n) is None:
+                break
+        if not self.graphed:
+            super().warmup(feeds, rounds)
 
     def close(self) -> None:
         self._graphs.clear()
