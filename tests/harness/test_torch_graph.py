@@ -183,6 +183,35 @@ def test_fused_attention_answers_as_the_graph(models: dict[str, Path]) -> None:
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4 * scale)
 
 
+def test_shape_arithmetic_goes_to_the_host(models: dict[str, Path]) -> None:
+    """What the GPU path keeps on the host (onnx2torch reads it back as Python values): bert's
+    Shape -> Gather of the sequence length and its integer constants (reshapes, axes, the split),
+    rnnt's slice bounds and axes; never a float tensor. The graph answers the same after."""
+    import torch
+    from mlperf_harness.backends.torch_graph import HostShape, convert, host_shape_arithmetic, host_values
+
+    def graph(name: str) -> Any:
+        path = models[name]
+        proto = onnx.load(str(path))
+        return convert(proto, [o.name for o in proto.graph.output], path).eval()
+
+    def ints(model: Any, nodes: set[Any]) -> bool:
+        return all(not model.get_buffer(str(n.target)).is_floating_point() for n in nodes)
+
+    bert, prediction = graph("bert"), graph("rnnt.prediction")
+    host = host_values(bert)
+    assert {str(n.target) for n in host if n.op == "call_module"} == {"emb/shape", "emb/seq"}
+    assert ints(bert, {n for n in host if n.op == "get_attr"})
+    host = host_values(prediction)
+    assert host and all(n.op == "get_attr" for n in host) and ints(prediction, host)
+    feeds = [torch.from_numpy(a) for a in _feeds("bert").values()]
+    with torch.inference_mode():
+        want = bert(*feeds)
+        assert host_shape_arithmetic(bert) == 16 and any(isinstance(m, HostShape) for m in bert.modules())
+        got = bert(*feeds)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
 def _onnx(path: Path, node: onnx.NodeProto, ins: list[Any], outs: list[Any], opset: int = 17) -> Path:
     graph = helper.make_graph([node], "g", ins, outs)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))

@@ -7,9 +7,10 @@ bf16 on a GPU, fp32 on the CPU), int ones kept as they are; the outputs asked fo
 float32 (or the graph's int dtype). On a GPU: pinned host buffers, copies on the instance's own
 stream, and one CUDA graph per batch bucket where every input and output has a fixed per-sample
 shape; graphs with ragged tensors (dlrm's rows, rnnt's time axis, ssd's detections) run eagerly,
-and so do those whose call waits for the GPU (onnx2torch reads shapes back to the host: bert's
-Reshape and Range), ``eager_reason`` saying why. BERT's attention is fused on a GPU
-(``fuse_attention``). The GPU part is untested so far (no GPU where it was written).
+and so do those whose call still waits for the GPU, ``eager_reason`` saying why (onnx2torch reads
+shapes, axes and sizes back as Python values: ``host_shape_arithmetic`` keeps those on the host
+first). BERT's attention is fused on a GPU (``fuse_attention``). The GPU part is untested so far
+(no GPU where it was written).
 
 onnx2torch has no LSTM converter: rnnt's is registered here (forward, one direction, the
 sequence lengths through a packed sequence).
@@ -333,6 +334,95 @@ def fuse_attention(model: Any) -> int:
     return fused
 
 
+class HostShape(nn.Module):
+    """ONNX Shape answered on the host (onnx2torch makes a device tensor of it, read back later)."""
+
+    def __init__(self, shape: Any) -> None:
+        super().__init__()
+        self.start, self.end = shape._start, shape._end
+
+    def forward(self, x: Any) -> Any:
+        return torch.tensor(x.shape[self.start : self.end])
+
+
+def _host_readers() -> dict[type, set[int | str]]:
+    """onnx2torch modules that read these arguments as Python values (``tolist``, ``item``,
+    iteration): a host tensor there costs nothing, a device one a wait for the GPU."""
+    from onnx2torch.node_converters import pad, reshape, slice, split, squeeze, unsqueeze
+    from onnx2torch.node_converters.range import OnnxRange
+
+    return {
+        reshape.OnnxReshape: {1, "shape"},
+        slice.OnnxSlice: {1, 2, 3, 4, "starts", "ends", "axes", "steps"},
+        squeeze.OnnxSqueezeDynamicAxes: {1, "axes"},
+        unsqueeze.OnnxUnsqueezeDynamicAxes: {1, "axes"},
+        split.OnnxSplit13: {1, "split"},
+        pad.OnnxPadDynamic: {1, "pads"},
+        OnnxRange: {0, 1, 2, "start", "limit", "delta"},  # its output is on the device
+    }
+
+
+def host_values(model: Any) -> set[Any]:
+    """The graph's shape arithmetic, to keep on the host for a model on a GPU: onnx2torch reads
+    shapes, axes, starts and sizes back as Python values (one wait for the GPU each, and no CUDA
+    graph capture). Shape's outputs and the small integer constants, and what is computed from
+    them alone, wherever every use of the value is another such value or an argument read as
+    Python values (``_host_readers``); the rest stays on the device."""
+    from onnx2torch.node_converters import binary_math_operations, cast, concat, gather
+    from onnx2torch.node_converters.range import OnnxRange
+    from onnx2torch.node_converters.shape import OnnxShape
+
+    readers = _host_readers()
+    # Computed on the host when every input is there (Range makes a device tensor).
+    arithmetic = (gather.OnnxGather, concat.OnnxConcat, cast.OnnxCast, binary_math_operations.OnnxBinaryMathOperation)
+    arithmetic += tuple(c for c in readers if c is not OnnxRange)
+
+    def module(node: Any) -> Any:
+        return model.get_submodule(str(node.target)) if node.op == "call_module" else None
+
+    def attribute(node: Any) -> tuple[Any, str]:
+        owner, _, name = str(node.target).rpartition(".")
+        return model.get_submodule(owner), name
+
+    def inputs_there(node: Any) -> bool:  # Shape reads only its input's shape
+        return isinstance(module(node), OnnxShape) or all(i in host for i in node.all_input_nodes)
+
+    host: set[Any] = set()
+    for node in model.graph.nodes:
+        if node.op == "get_attr":
+            value = getattr(*attribute(node))
+            if isinstance(value, torch.Tensor) and not value.is_floating_point() and value.numel() <= 64:
+                host.add(node)
+        elif isinstance(module(node), (OnnxShape, *arithmetic)) and inputs_there(node):
+            host.add(node)
+
+    def read_on_host(value: Any, user: Any) -> bool:
+        wanted = readers.get(type(module(user)), set())
+        uses = [i for i, a in enumerate(user.args) if a is value] + [k for k, v in user.kwargs.items() if v is value]
+        return all(u in wanted for u in uses)
+
+    changed = True
+    while changed:  # drop values some use needs on the device, and what is computed from those
+        stays = {n for n in host if inputs_there(n)}
+        stays = {n for n in stays if all(u in stays or read_on_host(n, u) for u in n.users)}
+        changed, host = stays != host, stays
+    return host
+
+
+def host_shape_arithmetic(model: Any) -> int:
+    """Move ``host_values`` to the host (on the CPU: nothing changes); returns how many."""
+    from onnx2torch.node_converters.shape import OnnxShape
+
+    host = host_values(model)
+    for node in host:
+        if node.op == "get_attr":
+            owner, _, name = str(node.target).rpartition(".")
+            setattr(model.get_submodule(owner), name, getattr(model.get_submodule(owner), name).cpu())
+        elif node.op == "call_module" and isinstance(shape := model.get_submodule(str(node.target)), OnnxShape):
+            model.set_submodule(str(node.target), HostShape(shape))
+    return len(host)
+
+
 def host_sync(model: Any, inputs: Sequence[Any]) -> str:
     """Why a call of ``model`` cannot be captured in a CUDA graph: the first operation in it that
     waits for the GPU (onnx2torch reads shapes and values back: Shape, Range, Reshape by a tensor,
@@ -359,6 +449,7 @@ class TorchGraphBackend(ModelBackend):
         self.use_graphs = use_graphs if use_graphs is not None else os.environ.get("MLPERF_TORCH_GRAPHS", "1") != "0"
         self.fuse_attention = os.environ.get("MLPERF_TORCH_ATTENTION", "1") != "0"
         self.attention = 0  # attention blocks fused (on a GPU)
+        self.on_host = 0  # values of the shape arithmetic kept on the host (on a GPU)
         self.eager_reason = ""  # why a graph with fixed shapes still runs without CUDA graphs
         self._file = ""
         self._model: Any = None
@@ -392,8 +483,10 @@ class TorchGraphBackend(ModelBackend):
         self._dev, self._dtype = torch_device(self.device_index, precision)
         self._batch = batch_size
         model = convert(proto, self._names, model_path).eval().to(self._dev)
-        if self.on_gpu and self.fuse_attention:
-            self.attention = fuse_attention(model)
+        if self.on_gpu:
+            self.on_host = host_shape_arithmetic(model)
+            if self.fuse_attention:
+                self.attention = fuse_attention(model)
         if self._dtype != torch.float32:
             model = _half(model, self._dtype)
         for m in model.modules():
