@@ -309,6 +309,7 @@ class PyTorchBackend(ModelBackend):
 
     def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
         torch = _torch()
+        self._general = None
         if not model_path.is_file():
             raise HarnessError(f"{model_path}: missing model file")
         from .torch_graph import TorchGraphBackend, fits_image_path

@@ -578,13 +578,17 @@ class TorchGraphBackend(ModelBackend):
                     self._model(*static_in)
                 self.eager_reason = host_sync(self._model, static_in)
             torch.cuda.current_stream(self._dev).wait_stream(side)
-            if self.eager_reason:
-                self.graphed = False
-                sys.stderr.write(f"pytorch: {self._file}: no CUDA graphs ({self.eager_reason}); running eagerly\n")
-                return None
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self._capture_stream):
-                static_out = tuple(self._model(*static_in))
+            try:
+                if not self.eager_reason:
+                    with torch.cuda.graph(graph, stream=self._capture_stream):
+                        static_out = tuple(self._model(*static_in))
+            except RuntimeError as exc:  # an op the check did not see (the capture says which)
+                self.eager_reason = f"capture failed: {str(exc).splitlines()[0][:160]}"
+        if self.eager_reason:
+            self.graphed = False
+            sys.stderr.write(f"pytorch: {self._file}: no CUDA graphs ({self.eager_reason}); running eagerly\n")
+            return None
         self._graphs[n] = (graph, static_in, static_out)
         return self._graphs[n]
 
