@@ -7,7 +7,8 @@ stream, pinned host buffers, and the loaded samples resident in device memory
 (start_from_device): a batch is then a few row numbers in and one class index per sample out.
 Optionally torch.compile of the whole model, its artifacts cached in the engine directory so that
 only build-engine pays the compile (that save-and-reload path is untested on a GPU so far).
-On the CPU: plain fp32.
+On the CPU: plain fp32. That is the image path, for one 4-D float input and one output (resnet50's
+model); ``load`` hands any other graph to the general path (``torch_graph.TorchGraphBackend``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..errors import HarnessError
 from ..fsutil import atomic_write_bytes
-from .base import ModelBackend, Tensors, TensorSpec
+from .base import Backend, ModelBackend, Tensors, TensorSpec
 
 if TYPE_CHECKING:
     from ..config import HarnessConfig
@@ -47,6 +48,35 @@ def _torch() -> Any:
 def _numpy(out: Any) -> np.ndarray:
     """A backend output as numpy on the host (fp16/bf16 as float32)."""
     return np.asarray((out.float() if out.is_floating_point() else out).cpu().numpy())
+
+
+def torch_device(index: int, precision: str) -> tuple[Any, Any]:
+    """The device an instance runs on (``cuda:<index>`` where torch sees a GPU, else the CPU) and
+    the dtype its float tensors run in (fp16/bf16 on a GPU as asked, else fp32); on a GPU it also
+    sets the process's TF32 use and cuDNN's per-shape kernel choice."""
+    torch = _torch()
+    cuda = torch.cuda.is_available()
+    if cuda and index >= torch.cuda.device_count():
+        raise HarnessError(
+            f"system.gpuCount: an instance is meant for cuda:{index} but only "
+            f"{torch.cuda.device_count()} GPU(s) are visible; lower system.gpuCount or request more GPUs"
+        )
+    if cuda:
+        # fp32 means fp32: no TF32 (it can move an argmax against the FP32 reference).
+        torch.backends.cudnn.allow_tf32 = precision != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+        torch.backends.cudnn.benchmark = True  # each conv shape picks its fastest cuDNN kernel once
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32) if cuda else torch.float32
+    return torch.device(f"cuda:{index}" if cuda else "cpu"), dtype
+
+
+def batch_bucket(n: int, batch: int) -> int:
+    """Graphs exist for powers of two up to the batch size (and the batch size): a partial
+    batch is padded to the next one, so Server's varying batches reuse a handful of graphs."""
+    size = 1
+    while size < n:
+        size *= 2
+    return min(size, batch) if n <= batch else n
 
 
 def rewrites_from_env() -> set[str]:
@@ -230,6 +260,8 @@ class PyTorchBackend(ModelBackend):
         self._batch = 1
         self.fused = self.folded = self.pools = 0
         self.compile_cache: Path | None = None
+        # Any other graph (several inputs or outputs, int inputs, not 4-D): the general path.
+        self._general: Backend | None = None
 
     # --- setup --------------------------------------------------------------------------------
     @classmethod
@@ -259,47 +291,45 @@ class PyTorchBackend(ModelBackend):
     def on_gpu(self) -> bool:
         return self._dev is not None and self._dev.type == "cuda"
 
-    # This backend runs one input and one output (as resnet50's model has); its internal specs keep
+    # The image path runs one input and one output (as resnet50's model has); its internal specs keep
     # the batch dimension, the interface's are per sample.
     @property
     def input_specs(self) -> tuple[TensorSpec, ...]:
+        if self._general is not None:
+            return self._general.input_specs
         assert self._in is not None, "load() first"
         return (TensorSpec(self._in.name, self._in.shape[1:], self._in.dtype),)
 
     @property
     def output_specs(self) -> tuple[TensorSpec, ...]:
+        if self._general is not None:
+            return self._general.output_specs
         assert self._out is not None, "load() first"
         return (TensorSpec(self._out.name, self._out.shape[1:], self._out.dtype),)
 
     def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
-        if len(outputs) > 1:
-            raise HarnessError(f"{model_path.name}: the pytorch backend returns one output, not {len(outputs)}")
-        output_name = outputs[0] if outputs else None
         torch = _torch()
+        self._general = None
         if not model_path.is_file():
             raise HarnessError(f"{model_path}: missing model file")
-        cuda = torch.cuda.is_available()
-        if cuda and self.device_index >= torch.cuda.device_count():
-            raise HarnessError(
-                f"system.gpuCount: an instance is meant for cuda:{self.device_index} but only "
-                f"{torch.cuda.device_count()} GPU(s) are visible; lower system.gpuCount or request more GPUs"
-            )
-        self._dev = torch.device(f"cuda:{self.device_index}" if cuda else "cpu")
+        from .torch_graph import TorchGraphBackend, fits_image_path
+
+        if model_path.suffix == ".onnx" and not fits_image_path(model_path, outputs):
+            self._general = TorchGraphBackend(self.use_graphs)
+            self._general.device_index = self.device_index
+            self._general.load(model_path, batch_size, precision, outputs=outputs)
+            return
+        output_name = outputs[0] if outputs else None
+        self._dev, self._dtype = torch_device(self.device_index, precision)
+        cuda = self.on_gpu
         self._batch = batch_size
         if cuda:
-            # fp32 means fp32: no TF32 (it can move an argmax against the FP32 reference).
-            torch.backends.cudnn.allow_tf32 = precision != "fp32"
-            torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
-            torch.backends.cudnn.benchmark = True  # each conv shape picks its fastest cuDNN kernel once
             self._stream = self._shared_streams.get(self.device_index) if self.shared_stream else None
             if self._stream is None:
                 self._stream = torch.cuda.Stream(device=self._dev)
                 if self.shared_stream:
                     self._shared_streams[self.device_index] = self._stream
             self._capture_stream = torch.cuda.Stream(device=self._dev)
-        self._dtype = (
-            {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32) if cuda else torch.float32
-        )
         if model_path.suffix == ".onnx":
             model = self._convert(model_path, output_name)
         else:
@@ -370,13 +400,18 @@ class PyTorchBackend(ModelBackend):
         torch = _torch()
         if self.compile_mode == "off" or not torch.cuda.is_available():
             return model_path
+        from .torch_graph import fits_image_path, output_names
+
+        first = output_names(model_path)[:1]  # the compile is of the whole graph, whichever output is read
+        if not fits_image_path(model_path, first):
+            return model_path  # the general path compiles nothing
         target = out_dir / ENGINE_MODEL
         if not target.exists():
             try:
                 os.link(model_path, target)
             except OSError:
                 shutil.copyfile(model_path, target)
-        self.load(target, batch_size, precision)
+        self.load(target, batch_size, precision, outputs=first)
         assert self._in is not None
         self.warmup({self._in.name: np.zeros((batch_size, *(d or 1 for d in self._in.shape[1:])), np.float32)})
         self.save_compile_cache()
@@ -396,16 +431,13 @@ class PyTorchBackend(ModelBackend):
         return self._run(x, compiled)
 
     def _bucket(self, n: int) -> int:
-        """Graphs exist for powers of two up to the batch size (and the batch size): a partial
-        batch is padded to the next one, so Server's varying batches reuse a handful of graphs."""
-        size = 1
-        while size < n:
-            size *= 2
-        return min(size, self._batch) if n <= self._batch else n
+        return batch_bucket(n, self._batch)
 
     def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
         """Capture every bucket's CUDA graph now, on the loading thread: no capture during the
         timed run, and graphs are created and destroyed by the same thread."""
+        if self._general is not None:
+            return self._general.warmup(feeds, rounds)
         if self.on_gpu and self.use_graphs and self._in is not None and len(self._in.shape) == 4:
             for n in sorted({self._bucket(k) for k in range(1, self._batch + 1)}):
                 self._graph_for(n)
@@ -513,6 +545,8 @@ class PyTorchBackend(ModelBackend):
             return self._named(_numpy(out))
 
     def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:
+        if self._general is not None:
+            return self._general.predict(feeds)
         assert self._in is not None, "load() first"
         return self._named(self._predict(feeds[self._in.name]))
 
@@ -528,10 +562,14 @@ class PyTorchBackend(ModelBackend):
             return _numpy(out)
 
     def close(self) -> None:
+        if self._general is not None:
+            self._general.close()
         self._graphs.clear()
         self._samples = None
 
     def device(self) -> str:
+        if self._general is not None:
+            return self._general.device()
         torch = _torch()
         if self.on_gpu:
             return f"{self._dev} {torch.cuda.get_device_name(self._dev)}"

@@ -1,0 +1,611 @@
+"""PyTorch's general path: any ONNX graph onnx2torch converts, with named inputs and outputs.
+
+The image path (``torch_backend.PyTorchBackend``) runs one 4-D float image input and one output;
+every other graph (bert's int ids, dlrm's three inputs, ssd's detections, rnnt's parts, 3d-unet's
+volumes) runs here: feeds are named numpy arrays, float ones cast to the run's precision (fp16 or
+bf16 on a GPU, fp32 on the CPU), int ones kept as they are; the outputs asked for come back as
+float32 (or the graph's int dtype). On a GPU: pinned host buffers, copies on the instance's own
+stream, and one CUDA graph per batch bucket where every input and output has a fixed per-sample
+shape; graphs with ragged tensors (dlrm's rows, rnnt's time axis, ssd's detections) run eagerly,
+and so do those whose call still waits for the GPU, ``eager_reason`` saying why (onnx2torch reads
+shapes, axes and sizes back as Python values: ``host_shape_arithmetic`` keeps those on the host
+first). BERT's attention is fused on a GPU (``fuse_attention``). The GPU part is untested so far
+(no GPU where it was written).
+
+onnx2torch has no LSTM converter: rnnt's is registered here (forward, one direction, the
+sequence lengths through a packed sequence).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..errors import HarnessError
+from .base import ModelBackend, Tensors, TensorSpec, pick_outputs
+from .torch_backend import _numpy, _torch, batch_bucket, torch_device
+
+
+def _load_proto(path: Path, weights: bool = True) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=weights)
+    except Exception as exc:  # onnx raises its own untyped errors for bad files
+        raise HarnessError(f"{path.name}: not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
+
+
+def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a caller feeds (older exporters list the initializers among the inputs too)."""
+    weights = {i.name for i in graph.initializer}
+    return [i for i in graph.input if i.name not in weights]
+
+
+def graph_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    """A graph input or output per sample: its first dimension (the batch) dropped, ``None`` for a
+    named or unknown dimension; float tensors as float32 (what goes in and comes back)."""
+    t = value.type.tensor_type
+    dims = tuple(d.dim_value or None for d in t.shape.dim)
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+    return TensorSpec(value.name, dims[1:], "float32" if dtype.kind == "f" else dtype.name)
+
+
+def output_names(model_path: Path) -> list[str]:
+    return [o.name for o in _load_proto(model_path, weights=False).graph.output]
+
+
+def fits_image_path(model_path: Path, outputs: Sequence[str]) -> bool:
+    """Whether the image path runs this graph: one float input of rank 4 (NCHW) and one output
+    wanted (``outputs``, or every output of the graph when it names none)."""
+    graph = _load_proto(model_path, weights=False).graph
+    ins = graph_inputs(graph)
+    if len(ins) != 1 or len(outputs or graph.output) != 1:
+        return False
+    t = ins[0].type.tensor_type
+    return t.elem_type == onnx.TensorProto.FLOAT and len(t.shape.dim) == 4
+
+
+# --- conversion -------------------------------------------------------------------------------
+class OnnxLSTM(nn.Module):
+    """ONNX's LSTM (forward, layout 0, default activations) as torch.nn.LSTM: Y (T, 1, B, H) zero
+    past each sequence's length, Y_h and Y_c (1, B, H) at each sequence's last step."""
+
+    def __init__(self, w: Any, r: Any, b: Any, outputs: int) -> None:
+        super().__init__()
+        hidden = r.shape[-1]
+        # ONNX orders the gates i, o, f, c; torch i, f, g (= c), o.
+        gates = torch.cat([torch.arange(k * hidden, (k + 1) * hidden) for k in (0, 2, 3, 1)])
+        self.lstm = nn.LSTM(w.shape[-1], hidden)
+        b = torch.zeros(8 * hidden) if b is None else b[0]
+        weights = {
+            "weight_ih_l0": w[0],
+            "weight_hh_l0": r[0],
+            "bias_ih_l0": b[: 4 * hidden],
+            "bias_hh_l0": b[4 * hidden :],
+        }
+        with torch.no_grad():
+            for name, value in weights.items():
+                getattr(self.lstm, name).copy_(value[gates])
+        self.outputs = outputs
+
+    def forward(self, x: Any, sequence_lens: Any = None, initial_h: Any = None, initial_c: Any = None) -> Any:
+        zeros = x.new_zeros((1, x.shape[1], self.lstm.hidden_size))
+        h0 = zeros if initial_h is None else initial_h
+        c0 = zeros if initial_c is None else initial_c
+        if sequence_lens is None:
+            y, (h, c) = self.lstm(x, (h0, c0))
+        else:
+            # A packed sequence stops each sequence at its length (torch wants the lengths on the
+            # host, and none 0: a 0-length sequence runs one step, then gets zeros and its state).
+            lengths = sequence_lens.to("cpu", torch.int64)
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp(min=1), enforce_sorted=False)
+            y, (h, c) = self.lstm(packed, (h0, c0))
+            y, _ = nn.utils.rnn.pad_packed_sequence(y, total_length=x.shape[0])
+            ran = (lengths > 0).to(x.device)[None, :, None]
+            y, h, c = y * ran, torch.where(ran, h, h0), torch.where(ran, c, c0)
+        out = (y.unsqueeze(1), h, c)[: self.outputs]
+        return out if self.outputs > 1 else out[0]
+
+
+class InstanceNorm(nn.Module):
+    """nn.InstanceNormNd without its Python-side check: torch refuses a single spatial element
+    (the small 3d-unet's 1x1x1 bottom), which ONNX defines (the output is the bias)."""
+
+    def __init__(self, norm: Any) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, x: Any) -> Any:
+        return torch.instance_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps, True)
+
+
+def _lstm_converter(node: Any, graph: Any) -> Any:
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
+
+    a = node.attributes
+    if a.get("direction", "forward") != "forward" or a.get("layout", 0) or a.get("input_forget", 0):
+        raise NotImplementedError("LSTM: only forward, layout 0, no input_forget")
+    if "activations" in a or "clip" in a:
+        raise NotImplementedError("LSTM: only the default activations, no clip")
+    names = list(node.input_values)
+    if len(names) > 7 and names[7]:
+        raise NotImplementedError("LSTM: no peepholes")
+    try:
+        w, r = (graph.initializers[n].to_torch() for n in names[1:3])
+        b = graph.initializers[names[3]].to_torch() if len(names) > 3 and names[3] else None
+    except KeyError:
+        raise NotImplementedError("LSTM: weights must be initializers") from None
+    inputs = [names[0], *names[4:7]]
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    return OperationConverterResult(
+        torch_module=OnnxLSTM(w, r, b, len(node.output_values)),
+        onnx_mapping=OnnxMapping(inputs=tuple(inputs), outputs=tuple(node.output_values)),
+    )
+
+
+def _register_converters() -> None:
+    from onnx2torch.node_converters.registry import add_converter, get_converter
+
+    for version in (7, 14, 22):
+        try:
+            get_converter("LSTM", version)
+        except NotImplementedError:
+            add_converter("LSTM", version)(_lstm_converter)
+
+
+def missing_converters(proto: onnx.ModelProto) -> list[str]:
+    """The graph's ops onnx2torch has no converter for."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    opsets = {o.domain: o.version for o in proto.opset_import}
+    missing = []
+    for node in proto.graph.node:
+        try:
+            get_converter(node.op_type, opsets.get(node.domain, 1), node.domain)
+        except NotImplementedError:
+            missing.append(node.op_type if not node.domain else f"{node.domain}.{node.op_type}")
+    return sorted(set(missing))
+
+
+def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
+    """The graph as an fx.GraphModule that takes the inputs in graph order and returns exactly
+    ``outputs`` as a tuple (what nothing asked for is not computed)."""
+    from onnx2torch import convert as onnx2torch_convert
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    _register_converters()
+    missing = missing_converters(proto)
+    if missing:
+        raise HarnessError(
+            f"{path.name}: onnx2torch cannot convert {', '.join(missing)}; use backend onnxruntime for this model"
+        )
+    try:
+        model = onnx2torch_convert(proto)
+    except NotImplementedError as exc:
+        raise HarnessError(f"{path.name}: onnx2torch cannot convert it ({exc}); use backend onnxruntime") from None
+    # onnx2torch returns whole nodes as outputs; the outputs are rebuilt by name instead.
+    onnx_graph = OnnxGraph(proto.graph)
+    graph = model.graph
+    modules = {n.target: n for n in graph.nodes if n.op == "call_module"}
+    names = [i.name for i in graph_inputs(proto.graph)]
+    placeholders = dict(zip(names, (n for n in graph.nodes if n.op == "placeholder"), strict=True))
+    [out] = [n for n in graph.nodes if n.op == "output"]
+    picked = []
+    with graph.inserting_before(out):
+        for name in outputs:
+            if name in placeholders:
+                picked.append(placeholders[name])
+                continue
+            node, index = onnx_graph.value_as_node_output(name)
+            fx_node = modules[node.unique_name]
+            if len(node.output_values) > 1:
+                fx_node = graph.call_function(operator.getitem, (fx_node, index))
+            picked.append(fx_node)
+    out.args = (tuple(picked),)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats:
+            model.set_submodule(name, InstanceNorm(m))
+    graph.eliminate_dead_code()
+    model.delete_all_unused_submodules()
+    model.recompile()
+    return model
+
+
+class Float32(nn.Module):
+    """A module run on float32 copies of its float inputs."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        def f32(a: Any) -> Any:
+            return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+        return self.inner(*map(f32, args), **{k: f32(v) for k, v in kwargs.items()})
+
+
+def _half(model: Any, dtype: Any) -> Any:
+    """The model in ``dtype``: its casts to float32 too (an fp32 graph's casts mean 'to float'),
+    non-max suppression in float32 (torchvision has no bf16 kernel for it)."""
+    from onnx2torch.node_converters.cast import OnnxCast
+    from onnx2torch.node_converters.nms import OnnxNonMaxSuppression
+
+    for name, m in list(model.named_modules()):
+        if isinstance(m, OnnxCast) and m.torch_dtype == torch.float32:
+            m.torch_dtype = dtype
+        elif isinstance(m, OnnxNonMaxSuppression):
+            model.set_submodule(name, Float32(m))
+    return model.to(dtype)
+
+
+class Attention(nn.Module):
+    """softmax(q @ k^T * scale (+ mask)) @ v as one fused kernel (scaled_dot_product_attention),
+    from the graph's ``q``, ``k^T`` (as the ONNX graph transposes it), ``v`` and additive mask."""
+
+    def __init__(self, scale: float, four_d: bool) -> None:
+        super().__init__()
+        self.scale = scale
+        self.four_d = four_d  # the softmax was over axis 3: the last one of 4-D scores only
+
+    def forward(self, q: Any, k_t: Any, v: Any, mask: Any = None) -> Any:
+        if self.four_d and q.dim() != 4:
+            raise RuntimeError(f"fused attention: 4-D q expected, got {q.dim()}-D; set MLPERF_TORCH_ATTENTION=0")
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        k = k_t.transpose(-2, -1)
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
+
+def fuse_attention(model: Any) -> int:
+    """Rewrite each MatMul(q, k^T) -> Mul or Div by a constant -> (Add mask) -> Softmax over the
+    last axis -> MatMul(v) of an onnx2torch graph (BERT's self-attention) into one ``Attention``:
+    the (batch, heads, seq, seq) scores are then never written out. Returns how many."""
+    from onnx2torch.node_converters.activations import OnnxSoftmaxV1V11
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+
+    graph = model.graph
+
+    def module(node: Any) -> Any:
+        is_module = getattr(node, "op", None) == "call_module"
+        return model.get_submodule(str(node.target)) if is_module else None
+
+    def math(node: Any, *ops: str) -> bool:
+        fn = getattr(module(node), "math_op_function", None)
+        return fn is not None and any(fn.__name__ in (op, f"_onnx_{op}") for op in ops)
+
+    def only_user(node: Any) -> Any:
+        return next(iter(node.users)) if len(node.users) == 1 else None
+
+    def scalar(node: Any) -> float | None:
+        if getattr(node, "op", None) != "get_attr":
+            return None
+        value = model.get_buffer(str(node.target))
+        return float(value) if value.numel() == 1 and value.is_floating_point() else None
+
+    def softmax_axis(node: Any) -> int | None:
+        m = module(node)
+        if isinstance(m, OnnxSoftmaxV1V11) and not m.is_log:
+            return int(m.axis)  # opset < 13 flattens from the axis: the last one for -1, or 3 of 4-D
+        return int(m.dim) if isinstance(m, nn.Softmax) and m.dim is not None else None
+
+    fused = 0
+    for qk in list(graph.nodes):
+        if not isinstance(module(qk), OnnxMatMul):
+            continue
+        scaled = only_user(qk)
+        if scaled is None or not math(scaled, "mul", "div") or qk not in scaled.args:
+            continue
+        factor = scalar(scaled.args[1] if scaled.args[0] is qk else scaled.args[0])
+        if not factor or (math(scaled, "div") and scaled.args[0] is not qk):
+            continue
+        scale = factor if math(scaled, "mul") else 1.0 / factor
+        probs, mask = only_user(scaled), None
+        if probs is not None and math(probs, "add"):
+            a, b = probs.args
+            mask = b if a is scaled else a
+            probs = only_user(probs)
+        axis = None if probs is None else softmax_axis(probs)
+        if axis not in (-1, 3):
+            continue
+        ctx = only_user(probs)
+        if ctx is None or not isinstance(module(ctx), OnnxMatMul) or ctx.args[0] is not probs:
+            continue
+        name = f"attention_{fused}"
+        model.add_submodule(name, Attention(scale, four_d=axis == 3))
+        q, k_t = qk.args
+        with graph.inserting_before(ctx):
+            new = graph.call_module(name, (q, k_t, ctx.args[1], *([mask] if mask is not None else [])))
+        ctx.replace_all_uses_with(new)
+        for dead in (ctx, probs, *([probs.args[0]] if mask is not None else []), scaled, qk):
+            graph.erase_node(dead)
+        fused += 1
+    graph.lint()
+    model.delete_all_unused_submodules()
+    model.recompile()
+    return fused
+
+
+class HostShape(nn.Module):
+    """ONNX Shape answered on the host (onnx2torch makes a device tensor of it, read back later)."""
+
+    def __init__(self, shape: Any) -> None:
+        super().__init__()
+        self.start, self.end = shape._start, shape._end
+
+    def forward(self, x: Any) -> Any:
+        return torch.tensor(x.shape[self.start : self.end])
+
+
+def _host_readers() -> dict[type, set[int | str]]:
+    """onnx2torch modules that read these arguments as Python values (``tolist``, ``item``,
+    iteration): a host tensor there costs nothing, a device one a wait for the GPU."""
+    from onnx2torch.node_converters import pad, reshape, slice, split, squeeze, unsqueeze
+    from onnx2torch.node_converters.range import OnnxRange
+
+    return {
+        reshape.OnnxReshape: {1, "shape"},
+        slice.OnnxSlice: {1, 2, 3, 4, "starts", "ends", "axes", "steps"},
+        squeeze.OnnxSqueezeDynamicAxes: {1, "axes"},
+        unsqueeze.OnnxUnsqueezeDynamicAxes: {1, "axes"},
+        split.OnnxSplit13: {1, "split"},
+        pad.OnnxPadDynamic: {1, "pads"},
+        OnnxRange: {0, 1, 2, "start", "limit", "delta"},  # its output is on the device
+    }
+
+
+def host_values(model: Any) -> set[Any]:
+    """The graph's shape arithmetic, to keep on the host for a model on a GPU: onnx2torch reads
+    shapes, axes, starts and sizes back as Python values (one wait for the GPU each, and no CUDA
+    graph capture). Shape's outputs and the small integer constants, and what is computed from
+    them alone, wherever every use of the value is another such value or an argument read as
+    Python values (``_host_readers``); the rest stays on the device."""
+    from onnx2torch.node_converters import binary_math_operations, cast, concat, gather
+    from onnx2torch.node_converters.range import OnnxRange
+    from onnx2torch.node_converters.shape import OnnxShape
+
+    readers = _host_readers()
+    # Computed on the host when every input is there (Range makes a device tensor).
+    arithmetic = (gather.OnnxGather, concat.OnnxConcat, cast.OnnxCast, binary_math_operations.OnnxBinaryMathOperation)
+    arithmetic += tuple(c for c in readers if c is not OnnxRange)
+
+    def module(node: Any) -> Any:
+        return model.get_submodule(str(node.target)) if node.op == "call_module" else None
+
+    def attribute(node: Any) -> tuple[Any, str]:
+        owner, _, name = str(node.target).rpartition(".")
+        return model.get_submodule(owner), name
+
+    def inputs_there(node: Any) -> bool:  # Shape reads only its input's shape
+        return isinstance(module(node), OnnxShape) or all(i in host for i in node.all_input_nodes)
+
+    host: set[Any] = set()
+    for node in model.graph.nodes:
+        if node.op == "get_attr":
+            value = getattr(*attribute(node))
+            if isinstance(value, torch.Tensor) and not value.is_floating_point() and value.numel() <= 64:
+                host.add(node)
+        elif isinstance(module(node), (OnnxShape, *arithmetic)) and inputs_there(node):
+            host.add(node)
+
+    def read_on_host(value: Any, user: Any) -> bool:
+        wanted = readers.get(type(module(user)), set())
+        uses = [i for i, a in enumerate(user.args) if a is value] + [k for k, v in user.kwargs.items() if v is value]
+        return all(u in wanted for u in uses)
+
+    changed = True
+    while changed:  # drop values some use needs on the device, and what is computed from those
+        stays = {n for n in host if inputs_there(n)}
+        stays = {n for n in stays if all(u in stays or read_on_host(n, u) for u in n.users)}
+        changed, host = stays != host, stays
+    return host
+
+
+def host_shape_arithmetic(model: Any) -> int:
+    """Move ``host_values`` to the host (on the CPU: nothing changes); returns how many."""
+    from onnx2torch.node_converters.shape import OnnxShape
+
+    host = host_values(model)
+    for node in host:
+        if node.op == "get_attr":
+            owner, _, name = str(node.target).rpartition(".")
+            setattr(model.get_submodule(owner), name, getattr(model.get_submodule(owner), name).cpu())
+        elif node.op == "call_module" and isinstance(shape := model.get_submodule(str(node.target)), OnnxShape):
+            model.set_submodule(str(node.target), HostShape(shape))
+    return len(host)
+
+
+def host_sync(model: Any, inputs: Sequence[Any]) -> str:
+    """Why a call of ``model`` cannot be captured in a CUDA graph: the first operation in it that
+    waits for the GPU (onnx2torch reads shapes and values back: Shape, Range, Reshape by a tensor,
+    non-max suppression); "" where none does."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(*inputs)
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0][:160]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return ""
+
+
+# --- the backend ------------------------------------------------------------------------------
+class TorchGraphBackend(ModelBackend):
+    """Load with ``load(path, batch_size, precision, outputs=[...])``, run ``predict(feeds)``; a
+    model of several parts (rnnt) is one instance per part, as the SUT loads it."""
+
+    name = "pytorch"
+
+    def __init__(self, use_graphs: bool | None = None) -> None:
+        # MLPERF_TORCH_GRAPHS=0: no CUDA graphs; MLPERF_TORCH_ATTENTION=0: attention unfused (to compare).
+        self.use_graphs = use_graphs if use_graphs is not None else os.environ.get("MLPERF_TORCH_GRAPHS", "1") != "0"
+        self.fuse_attention = os.environ.get("MLPERF_TORCH_ATTENTION", "1") != "0"
+        self.attention = 0  # attention blocks fused (on a GPU)
+        self.on_host = 0  # values of the shape arithmetic kept on the host (on a GPU)
+        self.eager_reason = ""  # why a graph with fixed shapes still runs without CUDA graphs
+        self._file = ""
+        self._model: Any = None
+        self._dev: Any = None
+        self._dtype: Any = None
+        self._names: list[str] = []
+        self._batch = 1
+        self.graphed = False  # CUDA graphs per batch bucket (every tensor of fixed shape, on a GPU)
+        self._graphs: dict[int, tuple[Any, list[Any], tuple[Any, ...]]] = {}  # bucket -> graph, ins, outs
+        self._pinned: dict[str, Any] = {}
+        self._stream: Any = None
+        self._capture_stream: Any = None
+
+    @classmethod
+    def version(cls) -> str:
+        return str(_torch().__version__)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._dev is not None and self._dev.type == "cuda"
+
+    def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
+        if not model_path.is_file():
+            raise HarnessError(f"{model_path}: missing model file")
+        proto = _load_proto(model_path)
+        self._file = model_path.name
+        specs = {o.name: graph_spec(o) for o in proto.graph.output}
+        self._names = pick_outputs(list(specs), outputs, model_path.name)
+        self._ins = tuple(graph_spec(i) for i in graph_inputs(proto.graph))
+        self._outs = tuple(specs[n] for n in self._names)
+        self._dev, self._dtype = torch_device(self.device_index, precision)
+        self._batch = batch_size
+        model = convert(proto, self._names, model_path).eval().to(self._dev)
+        if self.on_gpu:
+            self.on_host = host_shape_arithmetic(model)
+            if self.fuse_attention:
+                self.attention = fuse_attention(model)
+        if self._dtype != torch.float32:
+            model = _half(model, self._dtype)
+        for m in model.modules():
+            if isinstance(m, nn.RNNBase):
+                m.flatten_parameters()  # cuDNN's RNN takes its weights as one block
+        self._model = model
+        fixed = not any(s.ragged for s in (*self._ins, *self._outs))
+        self.graphed = self.on_gpu and self.use_graphs and fixed
+        if self.on_gpu:
+            self._stream = torch.cuda.Stream(device=self._dev)
+            self._capture_stream = torch.cuda.Stream(device=self._dev)
+
+    # --- host buffers -------------------------------------------------------------------------
+    def _host(self, key: str, shape: Sequence[int], dtype: Any) -> Any:
+        """A pinned host tensor of ``shape``, from a buffer kept per key (grown when too small)."""
+        need = int(np.prod(shape))
+        buf = self._pinned.get(key)
+        if buf is None or buf.dtype != dtype or buf.numel() < need:
+            buf = torch.empty(max(need, 1), dtype=dtype).pin_memory()
+            self._pinned[key] = buf
+        return buf[:need].view(tuple(shape))
+
+    def _upload(self, spec: TensorSpec, batch: np.ndarray, into: Any = None) -> Any:
+        """One input on the device (via a pinned buffer, copied on this stream), float ones in the
+        run's dtype; into ``into`` (a graph's static input, rows past the batch zeroed) if given."""
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        dtype = self._dtype if x.is_floating_point() else x.dtype
+        if not self.on_gpu:
+            return x.to(dtype)
+        shape = tuple(into.shape) if into is not None else tuple(x.shape)
+        pinned = self._host(f"in:{spec.name}", shape, dtype if into is None else into.dtype)
+        pinned[: len(x)].copy_(x)
+        if len(x) < len(pinned):
+            pinned[len(x) :].zero_()
+        if into is None:
+            return pinned.to(self._dev, non_blocking=True)
+        return into.copy_(pinned, non_blocking=True)
+
+    def _feeds(self, feeds: Tensors) -> list[np.ndarray]:
+        missing = [s.name for s in self._ins if s.name not in feeds]
+        if missing:
+            names = ", ".join(s.name for s in self._ins)
+            raise HarnessError(f"{self._file}: no feed for input {', '.join(missing)} (inputs: {names})")
+        return [feeds[s.name] for s in self._ins]
+
+    # --- inference ----------------------------------------------------------------------------
+    def predict(self, feeds: Tensors) -> dict[str, np.ndarray]:
+        assert self._model is not None, "load() first"
+        batch = self._feeds(feeds)
+        n = len(batch[0])
+        if not self.on_gpu:
+            with torch.inference_mode():
+                outs = self._model(*(self._upload(s, b) for s, b in zip(self._ins, batch, strict=True)))
+            return {name: _numpy(o) for name, o in zip(self._names, outs, strict=True)}
+        with torch.cuda.device(self._dev), torch.cuda.stream(self._stream), torch.inference_mode():
+            captured = self._graph_for(batch_bucket(n, self._batch)) if self.graphed else None
+            if captured is not None:
+                graph, static_in, static_out = captured
+                for s, b, x in zip(self._ins, batch, static_in, strict=True):
+                    self._upload(s, b, x)
+                graph.replay()
+                outs = tuple(o[:n] for o in static_out)
+            else:
+                outs = self._model(*(self._upload(s, b) for s, b in zip(self._ins, batch, strict=True)))
+            host = [self._host(f"out:{i}", o.shape, o.dtype).copy_(o, non_blocking=True) for i, o in enumerate(outs)]
+            done = torch.cuda.Event()
+            done.record(self._stream)
+        done.synchronize()
+        # Copies: the pinned buffers are this instance's next batch's (a decoder keeps outputs).
+        return {name: np.array(_numpy(h)) for name, h in zip(self._names, host, strict=True)}
+
+    def _graph_for(self, n: int) -> tuple[Any, list[Any], tuple[Any, ...]] | None:
+        """The CUDA graph of a bucket of ``n`` rows, captured on this instance's own stream; None
+        (and eager from then on) where the model waits for the GPU during a call."""
+        if n in self._graphs:
+            return self._graphs[n]
+        static_in = []
+        for s in self._ins:
+            dtype = np.dtype(s.dtype)
+            shape = (n, *s.concrete())
+            # Random floats, not zeros: cuDNN picks its kernels on real data; ints 0 (a valid index).
+            x = torch.randn(shape, device=self._dev) if dtype.kind == "f" else torch.zeros(shape, device=self._dev)
+            static_in.append(x.to(self._dtype if dtype.kind == "f" else getattr(torch, dtype.name)))
+        with torch.cuda.device(self._dev), torch.inference_mode():
+            side = torch.cuda.Stream(device=self._dev)
+            side.wait_stream(torch.cuda.current_stream(self._dev))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # cuDNN's choices and allocations happen outside the graph
+                    self._model(*static_in)
+                self.eager_reason = host_sync(self._model, static_in)
+            torch.cuda.current_stream(self._dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                if not self.eager_reason:
+                    with torch.cuda.graph(graph, stream=self._capture_stream):
+                        static_out = tuple(self._model(*static_in))
+            except RuntimeError as exc:  # an op the check did not see (the capture says which)
+                self.eager_reason = f"capture failed: {str(exc).splitlines()[0][:160]}"
+        if self.eager_reason:
+            self.graphed = False
+            sys.stderr.write(f"pytorch: {self._file}: no CUDA graphs ({self.eager_reason}); running eagerly\n")
+            return None
+        self._graphs[n] = (graph, static_in, static_out)
+        return self._graphs[n]
+
+    def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
+        """With CUDA graphs, capture every bucket's now (on the loading thread, before the timed
+        run); otherwise run the feeds."""
+        for n in sorted({batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}):
+            if not self.graphed or self._graph_for(n) is None:
+                break
+        if not self.graphed:
+            super().warmup(feeds, rounds)
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self._pinned.clear()
+
+    def device(self) -> str:
+        if self.on_gpu:
+            return f"{self._dev} {torch.cuda.get_device_name(self._dev)}"
+        return "cpu"

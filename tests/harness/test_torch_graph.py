@@ -1,0 +1,268 @@
+"""The pytorch backend's general path (backends/torch_graph.py) on every benchmark's small synthetic
+model, on the CPU: the same outputs as onnxruntime on the same feeds, and bert run through the SUT.
+
+Needs torch and onnx2torch (``PYTHONPATH=$HOME/.cache/mlperf-operator/torch-site:...``); CI has
+neither, so there these tests skip. The GPU part (fp16/bf16, CUDA graphs, pinned buffers) cannot
+run here; bf16 on the CPU checks the half-precision dtype handling only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from harness_support import make_spec
+from mlperf_harness import steps
+from mlperf_harness.backends import backend_class, get_backend
+from mlperf_harness.backends.base import Backend
+from mlperf_harness.benchmarks import get_benchmark
+from mlperf_harness.benchmarks.bert.model import build_model as build_bert
+from mlperf_harness.benchmarks.dlrm import batching
+from mlperf_harness.benchmarks.dlrm.model import build_model as build_dlrm
+from mlperf_harness.benchmarks.dlrm.model import table_sizes
+from mlperf_harness.benchmarks.rnnt.model import build_model as build_rnnt
+from mlperf_harness.benchmarks.ssd_resnet34.model import build_model as build_ssd
+from mlperf_harness.benchmarks.unet3d.model import build_model as build_unet3d
+from mlperf_harness.errors import HarnessError
+from mlperf_harness.workspace import Workspace
+from onnx import TensorProto, helper
+
+OK, WHY = backend_class("pytorch").available()
+pytestmark = pytest.mark.skipif(not OK, reason=f"pytorch: {WHY} (CI has no torch)")
+
+SEED = 3
+Feeds = dict[str, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each benchmark's small synthetic model (rnnt: its three parts), built once."""
+    out = tmp_path_factory.mktemp("models")
+    built = {
+        "bert": build_bert(out / "bert" / "model.onnx", SEED, size="small"),
+        "ssd-resnet34": build_ssd(out / "ssd" / "model.onnx", SEED, size="small"),
+        "dlrm": build_dlrm(out / "dlrm" / "model.onnx", SEED, size="small"),
+        "3d-unet": build_unet3d(out / "unet3d" / "model.onnx", SEED, size="small"),
+    }
+    return {**built, **{f"rnnt.{part}": path for part, path in build_rnnt(out / "rnnt", SEED, size="small").items()}}
+
+
+def _feeds(name: str) -> Feeds:
+    """Input batches of two (ssd: one image) with what each model's inputs mean: token ids with
+    padding, rows per dlrm sample, utterances of different lengths (one empty, as in a warm-up)."""
+    rng = np.random.default_rng(SEED)
+
+    def normal(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
+    if name == "bert":
+        seq = np.arange(384)
+        return {
+            "input_ids": rng.integers(0, 1024, (2, 384)),
+            "input_mask": np.stack([seq < 300, seq < 120]).astype(np.int64),
+            "segment_ids": np.stack([seq >= 40, seq >= 20]).astype(np.int64),
+        }
+    if name == "dlrm":
+        rows = np.array(table_sizes("small"))
+        samples = [
+            {"dense_x": normal(r, 13), "indices": rng.integers(0, rows, (r, 26)).astype(np.int32)} for r in (3, 7)
+        ]
+        return batching.collate(samples)
+    return {
+        "ssd-resnet34": lambda: {"image": normal(1, 3, 400, 400)},
+        "3d-unet": lambda: {"input": normal(2, 1, 32, 32, 32)},
+        "rnnt.encoder": lambda: {"feature": normal(3, 30, 240), "feature_length": np.array([30, 17, 0])},
+        "rnnt.prediction": lambda: {
+            "symbol": np.array([[3], [28]]),
+            "hidden": normal(2, 2, 64),
+            "cell": normal(2, 2, 64),
+        },
+        "rnnt.joint": lambda: {"f": normal(2, 64), "g": normal(2, 64)},
+    }[name]()
+
+
+def _pair(path: Path, precision: str = "fp32") -> tuple[Backend, Backend]:
+    """onnxruntime and pytorch on one graph, pytorch asked for every output by name."""
+    ort = get_backend("onnxruntime")
+    ort.load(path, 2, "fp32")
+    torch_backend = get_backend("pytorch")
+    torch_backend.load(path, 2, precision, outputs=[s.name for s in ort.output_specs])
+    return ort, torch_backend
+
+
+@pytest.mark.parametrize(
+    "name", ["bert", "ssd-resnet34", "dlrm", "3d-unet", "rnnt.encoder", "rnnt.prediction", "rnnt.joint"]
+)
+def test_outputs_equal_onnxruntimes(models: dict[str, Path], name: str) -> None:
+    ort, pt = _pair(models[name])
+    assert pt.input_specs == ort.input_specs and pt.output_specs == ort.output_specs
+    feeds = _feeds(name)
+    want, got = ort.predict(feeds), pt.predict(feeds)
+    assert list(got) == list(want)
+    for out, w in want.items():
+        assert got[out].dtype == w.dtype and got[out].shape == w.shape, out
+        # Both fp32: only the kernels' summation order differs (measured: a few 1e-6 of the
+        # largest value after the graphs' depth); a wrong op errs by O(1).
+        scale = float(np.abs(w).max(initial=1.0))
+        np.testing.assert_allclose(got[out], w, rtol=1e-4, atol=1e-4 * scale, err_msg=out)
+
+
+def test_only_the_outputs_asked_for_in_their_order(models: dict[str, Path]) -> None:
+    pt = get_backend("pytorch")
+    pt.load(models["ssd-resnet34"], 1, "fp32", outputs=["scores", "labels"])
+    assert [s.name for s in pt.output_specs] == ["scores", "labels"]
+    assert list(pt.predict(_feeds("ssd-resnet34"))) == ["scores", "labels"]
+    with pytest.raises(HarnessError, match="has no output 'logits'"):
+        get_backend("pytorch").load(models["bert"], 1, "fp32", outputs=["logits"])
+
+
+def test_rnnt_three_parts_decode_as_onnxruntime(models: dict[str, Path]) -> None:
+    """The three parts loaded as the SUT loads them (a backend per part) and decoded by the
+    benchmark's own ``infer``: the same labels as onnxruntime's."""
+    bench = get_benchmark("rnnt")
+    files = bench.model_files(models["rnnt.encoder"].parent)
+
+    def parts(backend: str) -> dict[str, Backend]:
+        loaded = {part: get_backend(backend) for part in files}
+        for part, b in loaded.items():
+            b.load(files[part], 2, "fp32")
+        return loaded
+
+    rng = np.random.default_rng(SEED)
+    samples = [
+        {"feature": rng.standard_normal((t, 240)).astype(np.float32), "feature_length": np.array(t)} for t in (40, 23)
+    ]
+    batch = bench.collate(samples)
+    want, got = bench.infer(parts("onnxruntime"), batch), bench.infer(parts("pytorch"), batch)
+    assert want["label_count"].sum() > 0  # something was decoded
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_half_precision_dtypes_hold(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 as a GPU runs it, here on the CPU: int inputs stay int, the graphs' casts to float and
+    non-max suppression do not mix dtypes, and the outputs come back as float32 near fp32's."""
+    import torch
+    from mlperf_harness.backends import torch_graph
+
+    monkeypatch.setattr(torch_graph, "torch_device", lambda index, precision: (torch.device("cpu"), torch.bfloat16))
+    for name in ("bert", "ssd-resnet34", "dlrm", "3d-unet", "rnnt.encoder", "rnnt.prediction", "rnnt.joint"):
+        ort, pt = _pair(models[name], "bf16")
+        feeds = _feeds(name)
+        want, got = ort.predict(feeds), pt.predict(feeds)
+        assert {k: v.dtype for k, v in got.items()} == {k: v.dtype for k, v in want.items()}, name
+        if name == "ssd-resnet34":
+            continue  # near-equal scores rank differently in bf16: the detections differ in order
+        for out, w in want.items():
+            # bf16 keeps 8 bits of mantissa: 2^-8 relative per op; 5e-2 over the graphs' depth.
+            err = np.linalg.norm(got[out] - w) / max(float(np.linalg.norm(w)), 1e-9)
+            assert err < 5e-2, (name, out, err)
+
+
+def test_fused_attention_answers_as_the_graph(models: dict[str, Path]) -> None:
+    """The GPU path's rewrite of BERT's attention into scaled_dot_product_attention, here on the
+    CPU: it fires once per layer and answers as the unfused graph."""
+    import torch
+    from mlperf_harness.backends.torch_graph import Attention, convert, fuse_attention
+
+    path = models["bert"]
+    outputs = ["output_start_logits", "output_end_logits"]
+    plain, fused = (convert(onnx.load(str(path)), outputs, path).eval() for _ in range(2))
+    assert fuse_attention(fused) == 2  # the small model's two layers
+    softmaxes = [m for m in fused.modules() if isinstance(m, torch.nn.Softmax)]
+    assert sum(isinstance(m, Attention) for m in fused.modules()) == 2 and not softmaxes
+    feeds = [torch.from_numpy(a) for a in _feeds("bert").values()]  # two masks with padding
+    with torch.inference_mode():
+        want, got = plain(*feeds), fused(*feeds)
+    for w, g in zip(want, got, strict=True):
+        # fp32 both: the fused softmax sums in another order (measured ~1e-6 of the largest
+        # logit); a wrong scale, mask or transpose moves the logits by O(1).
+        scale = float(w.abs().max())
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_shape_arithmetic_goes_to_the_host(models: dict[str, Path]) -> None:
+    """What the GPU path keeps on the host (onnx2torch reads it back as Python values): bert's
+    Shape -> Gather of the sequence length and its integer constants (reshapes, axes, the split),
+    rnnt's slice bounds and axes; never a float tensor. The graph answers the same after."""
+    import torch
+    from mlperf_harness.backends.torch_graph import HostShape, convert, host_shape_arithmetic, host_values
+
+    def graph(name: str) -> Any:
+        path = models[name]
+        proto = onnx.load(str(path))
+        return convert(proto, [o.name for o in proto.graph.output], path).eval()
+
+    def ints(model: Any, nodes: set[Any]) -> bool:
+        return all(not model.get_buffer(str(n.target)).is_floating_point() for n in nodes)
+
+    bert, prediction = graph("bert"), graph("rnnt.prediction")
+    host = host_values(bert)
+    assert {str(n.target) for n in host if n.op == "call_module"} == {"emb/shape", "emb/seq"}
+    assert ints(bert, {n for n in host if n.op == "get_attr"})
+    host = host_values(prediction)
+    assert host and all(n.op == "get_attr" for n in host) and ints(prediction, host)
+    feeds = [torch.from_numpy(a) for a in _feeds("bert").values()]
+    with torch.inference_mode():
+        want = bert(*feeds)
+        assert host_shape_arithmetic(bert) == 16 and any(isinstance(m, HostShape) for m in bert.modules())
+        got = bert(*feeds)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def _onnx(path: Path, node: onnx.NodeProto, ins: list[Any], outs: list[Any], opset: int = 17) -> Path:
+    graph = helper.make_graph([node], "g", ins, outs)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return path
+
+
+def test_an_op_without_converter_names_the_op_and_the_file(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])
+    path = _onnx(tmp_path / "det.onnx", helper.make_node("Det", ["x"], ["y"]), [x], [y])
+    with pytest.raises(HarnessError, match=r"det\.onnx: onnx2torch cannot convert Det; use backend onnxruntime"):
+        get_backend("pytorch").load(path, 1, "fp32")
+
+
+def test_image_graphs_keep_the_image_path(tmp_path: Path) -> None:
+    """One float NCHW input and one output wanted: the image path (resnet50's); anything else:
+    the general path."""
+    from mlperf_harness.backends.torch_graph import fits_image_path
+
+    def model(name: str, elem: int, rank: int, outputs: int) -> Path:
+        x = helper.make_tensor_value_info("x", elem, ["n", 3, 8, 8][:rank])
+        ys = [helper.make_tensor_value_info(f"y{i}", elem, ["n", 3, 8, 8][:rank]) for i in range(outputs)]
+        node = helper.make_node("Split", ["x"], [y.name for y in ys], axis=0) if outputs > 1 else None
+        return _onnx(tmp_path / name, node or helper.make_node("Identity", ["x"], ["y0"]), [x], ys)
+
+    image, two = model("image.onnx", TensorProto.FLOAT, 4, 1), model("two.onnx", TensorProto.FLOAT, 4, 2)
+    assert fits_image_path(image, ()) and fits_image_path(two, ["y1"])
+    assert not fits_image_path(two, ()) and not fits_image_path(two, ["y0", "y1"])
+    assert not fits_image_path(model("ids.onnx", TensorProto.INT64, 4, 1), ())
+    assert not fits_image_path(model("flat.onnx", TensorProto.FLOAT, 2, 1), ())
+    general = get_backend("pytorch")
+    general.load(two, 1, "fp32")
+    assert [s.name for s in general.output_specs] == ["y0", "y1"]
+
+
+def test_bert_runs_through_the_sut_and_scores_100(tmp_path: Path) -> None:
+    """bert small, Offline, AccuracyOnly, ``backend: pytorch`` on the CPU: the SUT's stacked int32
+    samples, cast to the graph's int64 by the benchmark, F1 100 % against the FP32 model's answers."""
+    bert = {
+        "benchmark": "bert",
+        "backend": "pytorch",
+        "dataset": {"synthetic": {"samples": 6, "seed": SEED}},
+        "model": {"synthetic": {"seed": SEED}},
+        "audits": [],
+        "batchSize": 4,
+        "loadgen": {"minDurationMs": 100, "minQueryCount": 4, "expectedQps": 20},
+    }
+    ws = Workspace(make_spec(**bert), tmp_path, "pytorch", quiet=True)
+    for step in (steps.download_model, steps.download_data, steps.preprocess):
+        assert step(ws).ok
+    assert steps.build_engine(ws, "Offline").ok
+    [acc] = steps.run_harness(ws, "Offline", "AccuracyOnly").results
+    assert acc.backend.startswith("pytorch") and acc.accuracyMetric == "F1"
+    assert acc.accuracy == 100.0 and acc.accuracyPassed
