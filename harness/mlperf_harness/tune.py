@@ -20,6 +20,7 @@ the same key reuses it without probing, unless ``retune``.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from typing import cast
 
@@ -86,6 +87,7 @@ def tune(
         say(f"tune {scenario}: {hit.describe()}: cache/tuning/{artifact.key} (--retune probes again)")
         return hit
     base = build_config(ws.spec, cast(Scenario, scenario))
+    shutil.rmtree(ws.tuning_dir(scenario), ignore_errors=True)  # no earlier tuning's probes beside these
     prober = _Prober(ws, scenario, probe_ms or min(MAX_PROBE_MS, base.loadgen.minDurationMs), say)
     if scenario == "Server":
         measured = _server(prober, base, resolution, max_probes)

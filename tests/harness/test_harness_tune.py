@@ -12,7 +12,7 @@ import pytest
 from harness_support import make_spec
 from mlperf_harness import steps, tune
 from mlperf_harness.backends.faulty import Paced
-from mlperf_harness.results import Tuning
+from mlperf_harness.results import ScenarioResult, StepOutcome, Tuning, TuningProbe
 from mlperf_harness.workspace import Workspace
 
 PACE_S = 0.005
@@ -123,3 +123,11 @@ def test_single_stream_tunes_its_expected_latency(root: Path) -> None:
     assert tune.tuned_config(ws.spec, "SingleStream", tuning).loadgen.singleStreamExpectedLatencyNs == int(
         tuning.value * 1e6
     )
+
+
+def test_the_most_probes_fit_the_termination_message() -> None:
+    probe = TuningProbe(scenario="Server", target=123456.789, valid=True, samplesPerSecond=123456.789, latencyMs=9.999)
+    probes = [probe] * (tune.OFFLINE_ROUNDS + tune.MAX_PROBES)
+    found = Tuning(parameter="targetQps", value=1e5, measured=1e5, margin=0.9, key="x" * 40, probes=probes)
+    result = ScenarioResult(scenario="Server", testMode="PerformanceOnly", logDir="runs/" + "r" * 60, tuning=found)
+    assert StepOutcome(step="run-harness", ok=True, message="m" * 500, results=[result]).to_message()
