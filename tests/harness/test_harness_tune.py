@@ -106,7 +106,8 @@ def test_a_spec_with_tune_records_the_tuning_in_the_outcome_and_user_conf(root: 
     outcome = steps.run_harness(ws, "Offline", "PerformanceOnly", retune=True)
     [r] = outcome.results
     assert r.tuning is not None and r.tuning.parameter == "expectedQps" and not r.tuning.reused
-    assert 0 < r.tuning.value < CAPACITY and r.tuning.probes[-1].valid and r.valid
+    assert 0 < r.tuning.measured < CAPACITY and r.tuning.probes[-1].valid and r.valid
+    assert r.tuning.value == pytest.approx(r.tuning.measured / tune.DEFAULT_MARGIN, rel=1e-3)  # headroom upwards
     assert "tuned expectedQps" in outcome.message
     conf = (ws.harness_dir("Offline", "PerformanceOnly") / "user.conf").read_text()
     assert f"bert.Offline.target_qps = {r.tuning.value:g}" in conf
