@@ -77,7 +77,8 @@ def tune(
     """Find (or reuse) the scenario's LoadGen target on this system; see the module's docstring.
 
     ``margin`` scales the highest VALID Server target (0 < margin <= 1); ``resolution`` is the relative
-    width at which the Server bisection stops; ``probe_ms`` the probes' min duration."""
+    width at which the Server bisection stops; ``probe_ms`` the probes' min duration. A cached finding
+    is reused as it was made (its own margin): ``retune`` to change it."""
     if scenario not in PARAMETER:
         raise HarnessError(f"tune: unknown scenario {scenario!r} (use {', '.join(PARAMETER)})")
     if not 0 < margin <= 1:
