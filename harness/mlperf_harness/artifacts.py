@@ -10,6 +10,7 @@ Layout of a work directory (the local ``./mlperf-work`` or the run's PVC)::
 
     cache/<kind>/<key>/           one artifact; ``.complete`` (JSON) is written last
     runs/<run>/<scenario>/<mode>/ LoadGen logs of one harness run
+    runs/<run>/<scenario>/tuning/ the tuner's probe runs (not results)
     runs/<run>/audits/<test>/<scenario>/
     runs/<run>/results/           one JSON per step outcome
     runs/<run>/submission/        the run's part of the submission tree
@@ -21,12 +22,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .benchmarks import preprocess_version
 from .spec import MLPerfRunSpec, ModelSize, Source
 
-ArtifactKind = Literal["dataset", "preprocessed", "model", "engine"]
+if TYPE_CHECKING:
+    from .config import HarnessConfig
+
+ArtifactKind = Literal["dataset", "preprocessed", "model", "engine", "tuning"]
 
 SYNTHETIC_GENERATOR_VERSION = 1
 
@@ -155,6 +159,27 @@ def engine(spec: MLPerfRunSpec, scenario: str, backend_version: str) -> Artifact
     return _make("engine", f"{spec.benchmark}-{spec.backend}-{precision}-b{batch}", inputs)
 
 
+def tuning(spec: MLPerfRunSpec, cfg: HarnessConfig, backend_version: str) -> Artifact:
+    """A tuned LoadGen target holds for what changes performance: the engine (model, precision, batch,
+    GPU product, backend and version), the data, the system, the instances and batching, and the
+    round's latency bound and percentile that a Server target must meet."""
+    lg = cfg.loadgen
+    inputs = {
+        "engine": engine(spec, cfg.scenario, backend_version).key,
+        "preprocessed": preprocessed(spec).key,
+        "scenario": cfg.scenario,
+        "system": cfg.systemId,
+        "instances": cfg.workers,
+        "devices": cfg.devices,
+        "startFromDevice": cfg.startFromDevice,
+        "batchTimeoutUs": cfg.batchTimeoutUs,
+        "latencyNs": lg.serverLatencyNs or cfg.latencyBoundNs,
+        "percentile": lg.latencyPercentile,
+        "samplesPerQuery": lg.multiStreamSamplesPerQuery,
+    }
+    return _make("tuning", f"{spec.benchmark}-{cfg.scenario.lower()}-b{cfg.batchSize}", inputs)
+
+
 @dataclass(frozen=True)
 class Workdir:
     """Paths inside a work directory; the same layout locally and on the PVC."""
@@ -169,6 +194,9 @@ class Workdir:
 
     def harness_run(self, run: str, scenario: str, mode: str) -> Path:
         return self.run(run) / scenario / mode
+
+    def tuning(self, run: str, scenario: str) -> Path:
+        return self.run(run) / scenario / "tuning"
 
     def audit(self, run: str, test: str, scenario: str) -> Path:
         return self.run(run) / "audits" / test / scenario

@@ -141,14 +141,19 @@ def run_harness(
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
     run: RunOpt = None,
     quiet: QuietOpt = False,
+    retune: Annotated[
+        bool,
+        typer.Option("--retune", envvar="MLPERF_RETUNE", help="With spec.tune: probe again, ignoring a cached target."),
+    ] = False,
 ) -> None:
-    """Run LoadGen for one scenario and test mode; results go to the run's results/ and the termination log."""
+    """Run LoadGen for one scenario and test mode; results go to the run's results/ and the termination log.
+    With spec.tune, a performance run first finds its LoadGen target with short probe runs (or reuses it)."""
     from . import steps
 
     if test_mode not in ("PerformanceOnly", "AccuracyOnly"):
         err.print(f"[red]error: --test-mode {test_mode}: use PerformanceOnly or AccuracyOnly[/]")
         raise typer.Exit(2)
-    _run_step("run-harness", spec, workdir, run, quiet, lambda ws: steps.run_harness(ws, scenario, test_mode))  # type: ignore[arg-type]
+    _run_step("run-harness", spec, workdir, run, quiet, lambda ws: steps.run_harness(ws, scenario, test_mode, retune))  # type: ignore[arg-type]
 
 
 @app.command("audit")

@@ -2,7 +2,8 @@
 
 Values come, in order, from the suite's round (LoadGen rules: durations, query counts, seeds,
 latency bounds), the harness-config table (throughput/latency targets, workers, batching;
-``extends`` / ``scales`` / config_ver blocks), ``fast``, and last the spec's loadgen overrides.
+``extends`` / ``scales`` / config_ver blocks), ``fast``, the spec's loadgen overrides, and last what
+the tuner found (or a probe's own target and duration): ``build_config(spec, scenario, tuned)``.
 Batch size and precision come from ``artifacts`` so the engine key and the run always agree.
 """
 
@@ -16,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import artifacts
-from .spec import MLPerfRunSpec
+from .spec import LoadGenOverrides, MLPerfRunSpec
 from .suites import Scenario, Seeds, load_suite
 
 FAST_MIN_DURATION_MS = 60_000
@@ -70,6 +71,7 @@ class HarnessConfig(_Cfg):
     shortened: bool = Field(
         default=False, description="min duration below the round's: audit timing misses within noise are not judged"
     )
+    userConfNotes: tuple[str, ...] = Field(default=(), description="comment lines for user.conf (the tuning)")
     loadgen: LoadGenConfig
 
     @property
@@ -112,14 +114,18 @@ def table_values(benchmark: str, scenario: str, system: str, config_ver: str) ->
     return values
 
 
-def build_config(spec: MLPerfRunSpec, scenario: Scenario) -> HarnessConfig:
+def build_config(
+    spec: MLPerfRunSpec, scenario: Scenario, tuned: LoadGenOverrides | None = None, notes: tuple[str, ...] = ()
+) -> HarnessConfig:
+    """``tuned``: values that replace the spec's loadgen overrides (the tuner's finding, or a probe's
+    settings); ``notes``: how they were found, written into user.conf as comments."""
     suite = load_suite(spec.suite)
     rule = suite.rule(spec.benchmark)
     round_sc = suite.loadgen.scenarios[scenario]
     bench_lg = rule.loadgen
     system = system_id(spec)
     table = table_values(spec.benchmark, scenario, system, spec.configVer)
-    over = spec.loadgen
+    over = spec.loadgen if tuned is None else spec.loadgen.model_copy(update=tuned.model_dump(exclude_none=True))
     reasons: list[str] = []
     changed: list[str] = []
 
@@ -213,6 +219,7 @@ def build_config(spec: MLPerfRunSpec, scenario: Scenario) -> HarnessConfig:
         synthetic=spec.synthetic,
         notSubmittable=tuple(dict.fromkeys(reasons)),
         latencyBoundNs=latency_bound,
+        userConfNotes=notes,
         shortened=min_duration < round_sc.minDurationMs,
         loadgen=loadgen,
     )

@@ -115,6 +115,7 @@ class LocalRun:
     manifest: MLPerfRunManifest
     workdir: Path
     sources: Path | None = None
+    retune: bool = False  # with spec.tune: the harness steps probe again, ignoring a cached target
 
     @property
     def name(self) -> str:
@@ -146,6 +147,8 @@ class LocalRun:
         }
         if self.sources:
             env["MLPERF_SOURCES_ROOT"] = str(self.sources)
+        if self.retune:
+            env["MLPERF_RETUNE"] = "1"
         return env
 
 
@@ -265,6 +268,9 @@ def print_summary(run: LocalRun, results: list[ScenarioResult], audits: list[Aud
     for r in results:
         if r.logDir:
             out.print(f"  logs {r.scenario} {r.testMode}: {run.workdir / r.logDir}")
+    for r in results:
+        if r.tuning is not None and r.testMode == "PerformanceOnly":
+            out.print(f"  {r.scenario}: {r.tuning.describe()}", soft_wrap=True, highlight=False)
     for a in audits:
         if a.verdict != "PASS":
             colour = "red" if a.verdict == "FAIL" else "yellow"
@@ -328,6 +334,14 @@ def _parser() -> argparse.ArgumentParser:
     v10.add_argument("--offline_expected_qps", "--expected_qps", type=float)
     v10.add_argument("--samples", type=int, help="synthetic dataset size")
     v10.add_argument("--audits", type=_csv, default=None, help="audits to run; default: what the suite requires")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="find the LoadGen targets (Server target QPS, Offline expected QPS, stream latencies) with short "
+        "probe runs before each performance run (spec.tune); a cached finding for the same system and engine "
+        "is reused",
+    )
+    p.add_argument("--retune", action="store_true", help="with --tune: probe again, ignoring a cached finding")
     return p
 
 
@@ -363,6 +377,8 @@ def run_command(argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         console.print(f"[red]error: {args.filename or 'flags'}: {' '.join(str(exc).split())}[/]")
         return 2
+    if args.tune or args.retune:
+        runs = [m.model_copy(update={"spec": m.spec.model_copy(update={"tune": True})}) for m in runs]
     try:
         return _run_all(runs, args)
     except KeyboardInterrupt:  # at any moment, also while the table prints: the same exit, the same resume
@@ -373,7 +389,7 @@ def run_command(argv: list[str]) -> int:
 def _run_all(runs: list[MLPerfRunManifest], args: argparse.Namespace) -> int:
     status = 0
     for manifest in runs:
-        run = LocalRun(manifest, args.workdir.resolve(), args.sources)
+        run = LocalRun(manifest, args.workdir.resolve(), args.sources, args.retune)
         try:
             results, audits, ok = run_pipeline(run, args.only)
         except HarnessError as exc:

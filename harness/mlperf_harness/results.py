@@ -32,6 +32,49 @@ class LatencyNs(ResultModel):
     p999: int | None = Field(default=None, description="99.9th percentile latency (ns).")
 
 
+class TuningProbe(ResultModel):
+    """One short LoadGen run of the tuner (a probe, not a result)."""
+
+    scenario: str = Field(description="Scenario the probe ran (Offline probes bound a Server search).")
+    target: float = Field(description="The probe's target: QPS (Offline, Server) or expected latency in ms.")
+    valid: bool = Field(description="LoadGen's validity of the probe (and the round's bound).")
+    samplesPerSecond: float | None = Field(default=None, description="Throughput the probe reached.")
+    latencyMs: float | None = Field(
+        default=None, description="The scenario's percentile latency of the probe (p99 Server, p90 SingleStream)."
+    )
+
+
+class Tuning(ResultModel):
+    """What the tuner found for one scenario and the probes it took (or the cached finding it reused)."""
+
+    parameter: Literal["targetQps", "expectedQps", "targetLatencyMs"] = Field(
+        description="The LoadGen setting the tuner sets (spec.loadgen's name); it replaces the spec's and the table's."
+    )
+    value: float = Field(
+        description="What the run uses: Server: measured x margin; Offline: measured / margin (a faster run "
+        "would end early); SingleStream / MultiStream: the measured latency."
+    )
+    measured: float = Field(
+        description="Highest VALID Server probe, Offline throughput, or the measured percentile latency (ms)."
+    )
+    margin: float = Field(default=1.0, description="Safety factor applied to the measured value.")
+    key: str = Field(default="", description="Cache key: cache/tuning/<key>/tuning.json.")
+    reused: bool = Field(default=False, description="Taken from the cache without probing.")
+    probes: list[TuningProbe] = Field(default_factory=list, description="Every probe, in order.")
+
+    def describe(self) -> str:
+        """One line: the value, how it was found, and whether the cache answered."""
+        unit = "ms" if self.parameter == "targetLatencyMs" else "QPS"
+        if self.parameter == "targetQps":
+            how = f"{self.margin:g} x the highest VALID probe {self.measured:g}"
+        elif self.parameter == "expectedQps":
+            how = f"the measured Offline throughput {self.measured:g} / {self.margin:g}"
+        else:
+            how = "the measured percentile latency"
+        cache = ", reused from the cache without probing" if self.reused else ""
+        return f"tuned {self.parameter} {self.value:g} {unit} ({how}, {len(self.probes)} probes{cache})"
+
+
 class ScenarioResult(ResultModel):
     scenario: str = Field(description="LoadGen scenario.")
     testMode: str = Field(description="PerformanceOnly or AccuracyOnly.")
@@ -55,6 +98,7 @@ class ScenarioResult(ResultModel):
     device: str = Field(default="", description="Device the backend ran on, e.g. cpu or cuda:0 NVIDIA H200.")
     backend: str = Field(default="", description="Backend name and version.")
     logDir: str = Field(default="", description="Where the LoadGen logs are, relative to the work directory.")
+    tuning: Tuning | None = Field(default=None, description="The tuner's finding the run used (spec.tune).")
 
     @property
     def passed(self) -> bool:

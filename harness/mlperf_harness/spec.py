@@ -385,6 +385,15 @@ class MLPerfRunSpec(SpecModel):
             "Results are marked not submittable."
         ),
     )
+    tune: bool = Field(
+        default=False,
+        description=(
+            "Find the LoadGen targets before the run with short probe runs: the highest Server target QPS "
+            "that stays VALID (times a safety margin), the Offline expected QPS, the SingleStream / "
+            "MultiStream expected latency. The found value replaces loadgen's and the harness config's; it "
+            "is cached per benchmark, system and engine, and recorded in the result and in user.conf."
+        ),
+    )
     backend: BackendName = Field(
         default="onnxruntime",
         description="Inference backend: tensorrt, pytorch, onnxruntime, or null (harness overhead only).",

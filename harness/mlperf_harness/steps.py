@@ -28,6 +28,7 @@ from .results import (
     ProducedArtifact,
     ScenarioResult,
     StepOutcome,
+    Tuning,
     collect,
     write_termination_message,
 )
@@ -166,8 +167,15 @@ def _clean(log_dir: Path) -> None:
 
 
 def _execute(
-    ws: Workspace, cfg: HarnessConfig, mode: str, log_dir: Path, audit: str | None = None
+    ws: Workspace,
+    cfg: HarnessConfig,
+    mode: str,
+    log_dir: Path,
+    audit: str | None = None,
+    engine_scenario: str | None = None,
 ) -> tuple[Summary | None, list[str], str, str]:
+    """One LoadGen run of ``cfg``; ``engine_scenario``: whose engine runs it (a tuner's Offline probe
+    runs the Server's), by default the config's own scenario."""
     from .loadgen.runner import run_loadgen
 
     if ws.spec.backend != "null":
@@ -175,7 +183,8 @@ def _execute(
         if not ok:
             raise HarnessError(f"{ws.spec.backend}: not usable here: {why}")
     ws.require(ws.preprocessed_dir, "preprocessed data", "preprocess")
-    models = ws.model_paths(cfg.scenario) if ws.spec.backend != "null" else {MODEL: Path("/dev/null")}
+    engine = engine_scenario or cfg.scenario
+    models = ws.model_paths(engine) if ws.spec.backend != "null" else {MODEL: Path("/dev/null")}
     _clean(log_dir)
     out = run_loadgen(cfg, mode, log_dir, ws.bench, ws.preprocessed_dir, models, _backend_factory(ws, mode), audit)
     errors = out.errors + detail_errors(log_dir / DETAIL)
@@ -183,7 +192,18 @@ def _execute(
     return summary, errors, out.device, out.backend
 
 
-def run_harness(ws: Workspace, scenario: str, mode: str) -> StepOutcome:
+def _config(ws: Workspace, scenario: str, probe: bool, retune: bool = False) -> tuple[HarnessConfig, Tuning | None]:
+    """The scenario's config; with spec.tune, the tuner's finding in it: found now (``probe``: a
+    performance run) or the cached one (an accuracy run or audit never probes)."""
+    if not ws.spec.tune:
+        return build_config(ws.spec, scenario), None  # type: ignore[arg-type]
+    from . import tune
+
+    found = tune.tune(ws, scenario, retune=retune) if probe else tune.cached(ws, scenario)
+    return tune.tuned_config(ws.spec, scenario, found), found
+
+
+def run_harness(ws: Workspace, scenario: str, mode: str, retune: bool = False) -> StepOutcome:
     name = f"{scenario}-{mode}"
     log_dir = ws.harness_dir(scenario, mode)
     if read_marker(log_dir) is not None and (ws.results_dir / f"{name}.json").is_file():
@@ -193,7 +213,7 @@ def run_harness(ws: Workspace, scenario: str, mode: str) -> StepOutcome:
         return hit
     if scenario not in ws.spec.scenarios:
         raise HarnessError(f"scenario {scenario} is not in the spec's scenarios ({', '.join(ws.spec.scenarios)})")
-    cfg = build_config(ws.spec, scenario)
+    cfg, tuning = _config(ws, scenario, mode == "PerformanceOnly", retune)
     summary, errors, device, backend = _execute(ws, cfg, mode, log_dir)
     result = ScenarioResult(
         scenario=scenario,
@@ -202,6 +222,7 @@ def run_harness(ws: Workspace, scenario: str, mode: str) -> StepOutcome:
         device=device,
         backend=backend,
         logDir=ws.rel(log_dir),
+        tuning=tuning,
     )
     rule = load_suite(cfg.suite).rule(cfg.benchmark).accuracy
     if summary is not None:
@@ -237,6 +258,8 @@ def run_harness(ws: Workspace, scenario: str, mode: str) -> StepOutcome:
     result = result.model_copy(update={"submittable": cfg.submittable and not errors})
     if errors:
         message += f"; LoadGen/SUT errors: {errors[0][:200]}"
+    if tuning is not None:
+        message += f"; {tuning.describe()}"
     if cfg.synthetic:
         message += " [synthetic]"
     outcome = StepOutcome(step="run-harness", ok=True, message=message, results=[result])
@@ -282,7 +305,7 @@ def audit(ws: Workspace, test: str, scenario: str) -> StepOutcome:
         raise HarnessError(f"{test} is not a compliance test of suite {suite.name} (use TEST04)")
     if test == "TEST04" and not suite.loadgen.compiledIn:
         raise HarnessError(f"suite {suite.name} runs TEST04 as TEST04-A and TEST04-B")
-    cfg = build_config(ws.spec, scenario)  # type: ignore[arg-type]
+    cfg, _ = _config(ws, scenario, probe=False)
     ref_dir = ws.harness_dir(scenario, "PerformanceOnly")
     ref = parse_summary(ref_dir / SUMMARY) if (ref_dir / SUMMARY).is_file() else None
     threshold = suite.auditThresholds.get(test.split("-")[0], 0.10)

@@ -10,6 +10,7 @@ from . import artifacts
 from .backends import engine_version
 from .benchmarks import get_benchmark
 from .benchmarks.base import Benchmark
+from .config import build_config
 from .errors import HarnessError
 from .fsutil import read_marker, verify_marker_files
 from .samples import SampleStore
@@ -50,6 +51,10 @@ class Workspace:
     def engine(self, scenario: str) -> artifacts.Artifact:
         return artifacts.engine(self.spec, scenario, engine_version(self.spec.backend))
 
+    def tuning(self, scenario: str) -> artifacts.Artifact:
+        """Where the tuner's finding for this scenario is cached (its untuned config's key)."""
+        return artifacts.tuning(self.spec, build_config(self.spec, scenario), engine_version(self.spec.backend))  # type: ignore[arg-type]
+
     @property
     def dataset_dir(self) -> Path:
         return self.workdir.artifact(self.dataset)
@@ -75,6 +80,9 @@ class Workspace:
 
     def harness_dir(self, scenario: str, mode: str) -> Path:
         return self.workdir.harness_run(self.run, scenario, mode)
+
+    def tuning_dir(self, scenario: str) -> Path:
+        return self.workdir.tuning(self.run, scenario)
 
     def audit_dir(self, test: str, scenario: str) -> Path:
         return self.workdir.audit(self.run, test, scenario)

@@ -41,6 +41,7 @@ def user_conf(cfg: HarnessConfig) -> str:
     lines = [f"# user.conf for {cfg.benchmark} {cfg.scenario} on {cfg.systemId} ({cfg.suite})"]
     if cfg.synthetic:
         lines.append("# SYNTHETIC data or model: not a submittable result")
+    lines += [f"# {note}" for note in cfg.userConfNotes]
     keys = (
         set(c.userConfKeys)
         if c.compiledIn
