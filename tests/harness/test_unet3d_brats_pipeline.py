@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from mlperf_harness import artifacts, steps
 from mlperf_harness.backends.base import Tensors
 from mlperf_harness.backends.faulty import Paced
 from mlperf_harness.benchmarks import get_benchmark
-from mlperf_harness.benchmarks.unet3d import Unet3D
+from mlperf_harness.benchmarks.unet3d import Unet3D, brats, source_root
 from mlperf_harness.benchmarks.unet3d.brats_benchmark import Unet3DBraTS
+from mlperf_harness.benchmarks.unet3d.model import build_model as build_kits_model
+from mlperf_harness.errors import HarnessError
 from mlperf_harness.report import run_report
 from mlperf_harness.samples import SampleStore
 from mlperf_harness.spec import MLPerfRunSpec
@@ -147,6 +150,21 @@ def test_null_backend_offline_is_valid(workdir: Path) -> None:
     ws.perf_backend_wrapper = lambda b: Paced(b, 0.01)  # 0.01 s a case: the 44 cases issued outlast 0.2 s
     [result] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
     assert result.valid, (ws.root / result.logDir / "mlperf_log_summary.txt").read_text()
+
+
+def test_bad_inputs_name_the_file_and_the_fix(workdir: Path, tmp_path: Path) -> None:
+    bench = Unet3DBraTS()
+    with pytest.raises(HarnessError, match="no imagesTr/ folder; give nnU-Net's Task043_BraTS2019"):
+        bench.find_root(tmp_path)
+    kits = build_kits_model(tmp_path / "kits.onnx", 1, "small")  # one input channel, not four
+    with pytest.raises(HarnessError, match=r"kits\.onnx: input 'input' has shape .* expected \(N, 4, D, H, W\)"):
+        bench.check_model(kits)
+    root = source_root(workspace(workdir).dataset_dir)
+    (tmp_path / "data").mkdir()
+    shutil.copytree(root / "imagesTr", tmp_path / "data" / "imagesTr")
+    shutil.copy(root / "dataset.json", tmp_path / "data")
+    with pytest.raises(HarnessError, match=r"labelsTr/HGG__BraTS19_SYNTH_000_1\.nii\.gz: missing ground truth"):
+        list(brats.preprocess(tmp_path / "data", tmp_path / "pre"))
 
 
 def test_the_example_is_a_v1_0_brats_run() -> None:

@@ -136,9 +136,7 @@ class Unet3D(Benchmark):
                 else:
                     assert source.s3 is not None
                     got = download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
-                root = (
-                    download.unpack(got, out_dir / self.dataset_folder, self.archive_holds) if got.is_file() else got
-                )
+                root = download.unpack(got, out_dir / self.dataset_folder, self.archive_holds) if got.is_file() else got
             root = self.find_root(root)
             facts = {"root": str(root), "count": len(self.case_list(root)), "synthetic": False}
         atomic_write_text(out_dir / SOURCE_JSON, json.dumps(facts, indent=2))
@@ -150,7 +148,8 @@ class Unet3D(Benchmark):
         segmentation.nii.gz``, ``preprocessed_files.pkl``) that accuracy_kits.py reads."""
         root = source_root(dataset_dir)
         cases = kits19.case_list(root)
-        written = write_store(out_dir, SAMPLE, len(cases), preprocess(root, reference_dir=out_dir), kits19.is_synthetic(root))
+        samples = preprocess(root, reference_dir=out_dir)
+        written = write_store(out_dir, SAMPLE, len(cases), samples, kits19.is_synthetic(root))
         truth = [out_dir / "nifti" / c / kits19.SEGMENTATION for c in cases]
         return [*written, *truth, out_dir / kits19.PREPROCESSED_FILES, out_dir / kits19.CASES_JSON]
 
