@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .benchmarks import preprocess_version
+from .benchmarks import implementation, preprocess_version
 from .spec import MLPerfRunSpec, ModelSize, Source
 
 if TYPE_CHECKING:
@@ -93,6 +93,12 @@ def model_size(spec: MLPerfRunSpec) -> ModelSize:
     return spec.model.synthetic.size if spec.model.synthetic is not None else "full"
 
 
+def implementation_of(spec: MLPerfRunSpec) -> str:
+    """What the run's benchmark is in its round (``3d-unet-brats19`` in v1.0, ``3d-unet`` now): the
+    label and identity of its artifacts, so one round's dataset or model never answers another's."""
+    return implementation(spec.benchmark, spec.suite)
+
+
 def precision_of(spec: MLPerfRunSpec) -> str:
     return spec.precision or DEFAULT_PRECISION[spec.backend]
 
@@ -108,7 +114,7 @@ def batch_size_of(spec: MLPerfRunSpec, scenario: str) -> int:
 def _harness_table(spec: MLPerfRunSpec, scenario: str) -> dict[str, Any]:
     from .config import system_id, table_values  # config builds on this module
 
-    return table_values(spec.benchmark, scenario, system_id(spec), spec.configVer)
+    return table_values(implementation_of(spec), scenario, system_id(spec), spec.configVer)
 
 
 def torch_compile_of(spec: MLPerfRunSpec, scenario: str) -> str:
@@ -121,25 +127,27 @@ def input_dtype_of(spec: MLPerfRunSpec) -> str:
 
 
 def dataset(spec: MLPerfRunSpec) -> Artifact:
-    ident = source_identity(spec.dataset, "dataset", spec.benchmark)
+    impl = implementation_of(spec)
+    ident = source_identity(spec.dataset, "dataset", impl)
     if spec.dataset.synthetic is not None:  # its answers are the model's
         ident["modelSize"] = model_size(spec)
-    return _make("dataset", spec.benchmark, {"benchmark": spec.benchmark, **ident})
+    return _make("dataset", impl, {"benchmark": impl, **ident})
 
 
 def model(spec: MLPerfRunSpec) -> Artifact:
-    ident = source_identity(spec.model, "model", spec.benchmark)
-    return _make("model", spec.benchmark, {"benchmark": spec.benchmark, **ident})
+    impl = implementation_of(spec)
+    return _make("model", impl, {"benchmark": impl, **source_identity(spec.model, "model", impl)})
 
 
 def preprocessed(spec: MLPerfRunSpec) -> Artifact:
+    impl = implementation_of(spec)
     inputs = {
         "dataset": dataset(spec).key,
-        "preprocess": preprocess_version(spec.benchmark),
+        "preprocess": preprocess_version(impl),
         "dtype": input_dtype_of(spec),
         "modelSize": model_size(spec),
     }
-    return _make("preprocessed", spec.benchmark, inputs)
+    return _make("preprocessed", impl, inputs)
 
 
 def engine(spec: MLPerfRunSpec, scenario: str, backend_version: str) -> Artifact:
@@ -156,7 +164,7 @@ def engine(spec: MLPerfRunSpec, scenario: str, backend_version: str) -> Artifact
     compile_mode = torch_compile_of(spec, scenario)
     if compile_mode != "off":  # a compiled engine carries the compile's artifacts
         inputs["torchCompile"] = compile_mode
-    return _make("engine", f"{spec.benchmark}-{spec.backend}-{precision}-b{batch}", inputs)
+    return _make("engine", f"{implementation_of(spec)}-{spec.backend}-{precision}-b{batch}", inputs)
 
 
 def tuning(spec: MLPerfRunSpec, cfg: HarnessConfig, backend_version: str) -> Artifact:

@@ -148,7 +148,9 @@ def _faster_by(scenario: str, base: float, other: float) -> float:
 
 
 def verify_test04_pair(a: Summary, b: Summary) -> Verdict:
-    """v1.0: TEST04-B (same sample) must not beat TEST04-A (unique samples) by more than the band."""
+    """v1.0: TEST04-B (same sample) must not beat TEST04-A (unique samples) by more than the band.
+    Both issue only the performance sample count, so they are INVALID (too short) by design: v1.0.1's
+    verify_test4_performance.py compares their figures without reading their validity, and so do we."""
     sa, sb = _score(a, "TEST04-A run", False), _score(b, "TEST04-B run", False)
     band = 0.20 if a.scenario == "SingleStream" else 0.10
     faster = _faster_by(a.scenario, sa, sb)
@@ -159,7 +161,7 @@ def verify_test04_pair(a: Summary, b: Summary) -> Verdict:
             f"TEST04-B score = {sb:g}",
             f"B faster than A by {faster:+.2%} (limit {band:.0%})",
         ],
-        _invalid(**{"TEST04-A": a, "TEST04-B": b}),
+        "",
         f"B vs A {faster:+.1%} faster (limit {band:.0%})",
         1 + faster,
     )

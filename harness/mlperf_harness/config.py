@@ -106,8 +106,9 @@ def resolve_block(blocks: dict[str, Any], name: str, seen: tuple[str, ...] = ())
     return merged
 
 
-def table_values(benchmark: str, scenario: str, system: str, config_ver: str) -> dict[str, Any]:
-    entry = _tables().get(benchmark, {}).get(scenario, {})
+def table_values(implementation: str, scenario: str, system: str, config_ver: str) -> dict[str, Any]:
+    """The harness-config values of a benchmark's implementation (``benchmarks.implementation``)."""
+    entry = _tables().get(implementation, {}).get(scenario, {})
     values = dict(entry.get("default", {}))
     values.update(resolve_block(entry.get("systems", {}), system))
     values.update(entry.get("configVer", {}).get(config_ver, {}))
@@ -124,7 +125,7 @@ def build_config(
     round_sc = suite.loadgen.scenarios[scenario]
     bench_lg = rule.loadgen
     system = system_id(spec)
-    table = table_values(spec.benchmark, scenario, system, spec.configVer)
+    table = table_values(artifacts.implementation_of(spec), scenario, system, spec.configVer)
     over = spec.loadgen if tuned is None else spec.loadgen.model_copy(update=tuned.model_dump(exclude_none=True))
     reasons: list[str] = []
     changed: list[str] = []

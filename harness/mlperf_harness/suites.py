@@ -80,6 +80,11 @@ class SuiteLoadGen(_Model):
 
 class BenchmarkRule(_Model):
     submissionName: str | None = Field(default=None, description="the round's name for it, when not ours")
+    implementation: str | None = Field(
+        default=None,
+        description="the benchmarks registry entry this round's version runs as, when not the benchmark's name "
+        "(v1.0's 3d-unet is BraTS 2019, the current round's KiTS19)",
+    )
     scenarios: dict[Category, list[Scenario]]
     accuracy: AccuracyRule
     audits: list[str]
@@ -125,6 +130,11 @@ class Suite(_Model):
         if "high_accuracy" not in rule.accuracy.targets:
             return name
         return f"{name}-{'99.9' if config_ver == 'high_accuracy' else '99'}"
+
+    def implementation(self, benchmark: str) -> str:
+        """What the benchmark is in this round (inputs, model, dataset, metric): a registry entry
+        of ``benchmarks``, which the artifact keys are labelled by."""
+        return self.rule(benchmark).implementation or benchmark
 
     def rule(self, benchmark: str) -> BenchmarkRule:
         try:

@@ -32,7 +32,7 @@ class Workspace:
 
     @cached_property
     def bench(self) -> Benchmark:
-        return get_benchmark(self.spec.benchmark)
+        return get_benchmark(self.spec.benchmark, self.spec.suite)  # the round picks what it is
 
     # The artifacts this step works with, keyed from the spec as it runs here (localized) and the installed
     # backend: the producing step reports the one it wrote, which is what the operator's cache index records.

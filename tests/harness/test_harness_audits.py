@@ -196,6 +196,14 @@ def test_test04_pair(scenario: str, a: float, b: float, passed: bool) -> None:
     assert audits.verify_test04_pair(_s(scenario, a), _s(scenario, b)).passed is passed
 
 
+def test_test04_pair_judges_the_figures_of_runs_invalid_by_design() -> None:
+    """TEST04-A/B issue the performance sample count only (16 cases for 3d-unet: far below any
+    minimum duration); v1.0.1's verify_test4_performance.py never reads their validity."""
+    a, b = _s("Offline", 4.7, validity="INVALID"), _s("Offline", 5.0, validity="INVALID")
+    verdict = audits.verify_test04_pair(a, b)
+    assert verdict.passed and verdict.text.endswith("TEST PASS\n")
+
+
 def test_verify_accuracy_counts_mismatches(tmp_path: Path) -> None:
     import json
 

@@ -98,7 +98,7 @@ def test_end_to_end_small(tmp_path: Path) -> None:
 
     samples = list(brats.preprocess(data, tmp_path / "pre"))
     assert [s["input"].shape for s in samples] == [(4, 64, 64, 32)] * 2
-    rows = brats.responses(brats.infer(run, brats.collate(samples)), samples)
+    rows = brats.responses(brats.infer(run, brats.collate(samples)), len(samples))
     assert all(r.nbytes == 2 * 4 * 64 * 64 * 32 for r in rows)
     _write_log(tmp_path / "fp32.json", rows)
     metrics, line = brats.score(tmp_path / "fp32.json", tmp_path / "pre")

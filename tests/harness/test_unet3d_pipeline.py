@@ -18,7 +18,6 @@ from mlperf_harness.backends.faulty import Paced
 from mlperf_harness.report import run_report
 from mlperf_harness.samples import SampleStore
 from mlperf_harness.workspace import Workspace
-from pydantic import ValidationError
 
 CASES = 4
 LINE = "Accuracy: mean = 1.00000, kidney = 1.0000, tumor = 1.0000"
@@ -130,8 +129,3 @@ def test_null_backend_offline_is_valid(workdir: Path) -> None:
     ws.perf_backend_wrapper = lambda b: Paced(b, 0.01)
     [result] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
     assert result.valid, (ws.root / result.logDir / "mlperf_log_summary.txt").read_text()
-
-
-def test_v1_0_3d_unet_is_refused_not_run_on_kits19() -> None:
-    with pytest.raises(ValidationError, match="BraTS 2019, which is not wired"):
-        make_spec(**{**BASE, "suite": "v1.0", "category": "datacenter"})

@@ -1,26 +1,38 @@
-"""Benchmarks behind one interface; ``get_benchmark(name)`` picks one.
+"""Benchmarks behind one interface; ``get_benchmark(name, suite)`` picks one.
 
-The registry names each benchmark's module and class without importing them (they bring numpy
-and their libraries), so the operator can read ``preprocess_version`` with the core packages only.
+A registry entry is one implementation: what a benchmark is (inputs, model, dataset, metric).
+Most benchmarks are the same in every round; where a round's differs (v1.0's 3d-unet is BraTS
+2019, the current round's KiTS19), the round's table names the entry (``implementation``) and
+``get_benchmark(name, suite)`` follows it. The registry names each module and class without
+importing them (they bring numpy and their libraries), so the operator can read
+``preprocess_version`` with the core packages only.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..suites import load_suite
+
 if TYPE_CHECKING:
     from .base import Benchmark
 
-# name -> (module, class, preprocess version). Bump the version when a benchmark's preprocessing or
-# its synthetic generator changes what it writes: cached artifacts are then no longer reused.
+# implementation -> (module, class, preprocess version). Bump the version when a benchmark's
+# preprocessing or its synthetic generator changes what it writes: cached artifacts are then no longer reused.
 _REGISTRY: dict[str, tuple[str, str, int]] = {
     "resnet50": ("resnet50", "ResNet50", 2),
     "ssd-resnet34": ("ssd_resnet34", "SSDResNet34", 1),
     "bert": ("bert", "Bert", 1),
     "dlrm": ("dlrm", "Dlrm", 1),
     "rnnt": ("rnnt", "Rnnt", 1),
-    "3d-unet": ("unet3d", "Unet3D", 1),
+    "3d-unet": ("unet3d", "Unet3D", 1),  # KiTS19, the current round's
+    "3d-unet-brats19": ("unet3d.brats_benchmark", "Unet3DBraTS", 1),  # BraTS 2019, v1.0's
 }
+
+
+def implementation(name: str, suite: str | None = None) -> str:
+    """The registry entry ``name`` runs as in ``suite`` (the round's table says), else ``name``."""
+    return load_suite(suite).implementation(name) if suite is not None else name
 
 
 def _entry(name: str) -> tuple[str, str, int]:
@@ -30,16 +42,17 @@ def _entry(name: str) -> tuple[str, str, int]:
         raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(_REGISTRY)}") from None
 
 
-def get_benchmark(name: str) -> Benchmark:
+def get_benchmark(name: str, suite: str | None = None) -> Benchmark:
+    """The benchmark as ``suite`` defines it; without a suite, the registry entry ``name``."""
     import importlib
 
-    module, cls, _ = _entry(name)
+    module, cls, _ = _entry(implementation(name, suite))
     made: Benchmark = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
     return made
 
 
-def preprocess_version(name: str) -> int:
-    return _entry(name)[2]
+def preprocess_version(name: str, suite: str | None = None) -> int:
+    return _entry(implementation(name, suite))[2]
 
 
-__all__ = ["get_benchmark", "preprocess_version"]
+__all__ = ["get_benchmark", "implementation", "preprocess_version"]

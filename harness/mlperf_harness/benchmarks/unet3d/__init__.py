@@ -11,14 +11,14 @@ The synthetic model (``model.synthetic.size``) is small (32^3 patches, narrow, f
 full (the official architecture, 128^3 patches, for a GPU); the synthetic dataset is labelled by
 the model of the run's size.
 
-BraTS 2019 (v1.0's 3d-unet) has building blocks in ``brats`` and ``brats_synthetic`` and is not
-wired: the v1.0 round table says so and refuses the run.
+BraTS 2019 (v1.0's 3d-unet, ``brats_benchmark.Unet3DBraTS``) is a subclass: another dataset,
+model, preprocessing and metric behind the same download steps. The v1.0 round table names it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from ... import download
 from ...backends.base import Backend, Tensors, TensorSpec
 from ...errors import HarnessError
 from ...fsutil import atomic_write_text
-from ...samples import SampleWriter
+from ...samples import Sample, SampleWriter
 from ...spec import ModelSize, Source
 from ..base import MODEL, AccuracyReport, Batch, Benchmark
 from . import kits19
@@ -59,6 +59,10 @@ class Unet3D(Benchmark):
     name = "3d-unet"
     capabilities = {"dataset": True, "model": True, "preprocess": True, "accuracy": True, "synthetic": True}
     device_resident = False  # many model calls per sample (the sliding window)
+    # What the rounds' datasets and models differ in (BraTS 2019 overrides these and the hooks below).
+    model_name = MODEL_FILE
+    dataset_folder = "kits19"  # where an archive is unpacked
+    archive_holds = "KiTS19's data directory (case_XXXXX/ folders)"
 
     def inputs(self, variant: str) -> tuple[TensorSpec, ...]:
         return (SAMPLE,)  # no int8 input path: the volume is float32 for every engine
@@ -68,13 +72,39 @@ class Unet3D(Benchmark):
         return (LABELS,)
 
     def model_file(self, model_dir: Path) -> Path:
-        return model_dir / MODEL_FILE
+        return model_dir / self.model_name
+
+    # --- the dataset's and model's own parts --------------------------------------------------------
+    def synthetic_model(self, target: Path, seed: int, size: ModelSize) -> Path:
+        return build_model(target, seed, size)
+
+    def check_model(self, target: Path) -> None:
+        from .model import patch_size
+
+        patch_size(target)  # input (N, 1, P, P, P) named as the official model's
+
+    def synthesize(self, out_dir: Path, seed: int, n: int, size: ModelSize) -> Path:
+        """A SYNTHETIC dataset labelled by the model download-model makes for the same seed and size;
+        returns its root."""
+        import tempfile
+
+        root = out_dir / "kits19" / "data"
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            model = build_model(Path(tmp) / MODEL_FILE, seed, size)
+            synthesize_dataset(root, seed, n, model, batch_size=PATCH_BATCH)
+        return root
+
+    def find_root(self, root: Path) -> Path:
+        return _find_cases(root)
+
+    def case_list(self, root: Path) -> list[str]:
+        return kits19.case_list(root)
 
     # --- download-model -----------------------------------------------------------------------
     def prepare_model(self, source: Source, out_dir: Path, *, quiet: bool = False) -> Path:
-        target = out_dir / MODEL_FILE
+        target = out_dir / self.model_name
         if source.synthetic is not None:
-            return build_model(target, source.synthetic.seed, source.synthetic.size)
+            return self.synthetic_model(target, source.synthetic.seed, source.synthetic.size)
         if source.https is not None:
             got = download.fetch_https(source.https, out_dir, quiet=quiet)
         elif source.s3 is not None:
@@ -82,13 +112,11 @@ class Unet3D(Benchmark):
         else:
             assert source.pvc is not None
             path = download.resolve_pvc(source.pvc)
-            got = download.copy_file_verified(path if path.is_file() else path / MODEL_FILE, out_dir)
+            got = download.copy_file_verified(path if path.is_file() else path / self.model_name, out_dir)
         if got != target:
             got.replace(target)
-        from .model import patch_size
-
         try:
-            patch_size(target)  # input (N, 1, P, P, P) named as the official model's
+            self.check_model(target)
         except HarnessError:
             target.unlink(missing_ok=True)
             raise
@@ -99,14 +127,7 @@ class Unet3D(Benchmark):
         self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
     ) -> dict[str, object]:
         if source.synthetic is not None:
-            # Labelled by the model download-model makes for the same seed and size.
-            import tempfile
-
-            seed = source.synthetic.seed
-            root = out_dir / "kits19" / "data"
-            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-                model = build_model(Path(tmp) / MODEL_FILE, seed, size)
-                synthesize_dataset(root, seed, source.synthetic.samples, model, batch_size=PATCH_BATCH)
+            root = self.synthesize(out_dir, source.synthetic.seed, source.synthetic.samples, size)
             facts: dict[str, object] = {"root": str(root), "count": source.synthetic.samples, "synthetic": True}
         else:
             if source.pvc is not None:
@@ -117,13 +138,9 @@ class Unet3D(Benchmark):
                 else:
                     assert source.s3 is not None
                     got = download.fetch_s3(source.s3, out_dir / "_download", quiet=quiet)
-                root = (
-                    download.unpack(got, out_dir / "kits19", "KiTS19's data directory (case_XXXXX/ folders)")
-                    if got.is_file()
-                    else got
-                )
-            root = _find_cases(root)
-            facts = {"root": str(root), "count": len(kits19.case_list(root)), "synthetic": False}
+                root = download.unpack(got, out_dir / self.dataset_folder, self.archive_holds) if got.is_file() else got
+            root = self.find_root(root)
+            facts = {"root": str(root), "count": len(self.case_list(root)), "synthetic": False}
         atomic_write_text(out_dir / SOURCE_JSON, json.dumps(facts, indent=2))
         return facts
 
@@ -133,16 +150,10 @@ class Unet3D(Benchmark):
     ) -> list[Path]:
         """The sample store, and the ground truth in the reference's layout (``nifti/<case>/
         segmentation.nii.gz``, ``preprocessed_files.pkl``) that accuracy_kits.py reads."""
-        meta = dataset_dir / SOURCE_JSON
-        if not meta.is_file():
-            raise HarnessError(f"{meta}: missing; run download-data first")
-        root = Path(json.loads(meta.read_text())["root"])
+        root = source_root(dataset_dir)
         cases = kits19.case_list(root)
-        synthetic = kits19.is_synthetic(root)
-        with SampleWriter(out_dir, [SAMPLE], len(cases), layout="NCDHW", synthetic=synthetic) as store:
-            for sample in preprocess(root, reference_dir=out_dir):
-                store.append(sample)
-            written = store.close()
+        samples = preprocess(root, reference_dir=out_dir)
+        written = write_store(out_dir, SAMPLE, len(cases), samples, kits19.is_synthetic(root))
         truth = [out_dir / "nifti" / c / kits19.SEGMENTATION for c in cases]
         return [*written, *truth, out_dir / kits19.PREPROCESSED_FILES, out_dir / kits19.CASES_JSON]
 
@@ -181,6 +192,22 @@ class Unet3D(Benchmark):
             f"--log_file {accuracy_log} --preprocessed_data_dir {data_dir} "
             "--postprocessed_data_dir postprocessed_data --output_dtype uint8"
         )
+
+
+def source_root(dataset_dir: Path) -> Path:
+    """Where download-data left the cases."""
+    meta = dataset_dir / SOURCE_JSON
+    if not meta.is_file():
+        raise HarnessError(f"{meta}: missing; run download-data first")
+    return Path(json.loads(meta.read_text())["root"])
+
+
+def write_store(out_dir: Path, spec: TensorSpec, count: int, samples: Iterable[Sample], synthetic: bool) -> list[Path]:
+    """The sample store of ``count`` volumes (one tensor, stored at each case's own size)."""
+    with SampleWriter(out_dir, [spec], count, layout="NCDHW", synthetic=synthetic) as store:
+        for sample in samples:
+            store.append(sample)
+        return store.close()
 
 
 def _patch_of(backend: Backend) -> int:

@@ -113,6 +113,7 @@ REFERENCE_DICE = 0.853  # the v1.0 target's FP32 mean DICE; pass at 99 % and 99.
 SAMPLE_SPEC = TensorSpec(INPUT, (MODALITIES, *PADDED_SHAPE), "float32")
 RESPONSE_SPEC = TensorSpec(OUTPUT, (CLASSES, *PADDED_SHAPE), "float16")
 CASES_JSON = "cases.json"
+LABELS_DIR = "labelsTr"
 
 
 def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +205,8 @@ def preprocess(
     """Samples ``{"input": (4, 224, 224, 160) float32}`` in QSL order. With ``reference_dir``,
     ``cases.json`` (what scoring needs) is written there once the last case is done, and the
     reference's ``preprocessed_files.pkl`` and ``<case>.pkl`` ([volume, properties]) beside it,
-    which accuracy-brats.py reads."""
+    which accuracy-brats.py reads, with each case's ground truth in ``labelsTr/`` (its
+    ``--label_data_dir``), so scoring needs nothing outside ``reference_dir``."""
     if shape is None:
         meta = dataset_dir / "dataset.json"
         shape = json.loads(meta.read_text()).get("padded_shape", PADDED_SHAPE) if is_synthetic(dataset_dir) else None
@@ -218,10 +220,14 @@ def preprocess(
             props = dict(facts[case], itk_spacing=tuple(spacing[::-1].tolist()), itk_origin=(0.0, 0.0, 0.0))
             props["itk_direction"] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
             atomic_write_bytes(reference_dir / f"{case}.pkl", pickle.dumps([volume, props]))
+            label = dataset_dir / LABELS_DIR / f"{case}.nii.gz"
+            if not label.is_file():
+                raise HarnessError(f"{label}: missing ground truth (BraTS in nnU-Net's Task043 layout: labelsTr/)")
+            atomic_write_bytes(reference_dir / LABELS_DIR / label.name, label.read_bytes())
         yield {INPUT: volume}
     if reference_dir is not None:
         atomic_write_bytes(reference_dir / "preprocessed_files.pkl", pickle.dumps(cases))
-        index = {"file_list": cases, "cases": facts, "labels_dir": str(dataset_dir / "labelsTr"), "shape": list(shape)}
+        index = {"file_list": cases, "cases": facts, "shape": list(shape)}
         atomic_write_text(reference_dir / CASES_JSON, json.dumps(index, indent=2))
 
 
@@ -236,13 +242,11 @@ def infer(
     return {OUTPUT: np.asarray(run(dict(batch))[OUTPUT]).astype(np.float16)}
 
 
-def responses(outputs: Mapping[str, np.ndarray], samples: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
-    """(4, D, H, W) float16 per sample, as bytes in C order."""
+def responses(outputs: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
+    """(4, D, H, W) float16 per sample of the ``n``, as bytes in C order."""
     out = outputs[OUTPUT]
-    if out.shape[0] != len(samples) or out.shape[1] != CLASSES:
-        raise HarnessError(
-            f"3d-unet BraTS output of shape {out.shape} for {len(samples)} samples: expected (N, 4, ...)"
-        )
+    if out.shape[0] != n or out.shape[1] != CLASSES:
+        raise HarnessError(f"3d-unet BraTS output of shape {out.shape} for {n} samples: expected (N, 4, ...)")
     return [np.ascontiguousarray(o, dtype=np.float16).reshape(-1).view(np.uint8) for o in out]
 
 
@@ -270,9 +274,13 @@ def region_dice(prediction: np.ndarray, truth: np.ndarray) -> list[float]:
     return out
 
 
-def score(accuracy_log: Path, preprocessed_dir: Path) -> tuple[dict[str, float], str]:
-    """Mean DICE as accuracy-brats.py computes and prints it, from the ``cases.json`` that
-    ``preprocess`` wrote and the dataset's labelsTr it names."""
+def score(accuracy_log: Path, preprocessed_dir: Path, subset: bool = False) -> tuple[dict[str, float], str]:
+    """Mean DICE as accuracy-brats.py computes and prints it, from the ``cases.json`` and
+    ``labelsTr/`` that ``preprocess`` wrote.
+
+    accuracy-brats.py wants exactly one prediction per case; ``subset`` scores the cases a log
+    holds instead (the first response of each), as TEST01's accuracy fallback needs (the same
+    figures for a complete log)."""
     from .kits19 import read_accuracy_log
 
     index_path = preprocessed_dir / CASES_JSON
@@ -281,7 +289,7 @@ def score(accuracy_log: Path, preprocessed_dir: Path) -> tuple[dict[str, float],
     index = json.loads(index_path.read_text())
     cases, shape = index["file_list"], tuple(index["shape"])
     entries = read_accuracy_log(accuracy_log)
-    if len(entries) != len(cases):
+    if len(entries) != len(cases) and not subset:
         raise HarnessError(f"{accuracy_log}: {len(entries)} predictions for {len(cases)} cases; one per case expected")
     per_case: dict[int, list[float]] = {}
     nbytes = 2 * CLASSES * int(np.prod(shape))
@@ -297,15 +305,20 @@ def score(accuracy_log: Path, preprocessed_dir: Path) -> tuple[dict[str, float],
                 f"{accuracy_log}: qsl_idx {idx} holds {len(data)} bytes; expected float16 {(CLASSES, *shape)} "
                 f"({nbytes} bytes) for one of {len(cases)} cases"
             )
+        if idx in per_case:
+            continue
         case = cases[idx]
         prediction = segmentation(np.frombuffer(data, np.float16).reshape(CLASSES, *shape), index["cases"][case])
-        truth, _ = read_volume(Path(index["labels_dir"]) / f"{case}.nii.gz")
+        label = preprocessed_dir / LABELS_DIR / f"{case}.nii.gz"
+        truth, _ = read_volume(label)
         if truth.shape != prediction.shape:
-            raise HarnessError(f"{index['labels_dir']}/{case}.nii.gz: shape {truth.shape}, images {prediction.shape}")
+            raise HarnessError(f"{label}: shape {truth.shape}, images {prediction.shape}; preprocess again")
         per_case[idx] = region_dice(prediction, truth.astype(np.uint8))
-    if len(per_case) != len(cases):
+    if len(per_case) != len(cases) and not subset:
         raise HarnessError(f"{accuracy_log}: repeated qsl_idx, {len(cases) - len(per_case)} cases have no prediction")
-    table = np.array([per_case[i] for i in range(len(cases))])
+    if not per_case:
+        raise HarnessError(f"{accuracy_log}: no predictions to score")
+    table = np.array([per_case[i] for i in sorted(per_case)])
     # summary.csv holds each region's NaN-mean with 4 decimals; the script reads those back.
     whole, core, enhancing = (float(f"{np.nanmean(table[:, r]):02.4f}") for r in range(3))
     mean = (whole + core + enhancing) / 3
