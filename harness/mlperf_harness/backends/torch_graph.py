@@ -12,8 +12,8 @@ shapes, axes and sizes back as Python values: ``host_shape_arithmetic`` keeps th
 first). BERT's attention is fused on a GPU (``fuse_attention``). The GPU part is untested so far
 (no GPU where it was written).
 
-onnx2torch has no LSTM converter: rnnt's is registered here (forward, one direction, the
-sequence lengths through a packed sequence).
+onnx2torch has no LSTM converter (rnnt) nor Compress (ssd's batched post-processing): both are
+registered here (LSTM forward, one direction, the sequence lengths through a packed sequence).
 """
 
 from __future__ import annotations
@@ -126,6 +126,30 @@ class InstanceNorm(nn.Module):
         return torch.instance_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps, True)
 
 
+class OnnxCompress(nn.Module):
+    """ONNX's Compress: the slices along ``axis`` (of the flattened input when None) whose condition
+    is true; a condition shorter than the axis selects among its first entries only."""
+
+    def __init__(self, axis: int | None) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: Any, condition: Any) -> Any:
+        keep = torch.nonzero(condition.reshape(-1).to(torch.bool)).reshape(-1)
+        if self.axis is None:
+            return x.reshape(-1).index_select(0, keep)
+        return x.index_select(self.axis, keep)
+
+
+def _compress_converter(node: Any, graph: Any) -> Any:
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
+
+    return OperationConverterResult(
+        torch_module=OnnxCompress(node.attributes.get("axis")),
+        onnx_mapping=OnnxMapping(inputs=tuple(node.input_values), outputs=tuple(node.output_values)),
+    )
+
+
 def _lstm_converter(node: Any, graph: Any) -> Any:
     from onnx2torch.utils.common import OnnxMapping, OperationConverterResult
 
@@ -154,11 +178,13 @@ def _lstm_converter(node: Any, graph: Any) -> Any:
 def _register_converters() -> None:
     from onnx2torch.node_converters.registry import add_converter, get_converter
 
-    for version in (7, 14, 22):
-        try:
-            get_converter("LSTM", version)
-        except NotImplementedError:
-            add_converter("LSTM", version)(_lstm_converter)
+    ours = {"LSTM": ((7, 14, 22), _lstm_converter), "Compress": ((9, 11), _compress_converter)}
+    for op, (versions, converter) in ours.items():
+        for version in versions:
+            try:
+                get_converter(op, version)
+            except NotImplementedError:
+                add_converter(op, version)(converter)
 
 
 def missing_converters(proto: onnx.ModelProto) -> list[str]:
