@@ -147,6 +147,12 @@ def test_a_run_created_anew_under_its_name_measures_afresh_and_metrics_survive_a
         "mlperf-operator.io", "v1alpha1", namespace, "mlperfruns", "again"
     )
     wait_for(lambda: not run_jobs(api, namespace, "again"), timeout=120, what="the old run's Jobs to go")
+    # A deleted run's series go with it: one series per live run, not one per run ever seen.
+    wait_for(
+        lambda: f'{series}{namespace}",run="again"' not in operator.metrics(),
+        timeout=60,
+        what="the deleted run's result series to go",
+    )
     apply(cluster, namespace, quick("again"))
     second = wait_phase(api, namespace, "again", TERMINAL, operator)
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
@@ -157,6 +163,29 @@ def test_a_run_created_anew_under_its_name_measures_afresh_and_metrics_survive_a
     measured = step(status, "run-offline-performance")
     assert measured["cacheHit"] is False and "already complete" not in measured["message"], measured
     assert status["results"][0]["logDir"] != first["status"]["results"][0]["logDir"]
+
+
+def conflicts(cluster: Cluster) -> int:
+    """POSTs of claims and ConfigMaps that the API server answered 409 (it exists), since it started."""
+    total = 0.0
+    for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        posted = line.startswith("apiserver_request_total{") and 'code="409"' in line and 'verb="POST"' in line
+        if posted and ('resource="configmaps"' in line or 'resource="persistentvolumeclaims"' in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def test_runs_read_before_they_write_no_create_is_answered_409(
+    cluster: Cluster, api: client.ApiClient, namespace: str, operator: OperatorProcess, pod_executor: PodExecutor
+) -> None:
+    """Issue 21: a reconcile used to re-POST the claim and its cache index, and get 409 back, every time."""
+    make_claim(api, namespace)
+    before = conflicts(cluster)
+    for name in ("first", "second"):  # the second finds the claim's cache index made by the first
+        apply(cluster, namespace, quick(name))
+        status = wait_phase(api, namespace, name, TERMINAL, operator)["status"]
+        assert status["phase"] == "Succeeded", status
+    assert conflicts(cluster) == before
 
 
 # --- finding 4: one controller, one lock per run, through a restart burst ----------------------------------------

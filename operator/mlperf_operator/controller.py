@@ -51,7 +51,8 @@ class Controller:
         with self._locks[f"{namespace}/{name}"]:
             run = self.kube.get_run(namespace, name)  # fresh: an event's copy may predate our last write
             if run is None or run["metadata"].get("deletionTimestamp"):
-                metrics.observe_phase(f"{namespace}/{name}", None)
+                metrics.forget_run(namespace, name)
+                self._locks.pop(f"{namespace}/{name}", None)  # state pruned with the run
                 return
             try:
                 waiting = self._reconcile(run)
@@ -108,13 +109,14 @@ class Controller:
             self._fail_invalid(run, previous, exc)
             return set()
 
-        claim = self._ensure_claim(run, spec, previous)
-        if claim is None:
+        pvc = self._ensure_claim(run, spec, previous)
+        if pvc is None:
             return set()
+        claim = pvc["metadata"]["name"]
         steps = plan(spec, backend_version(spec))
         jobs = self._job_views(run)
         for _ in range(LEASE_ATTEMPTS):
-            data, version = self.kube.cache_index(ns, claim) or ({}, "")
+            data, version = self._cache_index(pvc)
             answers = cacheindex.answers(data)
             planned = [s.artifact.relpath for s in steps if s.artifact]
             cached = {p: answers[p] for p in planned if p in answers}
@@ -216,16 +218,18 @@ class Controller:
             for result in status.results:
                 metrics.observe_result(meta["namespace"], meta["name"], spec.get("benchmark", ""), gpu, result)
 
-    def _ensure_claim(self, run: dict[str, Any], spec: MLPerfRunSpec, previous: MLPerfRunStatus) -> str | None:
-        """The claim's name once it and its cache index exist; None (and a waiting status) before."""
+    def _ensure_claim(
+        self, run: dict[str, Any], spec: MLPerfRunSpec, previous: MLPerfRunStatus
+    ) -> dict[str, Any] | None:
+        """The run's claim once it exists (created for storage.create); None, and a waiting status, before.
+        Read before written: a reconcile of a run whose claim exists writes nothing here."""
         ns, name = run["metadata"]["namespace"], run["metadata"]["name"]
-        if spec.storage.create is not None:
-            self.kube.create(build_claim(run, spec))
-            claim = claim_name(name)
-        else:
-            assert spec.storage.existingClaim is not None
-            claim = spec.storage.existingClaim
+        claim = claim_name(name) if spec.storage.create is not None else spec.storage.existingClaim
+        assert claim is not None
         pvc = self.kube.get_claim(ns, claim)
+        if pvc is None and spec.storage.create is not None:
+            self.kube.create(build_claim(run, spec))
+            pvc = self.kube.get_claim(ns, claim)
         if pvc is None:
             message = f"waiting for PersistentVolumeClaim {claim} (spec.storage.existingClaim) to exist"
             if previous.message != message:
@@ -233,8 +237,16 @@ class Controller:
                 self.kube.patch_status(ns, name, status.model_dump(mode="json", exclude_none=True))
                 self.kube.event(run, "Warning", "ClaimMissing", message)
             return None
-        self.kube.create(build_cache_index(pvc))
-        return claim
+        return pvc
+
+    def _cache_index(self, pvc: dict[str, Any]) -> tuple[dict[str, str], str]:
+        """The claim's cache index (made the first time a run asks for it) and its resourceVersion."""
+        ns, claim = pvc["metadata"]["namespace"], pvc["metadata"]["name"]
+        found = self.kube.cache_index(ns, claim)
+        if found is None:
+            self.kube.create(build_cache_index(pvc))
+            found = self.kube.cache_index(ns, claim)
+        return found or ({}, "")
 
     def _fail_invalid(self, run: dict[str, Any], previous: MLPerfRunStatus, exc: ValidationError) -> None:
         errors = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -35,6 +35,7 @@ CAMPAIGN_POINTS = Gauge(
 RECONCILE_ERRORS = Counter("mlperf_reconcile_errors_total", "Reconciles that raised an error.", ["reason"])
 
 _phases: dict[str, str] = {}
+_series: dict[tuple[str, str], set[tuple[str, ...]]] = {}  # a run's result series, removed with the run
 
 
 def observe_phase(run_key: str, phase: str | None) -> None:
@@ -47,8 +48,18 @@ def observe_phase(run_key: str, phase: str | None) -> None:
         RUNS_BY_PHASE.labels(p.value).set(sum(1 for v in _phases.values() if v == p.value))
 
 
+def forget_run(namespace: str, run: str) -> None:
+    """A deleted run leaves no series behind: one series per live run, not per run ever seen."""
+    observe_phase(f"{namespace}/{run}", None)
+    for labels in _series.pop((namespace, run), set()):
+        for gauge in (SAMPLES_PER_SECOND, LATENCY_P99, ACCURACY, RESULT_VALID):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+
+
 def observe_result(namespace: str, run: str, benchmark: str, gpu: str, result: ScenarioResult) -> None:
     labels = (namespace, run, benchmark, result.scenario, gpu, str(result.synthetic).lower())
+    _series.setdefault((namespace, run), set()).add(labels)
     if result.testMode == "PerformanceOnly":
         if result.samplesPerSecond is not None:
             SAMPLES_PER_SECOND.labels(*labels).set(result.samplesPerSecond)
