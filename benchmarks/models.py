@@ -1,0 +1,179 @@
+"""The benchmarks beside resnet50, each through the harness and through a plain loop in the same run.
+
+    python3 benchmarks/models.py                       # on one NVIDIA GPU: full-size models, pytorch fp16
+    python3 benchmarks/models.py --cpu                 # on this CPU: small models, onnxruntime fp32
+        [--benchmarks bert dlrm ...] [--samples 64] [--seconds 10] [--size small|full]
+
+Per benchmark:
+1. The work directory: the spec's synthetic data and synthetic model (`model.synthetic.size`), prepared
+   by the harness's own steps (the answers come from the FP32 model on the CPU).
+2. The null backend through the harness, Offline: what the harness itself costs per sample.
+3. The plain loop: the benchmark's own batches (its collate and infer, every model part loaded by the
+   backend), one after another for half of --seconds: the backend without LoadGen or the SUT.
+4. The harness: LoadGen Offline for --seconds at that batch size, with the same backend.
+
+Synthetic data and random weights of the real architectures: the machine's figures, not a submission's.
+Prints a table last; writes $OUT/models.json when $OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import machine, stamp, workspace
+from mlperf_harness import steps
+from mlperf_harness.backends import get_backend
+from mlperf_harness.benchmarks.base import MODEL
+
+# (suite, category, GPU batch, CPU batch); the anchor: the best published per-GPU Offline figure of the round.
+SETUP: dict[str, tuple[str, str, int, int]] = {
+    "bert": ("v6.1", "edge", 64, 8),
+    "3d-unet": ("v6.1", "edge", 1, 1),
+    "ssd-resnet34": ("v1.0", "datacenter", 16, 4),
+    "rnnt": ("v1.0", "datacenter", 64, 8),
+    "dlrm": ("v1.0", "datacenter", 2048, 2048),
+}
+ANCHORS = {"bert": ("bert-99 Offline, H200 v4.1 per GPU", 9_224.0), "3d-unet": ("3d-unet-99 Offline, H200 v4.1", 6.84)}
+GPU = {"gpuProduct": "NVIDIA-H200", "gpuCount": 1}
+CPU = {"gpuCount": 0}
+T0 = time.perf_counter()
+
+
+def say(text: str) -> None:
+    print(f"  [{time.perf_counter() - T0:5.0f} s] {text}", flush=True)
+
+
+def _groups(bench: Any, store: Any, batch: int, most: int = 8) -> list[list[int]]:
+    """Up to ``most`` batches of sample indices as the SUT forms them: ``batch`` samples, or samples
+    up to ``batch`` rows of the benchmark's cost tensor (dlrm's users of many rows)."""
+    groups: list[list[int]] = [[]]
+    rows = 0
+    for i in range(store.count):
+        cost = len(store.sample(i)[bench.cost_tensor]) if bench.cost_tensor else 1
+        if groups[-1] and rows + cost > batch:
+            if len(groups) == most:
+                break
+            groups.append([])
+            rows = 0
+        groups[-1].append(i)
+        rows += cost
+    return groups
+
+
+def plain_loop(ws: Any, batch: int, seconds: float, backend: str, precision: str) -> dict[str, Any]:
+    bench, store = ws.bench, ws.samples()
+    parts = {}
+    for part, path in bench.model_files(ws.model_dir).items():
+        b = get_backend(backend)
+        outputs = [s.name for s in bench.outputs] if part == MODEL else ()
+        b.load(path, batch, precision, outputs=outputs)
+        parts[part] = b
+    batches, counts = [], []
+    for group in _groups(bench, store, batch):  # distinct samples in turn (3d-unet's cases differ in size)
+        batches.append(bench.collate([store.sample(i) for i in group]))
+        counts.append(len(group))
+    for feeds in batches:
+        bench.infer(parts, feeds)  # warm: kernels chosen, graphs captured where the shapes allow
+    first = next(iter(parts.values()))
+    general = getattr(first, "_general", first)
+    n, k, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        bench.infer(parts, batches[k % len(batches)])  # answers come back: each call ends the GPU's work
+        n += counts[k % len(batches)]
+        k += 1
+    rate = n / (time.perf_counter() - start)
+    facts = {"graphed": getattr(general, "graphed", None), "eager": getattr(general, "eager_reason", "")}
+    facts["attention"] = getattr(general, "attention", None)
+    for b in parts.values():
+        b.close()
+    return {"plainSamplesPerSecond": rate, **facts}
+
+
+def harness_offline(ws: Any) -> tuple[float, str]:
+    shutil.rmtree(ws.run_dir, ignore_errors=True)
+    steps.build_engine(ws, "Offline")
+    [r] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
+    return r.samplesPerSecond or 0.0, r.resultValidity
+
+
+def measure(name: str, samples: int, seconds: float, size: str, cpu: bool) -> dict[str, Any]:
+    suite, category, gpu_batch, cpu_batch = SETUP[name]
+    batch = cpu_batch if cpu else gpu_batch
+    backend, precision = ("onnxruntime", "fp32") if cpu else ("pytorch", "fp16")
+    t = time.perf_counter()
+    spec = {
+        "benchmark": name,
+        "suite": suite,
+        "category": category,
+        "backend": backend,
+        "precision": precision,
+        "batchSize": batch,
+        "system": CPU if cpu else GPU,
+        # On the CPU one instance, as the loop (two would split the two cores' threads between them).
+        "instancesPerDevice": 1 if cpu else None,
+        "model": {"synthetic": {"size": size}},
+        "dataset": {"synthetic": {"samples": samples}},
+    }
+    ws = workspace(f"gpu-{name}", **spec)
+    say(f"{name}: data, full-size model and preprocessing in {time.perf_counter() - t:.0f} s")
+    out: dict[str, Any] = {"benchmark": name, "batch": batch, "samples": samples, "size": size, "backend": backend}
+    null = {**spec, "backend": "null", "precision": "fp32"}
+    # 200,000 samples: 2 s at 100,000/s, longer where the harness is slower (its rate is the figure).
+    loadgen = {"minDurationMs": 2000, "minQueryCount": 1, "expectedQps": 100_000}
+    out["nullSamplesPerSecond"], _ = harness_offline(workspace(f"null-{name}", **null, loadgen=loadgen))
+    say(f"{name}: null backend through the harness {out['nullSamplesPerSecond']:,.0f} samples/s")
+    out.update(plain_loop(ws, batch, seconds / 2, backend, precision))
+    say(f"{name}: plain loop {out['plainSamplesPerSecond']:,.1f} samples/s ({out})")
+    # Offline's one query is sized from the expected rate: above the plain loop's, the run lasts its minimum.
+    expected = 3 * out["plainSamplesPerSecond"]
+    loadgen = {"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected}
+    out["harnessSamplesPerSecond"], out["validity"] = harness_offline(workspace(f"gpu-{name}", **spec, loadgen=loadgen))
+    out["ratio"] = out["harnessSamplesPerSecond"] / out["plainSamplesPerSecond"]
+    if name in ANCHORS and not cpu:
+        label, anchor = ANCHORS[name]
+        out["anchor"], out["anchorRatio"] = label, out["harnessSamplesPerSecond"] / anchor
+    rate = out["harnessSamplesPerSecond"]
+    say(f"{name}: harness Offline {rate:,.1f} samples/s {out['validity']}, ratio {out['ratio']:.3f}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--benchmarks", nargs="*", default=list(SETUP), choices=list(SETUP))
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--size", choices=("full", "small"), default=None, help="default: full on a GPU, small with --cpu")
+    ap.add_argument("--cpu", action="store_true", help="onnxruntime on this CPU (small models by default)")
+    args = ap.parse_args()
+    size = args.size or ("small" if args.cpu else "full")
+    print(f"models: {stamp()}, {machine()}, {'cpu onnxruntime fp32' if args.cpu else 'gpu pytorch fp16'}, {size}")
+    results = []
+    for name in args.benchmarks:
+        try:
+            results.append(measure(name, args.samples, args.seconds, size, args.cpu))
+        except Exception as exc:  # one benchmark's failure is reported, the others still measured
+            say(f"{name}: FAILED {type(exc).__name__}: {exc}")
+            results.append({"benchmark": name, "error": f"{type(exc).__name__}: {exc}"})
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "models.json").write_text(json.dumps(results, indent=1))
+    print("\n| benchmark | batch | null backend | plain loop | harness Offline | harness / plain | anchor |")
+    for r in results:
+        if "error" in r:
+            print(f"| {r['benchmark']} | | | failed: {r['error'][:80]} | | | |")
+            continue
+        anchor = f"{r['anchorRatio']:.3f} of {r['anchor']}" if "anchor" in r else "-"
+        head = f"| {r['benchmark']} | {r['batch']} | {r['nullSamplesPerSecond']:,.0f} | "
+        print(
+            f"{head}{r['plainSamplesPerSecond']:,.1f} | {r['harnessSamplesPerSecond']:,.1f} {r['validity']} | "
+            f"{r['ratio']:.3f} | {anchor} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
