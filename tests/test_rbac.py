@@ -76,6 +76,7 @@ ALLOWED = [
     ("create", "persistentvolumeclaims"),
     ("patch", "configmaps"),
     ("create", "events"),
+    ("list", "workloads.kueue.x-k8s.io"),  # why a step waits for Kueue
 ]
 # ... and a sample of what it has no business with: credentials, nodes, workloads other than Jobs,
 # deleting anything, rewriting a run's spec, and anything that would let it grant itself more.
