@@ -15,6 +15,7 @@ from .jobs import KUEUE_QUEUE_LABEL, STEP_LABEL
 from .status import StepState
 
 MESSAGE_LIMIT = 1500  # of a failure message kept in status; Kubernetes caps the source at 4096
+NO_WORKLOAD, NOT_CONSIDERED = "NoWorkload", "NotConsideredYet"  # a queued Job's reasons before Kueue's own
 LogTail = Callable[[str, str], str]  # (namespace, pod) -> the pod's last log lines, "" when there are none
 
 
@@ -141,7 +142,7 @@ def admission(job: dict[str, Any], workloads: list[dict[str, Any]]) -> tuple[str
         return "Suspended", "the Job is suspended and names no Kueue LocalQueue"
     workload = next((w for w in workloads if owned_by(w, job["metadata"]["uid"])), None)
     if workload is None:
-        return "NoWorkload", f"waiting for Kueue to take the Job into LocalQueue {queue} (no Workload yet)"
+        return NO_WORKLOAD, f"waiting for Kueue to take the Job into LocalQueue {queue} (no Workload yet)"
     name = workload["metadata"]["name"]
     conds = {c["type"]: c for c in workload.get("status", {}).get("conditions") or []}
     reserved = conds.get("QuotaReserved")
@@ -150,7 +151,7 @@ def admission(job: dict[str, Any], workloads: list[dict[str, Any]]) -> tuple[str
         return reserved.get("reason") or "Pending", f"Kueue: {why} (Workload {name}, LocalQueue {queue})"
     if (conds.get("Admitted") or {}).get("status") == "True":
         return "Admitted", f"Kueue admitted Workload {name}; the Job is being started"
-    return "Pending", f"Kueue has not considered Workload {name} yet (LocalQueue {queue})"
+    return NOT_CONSIDERED, f"Kueue has not considered Workload {name} yet (LocalQueue {queue})"
 
 
 def _unschedulable(pod: dict[str, Any]) -> dict[str, Any] | None:

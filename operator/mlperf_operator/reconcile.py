@@ -18,7 +18,7 @@ from mlperf_harness.results import ProducedArtifact, RunVerdict, StepOutcome, co
 from mlperf_harness.spec import MLPerfRunSpec
 
 from .jobs import job_name
-from .observe import JobView
+from .observe import NO_WORKLOAD, NOT_CONSIDERED, JobView
 from .status import MLPerfRunStatus, StepState, StepStatus, now
 
 __all__ = ["Decision", "Event", "JobView", "decide"]
@@ -26,7 +26,7 @@ __all__ = ["Decision", "Event", "JobView", "decide"]
 ACTIVE: tuple[StepState, ...] = ("Pending", "Queued", "Running")
 UNSCHEDULABLE = "Unschedulable"
 QUEUED = "Queued"  # the condition while a step's Job waits for Kueue's admission
-QUIET = ("", "NoWorkload", "Admitted")  # queued states not worth an Event: Kueue has not decided yet, or said yes
+QUIET = ("", NO_WORKLOAD, NOT_CONSIDERED, "Admitted")  # queued, not worth an Event: Kueue has not decided, or said yes
 IN_PRODUCTION = "ArtifactInProduction"  # another run makes the step's artifact: no Job, no duplicate work
 
 
