@@ -94,6 +94,19 @@ class Watcher(threading.Thread):
             time.sleep(0.3)
 
 
+def wait_done(api: client.ApiClient, namespace: str, name: str, op: OperatorProcess) -> dict[str, Any]:
+    """The run's status once it ended; on a timeout (a bound against hangs), what Kueue and the run say."""
+    try:
+        return dict(wait_phase(api, namespace, name, {"Succeeded", "Failed"}, op, timeout=300)["status"])
+    except AssertionError as exc:
+        workloads = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, "workloads")
+        seen = [
+            (w["metadata"]["name"], [(c["type"], c["status"], c.get("message", "")) for c in w["status"]["conditions"]])
+            for w in workloads["items"]
+        ]
+        raise AssertionError(f"{exc}\nworkloads: {seen}") from None
+
+
 def test_kueue_admits_two_gpus_at_a_time_the_rest_wait_queued_with_kueues_reason_and_all_succeed(
     kueue: Cluster, api: client.ApiClient, namespace: str, operator: OperatorProcess, pod_executor: PodExecutor
 ) -> None:
@@ -125,7 +138,7 @@ def test_kueue_admits_two_gpus_at_a_time_the_rest_wait_queued_with_kueues_reason
         apply(kueue, namespace, nowhere)
 
         try:
-            finished = [wait_phase(api, namespace, n, {"Succeeded", "Failed"}, operator)["status"] for n in names]
+            finished = [wait_done(api, namespace, n, operator) for n in names]
         finally:
             watcher.stop.set()
             watcher.join(timeout=10)
