@@ -129,8 +129,15 @@ def test_kueue_admits_two_gpus_at_a_time_the_rest_wait_queued_with_kueues_reason
 
         kueue_spec = {"kueue": {"queueName": "mlperf"}, "resources": ONE_GPU}
         names = [f"q{i}" for i in range(RUNS)]
-        # A GPU product no flavor has: Kueue can admit none of its Jobs, and the run says so.
-        nowhere = quick("b200", nodeSelector={"nvidia.com/gpu.product": "NVIDIA-B200"}, **kueue_spec)
+        # A GPU product no flavor has: Kueue can admit none of its Jobs, and the run says so. On a claim of its own:
+        # a producer that waits in Kueue's queue keeps its artifact's lease, and the runs sharing it would wait too.
+        make_claim(api, namespace, "b200-cache")
+        nowhere = quick(
+            "b200",
+            nodeSelector={"nvidia.com/gpu.product": "NVIDIA-B200"},
+            storage={"existingClaim": "b200-cache"},
+            **kueue_spec,
+        )
         watcher = Watcher(api, namespace, [*names, "b200"])
         watcher.start()
         for name in names:

@@ -718,6 +718,8 @@ class LocalCluster:
             "dead": dead,
             "healthy": bool(state) and not dead and problem is None,
             "problem": problem if not dead else f"not running: {', '.join(dead)}",
+            # Opt-in: only said when this cluster ever started Kueue.
+            **({"kueue": self.kueue_problem() or "ready"} if "kueue" in state else {}),
         }
 
 
