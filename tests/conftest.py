@@ -42,6 +42,23 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
+def kueue(cluster: Cluster) -> Cluster:
+    """A real Kueue in the session's cluster (tools/cluster.py start_kueue: its CRDs, manager and webhooks), and
+    the ResourceFlavors and WorkloadPriorityClasses of examples/kueue/. Skipped (failed under CI=true) when
+    tools/build-tools.sh has not built it."""
+    try:
+        cluster.local.start_kueue()
+    except Exception as e:
+        reason = f"Kueue unavailable ({type(e).__name__}): {e}"
+        if _ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    examples = Path(__file__).resolve().parents[1] / "examples" / "kueue"
+    cluster.kubectl("apply", "-f", str(examples / "flavors.yaml"), "-f", str(examples / "priority-classes.yaml"))
+    return cluster
+
+
+@pytest.fixture(scope="session")
 def api(cluster: Cluster) -> client.ApiClient:
     return cluster.api_client()
 

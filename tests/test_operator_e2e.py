@@ -91,13 +91,20 @@ def get_run(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     )
 
 
-def wait_phase(api: client.ApiClient, namespace: str, name: str, phases: set[str], op: OperatorProcess) -> dict:
+def wait_phase(
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    phases: set[str],
+    op: OperatorProcess,
+    timeout: float = RUN_TIMEOUT,
+) -> dict:
     def reached() -> dict | None:
         run = get_run(api, namespace, name)
         return run if run.get("status", {}).get("phase") in phases else None
 
     try:
-        return wait_for(reached, timeout=RUN_TIMEOUT, interval=1, what=f"run {name} to reach {phases}")
+        return wait_for(reached, timeout=timeout, interval=1, what=f"run {name} to reach {phases}")
     except AssertionError as exc:
         status = get_run(api, namespace, name).get("status", {})
         raise AssertionError(

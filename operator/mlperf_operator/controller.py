@@ -138,7 +138,11 @@ class Controller:
         jobs = observe.own_jobs(run, self.kube.run_jobs(meta["namespace"], meta["name"]))
         if not jobs:
             return {}
-        return observe.job_views(jobs, self.kube.run_pods(meta["namespace"], meta["name"]), self.kube.pod_log_tail)
+        # A suspended Job waits for Kueue: its Workload says why (read only then, so no Kueue costs nothing).
+        queued = [j["metadata"]["uid"] for j in jobs if (j.get("spec") or {}).get("suspend")]
+        workloads = self.kube.workloads(meta["namespace"], queued) if queued else []
+        pods = self.kube.run_pods(meta["namespace"], meta["name"])
+        return observe.job_views(jobs, pods, self.kube.pod_log_tail, workloads)
 
     def _producer(self, run: dict[str, Any], lease: str | None) -> str | None:
         """Who else is producing an artifact now: a lease of another run that still runs (a run that ended or

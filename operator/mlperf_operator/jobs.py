@@ -13,6 +13,7 @@ from .api import GROUP, KIND, VERSION
 PART_OF = "mlperf-operator"
 RUN_LABEL = f"{GROUP}/run"
 STEP_LABEL = f"{GROUP}/step"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # a Job that names a LocalQueue waits for Kueue to admit it
 ARTIFACT_ANNOTATION = f"{GROUP}/artifact"
 WORKDIR = "/mlperf"
 SOURCES_ROOT = "/sources"
@@ -164,7 +165,7 @@ def _job(
     ``key`` is the owner's directory on the claim (MLPERF_RUN)."""
     job_labels = dict(labels)
     if spec.kueue.queueName:
-        job_labels["kueue.x-k8s.io/queue-name"] = spec.kueue.queueName
+        job_labels[KUEUE_QUEUE_LABEL] = spec.kueue.queueName
     if spec.kueue.priorityClass:
         job_labels["kueue.x-k8s.io/priority-class"] = spec.kueue.priorityClass
 

@@ -15,7 +15,16 @@ from typing import Any, cast
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .api import CAMPAIGN_PLURAL, GROUP, PLURAL, VERSION
+from .api import (
+    CAMPAIGN_PLURAL,
+    GROUP,
+    KUEUE_GROUP,
+    KUEUE_JOB_UID_LABEL,
+    KUEUE_VERSION,
+    PLURAL,
+    VERSION,
+    WORKLOAD_PLURAL,
+)
 from .jobs import RUN_LABEL, cache_index_name, run_label
 from .status import now
 
@@ -99,6 +108,19 @@ class Kube:
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         resp = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
         return self._json(resp)["items"]
+
+    def workloads(self, namespace: str, job_uids: list[str]) -> list[dict[str, Any]]:
+        """Kueue's Workloads of these Jobs; none where Kueue is not installed."""
+        selector = f"{KUEUE_JOB_UID_LABEL} in ({','.join(sorted(job_uids))})"
+        try:
+            listed = self.custom.list_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, WORKLOAD_PLURAL, label_selector=selector
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return cast(dict[str, Any], listed)["items"]
 
     def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -1,6 +1,6 @@
-"""What the operator reads off a step's Job and its pods, as a JobView. Pure: the Job and pod objects (plain
-dicts, as the API returns them) come in, nothing is asked of the API server here. The one thing the objects
-may lack, the log of a pod that failed without a termination message, comes through ``log_tail``.
+"""What the operator reads off a step's Job, its pods and (under Kueue) its Workload, as a JobView. Pure: the
+objects (plain dicts, as the API returns them) come in, nothing is asked of the API server here. The one thing the
+objects may lack, the log of a pod that failed without a termination message, comes through ``log_tail``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from typing import Any
 
 from mlperf_harness.results import StepOutcome, read_termination_message
 
-from .jobs import STEP_LABEL
+from .jobs import KUEUE_QUEUE_LABEL, STEP_LABEL
 from .status import StepState
 
 MESSAGE_LIMIT = 1500  # of a failure message kept in status; Kubernetes caps the source at 4096
+NO_WORKLOAD, NOT_CONSIDERED = "NoWorkload", "NotConsideredYet"  # a queued Job's reasons before Kueue's own
 LogTail = Callable[[str, str], str]  # (namespace, pod) -> the pod's last log lines, "" when there are none
 
 
@@ -30,6 +31,7 @@ class JobView:
     outcome: StepOutcome | None = None
     unschedulable: str = ""  # the scheduler's reason while no node fits the step's pod
     unschedulable_since: str | None = None
+    reason: str = ""  # Kueue's reason while the Job waits for admission (then `message` is Kueue's message)
 
 
 def _no_log(namespace: str, pod: str) -> str:
@@ -47,10 +49,13 @@ def own_jobs(run: dict[str, Any], jobs: list[dict[str, Any]]) -> list[dict[str, 
 
 
 def job_views(
-    jobs: list[dict[str, Any]], pods: list[dict[str, Any]], log_tail: LogTail = _no_log
+    jobs: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    log_tail: LogTail = _no_log,
+    workloads: list[dict[str, Any]] | None = None,
 ) -> dict[str, JobView]:
     """Each Job's view, by its step's name."""
-    return {j["metadata"]["labels"][STEP_LABEL]: job_view(j, pods, log_tail) for j in jobs}
+    return {j["metadata"]["labels"][STEP_LABEL]: job_view(j, pods, log_tail, workloads) for j in jobs}
 
 
 def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -83,9 +88,14 @@ def _state(job: dict[str, Any], conditions: dict[str, dict[str, Any]], pods: lis
     return "Pending"
 
 
-def job_view(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: LogTail = _no_log) -> JobView:
+def job_view(
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    log_tail: LogTail = _no_log,
+    workloads: list[dict[str, Any]] | None = None,
+) -> JobView:
     """The step's state from the Job's conditions; its outcome from the termination message of the Job's last
-    pod that ended; the scheduler's reason while its pod fits no node."""
+    pod that ended; the scheduler's reason while its pod fits no node; Kueue's while the Job waits for it."""
     status = job.get("status", {})
     conditions = _conditions(job)
     mine = sorted(
@@ -107,6 +117,9 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: LogTail 
     elif state == "Failed":
         cond = conditions["Failed"]
         message = f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}"
+    reason = ""
+    if state == "Queued":
+        reason, message = admission(job, workloads or [])
     end = (conditions.get("Complete") or conditions.get("Failed") or {}).get("lastTransitionTime")
     return JobView(
         name=job["metadata"]["name"],
@@ -117,7 +130,28 @@ def job_view(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: LogTail 
         outcome=outcome if finished else None,
         unschedulable=(unschedulable.get("message") or "no node fits") if unschedulable else "",
         unschedulable_since=unschedulable.get("lastTransitionTime") if unschedulable else None,
+        reason=reason,
     )
+
+
+def admission(job: dict[str, Any], workloads: list[dict[str, Any]]) -> tuple[str, str]:
+    """Why a suspended Job waits: Kueue's (reason, message) from its Workload, found by its owner reference to
+    the Job; QuotaReserved=False says what Kueue lacks (quota, a flavor that fits, the LocalQueue)."""
+    queue = job["metadata"].get("labels", {}).get(KUEUE_QUEUE_LABEL)
+    if not queue:
+        return "Suspended", "the Job is suspended and names no Kueue LocalQueue"
+    workload = next((w for w in workloads if owned_by(w, job["metadata"]["uid"])), None)
+    if workload is None:
+        return NO_WORKLOAD, f"waiting for Kueue to take the Job into LocalQueue {queue} (no Workload yet)"
+    name = workload["metadata"]["name"]
+    conds = {c["type"]: c for c in workload.get("status", {}).get("conditions") or []}
+    reserved = conds.get("QuotaReserved")
+    if reserved and reserved.get("status") == "False":
+        why = reserved.get("message") or "no quota reserved yet"
+        return reserved.get("reason") or "Pending", f"Kueue: {why} (Workload {name}, LocalQueue {queue})"
+    if (conds.get("Admitted") or {}).get("status") == "True":
+        return "Admitted", f"Kueue admitted Workload {name}; the Job is being started"
+    return NOT_CONSIDERED, f"Kueue has not considered Workload {name} yet (LocalQueue {queue})"
 
 
 def _unschedulable(pod: dict[str, Any]) -> dict[str, Any] | None:

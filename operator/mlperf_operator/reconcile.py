@@ -18,13 +18,15 @@ from mlperf_harness.results import ProducedArtifact, RunVerdict, StepOutcome, co
 from mlperf_harness.spec import MLPerfRunSpec
 
 from .jobs import job_name
-from .observe import JobView
+from .observe import NO_WORKLOAD, NOT_CONSIDERED, JobView
 from .status import MLPerfRunStatus, StepState, StepStatus, now
 
 __all__ = ["Decision", "Event", "JobView", "decide"]
 
 ACTIVE: tuple[StepState, ...] = ("Pending", "Queued", "Running")
 UNSCHEDULABLE = "Unschedulable"
+QUEUED = "Queued"  # the condition while a step's Job waits for Kueue's admission
+QUIET = ("", NO_WORKLOAD, NOT_CONSIDERED, "Admitted")  # queued, not worth an Event: Kueue has not decided, or said yes
 IN_PRODUCTION = "ArtifactInProduction"  # another run makes the step's artifact: no Job, no duplicate work
 
 
@@ -132,6 +134,7 @@ def _observe(
             startTime=job.start or (old.startTime if old else None),
             endTime=job.end,
             cacheHit=bool(job.outcome and job.outcome.cacheHit),
+            reason=job.reason,
             message=job.message or (job.outcome.message if job.outcome else ""),
         )
     if step.artifact and step.artifact.relpath in cache:
@@ -184,6 +187,13 @@ def _set_phase(
         status.set_condition(UNSCHEDULABLE, True, UNSCHEDULABLE, f"{stuck[0].name}: {stuck[0].message}", generation)
     elif any(c.type == UNSCHEDULABLE for c in status.conditions):
         status.set_condition(UNSCHEDULABLE, False, "Scheduled", "every step's pod found a node", generation)
+    queued = [s for s in status.steps if s.state == "Queued"]
+    if queued:  # Kueue's story: why the first waiting step's Job is not admitted
+        status.set_condition(
+            QUEUED, True, queued[0].reason or QUEUED, f"{queued[0].name}: {queued[0].message}", generation
+        )
+    elif any(c.type == QUEUED for c in status.conditions):
+        status.set_condition(QUEUED, False, "Admitted", "Kueue admitted every queued step's Job", generation)
 
     if phase == Phase.FAILED:
         step = next((s for s in status.steps if s.state == "Failed"), None)
@@ -202,6 +212,8 @@ def _set_phase(
     else:
         running = [s.name for s in status.steps if s.state in ACTIVE]
         status.message = f"{phase.value}: {', '.join(running) or 'waiting'}"
+        if phase == Phase.QUEUED:
+            status.message += f" ({queued[0].message})"
         status.set_condition("Progressing", True, phase.value, status.message, generation)
 
     if phase in (Phase.SUCCEEDED, Phase.FAILED):
@@ -243,6 +255,8 @@ def _step_events(decision: Decision, previous: MLPerfRunStatus) -> None:
         old = previous.step(st.name)
         if st.reason == UNSCHEDULABLE and st.state != "Failed" and (old is None or old.reason != UNSCHEDULABLE):
             decision.events.append(Event("Warning", UNSCHEDULABLE, f"{st.name}: {st.message}"))
+        if st.state == "Queued" and st.reason not in QUIET and (old is None or old.reason != st.reason):
+            decision.events.append(Event("Normal", QUEUED, f"{st.name}: {st.message}"))
     for step, st in decision.finished:
         if st.cacheHit:
             decision.events.append(Event("Normal", "CacheHit", f"{step.name}: {st.message}"))

@@ -62,7 +62,9 @@ class StepStatus(StatusModel):
     endTime: str | None = Field(default=None, description="When the step finished.")
     cacheHit: bool = Field(default=False, description="The step's artifact was already in the cache.")
     reason: str = Field(
-        default="", description="Why the step waits or failed: Unschedulable when no node fits its pod."
+        default="",
+        description="Why the step waits or failed: Unschedulable when no node fits its pod; while its Job waits "
+        "for Kueue (Queued), the reason of its Workload's QuotaReserved condition, e.g. Pending.",
     )
     message: str = Field(default="", description="Outcome or failure details.")
 

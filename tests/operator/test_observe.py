@@ -100,3 +100,26 @@ def test_only_the_runs_own_jobs_and_each_jobs_own_pods_count() -> None:
     strangers["metadata"]["ownerReferences"] = [{"uid": "another-job"}]
     views = job_views([_job({"conditions": [_cond("Complete")]})], [strangers])
     assert list(views) == ["download-data"] and views["download-data"].outcome is None
+
+
+def _workload(owner: str, **reserved: str) -> dict[str, Any]:
+    conditions = [{"type": "QuotaReserved", **reserved}] if reserved else []
+    return {
+        "metadata": {"name": "job-r-download-data-1a2b3", "ownerReferences": [{"uid": owner}]},
+        "status": {"conditions": conditions},
+    }
+
+
+def test_a_job_waiting_for_kueue_says_kueues_reason_from_its_own_workload() -> None:
+    job = _job(suspend=True)
+    job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = "gpus"
+    why = "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor h200"
+    full = _workload("job-uid", status="False", reason="Pending", message=why)
+    view = job_view(job, [], workloads=[_workload("another-job", status="False", reason="Inadmissible"), full])
+    assert view.state == "Queued" and view.reason == "Pending"
+    assert why in view.message and "job-r-download-data-1a2b3" in view.message and "gpus" in view.message
+    assert job_view(job, [], workloads=[]).reason == "NoWorkload"  # Kueue has not seen the Job yet
+    admitted = _workload("job-uid", status="True", reason="QuotaReserved")
+    admitted["status"]["conditions"].append({"type": "Admitted", "status": "True"})
+    assert job_view(job, [], workloads=[admitted]).reason == "Admitted"
+    assert job_view(_job(suspend=True), []).reason == "Suspended"  # no LocalQueue: not Kueue's

@@ -156,6 +156,26 @@ def test_an_unschedulable_step_waits_saying_why_then_fails_after_the_deadline() 
     assert cond.reason == "Unschedulable" and "schedulingTimeoutSeconds" in cond.message and why in cond.message
 
 
+def test_a_run_whose_every_job_waits_for_kueue_is_queued_saying_kueues_reason() -> None:
+    first = _decide(MLPerfRunStatus(), {})
+    why = "Kueue: couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor h200"
+    waiting = {s.name: JobView(name=f"r-{s.name}", state="Queued", reason="Pending", message=why) for s in first.create}
+    d = _decide(first.status, waiting)
+    st = d.status.step("download-data")
+    assert st is not None and st.state == "Queued" and st.reason == "Pending" and st.message == why
+    assert d.status.phase == Phase.QUEUED and why in d.status.message
+    cond = next(c for c in d.status.conditions if c.type == "Queued")
+    assert cond.status == "True" and cond.reason == "Pending" and why in cond.message
+    assert [e.reason for e in d.events].count("Queued") == 2  # one per step
+    assert not [e for e in _decide(d.status, waiting).events if e.reason == "Queued"]  # said once
+
+    one_admitted = {**waiting, "download-data": JobView(name="r-download-data", state="Running")}
+    assert _decide(d.status, one_admitted).status.phase == Phase.DOWNLOADING  # not every Job in flight waits
+    running = {s: JobView(name=v.name, state="Running") for s, v in waiting.items()}
+    after = _decide(d.status, running).status
+    assert next(c for c in after.conditions if c.type == "Queued").status == "False"
+
+
 def test_a_producing_job_records_the_artifact_its_pod_wrote_not_the_plan() -> None:
     engine = next(s for s in STEPS if s.verb == "build-engine")
     assert engine.artifact is not None
