@@ -18,7 +18,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from .errors import HarnessError
 from .fsutil import sha256_file
-from .spec import HttpsSource, PvcSource, S3Source
+from .spec import HttpsSource, PvcSource, S3Source, Source
 
 # Where a Job finds a PVC source mounted (the operator mounts claim <name> at <root>/<name>).
 SOURCE_ROOT_ENV = "MLPERF_SOURCES_ROOT"
@@ -179,6 +179,25 @@ def copy_file_verified(src: Path, dest_dir: Path, sha: str | None = None) -> Pat
     part = final.with_name(final.name + ".part")
     shutil.copyfile(src, part)
     return _finish(part, final, sha)
+
+
+def fetch_file(source: Source, dest_dir: Path, name: str, *, quiet: bool = False) -> Path:
+    """A real source's one file as ``dest_dir/name``: downloaded over https or from s3 (checksum
+    checked), or copied from a PVC (the file itself, or ``name`` in its folder)."""
+    target = dest_dir / name
+    if source.https is not None:
+        got = fetch_https(source.https, dest_dir, quiet=quiet)
+    elif source.s3 is not None:
+        got = fetch_s3(source.s3, dest_dir, quiet=quiet)
+    else:
+        assert source.pvc is not None
+        path = resolve_pvc(source.pvc)
+        got = copy_file_verified(path if path.is_file() else path / name, dest_dir)
+    if got.is_dir():  # an s3 prefix: the file is inside it
+        got = got / name
+    if got != target:
+        got.replace(target)
+    return target
 
 
 def unpack(archive: Path, dest: Path, what: str) -> Path:

@@ -143,16 +143,7 @@ class ResNet50(Benchmark):
             with temp_path_for(target) as tmp:
                 synthetic_resnet.write(tmp, source.synthetic.seed)
             return target
-        if source.https is not None:
-            got = download.fetch_https(source.https, out_dir, quiet=quiet)
-        elif source.s3 is not None:
-            got = download.fetch_s3(source.s3, out_dir, quiet=quiet)
-        else:
-            assert source.pvc is not None
-            path = download.resolve_pvc(source.pvc)
-            got = download.copy_file_verified(path if path.is_file() else path / MODEL_FILE, out_dir)
-        if got != target:
-            got.replace(target)
+        download.fetch_file(source, out_dir, MODEL_FILE, quiet=quiet)
         _check_onnx(target)
         return target
 

@@ -61,18 +61,7 @@ class Bert(Benchmark):
         target = out_dir / MODEL_FILE
         if source.synthetic is not None:
             return build_model(target, source.synthetic.seed, source.synthetic.size)
-        if source.https is not None:
-            got = download.fetch_https(source.https, out_dir, quiet=quiet)
-        elif source.s3 is not None:
-            got = download.fetch_s3(source.s3, out_dir, quiet=quiet)
-        else:
-            assert source.pvc is not None
-            path = download.resolve_pvc(source.pvc)
-            got = download.copy_file_verified(path if path.is_file() else path / MODEL_FILE, out_dir)
-        if got.is_dir():
-            got = got / MODEL_FILE
-        if got != target:
-            got.replace(target)
+        download.fetch_file(source, out_dir, MODEL_FILE, quiet=quiet)
         _check_model(target)
         return target
 

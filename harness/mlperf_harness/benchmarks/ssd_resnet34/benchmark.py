@@ -60,16 +60,7 @@ class SSDResNet34(Benchmark):
         if source.synthetic is not None:
             # The official file name, so model_file finds it; its input says the size (400 or 1200).
             return ssd_model.build_model(target, source.synthetic.seed, source.synthetic.size)
-        if source.https is not None:
-            got = download.fetch_https(source.https, out_dir, quiet=quiet)
-        elif source.s3 is not None:
-            got = download.fetch_s3(source.s3, out_dir, quiet=quiet)
-        else:
-            assert source.pvc is not None
-            path = download.resolve_pvc(source.pvc)
-            got = download.copy_file_verified(path if path.is_file() else path / coco.MODEL_FILE, out_dir)
-        if got != target:
-            got.replace(target)
+        download.fetch_file(source, out_dir, coco.MODEL_FILE, quiet=quiet)
         _check_model(target)
         return target
 

@@ -105,16 +105,7 @@ class Unet3D(Benchmark):
         target = out_dir / self.model_name
         if source.synthetic is not None:
             return self.synthetic_model(target, source.synthetic.seed, source.synthetic.size)
-        if source.https is not None:
-            got = download.fetch_https(source.https, out_dir, quiet=quiet)
-        elif source.s3 is not None:
-            got = download.fetch_s3(source.s3, out_dir, quiet=quiet)
-        else:
-            assert source.pvc is not None
-            path = download.resolve_pvc(source.pvc)
-            got = download.copy_file_verified(path if path.is_file() else path / self.model_name, out_dir)
-        if got != target:
-            got.replace(target)
+        download.fetch_file(source, out_dir, self.model_name, quiet=quiet)
         try:
             self.check_model(target)
         except HarnessError:
