@@ -240,8 +240,13 @@ def test_an_unschedulable_step_says_why_warns_and_fails_the_run_after_its_deadli
     assert status["phase"] == "Downloading"
     stuck = step(status, "download-data")
     assert stuck["reason"] == "Unschedulable" and "node(s) didn't match" in stuck["message"], stuck
-    warnings = [e for e in all_events(api, namespace) if e.involved_object.name == "nowhere" and e.type == "Warning"]
-    assert "Unschedulable" in {e.reason for e in warnings}
+
+    def warned() -> set[str]:  # the Event follows the status patch that the wait above saw
+        events = all_events(api, namespace)
+        return {e.reason for e in events if e.involved_object.name == "nowhere" and e.type == "Warning"}
+
+    wait_for(lambda: "Unschedulable" in warned(), timeout=30, what="the Unschedulable Warning Event")
+    assert "Unschedulable" in warned()
 
     final = wait_phase(api, namespace, "nowhere", TERMINAL, operator)["status"]
     failed = next(c for c in final["conditions"] if c["type"] == "Failed")
