@@ -2,6 +2,7 @@
 
     python3 benchmarks/models.py                       # on one NVIDIA GPU: full-size models, pytorch fp16
     python3 benchmarks/models.py --cpu                 # on this CPU: small models, onnxruntime fp32
+    python3 benchmarks/models.py --cpu --backend pytorch   # the GPU path's code on this CPU (fp32)
         [--benchmarks bert dlrm ...] [--samples 64] [--seconds 10] [--size small|full]
 
 Per benchmark:
@@ -102,10 +103,10 @@ def harness_offline(ws: Any) -> tuple[float, str]:
     return r.samplesPerSecond or 0.0, r.resultValidity
 
 
-def measure(name: str, samples: int, seconds: float, size: str, cpu: bool) -> dict[str, Any]:
+def measure(name: str, samples: int, seconds: float, size: str, cpu: bool, backend: str) -> dict[str, Any]:
     suite, category, gpu_batch, cpu_batch = SETUP[name]
     batch = cpu_batch if cpu else gpu_batch
-    backend, precision = ("onnxruntime", "fp32") if cpu else ("pytorch", "fp16")
+    precision = "fp16" if backend == "pytorch" and not cpu else "fp32"
     t = time.perf_counter()
     spec = {
         "benchmark": name,
@@ -149,14 +150,16 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--size", choices=("full", "small"), default=None, help="default: full on a GPU, small with --cpu")
-    ap.add_argument("--cpu", action="store_true", help="onnxruntime on this CPU (small models by default)")
+    ap.add_argument("--cpu", action="store_true", help="on this CPU, fp32 (small models by default)")
+    ap.add_argument("--backend", default=None, help="default: onnxruntime with --cpu, else pytorch")
     args = ap.parse_args()
+    backend = args.backend or ("onnxruntime" if args.cpu else "pytorch")
     size = args.size or ("small" if args.cpu else "full")
-    print(f"models: {stamp()}, {machine()}, {'cpu onnxruntime fp32' if args.cpu else 'gpu pytorch fp16'}, {size}")
+    print(f"models: {stamp()}, {machine()}, {backend}, {'cpu fp32' if args.cpu else 'gpu fp16'}, {size}")
     results = []
     for name in args.benchmarks:
         try:
-            results.append(measure(name, args.samples, args.seconds, size, args.cpu))
+            results.append(measure(name, args.samples, args.seconds, size, args.cpu, backend))
         except Exception as exc:  # one benchmark's failure is reported, the others still measured
             say(f"{name}: FAILED {type(exc).__name__}: {exc}")
             results.append({"benchmark": name, "error": f"{type(exc).__name__}: {exc}"})

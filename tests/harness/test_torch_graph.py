@@ -51,8 +51,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _feeds(name: str) -> Feeds:
-    """Input batches of two (ssd: one image) with what each model's inputs mean: token ids with
-    padding, rows per dlrm sample, utterances of different lengths (one empty, as in a warm-up)."""
+    """Input batches of two (ssd's two images take its batched post-processing) with what each model's
+    inputs mean: token ids with padding, rows per dlrm sample, utterances of different lengths (one
+    empty, as in a warm-up)."""
     rng = np.random.default_rng(SEED)
 
     def normal(*shape: int) -> np.ndarray:
@@ -72,7 +73,7 @@ def _feeds(name: str) -> Feeds:
         ]
         return batching.collate(samples)
     return {
-        "ssd-resnet34": lambda: {"image": normal(1, 3, 400, 400)},
+        "ssd-resnet34": lambda: {"image": normal(2, 3, 400, 400)},
         "3d-unet": lambda: {"input": normal(2, 1, 32, 32, 32)},
         "rnnt.encoder": lambda: {"feature": normal(3, 30, 240), "feature_length": np.array([30, 17, 0])},
         "rnnt.prediction": lambda: {

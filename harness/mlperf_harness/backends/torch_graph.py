@@ -13,7 +13,8 @@ first). BERT's attention is fused on a GPU (``fuse_attention``). The GPU part is
 (no GPU where it was written).
 
 onnx2torch has no LSTM converter (rnnt) nor Compress (ssd's batched post-processing): both are
-registered here (LSTM forward, one direction, the sequence lengths through a packed sequence).
+registered here (LSTM forward, one direction, the sequence lengths through a packed sequence); its
+CumSum reverses a sum whose ``reverse`` attribute is absent, which ``convert`` corrects.
 """
 
 from __future__ import annotations
@@ -236,6 +237,9 @@ def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
                 fx_node = graph.call_function(operator.getitem, (fx_node, index))
             picked.append(fx_node)
     out.args = (tuple(picked),)
+    for node in onnx_graph.nodes.values():
+        if node.operation_type == "CumSum":  # onnx2torch 1.5 reads a missing `reverse` as 1; ONNX's default is 0
+            model.get_submodule(node.unique_name).reverse = bool(node.attributes.get("reverse", 0))
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats:
             model.set_submodule(name, InstanceNorm(m))
