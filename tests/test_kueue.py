@@ -18,6 +18,7 @@ from typing import Any
 from cluster import Cluster, PodExecutor, wait_for
 from cluster.operator_process import OperatorProcess
 from kubernetes import client
+from mlperf_operator.jobs import RUN_LABEL, STEP_LABEL
 from mlperf_operator.reconcile import QUIET
 from test_operator_e2e import apply, crds, get_run, make_claim, operator, wait_phase
 from test_operator_hardening import quick
@@ -298,3 +299,90 @@ def test_twenty_runs_over_the_quota_are_admitted_by_priority_never_over_the_quot
             f"peak {watcher.peak} GPUs admitted, {watcher.polls} polls, {time.monotonic() - t0:.0f} s"
         )
 
+
+A100 = "NVIDIA-A100-SXM4-80GB"  # tools/cluster.py: two kwok nodes of 8 GPUs
+PERF = "run-offline-performance"
+
+
+class Finisher(threading.Thread):
+    """kwok's stand-in for the pods' processes: ends every running pod of the operator's in the namespace at once
+    (exit code 0, no outcome), except the performance steps' pods, which run until the test releases them."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        super().__init__(daemon=True)
+        self.core, self.namespace = client.CoreV1Api(api), namespace
+        self.stop = threading.Event()
+
+    def end(self, pod: str) -> None:
+        self.core.patch_namespaced_pod(pod, self.namespace, {"metadata": {"annotations": KWOK_DONE}})
+
+    def held(self) -> list[Any]:
+        pods = self.core.list_namespaced_pod(self.namespace, field_selector="status.phase=Running").items
+        return [p for p in pods if not set(KWOK_DONE) & set(p.metadata.annotations or {})]
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for pod in self.held():
+                if pod.metadata.labels.get(STEP_LABEL) != PERF:
+                    self.end(pod.metadata.name)
+            time.sleep(0.3)
+
+
+def test_a_performance_step_takes_a_whole_node_and_engine_build_and_runs_land_on_one_gpu_product(
+    kueue: Cluster, api: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    """Two runs on A100 through Kueue (a100 flavor, 16 GPUs): `whole` with system.exclusiveNode, `shared` without.
+    Their performance pods are held running together: `whole`'s asks all 8 GPUs of a node, so it is alone on its
+    node (the scheduler counts GPUs: no other GPU pod fits there), and `shared`'s one-GPU pod lands elsewhere.
+    Every GPU step of both (engine build and run) selects, is admitted to and placed on the A100 product."""
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    finisher = Finisher(api, namespace)
+    finisher.start()
+    try:
+        with local_queue(custom, namespace, 0, a100=16) as queue:
+            for name, exclusive in (("whole", True), ("shared", False)):
+                make_claim(api, namespace, f"{name}-cache")
+                system = {"gpuProduct": A100, "gpuCount": 1, "exclusiveNode": exclusive, "gpusPerNode": 8}
+                run = quick(name, backend="onnxruntime", system=system, kueue={"queueName": queue})
+                apply(kueue, namespace, {**run, "spec": {**run["spec"], "storage": {"existingClaim": f"{name}-cache"}}})
+
+            def both_running() -> dict[str, Any] | None:
+                held = {
+                    p.metadata.labels[RUN_LABEL]: p for p in finisher.held() if p.metadata.labels[STEP_LABEL] == PERF
+                }
+                return held if set(held) == {"whole", "shared"} else None
+
+            held = wait_for(both_running, timeout=180, what="both runs' performance pods running")
+            whole, shared = held["whole"], held["shared"]
+            limits = whole.spec.containers[0].resources.limits
+            assert limits[GPU] == "8" and shared.spec.containers[0].resources.limits[GPU] == "1", limits
+            node = whole.spec.node_name
+            on_node = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+            gpu_pods = [p.metadata.name for p in on_node if p.status.phase == "Running" and pod_gpus([p])]
+            assert gpu_pods == [whole.metadata.name], f"GPU pods on {node} beside the exclusive one: {gpu_pods}"
+            assert shared.spec.node_name != node
+            for name in ("whole", "shared"):
+                finisher.end(held[name].metadata.name)
+            done = [wait_done(api, namespace, n, operator) for n in ("whole", "shared")]
+            assert [s["phase"] for s in done] == ["Succeeded", "Succeeded"], [s.get("message") for s in done]
+
+        gpu_pods = [p for p in core.list_namespaced_pod(namespace).items if p.spec.node_selector]
+        steps = {p.metadata.labels[STEP_LABEL] for p in gpu_pods}
+        assert PERF in steps and any(s.startswith("build-engine") for s in steps), steps
+        for pod in gpu_pods:
+            assert pod.spec.node_selector == {"nvidia.com/gpu.product": A100}, pod.spec.node_selector
+            labels = core.read_node(pod.spec.node_name).metadata.labels
+            assert labels["nvidia.com/gpu.product"] == A100, (pod.metadata.name, pod.spec.node_name)
+        flavors = [
+            a.get("flavors", {}).get(GPU)
+            for wl in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "workloads")["items"]
+            for a in (wl["status"].get("admission") or {}).get("podSetAssignments") or []
+            if _gpus(a.get("resourceUsage"))
+        ]
+        assert flavors and set(flavors) == {"a100"}, flavors
+        print(
+            f"exclusive test: whole on {node} alone, shared on {shared.spec.node_name}, {len(gpu_pods)} GPU pods on A100"
+        )
+    finally:
+        finisher.stop.set()
+        finisher.join(timeout=10)
