@@ -381,7 +381,8 @@ def test_a_performance_step_takes_a_whole_node_and_engine_build_and_runs_land_on
         ]
         assert flavors and set(flavors) == {"a100"}, flavors
         print(
-            f"exclusive test: whole on {node} alone, shared on {shared.spec.node_name}, {len(gpu_pods)} GPU pods on A100"
+            f"exclusive test: whole on {node} alone, shared on {shared.spec.node_name}, "
+            f"{len(gpu_pods)} GPU pods on A100"
         )
     finally:
         finisher.stop.set()

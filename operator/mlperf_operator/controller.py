@@ -160,7 +160,7 @@ class Controller:
         status = other.get("status") or {}
         if status.get("phase") in TERMINAL_PHASES:
             return None
-        step = next((s for s in status.get("steps") or [] if s.get("name") == holder["step"]), {})
+        step: dict[str, Any] = next((s for s in status.get("steps") or [] if s.get("name") == holder["step"]), {})
         if step.get("state") == "Queued":
             why = str(step.get("message", "")).removeprefix("Kueue: ")
             return f"run {holder['run']} (step {holder['step']}, queued in Kueue: {why})"
