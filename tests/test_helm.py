@@ -289,3 +289,35 @@ def test_helm_install_succeeds_and_the_operator_pod_is_admitted_as_restricted(
         assert not failed, failed
     finally:
         uninstall(cluster, release, namespace)
+
+
+def test_the_kueue_option_gives_the_operator_its_default_queue_and_installs_the_local_queues() -> None:
+    def env(docs: list[dict[str, Any]]) -> dict[str, str]:
+        container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"]}
+
+    off = render()
+    assert "MLPERF_KUEUE_QUEUE" not in env(off) and not by_kind(off, "LocalQueue")
+    docs = render(kueue={"enabled": True, "localQueue": "gpus", "priorityClass": "low"})
+    assert env(docs)["MLPERF_KUEUE_QUEUE"] == "gpus" and env(docs)["MLPERF_KUEUE_PRIORITY_CLASS"] == "low"
+    assert not by_kind(docs, "LocalQueue")  # the queue may be the cluster admin's
+    docs = render(
+        namespace="ops",
+        scope="namespace",
+        watchNamespaces=["team-a", "team-b"],
+        kueue={"enabled": True, "createLocalQueue": True, "clusterQueue": "shared"},
+    )
+    assert "MLPERF_KUEUE_PRIORITY_CLASS" not in env(docs)
+    queues = by_kind(docs, "LocalQueue")
+    assert [(q["metadata"]["name"], q["metadata"]["namespace"]) for q in queues] == [
+        ("mlperf", "team-a"),
+        ("mlperf", "team-b"),
+    ]
+    assert {q["spec"]["clusterQueue"] for q in queues} == {"shared"}
+    # The operator reads Kueue's Workloads (why a step is Queued), and only lists them.
+    (role,) = by_kind(render(), "ClusterRole")
+    assert [r["verbs"] for r in role["rules"] if r["resources"] == ["workloads"]] == [["list"]]
+    proc = helm(
+        "template", "x", str(CHART), "--kube-version", KUBE_VERSION, *sets({"kueue": {"enable": True}}), check=False
+    )
+    assert proc.returncode != 0 and "enable" in proc.stderr

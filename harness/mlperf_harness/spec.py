@@ -259,7 +259,10 @@ class System(SpecModel):
     )
     exclusiveNode: bool = Field(
         default=False,
-        description="Take a whole node for performance runs (requests all of the node's GPUs).",
+        description=(
+            "Take a whole node for the harness runs and audits: their pods request all gpusPerNode GPUs, so no "
+            "other GPU pod shares the node while they measure (the scheduler and Kueue's quota count them)."
+        ),
     )
     gpusPerNode: int = Field(default=8, ge=1, le=16, description="GPUs on one node of this product, for exclusiveNode.")
 
@@ -297,10 +300,18 @@ class LoadGenOverrides(SpecModel):
 
 class Kueue(SpecModel):
     queueName: str | None = Field(
-        default=None, description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name on every Job."
+        default=None,
+        description=(
+            "Kueue LocalQueue of the run's namespace: every Job gets kueue.x-k8s.io/queue-name and waits, "
+            "suspended and Queued, until Kueue admits it (default: the operator's, the chart's kueue.localQueue)."
+        ),
     )
     priorityClass: str | None = Field(
-        default=None, description="Kueue WorkloadPriorityClass (kueue.x-k8s.io/priority-class)."
+        default=None,
+        description=(
+            "Kueue WorkloadPriorityClass (kueue.x-k8s.io/priority-class): higher values are admitted first "
+            "(default: the operator's, the chart's kueue.priorityClass)."
+        ),
     )
 
 

@@ -146,7 +146,9 @@ class Controller:
 
     def _producer(self, run: dict[str, Any], lease: str | None) -> str | None:
         """Who else is producing an artifact now: a lease of another run that still runs (a run that ended or
-        is gone left a stale one behind, which the next producer takes over)."""
+        is gone left a stale one behind, which the next producer takes over). A producer whose Job waits in
+        Kueue's queue keeps its lease (one producer per artifact; a queue wait is no failure), and the runs
+        behind it are told that it is queued, and Kueue's reason."""
         if not lease:
             return None
         holder = json.loads(lease)
@@ -155,8 +157,13 @@ class Controller:
         other = self.kube.get_run(run["metadata"]["namespace"], holder["run"])
         if other is None or other["metadata"]["uid"] != holder["uid"]:
             return None
-        if (other.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        status = other.get("status") or {}
+        if status.get("phase") in TERMINAL_PHASES:
             return None
+        step: dict[str, Any] = next((s for s in status.get("steps") or [] if s.get("name") == holder["step"]), {})
+        if step.get("state") == "Queued":
+            why = str(step.get("message", "")).removeprefix("Kueue: ")
+            return f"run {holder['run']} (step {holder['step']}, queued in Kueue: {why})"
         return f"run {holder['run']} (step {holder['step']})"
 
     def _take_leases(self, run: dict[str, Any], claim: str, decision: Decision, version: str) -> bool:

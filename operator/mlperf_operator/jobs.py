@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from mlperf_harness.pipeline import Step
@@ -14,6 +15,10 @@ PART_OF = "mlperf-operator"
 RUN_LABEL = f"{GROUP}/run"
 STEP_LABEL = f"{GROUP}/step"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # a Job that names a LocalQueue waits for Kueue to admit it
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # a WorkloadPriorityClass: the order of admission
+# The chart's kueue option (helm/mlperf-operator values kueue.*): the LocalQueue and WorkloadPriorityClass of the
+# Jobs of every run that names none in spec.kueue.
+DEFAULT_QUEUE_ENV, DEFAULT_PRIORITY_ENV = "MLPERF_KUEUE_QUEUE", "MLPERF_KUEUE_PRIORITY_CLASS"
 ARTIFACT_ANNOTATION = f"{GROUP}/artifact"
 WORKDIR = "/mlperf"
 SOURCES_ROOT = "/sources"
@@ -86,6 +91,16 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def kueue_labels(spec: MLPerfRunSpec) -> dict[str, str]:
+    """Kueue's labels for a Job: the run's spec.kueue, else the operator's defaults (the chart's kueue option);
+    none without a LocalQueue, as a priority class alone means nothing to Kueue."""
+    queue = spec.kueue.queueName or os.environ.get(DEFAULT_QUEUE_ENV)
+    if not queue:
+        return {}
+    priority = spec.kueue.priorityClass or os.environ.get(DEFAULT_PRIORITY_ENV)
+    return {KUEUE_QUEUE_LABEL: queue, **({KUEUE_PRIORITY_LABEL: priority} if priority else {})}
 
 
 def _gpu_count(spec: MLPerfRunSpec, step: Step) -> int:
@@ -163,11 +178,8 @@ def _job(
 ) -> dict[str, Any]:
     """A Job of the harness image running `mlperf <command>` on the claim, as the spec places its pods;
     ``key`` is the owner's directory on the claim (MLPERF_RUN)."""
-    job_labels = dict(labels)
-    if spec.kueue.queueName:
-        job_labels[KUEUE_QUEUE_LABEL] = spec.kueue.queueName
-    if spec.kueue.priorityClass:
-        job_labels["kueue.x-k8s.io/priority-class"] = spec.kueue.priorityClass
+    queue = kueue_labels(spec)
+    job_labels = {**labels, **queue}
 
     resources: dict[str, Any] = {k: dict(v) for k, v in spec.resources.items()}
     node_selector = dict(spec.nodeSelector)
@@ -237,7 +249,7 @@ def _job(
     }
     if spec.ttlSecondsAfterFinished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttlSecondsAfterFinished
-    if spec.kueue.queueName:
+    if queue:
         job_spec["suspend"] = True  # Kueue un-suspends the Job when it admits it
 
     metadata: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from mlperf_harness.pipeline import plan
 from mlperf_harness.spec import MLPerfRunSpec
 from mlperf_operator.jobs import build_claim, build_job, dns_name, job_name, run_label
@@ -58,6 +59,36 @@ def test_kueue_jobs_start_suspended_with_their_queue() -> None:
     job = _job(_spec(kueue={"queueName": "gpu", "priorityClass": "high"}), "download-data")
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "high"
+
+
+def test_the_operators_default_queue_and_priority_apply_unless_the_run_names_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLPERF_KUEUE_QUEUE", "team")  # the chart's kueue.localQueue
+    monkeypatch.setenv("MLPERF_KUEUE_PRIORITY_CLASS", "low")
+    default = _job(_spec(), "download-data")
+    assert default["spec"]["suspend"] is True
+    assert default["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team"
+    assert default["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "low"
+    own = _job(_spec(kueue={"queueName": "gpu", "priorityClass": "high"}), "download-data")["metadata"]["labels"]
+    assert own["kueue.x-k8s.io/queue-name"] == "gpu" and own["kueue.x-k8s.io/priority-class"] == "high"
+    monkeypatch.delenv("MLPERF_KUEUE_QUEUE")
+    plain = _job(_spec(), "download-data")  # a priority class alone goes to no queue
+    assert "suspend" not in plain["spec"]
+    assert not [k for k in plain["metadata"]["labels"] if k.startswith("kueue.x-k8s.io/")]
+
+
+def test_engine_build_and_runs_land_on_the_same_gpu_product() -> None:
+    spec = _spec(backend="onnxruntime", system={"gpuProduct": "NVIDIA-A100-SXM4-80GB", "exclusiveNode": True})
+    gpu_steps = [s.name for s in plan(spec, "v") if s.gpu]
+    assert any(n.startswith("build-engine") for n in gpu_steps) and "run-offline-performance" in gpu_steps
+    for name in gpu_steps:
+        pod = _job(spec, name)["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, name
+    engine = next(n for n in gpu_steps if n.startswith("build-engine"))
+    limits = _job(spec, engine)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"  # exclusiveNode is for measuring, not for building
 
 
 def test_created_claim_is_owned_unless_retained() -> None:
