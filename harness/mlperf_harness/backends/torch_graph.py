@@ -204,7 +204,8 @@ def missing_converters(proto: onnx.ModelProto) -> list[str]:
 
 def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
     """The graph as an fx.GraphModule that takes the inputs in graph order and returns exactly
-    ``outputs`` as a tuple (what nothing asked for is not computed)."""
+    ``outputs`` as a tuple (what nothing asked for is not computed). ``proto`` is the graph of the
+    file ``path``, its weights loaded or not."""
     from onnx2torch import convert as onnx2torch_convert
     from onnx2torch.onnx_graph import OnnxGraph
 
@@ -215,7 +216,11 @@ def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
             f"{path.name}: onnx2torch cannot convert {', '.join(missing)}; use backend onnxruntime for this model"
         )
     try:
-        model = onnx2torch_convert(proto)
+        # A model with external data can be over protobuf's 2 GiB (dlrm's tables), which onnx2torch's
+        # in-memory shape inference cannot serialize: it gets the file, and infers shapes file to file
+        # (beside the model: a temporary file it deletes).
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        model = onnx2torch_convert(path if external else _load_proto(path))
     except NotImplementedError as exc:
         raise HarnessError(f"{path.name}: onnx2torch cannot convert it ({exc}); use backend onnxruntime") from None
     # onnx2torch returns whole nodes as outputs; the outputs are rebuilt by name instead.
@@ -504,7 +509,7 @@ class TorchGraphBackend(ModelBackend):
     def load(self, model_path: Path, batch_size: int, precision: str, *, outputs: Sequence[str] = ()) -> None:
         if not model_path.is_file():
             raise HarnessError(f"{model_path}: missing model file")
-        proto = _load_proto(model_path)
+        proto = _load_proto(model_path, weights=False)  # the weights come with the conversion, from the file
         self._file = model_path.name
         specs = {o.name: graph_spec(o) for o in proto.graph.output}
         self._names = pick_outputs(list(specs), outputs, model_path.name)
