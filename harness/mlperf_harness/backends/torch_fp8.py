@@ -198,7 +198,8 @@ class Fp8Conv(nn.Module):
         self.register_buffer("w_t", q.t(), persistent=False)  # (kh*kw*C, K) column-major
         self.register_buffer("scale_b", (w_scale * in_scale).reshape(1, -1).float(), persistent=False)
         self.in_scale = float(in_scale)
-        self.register_buffer("in_inv", torch.tensor(1.0 / in_scale), persistent=False)
+        # On the weights' device: a CPU scalar would be read back in the middle of a CUDA graph.
+        self.register_buffer("in_inv", torch.tensor(1.0 / in_scale, device=w.device), persistent=False)
         bias = None if conv.bias is None else conv.bias.detach().to(dtype)
         self.register_buffer("bias", bias, persistent=False)
         self.emit_scale: float | None = None
@@ -319,14 +320,14 @@ def _emit_quantized(model: Any, fp8_nodes: set[Any]) -> None:
         readers = [u for u in producer.users if u in fp8_nodes and u.args[0] is producer]
         if not readers:
             continue
-        first = model.get_submodule(str(readers[0].target))
         scale = max(model.get_submodule(str(r.target)).in_scale for r in readers)
         for r in readers:  # one quantised copy: every reader takes the largest of their scales
             mod = model.get_submodule(str(r.target))
             mod.scale_b.mul_(scale / mod.in_scale)
+            mod.in_inv.fill_(1.0 / scale)
             mod.in_scale = scale
         others = [u for u in producer.users if u not in readers]
-        model.get_submodule(str(producer.target)).set_emit(scale, keep=bool(others) or first is None)
+        model.get_submodule(str(producer.target)).set_emit(scale, keep=bool(others))
         with graph.inserting_after(producer):
             q = graph.call_function(operator.getitem, (producer, 1))
         with graph.inserting_after(producer):
