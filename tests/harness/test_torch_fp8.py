@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness_support import pooled_features
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx2torch")
@@ -205,7 +206,7 @@ def test_build_engine_calibrates_and_keys_the_scales(workspace: Any) -> None:
     fp8.load(out / "model.onnx", 8, "fp8", outputs=["softmax_tensor:0"])
     fp32.load(ws.bench.model_file(ws.model_dir), 8, "fp32", outputs=["softmax_tensor:0"])
     assert fp8.fp8_convs == 36  # type: ignore[attr-defined]
-    feats = [_features(b, data) for b in (fp8, fp32)]
+    feats = [pooled_features(b, {"input_tensor:0": data}) for b in (fp8, fp32)]
     gate = torch_fp8.accuracy_gate(*feats)
     print(gate)
     # On the pooled features (the softmax of the synthetic classifier is ill-conditioned: its
@@ -213,16 +214,3 @@ def test_build_engine_calibrates_and_keys_the_scales(workspace: Any) -> None:
     # a few per cent (test_rewritten_model_matches_fp32), residual paths keeping the error from
     # compounding: measured 4.0 % here; 0.1 bounds it with room.
     assert gate["finite"] and gate["relErr"] < 0.1
-
-
-def _features(backend: Any, data: np.ndarray) -> np.ndarray:
-    """The global-average-pooled features a backend's model computes for ``data``."""
-    model = backend._model
-    [pool] = [m for m in model.modules() if "GlobalAveragePool" in type(m).__name__]
-    seen: list[Any] = []
-    hook = pool.register_forward_hook(lambda mod, args, out: seen.append(out.detach().float().reshape(len(out), -1)))
-    try:
-        backend.predict({"input_tensor:0": data})
-    finally:
-        hook.remove()
-    return np.asarray(seen[0].numpy())
