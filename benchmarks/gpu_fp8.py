@@ -1,7 +1,7 @@
 """resnet50 in FP8 on one Hopper GPU (pytorch backend, ``precision: fp8``): one device call.
 
     PYTHONUNBUFFERED=1 PYTHONPATH=harness:benchmarks python3 benchmarks/gpu_fp8.py [--batch 1024]
-        [--seconds 15] [--budget 400] [--variants 1x1 1x1-noemit all] [--no-profile]
+        [--seconds 15] [--budget 400] [--variants 1x1 1x1-noemit all 1x1-exactacc] [--no-profile]
     PYTHONPATH=harness:benchmarks python3 benchmarks/gpu_fp8.py --cpu --tiny   # dry run of every stage
 
 1. Calibration: the benchmark's calibration samples; the dataset is SYNTHETIC, so they are its
@@ -12,7 +12,7 @@
    classifier's margins are tiny, see BENCHMARKS.md); fp8 with CUDA graphs against fp8 eager.
 3. The plain loop (CUDA graph replays on device-resident samples, events timed) for fp16 and for
    each fp8 variant (``MLPERF_TORCH_FP8_CONVS`` 1x1 or all, the quantised copies written by the
-   producer's epilogue or not), in the same run.
+   producer's epilogue or not, and 1x1-exactacc: fast accumulation off), in the same run.
 4. The harness: LoadGen Offline in fp8 (the fastest variant), its ratio to that variant's plain
    loop, and to TensorRT's 96,029 per H200.
 5. torch.profiler: GPU time per kernel of one fp8 batch, largest first.
@@ -43,8 +43,14 @@ from mlperf_harness.backends.torch_fp8 import accuracy_gate
 from mlperf_harness.benchmarks.resnet50 import INPUT
 
 TENSORRT_H200 = 96_029.0  # best published resnet50 Offline per H200 (v4.1, 8x H200 closed, INT8)
-# variant -> (MLPERF_TORCH_FP8_CONVS, MLPERF_TORCH_FP8_EMIT)
-VARIANTS = {"1x1": ("1x1", "1"), "1x1-noemit": ("1x1", "0"), "all": ("all", "1")}
+# variant -> (MLPERF_TORCH_FP8_CONVS, MLPERF_TORCH_FP8_EMIT, MLPERF_TORCH_FP8_FAST_ACCUM)
+VARIANTS = {
+    "1x1": ("1x1", "1", "1"),
+    "1x1-noemit": ("1x1", "0", "1"),
+    "all": ("all", "1", "1"),
+    "1x1-exactacc": ("1x1", "1", "0"),  # the tensor cores' accumulation promoted to fp32 (slower)
+}
+DEFAULT_VARIANTS = ["1x1", "1x1-noemit", "all"]
 ACCURACY_COMMAND = (
     "with the real resnet50_v1.onnx and ImageNet (val_map.txt and cal_image_list_option_1.txt beside "
     "the images): mlperf run with precision fp8, backend pytorch, testModes [AccuracyOnly]; target 99 % "
@@ -76,9 +82,10 @@ def stage(name: str, budget: float, fn: Callable[[], Any]) -> Any:
 
 
 def set_variant(name: str) -> None:
-    convs, emit = VARIANTS[name]
+    convs, emit, fast = VARIANTS[name]
     os.environ["MLPERF_TORCH_FP8_CONVS"] = convs
     os.environ["MLPERF_TORCH_FP8_EMIT"] = emit
+    os.environ["MLPERF_TORCH_FP8_FAST_ACCUM"] = fast
 
 
 def outputs(b: Any, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +157,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1024)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--budget", type=float, default=400.0, help="seconds: later stages are skipped past it")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--cpu", action="store_true", help="dry run on the CPU (emulated FP8 GEMMs)")
     ap.add_argument("--tiny", action="store_true", help="batch 4, 16 samples, 2 s: checks every stage runs")
