@@ -78,13 +78,20 @@ def scaled_mm(a: Any, b: Any, scale_b: Any, bias: Any, out_dtype: Any, fast_accu
     ones: the activation's per-tensor scale is folded into ``scale_b``); on the CPU the same
     product of the dequantised values in fp32."""
     if a.is_cuda:
-        return _gemm_plan(a.device, out_dtype, bias is not None)(a, b, scale_b, bias, out_dtype, fast_accum)
+        return PLANS[(a.device, out_dtype, bias is not None)](a, b, scale_b, bias, out_dtype, fast_accum)
     y = (a.float() @ b.float()) * scale_b
     return (y if bias is None else y + bias.float()).to(out_dtype)
 
 
-@functools.cache
 def _ones(rows: int, device: Any) -> Any:
+    """The rows' scales (ones); inside a whole-model torch.compile made in the graph instead."""
+    if torch.compiler.is_compiling():
+        return torch.ones((rows, 1), dtype=torch.float32, device=device)
+    return _cached_ones(rows, device)
+
+
+@functools.cache
+def _cached_ones(rows: int, device: Any) -> Any:
     return torch.ones((rows, 1), dtype=torch.float32, device=device)
 
 
@@ -104,7 +111,17 @@ def _tensorwise(a: Any, b: Any, scale_b: Any, bias: Any, out_dtype: Any, fast: b
     return (y if bias is None else y + bias.float()).to(out_dtype)
 
 
-@functools.cache
+PLANS: dict[tuple[Any, Any, bool], Callable[..., Any]] = {}  # (device, out dtype, bias) -> _gemm_plan's choice
+
+
+def gemm_plan(device: Any, out_dtype: Any, with_bias: bool) -> None:
+    """Probe once (eagerly, outside any CUDA graph capture or compile) the ``_scaled_mm`` call
+    ``scaled_mm`` makes for this device, output dtype and bias."""
+    key = (device, out_dtype, with_bias)
+    if key not in PLANS:
+        PLANS[key] = _gemm_plan(device, out_dtype, with_bias)
+
+
 def _gemm_plan(device: Any, out_dtype: Any, with_bias: bool) -> Callable[..., Any]:
     """The first ``_scaled_mm`` configuration this GPU and torch run and get right, tried once on
     a small product against the emulation: rowwise scales with the model's dtype out (cuBLASLt
@@ -202,6 +219,8 @@ class Fp8Conv(nn.Module):
         self.register_buffer("in_inv", torch.tensor(1.0 / in_scale, device=w.device), persistent=False)
         bias = None if conv.bias is None else conv.bias.detach().to(dtype)
         self.register_buffer("bias", bias, persistent=False)
+        if w.is_cuda:
+            gemm_plan(w.device, dtype, bias is not None)
         self.emit_scale: float | None = None
         self.keep = True  # whether anything but FP8 layers reads the output
         self.fast_accum = os.environ.get("MLPERF_TORCH_FP8_FAST_ACCUM", "1") != "0"
