@@ -57,10 +57,22 @@ def say(label: str, value: str) -> None:
     print(f"  [{time.perf_counter() - T0:5.0f} s] {label}: {value}", flush=True)
 
 
-def backend(model: Path, batch: int, precision: str, compile_mode: str, output: str, rewrites: str = ALL) -> Any:
+def backend(
+    model: Path,
+    batch: int,
+    precision: str,
+    compile_mode: str,
+    output: str,
+    rewrites: str = ALL,
+    calibration: list[np.ndarray] | None = None,
+    use_graphs: bool | None = None,
+) -> Any:
+    """The harness's pytorch backend loaded as the harness loads it; ``calibration``: the batches
+    fp8 takes its activation ranges from (an engine built by build-engine has them in a file)."""
     os.environ["MLPERF_TORCH_REWRITES"] = rewrites
-    b = PyTorchBackend()
+    b = PyTorchBackend(use_graphs)
     b.compile_mode = compile_mode
+    b.calibration_batches = calibration
     b.load(model, batch, precision, outputs=[output])
     return b
 
@@ -69,8 +81,9 @@ def release(b: Any) -> None:
     import torch
 
     b.close()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():  # gpu_fp8.py's dry run on the CPU shares this
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 def cuda_buffers_check() -> None:
@@ -132,12 +145,25 @@ def accuracy_check(model: Path, data: np.ndarray, batch: int, precision: str, co
 
 
 def plain_loop(
-    model: Path, data: np.ndarray, batch: int, precision: str, compile_mode: str, rewrites: str = ALL
+    model: Path,
+    data: np.ndarray,
+    batch: int,
+    precision: str,
+    compile_mode: str,
+    rewrites: str = ALL,
+    calibration: list[np.ndarray] | None = None,
 ) -> float:
     """Graph replays of the harness's pipeline, back to back, events timed: images/s."""
+    b = backend(model, batch, precision, compile_mode, "ArgMax:0", rewrites, calibration)
+    rate = replay_rate(b, data, batch)
+    release(b)
+    return rate
+
+
+def replay_rate(b: Any, data: np.ndarray, batch: int) -> float:
+    """A loaded backend's CUDA graph of ``batch`` rows of ``data`` (resident), replayed back to back."""
     import torch
 
-    b = backend(model, batch, precision, compile_mode, "ArgMax:0", rewrites)
     b.reserve_samples(len(data))
     b.stage_samples({INPUT: data})
     graph, static_in, _ = b._graph_for(batch)
@@ -154,18 +180,19 @@ def plain_loop(
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1000)
-    release(b)
     return reps * batch / sorted(times)[1]
 
 
-def profile(model: Path, batch: int, precision: str) -> None:
+def profile(
+    model: Path, batch: int, precision: str, calibration: list[np.ndarray] | None = None, top: int = 20
+) -> None:
     """Where one batch's GPU time goes: the pipeline's ops run once eagerly under torch's
     profiler (the same kernels its CUDA graph replays), GPU time per op, largest first."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    b = backend(model, batch, precision, "off", "ArgMax:0")
+    b = backend(model, batch, precision, "off", "ArgMax:0", calibration=calibration)
     x = torch.randn(batch, max(3, b._channels), 224, 224, device="cuda").to(b._dtype)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -182,7 +209,7 @@ def profile(model: Path, batch: int, precision: str) -> None:
     ]
     total = sum(e.self_device_time_total for e in kernels)
     print(f"GPU time of one batch of {batch}: {total / 1000:.2f} ms; kernels, largest first:")
-    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:20]:
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]:
         share = e.self_device_time_total / total * 100
         print(f"  {e.self_device_time_total / 1000:7.3f} ms {share:5.1f} % x{e.count:<3} {e.key[:110]}")
     release(b)
@@ -197,12 +224,13 @@ def harness(
     tag: str,
     instances: int | None = None,
     gpus: int = 1,
+    precision: str = "fp16",
 ) -> tuple[float, str]:
     key = "expectedQps" if scenario == "Offline" else "targetQps"
     ws = workspace(
         f"bench-gpu-{scenario}-{tag}",
         backend="pytorch",
-        precision="fp16",
+        precision=precision,
         batchSize=batch,
         category="datacenter",
         scenarios=[scenario],

@@ -41,6 +41,9 @@ DEFAULT_PRECISION: dict[str, str] = {
     "tensorrt": "int8",
     "null": "fp32",
 }
+# Precisions whose engines carry activation ranges calibrated on the benchmark's calibration samples,
+# with the version of that procedure: the engine's key then names the data the ranges came from.
+CALIBRATED: dict[str, int] = {"fp8": 1}
 DEFAULT_BATCH_SIZE: dict[str, int] = {"Offline": 64, "Server": 16, "SingleStream": 1, "MultiStream": 8}
 COMPLETE_MARKER = ".complete"
 
@@ -151,7 +154,8 @@ def preprocessed(spec: MLPerfRunSpec) -> Artifact:
 
 
 def engine(spec: MLPerfRunSpec, scenario: str, backend_version: str) -> Artifact:
-    """An engine is specific to model, precision, batch size, GPU product, backend and its version."""
+    """An engine is specific to model, precision, batch size, GPU product, backend and its version,
+    and for a calibrated precision to the preprocessed data its calibration samples came from."""
     precision, batch = precision_of(spec), batch_size_of(spec, scenario)
     inputs = {
         "model": model(spec).key,
@@ -161,6 +165,8 @@ def engine(spec: MLPerfRunSpec, scenario: str, backend_version: str) -> Artifact
         "backend": spec.backend,
         "backendVersion": backend_version,
     }
+    if precision in CALIBRATED:
+        inputs["calibration"] = {"preprocessed": preprocessed(spec).key, "version": CALIBRATED[precision]}
     compile_mode = torch_compile_of(spec, scenario)
     if compile_mode != "off":  # a compiled engine carries the compile's artifacts
         inputs["torchCompile"] = compile_mode

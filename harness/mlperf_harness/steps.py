@@ -129,6 +129,8 @@ def build_engine(ws: Workspace, scenario: str | None = None) -> StepOutcome:
     builder.configure(build_config(spec, cast(Scenario, scenario)))
     batch, precision = artifacts.batch_size_of(spec, scenario), artifacts.precision_of(spec)
     inputs = ws.bench.inputs(artifacts.input_dtype_of(spec))
+    if precision in artifacts.CALIBRATED:  # activation ranges from the benchmark's calibration samples
+        builder.calibration_batches = ws.bench.calibration_batches(ws.dataset_dir, ws.samples())  # type: ignore[attr-defined]
     engines = {
         part: builder.build_engine(path, out, batch, precision, inputs)
         for part, path in ws.bench.model_files(ws.model_dir).items()

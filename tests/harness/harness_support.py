@@ -56,3 +56,19 @@ def run_direct(ws: Any, scenario: str, mode: str, factory: Callable[[], Backend]
     cfg = build_config(ws.spec, scenario).model_copy(update=cfg_update)
     models = ws.model_paths(scenario) if ws.spec.backend != "null" else {MODEL: Path("/dev/null")}
     return run_loadgen(cfg, mode, ws.harness_dir(scenario, mode), ws.bench, ws.preprocessed_dir, models, factory)
+
+
+def pooled_features(backend: Any, feeds: dict[str, Any]) -> Any:
+    """The global-average-pooled features (N, C) as float64 numpy that an image-path pytorch
+    backend's model computes for ``feeds`` (load it without CUDA graphs: a replay runs no hooks).
+    Better conditioned than the synthetic model's softmax, whose calibrated margins are tiny."""
+    import numpy as np
+
+    [pool] = [m for m in backend._model.modules() if "GlobalAveragePool" in type(m).__name__]
+    seen: list[Any] = []
+    hook = pool.register_forward_hook(lambda mod, args, out: seen.append(out.detach().float().reshape(len(out), -1)))
+    try:
+        backend.predict(feeds)
+    finally:
+        hook.remove()
+    return np.concatenate([s.cpu().numpy() for s in seen]).astype(np.float64)

@@ -14,6 +14,7 @@ model); ``load`` hands any other graph to the general path (``torch_graph.TorchG
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ REWRITES = ("fuse", "fold", "pad", "pool")
 STEM_CHANNELS = 4  # cuDNN pads 3 to 4 itself, in an extra kernel; 8 takes a slower kernel
 COMPILE_MODES = {"off": None, "default": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 ENGINE_MODEL = "model.onnx"
+FP8_SCALES = "fp8-scales.json"  # beside the engine's model: the calibrated activation ranges
 
 
 def _torch() -> Any:
@@ -66,7 +68,9 @@ def torch_device(index: int, precision: str) -> tuple[Any, Any]:
         torch.backends.cudnn.allow_tf32 = precision != "fp32"
         torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
         torch.backends.cudnn.benchmark = True  # each conv shape picks its fastest cuDNN kernel once
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32) if cuda else torch.float32
+    # fp8: the layers that stay unquantised (stem, 3x3 convolutions, classifier) run in fp16.
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float16}
+    dtype = half.get(precision, torch.float32) if cuda else torch.float32
     return torch.device(f"cuda:{index}" if cuda else "cpu"), dtype
 
 
@@ -94,14 +98,12 @@ def compile_cache_file(engine_dir: Path, precision: str, batch: int, mode: str) 
     return engine_dir / f"torch-compile-{mode}-{precision}-b{batch}.bin"
 
 
-def fuse_conv_activations(model: Any, fold_bias: bool = True) -> tuple[int, int]:
-    """Rewrite Conv -> ReLU and Conv -> Add -> ReLU of an onnx2torch graph into cuDNN's fused
-    conv + bias + (add +) ReLU (one kernel instead of two or three). With ``fold_bias``, when the
-    added branch is itself a convolution (ResNet's projection shortcut), its bias moves into the
-    fused convolution's: torch adds a conv's bias in a kernel of its own, a full pass over a large
-    activation. Returns (convolutions fused, biases folded)."""
+@functools.cache
+def fused_conv_class() -> Any:
+    """cuDNN's fused conv + bias (+ add) + ReLU as a module, ``(x)`` or ``(x, z)``; on the CPU (where
+    the rewrites are checked) the same as conv2d, add and ReLU."""
     torch = _torch()
-    from torch import fx, nn
+    from torch import nn
 
     class FusedConv(nn.Module):
         def __init__(self, conv: Any, add: bool, extra_bias: Any = None) -> None:
@@ -120,9 +122,26 @@ def fuse_conv_activations(model: Any, fold_bias: bool = True) -> tuple[int, int]
 
         def forward(self, x: Any, z: Any = None) -> Any:
             args = (self.stride, self.padding, self.dilation, self.groups)
+            if not x.is_cuda:
+                y = torch.nn.functional.conv2d(x, self.weight, self.bias, *args)
+                return torch.relu(y + z if self.add else y)
             if self.add:
                 return torch.ops.aten.cudnn_convolution_add_relu(x, self.weight, z, 1.0, self.bias, *args)
             return torch.ops.aten.cudnn_convolution_relu(x, self.weight, self.bias, *args)
+
+    return FusedConv
+
+
+def fuse_conv_activations(model: Any, fold_bias: bool = True) -> tuple[int, int]:
+    """Rewrite Conv -> ReLU and Conv -> Add -> ReLU of an onnx2torch graph into cuDNN's fused
+    conv + bias + (add +) ReLU (one kernel instead of two or three). With ``fold_bias``, when the
+    added branch is itself a convolution (ResNet's projection shortcut), its bias moves into the
+    fused convolution's: torch adds a conv's bias in a kernel of its own, a full pass over a large
+    activation. Returns (convolutions fused, biases folded)."""
+    torch = _torch()
+    from torch import fx, nn
+
+    FusedConv = fused_conv_class()
 
     def kind(node: Any) -> str:
         if not isinstance(node, fx.Node) or node.op != "call_module":
@@ -229,6 +248,17 @@ def pad_input_channels(model: Any, channels: int) -> bool:
     return True
 
 
+def _link_model(model_path: Path, out_dir: Path) -> Path:
+    """The model in the engine directory (a hard link where the file system allows)."""
+    target = out_dir / ENGINE_MODEL
+    if not target.exists():
+        try:
+            os.link(model_path, target)
+        except OSError:
+            shutil.copyfile(model_path, target)
+    return target
+
+
 class PyTorchBackend(ModelBackend):
     name = "pytorch"
     # Instances on one GPU replay on that GPU's one stream: their batches run back to back (as in
@@ -259,6 +289,11 @@ class PyTorchBackend(ModelBackend):
         self._pinned_out: Any = None
         self._batch = 1
         self.fused = self.folded = self.pools = 0
+        # fp8: host batches (NCHW float32) to calibrate on when building an engine (set by build-engine),
+        # the ranges in use, and how many convolutions became FP8 GEMMs.
+        self.calibration_batches: list[np.ndarray] | None = None
+        self.fp8_amax: dict[str, float] = {}
+        self.fp8_convs = 0
         self.compile_cache: Path | None = None
         # Any other graph (several inputs or outputs, int inputs, not 4-D): the general path.
         self._general: Backend | None = None
@@ -315,6 +350,8 @@ class PyTorchBackend(ModelBackend):
         from .torch_graph import TorchGraphBackend, fits_image_path
 
         if model_path.suffix == ".onnx" and not fits_image_path(model_path, outputs):
+            if precision == "fp8":
+                raise HarnessError(f"{model_path.name}: precision fp8 runs on the pytorch image path only; use fp16")
             self._general = TorchGraphBackend(self.use_graphs)
             self._general.device_index = self.device_index
             self._general.load(model_path, batch_size, precision, outputs=outputs)
@@ -342,6 +379,8 @@ class PyTorchBackend(ModelBackend):
             # fp32 stays as it is: cuDNN's fused kernels may compute in TF32.
             if self._dtype != torch.float32 and isinstance(model, torch.fx.GraphModule):
                 self._rewrite(model)
+        if precision == "fp8":
+            self._to_fp8(model, model_path)
         self._model = model
         if cuda and self.compile_mode != "off":
             self._compiled = self._compile(model, model_path.parent, precision)
@@ -353,6 +392,38 @@ class PyTorchBackend(ModelBackend):
             self._channels = STEM_CHANNELS
         if "pool" in self.rewrites:
             self.pools = compile_max_pools(model)
+
+    def _to_fp8(self, model: Any, model_path: Path) -> None:
+        """The FP8 rewrite (``torch_fp8``) with the engine's calibrated ranges, or, building one,
+        ranges from ``calibration_batches``; on the CPU after the convolutions' fusion alone, with
+        the GEMMs emulated (to check the rewrite, not to run fast)."""
+        from . import torch_fp8
+
+        if not isinstance(model, _torch().fx.GraphModule):
+            raise HarnessError(f"{model_path.name}: precision fp8 needs an ONNX model (a TorchScript one was given)")
+        if not self.on_gpu:
+            self.fused, self.folded = fuse_conv_activations(model, fold_bias=True)
+        scales = model_path.parent / FP8_SCALES
+        if scales.is_file():
+            self.fp8_amax = json.loads(scales.read_text())["amax"]
+        elif self.calibration_batches is not None:
+            batches = (self._device_batch(b) for b in self.calibration_batches)
+            self.fp8_amax = torch_fp8.calibrate(model, batches, "all")  # every candidate of either mode
+        else:
+            raise HarnessError(f"{scales}: missing FP8 calibration; build the engine with precision fp8 (build-engine)")
+        mode = torch_fp8.conv_mode()
+        emit = os.environ.get("MLPERF_TORCH_FP8_EMIT", "1") != "0"
+        self.fp8_convs = torch_fp8.quantize_model(model, self.fp8_amax, mode, self._dtype, self.on_gpu, emit)
+
+    def _device_batch(self, batch: np.ndarray) -> Any:
+        """A host NCHW float batch as the model takes it (device, dtype, layout, padded stem)."""
+        torch = _torch()
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._dev).to(self._dtype)
+        if self.on_gpu:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if x.shape[1] < self._channels:
+            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, self._channels - x.shape[1]))
+        return x
 
     def _convert(self, model_path: Path, output_name: str | None) -> Any:
         import onnx
@@ -398,6 +469,8 @@ class PyTorchBackend(ModelBackend):
         """On a GPU with torch.compile on, the engine is the model (linked in) plus the compile's
         artifacts; otherwise the model runs as it is."""
         torch = _torch()
+        if precision == "fp8":
+            return self._build_fp8(model_path, out_dir, batch_size)
         if self.compile_mode == "off" or not torch.cuda.is_available():
             return model_path
         from .torch_graph import fits_image_path, output_names
@@ -405,16 +478,31 @@ class PyTorchBackend(ModelBackend):
         first = output_names(model_path)[:1]  # the compile is of the whole graph, whichever output is read
         if not fits_image_path(model_path, first):
             return model_path  # the general path compiles nothing
-        target = out_dir / ENGINE_MODEL
-        if not target.exists():
-            try:
-                os.link(model_path, target)
-            except OSError:
-                shutil.copyfile(model_path, target)
+        target = _link_model(model_path, out_dir)
         self.load(target, batch_size, precision, outputs=first)
         assert self._in is not None
         self.warmup({self._in.name: np.zeros((batch_size, *(d or 1 for d in self._in.shape[1:])), np.float32)})
         self.save_compile_cache()
+        self.close()
+        return target
+
+    def _build_fp8(self, model_path: Path, out_dir: Path, batch_size: int) -> Path:
+        """The fp8 engine: the model (linked in) and the activation ranges calibrated on
+        ``calibration_batches`` through the pipeline as it runs (fused, half precision), in
+        ``fp8-scales.json``; the compile's artifacts too where torch.compile is on."""
+        from .torch_graph import output_names
+
+        if self.calibration_batches is None:
+            raise HarnessError("fp8: build-engine got no calibration samples (the benchmark names none)")
+        target = _link_model(model_path, out_dir)
+        (out_dir / FP8_SCALES).unlink(missing_ok=True)
+        self.load(target, batch_size, "fp8", outputs=output_names(target)[:1])
+        facts = {"amax": self.fp8_amax, "samples": sum(len(b) for b in self.calibration_batches)}
+        atomic_write_bytes(out_dir / FP8_SCALES, json.dumps(facts, indent=1, sort_keys=True).encode())
+        if self.compile_mode != "off" and self.on_gpu:
+            assert self._in is not None
+            self.warmup({self._in.name: np.zeros((batch_size, *(d or 1 for d in self._in.shape[1:])), np.float32)})
+            self.save_compile_cache()
         self.close()
         return target
 

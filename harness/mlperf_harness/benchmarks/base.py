@@ -31,6 +31,7 @@ import numpy as np
 
 from ..backends.base import Backend, Tensors, TensorSpec
 from ..errors import HarnessError
+from ..samples import SampleStore
 from ..spec import ModelSize, Source
 
 MODEL = "model"  # the part name of a single-graph model
@@ -147,6 +148,11 @@ class Benchmark(ABC):
         runner warms a single-graph model with it where a benchmark overrides it (its model's
         batch is not a stack of samples, as dlrm's), else with zeros of the graph's inputs."""
         return {s.name: s.zeros(n) for s in self.inputs(variant)}
+
+    def calibration_batches(self, dataset_dir: Path, store: SampleStore) -> list[np.ndarray]:
+        """The preprocessed samples a calibrated precision (fp8) takes its activation ranges from,
+        in batches of the model's input: the round's calibration list for real data."""
+        raise self.not_implemented("calibration samples")
 
     # --- accuracy ---------------------------------------------------------------------------------
     @abstractmethod

@@ -20,7 +20,7 @@ from .. import download
 from ..backends.base import TensorSpec
 from ..errors import HarnessError
 from ..fsutil import atomic_write_text, temp_path_for
-from ..samples import SampleWriter
+from ..samples import SampleStore, SampleWriter
 from ..spec import ModelSize, Source
 from .base import AccuracyReport, Batch, Benchmark
 from .synthetic_imagenet import synthetic_image
@@ -36,6 +36,10 @@ LABEL_OFFSET = -1  # resnet50_v1.onnx predicts 1001 classes, background first
 # Synthetic sets up to this size are stored as JPEG files; larger ones are regenerated on demand.
 STORE_LIMIT = 4096
 VAL_MAP = "val_map.txt"
+# MLPerf's calibration images (mlcommons/inference calibration/ImageNet/): 500 validation file names.
+CALIBRATION_LIST = "cal_image_list_option_1.txt"
+CALIBRATION_SYNTHETIC = 500  # synthetic runs calibrate on their first samples, as many as the list has
+CALIBRATION_BATCH = 100
 DATASET_JSON = "dataset.json"
 
 
@@ -246,6 +250,31 @@ class ResNet50(Benchmark):
                     bar.advance(task)
             atomic_write_text(out_dir / VAL_MAP, (root / VAL_MAP).read_text())
             return [*store.close(), out_dir / VAL_MAP]
+
+    # --- calibration ---------------------------------------------------------------------------
+    def calibration_batches(self, dataset_dir: Path, store: SampleStore) -> list[np.ndarray]:
+        """The images of MLPerf's calibration list (``cal_image_list_option_1.txt`` beside the
+        dataset's ``val_map.txt``), preprocessed as the run's samples; a SYNTHETIC dataset has no
+        such list: its first samples instead."""
+        facts = json.loads((dataset_dir / DATASET_JSON).read_text())
+        if facts.get("synthetic"):
+            rows = list(range(min(CALIBRATION_SYNTHETIC, store.count)))
+        else:
+            root = Path(facts["root"])
+            listed = root / CALIBRATION_LIST
+            if not listed.is_file():
+                raise HarnessError(
+                    f"{listed}: missing MLPerf calibration list; put mlcommons/inference's "
+                    f"calibration/ImageNet/{CALIBRATION_LIST} beside {VAL_MAP}"
+                )
+            index = {name: i for i, (name, _) in enumerate(read_val_map(root / VAL_MAP))}
+            names = listed.read_text().split()
+            unknown = [n for n in names if n not in index]
+            if unknown:
+                raise HarnessError(f"{listed}: {unknown[0]} (and {len(unknown) - 1} more) not in {VAL_MAP}")
+            rows = [index[n] for n in names]
+        data = store.fixed[INPUT]
+        return [np.asarray(data[rows[i : i + CALIBRATION_BATCH]]) for i in range(0, len(rows), CALIBRATION_BATCH)]
 
     # --- responses and accuracy -----------------------------------------------------------------
     def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> np.ndarray:

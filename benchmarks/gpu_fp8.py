@@ -1,0 +1,244 @@
+"""resnet50 in FP8 on one Hopper GPU (pytorch backend, ``precision: fp8``): one device call.
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=harness:benchmarks python3 benchmarks/gpu_fp8.py [--batch 1024]
+        [--seconds 15] [--budget 400] [--variants 1x1 1x1-noemit all 1x1-exactacc] [--no-profile]
+    PYTHONPATH=harness:benchmarks python3 benchmarks/gpu_fp8.py --cpu --tiny   # dry run of every stage
+
+1. Calibration: the benchmark's calibration samples; the dataset is SYNTHETIC, so they are its
+   first 500 images (a real run takes MLPerf's cal_image_list_option_1.txt).
+2. Accuracy gate before any figure: fp8 and fp16 against the FP32 model (no TF32), same inputs,
+   on the synthetic samples and on fresh random inputs: relative error and top-1 agreement of
+   the softmax, and relative error of the pooled features (better conditioned: the synthetic
+   classifier's margins are tiny, see BENCHMARKS.md); fp8 with CUDA graphs against fp8 eager.
+3. The plain loop (CUDA graph replays on device-resident samples, events timed) for fp16 and for
+   each fp8 variant (``MLPERF_TORCH_FP8_CONVS`` 1x1 or all, the quantised copies written by the
+   producer's epilogue or not, and 1x1-exactacc: fast accumulation off), in the same run.
+4. The harness: LoadGen Offline in fp8 (the fastest variant), its ratio to that variant's plain
+   loop, and to TensorRT's 96,029 per H200.
+5. torch.profiler: GPU time per kernel of one fp8 batch, largest first.
+
+Every stage runs in try/except (its error printed, the next stage runs) within a global time
+budget (a stage that would start past it is skipped, saying so). Random-weight ResNet-50 of the
+real architecture and SYNTHETIC data: the GPU's figures, not a submission's; MLPerf's 99 % target
+needs the real weights and ImageNet (see ``ACCURACY_COMMAND``). Writes $OUT/gpu_fp8.json when
+$OUT is set. Written without a GPU: untested there until its first run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import images, machine, stamp, workspace
+from gpu_h200 import SOFTMAX, backend, harness, profile, release, replay_rate
+from mlperf_harness.backends.torch_fp8 import accuracy_gate
+from mlperf_harness.benchmarks.resnet50 import INPUT
+
+TENSORRT_H200 = 96_029.0  # best published resnet50 Offline per H200 (v4.1, 8x H200 closed, INT8)
+# variant -> (MLPERF_TORCH_FP8_CONVS, MLPERF_TORCH_FP8_EMIT, MLPERF_TORCH_FP8_FAST_ACCUM, torch.compile of
+# the whole model at the full batch). The compiled ones take minutes to compile: not in the default run.
+VARIANTS = {
+    "1x1": ("1x1", "1", "1", "off"),
+    "1x1-noemit": ("1x1", "0", "1", "off"),
+    "all": ("all", "1", "1", "off"),
+    "1x1-exactacc": ("1x1", "1", "0", "off"),  # the tensor cores' accumulation promoted to fp32 (slower)
+    "1x1-compile": ("1x1", "1", "1", "default"),
+    # inductor may then pick Triton GEMM templates with the epilogue (add, ReLU, quantise) fused in
+    "1x1-autotune": ("1x1", "1", "1", "max-autotune"),
+}
+DEFAULT_VARIANTS = ["1x1", "1x1-noemit", "all"]
+ACCURACY_COMMAND = (
+    "with the real resnet50_v1.onnx and ImageNet (val_map.txt and cal_image_list_option_1.txt beside "
+    "the images): mlperf run with precision fp8, backend pytorch, testModes [AccuracyOnly]; target 99 % "
+    "of 76.46 % top-1"
+)
+T0 = time.perf_counter()
+figures: dict[str, Any] = {}
+
+
+def say(label: str, value: str) -> None:
+    figures.setdefault("lines", []).append(f"{label}: {value}")
+    print(f"  [{time.perf_counter() - T0:5.0f} s] {label}: {value}", flush=True)
+
+
+def stage(name: str, budget: float, fn: Callable[[], Any]) -> Any:
+    """Run one stage unless the budget is spent; print its error and go on if it fails."""
+    if time.perf_counter() - T0 > budget:
+        say(name, "SKIPPED (time budget spent)")
+        return None
+    print(f"== {name}", flush=True)
+    try:
+        return fn()
+    except BaseException as exc:  # every stage's failure is reported, the run goes on
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        say(name, f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+        traceback.print_exc()
+        return None
+
+
+def set_variant(name: str) -> str:
+    """Set the variant's environment; returns its torch.compile mode."""
+    convs, emit, fast, compile_mode = VARIANTS[name]
+    os.environ["MLPERF_TORCH_FP8_CONVS"] = convs
+    os.environ["MLPERF_TORCH_FP8_EMIT"] = emit
+    os.environ["MLPERF_TORCH_FP8_FAST_ACCUM"] = fast
+    return compile_mode
+
+
+def outputs(b: Any, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax and pooled features of ``x`` through a backend loaded without CUDA graphs (so the
+    pooling's forward hook sees every batch)."""
+    [pool] = [m for m in b._model.modules() if "GlobalAveragePool" in type(m).__name__]
+    feats: list[np.ndarray] = []
+    hook = pool.register_forward_hook(lambda m, a, out: feats.append(out.float().reshape(len(out), -1).cpu().numpy()))
+    try:
+        soft = [b.predict({INPUT: x[i : i + chunk]})[SOFTMAX] for i in range(0, len(x), chunk)]
+    finally:
+        hook.remove()
+    return np.concatenate(soft).astype(np.float64), np.concatenate(feats).astype(np.float64)
+
+
+def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.ndarray]) -> None:
+    rng = np.random.default_rng(int(time.time()))
+    sets = {"synthetic samples": data[:batch], "random inputs": (rng.standard_normal(data[:batch].shape) * 60)}
+    sets = {k: v.astype(np.float32) for k, v in sets.items()}
+    ref = backend(model, batch, "fp32", "off", SOFTMAX, use_graphs=False)
+    want = {k: outputs(ref, x, batch) for k, x in sets.items()}
+    release(ref)
+    for precision in ("fp16", "fp8"):
+        set_variant("1x1")
+        b = backend(model, batch, precision, "off", SOFTMAX, calibration=calibration, use_graphs=False)
+        for name, x in sets.items():
+            soft, feat = outputs(b, x, batch)
+            gate, fgate = accuracy_gate(soft, want[name][0]), accuracy_gate(feat, want[name][1])
+            figures[f"accuracy {precision} {name}"] = {"softmax": gate, "features": fgate}
+            say(
+                f"accuracy vs FP32, {precision}, {name}",
+                f"softmax rel err {gate['relErr']:.2e}, top-1 agreement {gate['top1Agreement']:.2f} %, "
+                f"features rel err {fgate['relErr']:.2e}{'' if gate['finite'] else ', NOT FINITE'}",
+            )
+        if precision == "fp8":
+            graphed = backend(model, batch, precision, "off", SOFTMAX, calibration=calibration)
+            x = sets["synthetic samples"]
+            got = np.concatenate([graphed.predict({INPUT: x[i : i + batch]})[SOFTMAX] for i in range(0, len(x), batch)])
+            same = accuracy_gate(got, outputs(b, x, batch)[0])
+            say(
+                "fp8 with CUDA graphs vs fp8 eager",
+                f"rel err {same['relErr']:.2e}, top-1 {same['top1Agreement']:.2f} %",
+            )
+            release(graphed)
+        release(b)
+    say("MLPerf 99 % accuracy target", "NOT CHECKED here (synthetic weights and data); " + ACCURACY_COMMAND)
+
+
+def plain(
+    model: Path,
+    data: np.ndarray,
+    batch: int,
+    precision: str,
+    calibration: list[np.ndarray],
+    cpu: bool,
+    label: str,
+    compile_mode: str = "off",
+) -> float:
+    b = backend(model, batch, precision, compile_mode, "ArgMax:0", calibration=calibration)
+    if cpu:  # no CUDA graphs on the CPU: a few host batches, wall-clock timed (the dry run's figure)
+        start = time.perf_counter()
+        for _ in range(2):
+            b.predict({INPUT: data[:batch]})
+        rate = 2 * batch / (time.perf_counter() - start)
+    else:
+        rate = replay_rate(b, data, batch)
+    extra = f", {b.fp8_convs} FP8 convolutions" if precision == "fp8" else ""
+    release(b)
+    say(f"plain loop {label}{extra}, batch {batch}", f"{rate:,.0f} images/s")
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--samples", type=int, default=1024)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--budget", type=float, default=400.0, help="seconds: later stages are skipped past it")
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--cpu", action="store_true", help="dry run on the CPU (emulated FP8 GEMMs)")
+    ap.add_argument("--tiny", action="store_true", help="batch 4, 16 samples, 2 s: checks every stage runs")
+    args = ap.parse_args()
+    if args.tiny:
+        args.batch, args.samples, args.seconds = 4, 16, 2.0
+    faulthandler.dump_traceback_later(args.budget + 120, exit=False)  # a stuck stage shows where it is
+    if args.cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch looks for a GPU
+    import gpu_h200
+    import torch
+
+    gpu_h200.SAMPLES = args.samples  # the harness runs' synthetic set: the one prepared here
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    figures.update(date=stamp(), machine=machine(), gpu=gpu, torch=torch.__version__)
+    print(f"resnet50 fp8, pytorch {torch.__version__} on {gpu}, {machine()}, {stamp()}; SYNTHETIC data", flush=True)
+    if not args.cpu and torch.cuda.is_available() and torch.cuda.get_device_capability(0) < (8, 9):
+        raise SystemExit(f"{gpu}: FP8 needs compute capability 8.9 or later")
+
+    prep = workspace("bench-fp8-prepare", dataset={"synthetic": {"samples": args.samples}})
+    data = images(prep)
+    model = prep.bench.model_file(prep.model_dir)
+    calibration = prep.bench.calibration_batches(prep.dataset_dir, prep.samples())
+    n_cal = sum(len(c) for c in calibration)
+    say("calibration", f"SYNTHETIC: the synthetic set's first {n_cal} images (not MLPerf's calibration list)")
+    batch = min(args.batch, len(data))
+
+    stage("accuracy gate", args.budget, lambda: accuracy(model, data, batch, calibration))
+    rates: dict[str, float] = {}
+    fp16 = stage(
+        "plain loop fp16", args.budget, lambda: plain(model, data, batch, "fp16", calibration, args.cpu, "fp16")
+    )
+    for name in args.variants:
+        mode = set_variant(name)
+        rate = stage(
+            f"plain loop fp8 {name}",
+            args.budget,
+            lambda name=name, mode=mode: plain(model, data, batch, "fp8", calibration, args.cpu, f"fp8 {name}", mode),
+        )
+        if rate:
+            rates[name] = rate
+            if fp16:
+                say(f"fp8 {name} / fp16, plain loop", f"{rate / fp16:.3f}")
+    figures.update(plainFp16=fp16, plainFp8=rates)
+    best = max(rates, key=lambda k: rates[k]) if rates else "1x1"
+    best_mode = set_variant(best)
+
+    def offline() -> None:
+        qps = rates.get(best, 1000.0)
+        got, validity = harness("Offline", batch, args.seconds, qps, best_mode, "fp8", precision="fp8")
+        say(f"harness Offline fp8 ({best}), batch {batch}, {args.seconds:.0f} s", f"{got:,.0f} samples/s {validity}")
+        if best in rates:
+            say("harness / plain loop (same variant)", f"{got / rates[best]:.3f}")
+        say(f"harness Offline / TensorRT per H200 ({TENSORRT_H200:,.0f})", f"{got / TENSORRT_H200:.3f}")
+        figures.update(offline=got, offlineValidity=validity, variant=best)
+
+    stage("harness Offline fp8", args.budget, offline)
+    if not args.cpu and not args.no_profile:
+        stage("profile fp8", args.budget, lambda: profile(model, batch, "fp8", calibration, top=15))
+    faulthandler.cancel_dump_traceback_later()
+    print("\n| what | figure |\n|---|---|")
+    for line in figures.get("lines", []):
+        label, _, value = line.partition(": ")
+        print(f"| {label} | {value} |")
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "gpu_fp8.json").write_text(json.dumps(figures, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""FP8 (E4M3) convolutions for the pytorch image path: convolutions as ``torch._scaled_mm`` GEMMs
+over channels-last activations viewed as [N*H*W, C].
+
+Weights are quantised per output channel, activations per tensor with scales from calibration
+(the largest magnitude seen on the calibration samples, ``calibrate``). Which convolutions become
+FP8 GEMMs is decided per Conv node by its shape (``eligible``): in mode ``1x1`` the 1x1 ones (a
+strided one reads its input's strided rows), in mode ``all`` also the kxk ones through im2col;
+input and output channels a multiple of 16 (cuBLASLt's FP8 rule), so a 3- or 4-channel stem and
+the classifier (a Gemm) stay in half precision. The epilogue (bias in the GEMM; residual add and
+ReLU after it) runs as one inductor kernel on a GPU, and where the next convolution is FP8 too it
+also writes the quantised copy that convolution reads (``emit``), so no separate quantise pass.
+
+On the CPU, ``scaled_mm`` emulates ``torch._scaled_mm`` exactly (the FP8 values dequantised and
+multiplied in fp32), so the rewrite and its scales are tested here against the fp32 model.
+
+UNTESTED ON A GPU so far (written without one): the ``_scaled_mm`` call's configuration is probed
+on the device at load (``gemm_plan``), falling back from rowwise scales with an fp16 result to bf16
+to tensorwise with an fp32 result.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ..errors import HarnessError
+
+FP8 = torch.float8_e4m3fn
+E4M3_MAX = 448.0  # the largest finite E4M3 value
+# E4M3's half-ulp relative rounding error for normal values (3 mantissa bits) and its absolute
+# error below the smallest normal (2^-6; subnormals are spaced 2^-9), in units of the scale.
+E4M3_REL = 2.0**-4
+E4M3_SUBNORMAL_ABS = 2.0**-10
+MODES = ("1x1", "all")
+ALIGN = 16  # cuBLASLt's FP8 GEMMs want K and N multiples of 16
+
+
+def conv_mode() -> str:
+    """MLPERF_TORCH_FP8_CONVS: ``1x1`` (default: the 1x1 convolutions become FP8 GEMMs, the others
+    stay in cuDNN's fused half precision) or ``all`` (kxk ones too, through im2col)."""
+    mode = os.environ.get("MLPERF_TORCH_FP8_CONVS", "1x1")
+    if mode not in MODES:
+        raise HarnessError(f"MLPERF_TORCH_FP8_CONVS: {mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+# --- quantisation math ----------------------------------------------------------------------------
+def quantize(x: Any, inv_scale: Any) -> Any:
+    """``x / scale`` saturated to E4M3's range and rounded to E4M3 (a plain cast would make NaN
+    of what overflows)."""
+    return (x.float() * inv_scale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)
+
+
+def dequantize(q: Any, scale: Any) -> Any:
+    return q.float() * scale
+
+
+def amax_scale(amax: Any) -> Any:
+    """The scale that maps ``amax`` to E4M3's largest value (never 0: an all-zero tensor keeps 1)."""
+    return torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+
+
+def weight_scales(w: Any) -> Any:
+    """Per-output-channel scales of a (K, ...) weight."""
+    return amax_scale(w.detach().float().reshape(len(w), -1).abs().amax(dim=1))
+
+
+def scaled_mm(a: Any, b: Any, scale_b: Any, bias: Any, out_dtype: Any, fast_accum: bool = True) -> Any:
+    """a (M, K) E4M3 row-major times b (K, N) E4M3 column-major, times ``scale_b`` (1, N) fp32,
+    plus ``bias`` (N,): ``torch._scaled_mm`` with rowwise scales on a GPU (the rows' scales are
+    ones: the activation's per-tensor scale is folded into ``scale_b``); on the CPU the same
+    product of the dequantised values in fp32."""
+    if a.is_cuda:
+        return PLANS[(a.device, out_dtype, bias is not None)](a, b, scale_b, bias, out_dtype, fast_accum)
+    y = (a.float() @ b.float()) * scale_b
+    return (y if bias is None else y + bias.float()).to(out_dtype)
+
+
+def _ones(rows: int, device: Any) -> Any:
+    """The rows' scales (ones); inside a whole-model torch.compile made in the graph instead."""
+    if torch.compiler.is_compiling():
+        return torch.ones((rows, 1), dtype=torch.float32, device=device)
+    return _cached_ones(rows, device)
+
+
+@functools.cache
+def _cached_ones(rows: int, device: Any) -> Any:
+    return torch.ones((rows, 1), dtype=torch.float32, device=device)
+
+
+def _rowwise(a: Any, b: Any, scale_b: Any, bias: Any, out_dtype: Any, fast: bool) -> Any:
+    one = _ones(a.shape[0], a.device)
+    return torch._scaled_mm(a, b, one, scale_b, bias=bias, out_dtype=out_dtype, use_fast_accum=fast)
+
+
+def _rowwise_bf16(a: Any, b: Any, scale_b: Any, bias: Any, out_dtype: Any, fast: bool) -> Any:
+    bias16 = None if bias is None else bias.to(torch.bfloat16)
+    return _rowwise(a, b, scale_b, bias16, torch.bfloat16, fast).to(out_dtype)
+
+
+def _tensorwise(a: Any, b: Any, scale_b: Any, bias: Any, out_dtype: Any, fast: bool) -> Any:
+    one = _ones(1, a.device).reshape(())
+    y = torch._scaled_mm(a, b, one, one, out_dtype=torch.float32, use_fast_accum=fast) * scale_b
+    return (y if bias is None else y + bias.float()).to(out_dtype)
+
+
+PLANS: dict[tuple[Any, Any, bool], Callable[..., Any]] = {}  # (device, out dtype, bias) -> _gemm_plan's choice
+
+
+def gemm_plan(device: Any, out_dtype: Any, with_bias: bool) -> None:
+    """Probe once (eagerly, outside any CUDA graph capture or compile) the ``_scaled_mm`` call
+    ``scaled_mm`` makes for this device, output dtype and bias."""
+    key = (device, out_dtype, with_bias)
+    if key not in PLANS:
+        PLANS[key] = _gemm_plan(device, out_dtype, with_bias)
+
+
+def _gemm_plan(device: Any, out_dtype: Any, with_bias: bool) -> Callable[..., Any]:
+    """The first ``_scaled_mm`` configuration this GPU and torch run and get right, tried once on
+    a small product against the emulation: rowwise scales with the model's dtype out (cuBLASLt
+    on sm90 with CUDA >= 12.9), rowwise with bf16 out (torch's CUTLASS kernel), else tensorwise
+    with an fp32 result scaled afterwards (always supported, slower)."""
+    gen = torch.Generator().manual_seed(0)
+    a = quantize(torch.randn(64, 32, generator=gen), 1.0).to(device)
+    b = quantize(torch.randn(48, 32, generator=gen), 1.0).to(device).t()
+    scale = (torch.rand(1, 48, generator=gen) + 0.5).to(device)
+    bias = torch.randn(48, generator=gen).to(device, out_dtype) if with_bias else None
+    want = scaled_mm(a.cpu(), b.cpu(), scale.cpu(), None if bias is None else bias.cpu(), torch.float32)
+    errors = []
+    for plan in (_rowwise, _rowwise_bf16, _tensorwise):
+        try:
+            got = plan(a, b, scale, bias, out_dtype, True).float().cpu()
+        except (RuntimeError, ValueError) as exc:
+            errors.append(f"{plan.__name__}: {str(exc).splitlines()[0][:120]}")
+            continue
+        if torch.allclose(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max())):
+            return plan
+        errors.append(f"{plan.__name__}: wrong result")
+    raise HarnessError(f"fp8: no torch._scaled_mm configuration runs on {device}: {'; '.join(errors)}")
+
+
+# --- im2col over channels-last activations -----------------------------------------------------------
+def _bytes(x: Any) -> Any:
+    """FP8 tensors as bytes for the data movement (padding, strided views) FP8 may lack kernels for."""
+    return x.view(torch.uint8) if x.dtype == FP8 else x
+
+
+def patches(xh: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Any:
+    """(N, H, W, C) -> (N, Ho, Wo, kh*kw*C), the (kh, kw, C) order of ``flat_weight``; a 1x1
+    kernel is its input's strided rows, without copying where the stride is 1."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    dtype = xh.dtype
+    x = _bytes(xh)
+    if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
+        x = x[:, ::sh, ::sw, :]
+    else:
+        if ph or pw:
+            x = nn.functional.pad(x, (0, 0, pw, pw, ph, ph))
+        n, h, w, c = x.shape
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        s = x.stride()
+        x = x.as_strided((n, ho, wo, kh, kw, c), (s[0], s[1] * sh, s[2] * sw, s[1], s[2], s[3]))
+        x = x.reshape(n, ho, wo, kh * kw * c)
+    return x.view(dtype) if dtype == FP8 else x
+
+
+def flat_weight(w: Any) -> Any:
+    """(K, C, kh, kw) -> (K, kh*kw*C), matching ``patches``."""
+    return w.permute(0, 2, 3, 1).reshape(len(w), -1)
+
+
+# --- the FP8 convolution ---------------------------------------------------------------------------------
+def _epilogue(y: Any, z: Any, relu: bool, dtype: Any, emit_inv: Any, keep: bool) -> tuple[Any, Any]:
+    """GEMM result (+ residual) (ReLU) in ``dtype``, and its E4M3 copy for the next FP8 layer."""
+    y = y.float() if z is None else y.float() + z.float()
+    if relu:
+        y = torch.relu(y)
+    q = None if emit_inv is None else quantize(y, emit_inv)
+    return (y.to(dtype) if keep else None), q
+
+
+@functools.cache
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One process-wide compile of ``fn`` (dynamic shapes: the layers' many shapes share it)."""
+    import torch._dynamo
+
+    # Each flag combination is a guard of the one function: room for them all.
+    torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
+    return torch.compile(fn, dynamic=True)
+
+
+class Fp8Conv(nn.Module):
+    """A convolution (+ bias) (+ residual add) (+ ReLU) as an E4M3 GEMM: called as the module it
+    replaces, ``(x)`` or ``(x, z)``, with NCHW tensors in channels-last memory. ``x`` may already
+    be E4M3 (a previous FP8 layer's ``emit``); then the input scale is the one that made it. With
+    ``emit_scale`` set it returns ``(y, q)``: the output and its E4M3 copy (``y`` None when only
+    FP8 layers read it)."""
+
+    def __init__(self, conv: Any, in_scale: float, relu: bool, add: bool, dtype: Any, compiled: bool) -> None:
+        super().__init__()
+        w = conv.weight.detach().float()
+        self.kernel = (int(w.shape[2]), int(w.shape[3]))
+        self.stride = (int(conv.stride[0]), int(conv.stride[1]))
+        self.padding = (int(conv.padding[0]), int(conv.padding[1]))
+        self.relu, self.add, self.dtype = relu, add, dtype
+        w_scale = weight_scales(w)
+        q = quantize(flat_weight(w), (1.0 / w_scale)[:, None])
+        self.register_buffer("w_t", q.t(), persistent=False)  # (kh*kw*C, K) column-major
+        self.register_buffer("scale_b", (w_scale * in_scale).reshape(1, -1).float(), persistent=False)
+        self.in_scale = float(in_scale)
+        # On the weights' device: a CPU scalar would be read back in the middle of a CUDA graph.
+        self.register_buffer("in_inv", torch.tensor(1.0 / in_scale, device=w.device), persistent=False)
+        bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+        self.register_buffer("bias", bias, persistent=False)
+        if w.is_cuda:
+            gemm_plan(w.device, dtype, bias is not None)
+        self.emit_scale: float | None = None
+        self.keep = True  # whether anything but FP8 layers reads the output
+        self.fast_accum = os.environ.get("MLPERF_TORCH_FP8_FAST_ACCUM", "1") != "0"
+        self._epilogue = _compiled(_epilogue) if compiled else _epilogue
+        self._quantize = _compiled(quantize) if compiled else quantize
+
+    def set_emit(self, scale: float, keep: bool) -> None:
+        self.emit_scale, self.keep = scale, keep
+        self.register_buffer("emit_inv", torch.tensor(1.0 / scale, device=self.w_t.device), persistent=False)
+
+    def forward(self, x: Any, z: Any = None) -> Any:
+        xh = x.permute(0, 2, 3, 1)  # channels-last memory: (N, H, W, C) without a copy
+        if xh.dtype != FP8:
+            xh = self._quantize(xh, self.in_inv)
+        a = patches(xh, self.kernel, self.stride, self.padding)
+        n, ho, wo, k = a.shape
+        y = scaled_mm(a.reshape(-1, k), self.w_t, self.scale_b, self.bias, self.dtype, self.fast_accum)
+        zh = None if z is None else z.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+        emit = None if self.emit_scale is None else self.emit_inv
+        if not self.add and not self.relu and emit is None:
+            out, q = y, None
+        else:
+            out, q = self._epilogue(y, zh if self.add else None, self.relu, self.dtype, emit, self.keep)
+
+        def nchw(t: Any) -> Any:
+            return None if t is None else t.view(n, ho, wo, -1).permute(0, 3, 1, 2)
+
+        return nchw(out) if emit is None else (nchw(out), nchw(q))
+
+
+# --- which convolutions, calibration, the rewrite -------------------------------------------------------------
+def conv_facts(mod: Any) -> tuple[Any, bool, bool] | None:
+    """(the convolution, relu, add) of a plain Conv2d or a fused conv (+ add) + ReLU module."""
+    from .torch_backend import fused_conv_class
+
+    if isinstance(mod, fused_conv_class()):
+        return mod, True, bool(mod.add)
+    if isinstance(mod, nn.Conv2d) and isinstance(mod.padding, tuple) and mod.padding_mode == "zeros":
+        return mod, False, False
+    return None
+
+
+def eligible(conv: Any, mode: str) -> bool:
+    """Whether a convolution becomes an FP8 GEMM, by its shape and attributes alone."""
+    w = conv.weight
+    kh, kw = int(w.shape[2]), int(w.shape[3])
+    if getattr(conv, "groups", 1) != 1 or any(d != 1 for d in conv.dilation):
+        return False
+    if (kh, kw) != (1, 1) and mode != "all":
+        return False
+    # A kxk one with "same" padding (odd kernels), as im2col pads; a 1x1 one unpadded.
+    if tuple(int(p) for p in conv.padding) != (kh // 2, kw // 2) or kh % 2 == 0 or kw % 2 == 0:
+        return False
+    return int(w.shape[0]) % ALIGN == 0 and (int(w.shape[1]) * kh * kw) % ALIGN == 0
+
+
+def candidates(model: Any, mode: str) -> list[Any]:
+    """The fx nodes (call_module) whose convolution becomes FP8, in graph order."""
+    found = []
+    for node in model.graph.nodes:
+        if node.op != "call_module":
+            continue
+        facts = conv_facts(model.get_submodule(str(node.target)))
+        if facts is not None and eligible(facts[0], mode):
+            found.append(node)
+    return found
+
+
+def calibrate(model: Any, batches: Iterable[Any], mode: str) -> dict[str, float]:
+    """The largest |input| each FP8 candidate sees over ``batches`` (NCHW tensors on the model's
+    device, in its dtype), by module name: the activation ranges the scales come from."""
+    amax: dict[str, float] = {}
+    hooks = []
+    for node in candidates(model, mode):
+        name = str(node.target)
+
+        def record(mod: Any, args: Any, name: str = name) -> None:
+            amax[name] = max(amax.get(name, 0.0), float(args[0].detach().abs().max()))
+
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(record))
+    try:
+        with torch.inference_mode():
+            for x in batches:
+                model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return amax
+
+
+def quantize_model(model: Any, amax: dict[str, float], mode: str, dtype: Any, compiled: bool, emit: bool = True) -> int:
+    """Replace each FP8 candidate with ``amax`` by an ``Fp8Conv``; with ``emit``, an FP8 layer
+    whose output an FP8 layer reads writes that layer's E4M3 input in its epilogue. Returns how
+    many convolutions became FP8."""
+    graph: fx.Graph = model.graph
+    nodes = [n for n in candidates(model, mode) if str(n.target) in amax]
+    missing = [str(n.target) for n in candidates(model, mode) if str(n.target) not in amax]
+    if missing:
+        raise HarnessError(f"fp8: no calibrated range for {', '.join(missing[:3])}; rebuild the engine (build-engine)")
+    for node in nodes:
+        conv, relu, add = conv_facts(model.get_submodule(str(node.target)))  # type: ignore[misc]
+        scale = float(amax_scale(torch.tensor(amax[str(node.target)])))
+        model.set_submodule(str(node.target), Fp8Conv(conv, scale, relu, add, dtype, compiled))
+    if emit:
+        _emit_quantized(model, set(nodes))
+    graph.lint()
+    model.recompile()
+    return len(nodes)
+
+
+def _emit_quantized(model: Any, fp8_nodes: set[Any]) -> None:
+    """Where an FP8 layer's output is an FP8 layer's input (x, not the residual), the producer
+    writes it quantised with that consumer's scale (consumers of one tensor share its range)."""
+    graph: fx.Graph = model.graph
+    for producer in list(fp8_nodes):
+        readers = [u for u in producer.users if u in fp8_nodes and u.args[0] is producer]
+        if not readers:
+            continue
+        scale = max(model.get_submodule(str(r.target)).in_scale for r in readers)
+        for r in readers:  # one quantised copy: every reader takes the largest of their scales
+            mod = model.get_submodule(str(r.target))
+            mod.scale_b.mul_(scale / mod.in_scale)
+            mod.in_inv.fill_(1.0 / scale)
+            mod.in_scale = scale
+        others = [u for u in producer.users if u not in readers]
+        model.get_submodule(str(producer.target)).set_emit(scale, keep=bool(others))
+        with graph.inserting_after(producer):
+            q = graph.call_function(operator.getitem, (producer, 1))
+        with graph.inserting_after(producer):
+            y = graph.call_function(operator.getitem, (producer, 0))
+        for u in others:
+            u.replace_input_with(producer, y)
+        for r in readers:
+            r.replace_input_with(producer, q)
+        if not others:
+            graph.erase_node(y)
+
+
+# --- the accuracy gate ------------------------------------------------------------------------------
+def accuracy_gate(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
+    """A lower-precision pipeline's outputs (N, classes) against the FP32 model's on the same
+    inputs: relative error (Frobenius, over the whole batch), each sample's largest relative
+    error, and top-1 agreement in percent."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise HarnessError(f"accuracy gate: outputs of shape {got.shape} against {want.shape}")
+    per = np.linalg.norm(got - want, axis=1) / np.maximum(np.linalg.norm(want, axis=1), 1e-30)
+    return {
+        "relErr": float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30)),
+        "maxSampleRelErr": float(per.max()),
+        "top1Agreement": float((got.argmax(1) == want.argmax(1)).mean() * 100),
+        "finite": float(np.isfinite(got).all()),
+    }
