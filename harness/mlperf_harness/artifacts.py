@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 ArtifactKind = Literal["dataset", "preprocessed", "model", "engine", "tuning"]
 
-SYNTHETIC_GENERATOR_VERSION = 1
+# 2: full-size BERT keeps its tokens apart through 24 layers (bert/model.py, residual branch gain).
+SYNTHETIC_GENERATOR_VERSION = 2
 
 # Defaults when the spec does not override them; the harness config refines per scenario.
 DEFAULT_PRECISION: dict[str, str] = {

@@ -109,6 +109,10 @@ def build(seed: int, size: str = "small") -> onnx.ModelProto:
     g.const("rsqrt2", np.array(2**-0.5, np.float32))
     g.const("half", np.array(0.5, np.float32))
 
+    # The residual branches' gain: at 1, BERT-Large's 24 random layers average every token into the
+    # same vector (its start logits varied by 0.002 over a sequence, so no span was a clear answer);
+    # sqrt(2 / layers) keeps each token's identity through the depth, and leaves 2 layers as they were.
+    branch = float(np.sqrt(2 / cfg.layers))
     for i in range(cfg.layers):
         p = f"bert.encoder.layer.{i}"
 
@@ -122,7 +126,7 @@ def build(seed: int, size: str = "small") -> onnx.ModelProto:
         probs = g.node("Softmax", [g.node("Add", [scores, bias], f"{p}.masked")], f"{p}.probs", axis=-1)
         ctx = g.node("Transpose", [g.node("MatMul", [probs, v], f"{p}.ctx")], f"{p}.ctx.t", perm=[0, 2, 1, 3])
         ctx = g.node("Reshape", [ctx, merge_heads], f"{p}.ctx.r")
-        att = g.linear(ctx, f"{p}.attention.output.dense", h, h)
+        att = g.linear(ctx, f"{p}.attention.output.dense", h, h, gain=branch)
         x = g.layer_norm(g.node("Add", [att, x], f"{p}.res1"), f"{p}.attention.output.LayerNorm", h)
 
         inner = g.linear(x, f"{p}.intermediate.dense", h, cfg.intermediate)
@@ -131,7 +135,7 @@ def build(seed: int, size: str = "small") -> onnx.ModelProto:
         erf = g.node("Erf", [scaled], f"{p}.gelu.erf")
         half = g.node("Mul", [g.node("Add", [erf, "onef"], f"{p}.gelu.a"), "half"], f"{p}.gelu.h")
         act = g.node("Mul", [inner, half], f"{p}.gelu")
-        out = g.linear(act, f"{p}.output.dense", cfg.intermediate, h)
+        out = g.linear(act, f"{p}.output.dense", cfg.intermediate, h, gain=branch)
         x = g.layer_norm(g.node("Add", [out, x], f"{p}.res2"), f"{p}.output.LayerNorm", h)
 
     # QA head: gain so the logits spread over a few units and the best span stands out.
