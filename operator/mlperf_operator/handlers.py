@@ -13,7 +13,6 @@ import threading
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from .api import CAMPAIGN_KIND, CAMPAIGN_PLURAL, GROUP, KIND, PLURAL, VERSION
 from .campaigns import CampaignController
@@ -28,7 +27,9 @@ _controller: Controller | None = None
 _campaigns: CampaignController | None = None
 _run_retries: Retries | None = None
 _campaign_retries: Retries | None = None
-_stop = threading.Event()  # set at kopf's cleanup: the resync and retry threads end with the operator
+# Set at kopf's cleanup (or by __main__'s signal handler before kopf listens): the resync and retry threads end
+# with the operator, and so does kopf's own wait on it as its stop flag (a thread of its executor).
+STOP = threading.Event()
 # Set by __main__ in single-namespace mode; None watches (and resyncs) every namespace.
 WATCHED_NAMESPACES: list[str] | None = None
 
@@ -73,19 +74,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
     settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "8"))
-    port = int(os.environ.get("MLPERF_METRICS_PORT", "8080"))
-    if port:
-        start_http_server(port)
-        log.info("metrics on :%d/metrics", port)
-    _stop.clear()
-    threading.Thread(target=_resync_forever, args=(_stop,), name="resync", daemon=True).start()
+    threading.Thread(target=_resync_forever, args=(STOP,), name="resync", daemon=True).start()
     for retries in (_run_retries, _campaign_retries):
         threading.Thread(target=retries.run_forever, name=f"{retries.what}-retries", daemon=True).start()
 
 
 @kopf.on.cleanup()
 def stop_threads(**_: Any) -> None:
-    _stop.set()
+    STOP.set()
     for retries in (_run_retries, _campaign_retries):
         if retries is not None:
             retries.close()
