@@ -14,14 +14,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from mlperf_operator import leader, metrics
 from mlperf_operator.leader import LeaderElector, LeaseConfig
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from test_retry import Clock
 
 
 class Leases:

@@ -14,6 +14,8 @@ from mlperf_operator.retry import Retries
 
 
 class Clock:
+    """A monotonic clock that moves only when a test moves it."""
+
     def __init__(self) -> None:
         self.now = 100.0
 
