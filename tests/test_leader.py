@@ -53,6 +53,8 @@ def replicas(
     try:
         a.start()
         wait_for(lambda: holder(api, namespace) == a.identity, timeout=60, what="the first replica to lead")
+        started = "Activity 'configure' succeeded"  # kopf's startup, which a SIGTERM would cut short
+        wait_for(lambda: started in a.log_path.read_text(), timeout=60, what="the leader's startup")
         b.start()
         yield a, b
     finally:

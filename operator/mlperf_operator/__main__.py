@@ -7,6 +7,7 @@ reconciles; without it (one process, e.g. from a shell) it reconciles at once.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import threading
@@ -75,13 +76,22 @@ def _run_kopf(args: argparse.Namespace, stop: threading.Event) -> None:
 
     handlers.WATCHED_NAMESPACES, handlers.STOP = args.namespace, stop
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    kopf.run(
-        standalone=True,  # the Lease (or a single process) makes it the only one; no kopf peering objects
-        clusterwide=not args.namespace,
-        namespaces=args.namespace or (),
-        liveness_endpoint=liveness,
-        stop_flag=stop,  # set by a signal that came before kopf's own handlers, and at kopf's cleanup
-    )
+    # kopf waits on `stop` in a thread of the loop's executor. asyncio.run() would wait for that thread at
+    # its end, so a stop that did not come through `stop` (a signal while kopf starts up) would hang the
+    # process; with a loop of our own, kopf returns and `stop` is set after it.
+    loop = asyncio.new_event_loop()
+    try:
+        kopf.run(
+            loop=loop,
+            standalone=True,  # the Lease (or a single process) makes it the only one; no kopf peering objects
+            clusterwide=not args.namespace,
+            namespaces=args.namespace or (),
+            liveness_endpoint=liveness,
+            stop_flag=stop,  # set by a signal that came before kopf's own handlers
+        )
+    finally:
+        stop.set()
+        loop.close()
 
 
 if __name__ == "__main__":
