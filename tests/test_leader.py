@@ -114,6 +114,18 @@ def verdict(status: dict[str, Any]) -> tuple[Any, ...]:
     return status["phase"], status.get("result"), results, steps
 
 
+def ended_before_takeover(api: client.ApiClient, namespace: str) -> bool:
+    """Whether the preprocess step ended while nobody led (what the second kill point is after)."""
+    wait_for(lambda: job_done(api, namespace, "stormy", "preprocess"), timeout=300, what="preprocess to end")
+    job = next(j for j in run_jobs(api, namespace, "stormy") if j.metadata.labels[STEP] == "preprocess")
+    acquired = client.CoordinationV1Api(api).read_namespaced_lease(LEASE, namespace).spec.acquire_time
+    return bool(job.status.completion_time <= acquired)
+
+
+def job_done(api: client.ApiClient, namespace: str, run: str, step: str) -> bool:
+    return any(j.status.succeeded for j in run_jobs(api, namespace, run) if j.metadata.labels[STEP] == step)
+
+
 def jobs_per_step(api: client.ApiClient, namespace: str, run: str) -> dict[str, int]:
     return dict(collections.Counter(j.metadata.labels[STEP] for j in run_jobs(api, namespace, run)))
 
@@ -165,6 +177,7 @@ def test_killing_the_leader_at_three_points_of_a_pipeline_changes_nothing_but_wh
         held.append(preprocess)
         took, leader = kill_leader(api, namespace, replicas, meanwhile=preprocess.start)
         takeovers.append(took)
+        print(f"preprocess ended {'before' if ended_before_takeover(api, namespace) else 'after'} the takeover")
         # 3. While the performance step runs.
         held_pod(api, namespace, "stormy", STEPS[3])
         took, leader = kill_leader(api, namespace, replicas)
@@ -205,5 +218,5 @@ def test_a_leader_that_finds_the_lease_taken_exits_non_zero(
         LEASE, namespace, {"spec": {"holderIdentity": "usurper", "renewTime": now}}
     )
     assert leader.proc is not None
-    wait_for(lambda: leader.proc.poll() is not None, timeout=30, what="the leader to exit")  # type: ignore[union-attr]
+    wait_for(lambda: leader.proc.poll() is not None, timeout=30, what="the leader to exit")
     assert leader.proc.returncode == 1 and "lost the Lease" in leader.log_tail()
