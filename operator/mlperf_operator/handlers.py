@@ -27,8 +27,8 @@ _controller: Controller | None = None
 _campaigns: CampaignController | None = None
 _run_retries: Retries | None = None
 _campaign_retries: Retries | None = None
-# Set at kopf's cleanup (or by __main__'s signal handler before kopf listens): the resync and retry threads end
-# with the operator, and so does kopf's own wait on it as its stop flag (a thread of its executor).
+# The operator's stop flag (__main__ gives kopf the same one), set at kopf's cleanup at the latest: the resync
+# thread ends with the operator.
 STOP = threading.Event()
 # Set by __main__ in single-namespace mode; None watches (and resyncs) every namespace.
 WATCHED_NAMESPACES: list[str] | None = None
