@@ -116,7 +116,8 @@ def test_helm_lint_passes() -> None:
 
 def test_the_operator_deployment_is_hardened() -> None:
     deployment = by_kind(render(), "Deployment")[0]
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one leading (leader election), so an update may overlap old and new pods.
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -131,9 +132,44 @@ def test_the_operator_deployment_is_hardened() -> None:
     assert ports == {"metrics": 8080, "health": 8081}
     assert container["image"] == "ghcr.io/mlperf-operator/operator:0.1.0"  # the chart's appVersion
     assert container["command"] == ["mlperf-operator"]
-    assert container["args"] == ["--all-namespaces", "--health-port=8081"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["args"] == [
+        "--all-namespaces",
+        "--health-port=8081",
+        "--leader-election",
+        "--lease-name=mlperf-mlperf-operator",
+    ]
+    env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
     assert env["MLPERF_METRICS_PORT"] == "8080"
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"  # the downward API
+
+
+def test_leader_election_has_its_lease_rbac_and_without_it_one_replica_recreated() -> None:
+    docs = render(namespace="ops")
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["mlperf-mlperf-operator"],  # the --lease-name, nothing else
+            "verbs": ["get", "update"],
+        },
+    ]
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == role["metadata"]["name"]]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mlperf-mlperf-operator", "namespace": "ops"}]
+    # In namespace scope too, next to the watched namespaces' Roles.
+    roles = by_kind(render(namespace="ops", scope="namespace", watchNamespaces=["team-a"]), "Role")
+    assert sorted((r["metadata"]["namespace"], r["metadata"]["name"]) for r in roles) == [
+        ("ops", "mlperf-mlperf-operator-leader-election"),
+        ("team-a", "mlperf-mlperf-operator"),
+    ]
+
+    single = render(leaderElection={"enabled": False}, replicaCount=1)
+    deployment = by_kind(single, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert "--leader-election" not in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not by_kind(single, "Role")
 
 
 def test_image_tag_and_digest_come_from_values() -> None:
@@ -147,14 +183,15 @@ def test_image_tag_and_digest_come_from_values() -> None:
 
 def test_cluster_scope_binds_one_cluster_role_and_namespace_scope_binds_roles() -> None:
     cluster_docs = render()
-    assert not by_kind(cluster_docs, "Role")
+    # No Role but the leader election's, for its Lease (test_leader_election_has_its_lease_rbac_...).
+    assert [r["metadata"]["name"] for r in by_kind(cluster_docs, "Role")] == ["mlperf-mlperf-operator-leader-election"]
     (role,) = by_kind(cluster_docs, "ClusterRole")
     assert {"mlperfruns", "jobs", "customresourcedefinitions"} <= {
         r for rule in role["rules"] for r in rule["resources"]
     }
 
     docs = render(namespace="ops", scope="namespace", watchNamespaces=["team-a", "team-b"])
-    roles = by_kind(docs, "Role")
+    roles = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for binding in by_kind(docs, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mlperf-mlperf-operator", "namespace": "ops"}]
@@ -169,7 +206,8 @@ def test_cluster_scope_binds_one_cluster_role_and_namespace_scope_binds_roles() 
     args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["--namespace=team-a", "--namespace=team-b"]
     # Without watchNamespaces it watches the release's own namespace.
-    assert [r["metadata"]["namespace"] for r in by_kind(render(namespace="ops", scope="namespace"), "Role")] == ["ops"]
+    roles = by_kind(render(namespace="ops", scope="namespace"), "Role")
+    assert [r["metadata"]["namespace"] for r in roles if r["metadata"]["name"] == "mlperf-mlperf-operator"] == ["ops"]
 
 
 def test_no_rule_grants_secrets_wildcards_or_escalation() -> None:
@@ -249,7 +287,8 @@ def test_alerts_and_dashboard_query_only_metrics_the_operator_exports_in_valid_p
     ("values", "message"),
     [
         ({"replicaCount": -1}, "at '/replicaCount': minimum: got -1, want 0"),
-        ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
+        ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "at '/replicaCount': maximum: got 2, want 1"),
+        ({"leaderElection": {"enable": True}}, "at '/leaderElection'"),
         ({"replicas": 1}, "additional properties 'replicas' not allowed"),
         ({"image": {"repository": "r", "pullpolicy": "Always"}}, "at '/image': additional properties 'pullpolicy'"),
         ({"scope": "everywhere"}, "at '/scope'"),
@@ -276,7 +315,7 @@ def test_helm_install_succeeds_and_the_operator_pod_is_admitted_as_restricted(
         core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
         assert core.read_namespaced_service_account(release, namespace)
         assert core.read_namespaced_service(f"{release}-metrics", namespace)
-        assert apps.read_namespaced_deployment(release, namespace).spec.replicas == 1
+        assert apps.read_namespaced_deployment(release, namespace).spec.replicas == 2
         cluster.kubectl("get", "crd", "mlperfruns.mlperf-operator.io")
         # No image can run under kwok, but the ReplicaSet's pod is created: PodSecurity admitted it.
         selector = f"app.kubernetes.io/instance={release}"

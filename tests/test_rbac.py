@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cluster import Cluster, PodExecutor
+from cluster import Cluster, PodExecutor, wait_for
 from cluster.operator_process import OperatorProcess
 from kubernetes import client
 from test_helm import install, service_account, token_kubeconfig, uninstall
@@ -51,16 +51,17 @@ def clusterwide_release(cluster: Cluster, namespace: str) -> Iterator[str]:
     uninstall(cluster, release, namespace)  # takes its ClusterRole and ClusterRoleBinding along
 
 
-def can_i(cluster: Cluster, user: str, verb: str, resource: str, namespace: str | None) -> bool:
+def can_i(cluster: Cluster, user: str, verb: str, resource: str, namespace: str | None, name: str = "") -> bool:
     """What `kubectl auth can-i --as=user` asks, as a SubjectAccessReview: kubectl cannot name the group of a
     resource the server does not serve (Kueue's, where Kueue is not installed), RBAC can. "pods/log" asks for
-    the subresource; "jobs.batch" for the group."""
+    the subresource; "jobs.batch" for the group; `name` for one object."""
     resource, _, sub = resource.partition("/")
     plural, _, group = resource.partition(".")
     groups = ["system:authenticated"]
     if user.startswith("system:serviceaccount:"):  # what impersonating a ServiceAccount adds
         groups += ["system:serviceaccounts", f"system:serviceaccounts:{user.split(':')[2]}"]
     attributes = {"verb": verb, "resource": plural, "group": group, "subresource": sub, "namespace": namespace or ""}
+    attributes["name"] = name
     review = {"spec": {"user": user, "groups": groups, "resourceAttributes": attributes}}
     answer = client.AuthorizationV1Api(cluster.api_client()).create_subject_access_review(review)
     return bool(answer.status.allowed)
@@ -127,6 +128,23 @@ def test_cluster_scope_can_run_jobs_everywhere_but_not_read_secrets_or_touch_nod
     assert can_i(cluster, user, "list", "mlperfruns.mlperf-operator.io", None)
     assert not can_i(cluster, user, "list", "secrets", None)
     assert not [(v, r) for v, r in CLUSTER_DENIED if can_i(cluster, user, v, r, None)]
+    assert_lease_rbac(cluster, user, release_namespace=namespace)
+
+
+LEASES = "leases.coordination.k8s.io"
+
+
+def assert_lease_rbac(cluster: Cluster, user: str, release_namespace: str) -> None:
+    """Leader election: its one Lease (named after the release) in the release namespace, nothing else."""
+    lease = "mlperf-operator"
+    for verb in ("get", "update"):
+        assert can_i(cluster, user, verb, LEASES, release_namespace, lease), verb
+        assert not can_i(cluster, user, verb, LEASES, release_namespace, "kube-controller-manager"), verb
+        assert not can_i(cluster, user, verb, LEASES, "default", lease), verb
+    assert can_i(cluster, user, "create", LEASES, release_namespace)
+    assert not can_i(cluster, user, "create", LEASES, "default")
+    assert not can_i(cluster, user, "delete", LEASES, release_namespace, lease)
+    assert not can_i(cluster, user, "list", LEASES, release_namespace)
 
 
 def test_namespace_scope_acts_only_in_its_namespace(
@@ -140,6 +158,7 @@ def test_namespace_scope_acts_only_in_its_namespace(
     assert not can_i(cluster, user, "list", "mlperfruns.mlperf-operator.io", None)
     assert can_i(cluster, user, "watch", "customresourcedefinitions.apiextensions.k8s.io", None)
     assert not [(v, r) for v, r in CLUSTER_DENIED if can_i(cluster, user, v, r, None)]
+    assert_lease_rbac(cluster, user, release_namespace=namespace)
 
 
 def test_operator_under_the_chart_identity_drives_the_example_to_succeeded_in_a_restricted_namespace(
@@ -184,10 +203,19 @@ def test_operator_under_the_chart_identity_drives_the_example_to_succeeded_in_a_
     assert get_run(api, namespace, "resnet50-offline")["status"]["phase"] == "Succeeded"
 
 
-def test_namespace_scope_resync_needs_no_cluster_wide_list(
-    cluster: Cluster, namespace: str, namespaced_identity: Path, tmp_path: Path
+def test_namespace_scope_resync_and_leader_election_need_no_cluster_wide_rights(
+    cluster: Cluster, api: client.ApiClient, namespace: str, namespaced_identity: Path, tmp_path: Path
 ) -> None:
-    with OperatorProcess(namespaced_identity, [namespace], tmp_path / "operator.log", resync_seconds=0.5) as op:
-        time.sleep(2)  # a few resyncs
+    log_path = tmp_path / "operator.log"
+    with OperatorProcess(namespaced_identity, [namespace], log_path, resync_seconds=0.5, leader="sa") as op:
+        # It takes the Lease (create, then get and update: the chart's lease name is the release's) and leads.
+        lease = client.CoordinationV1Api(api)
+        wait_for(
+            lambda: lease.read_namespaced_lease("mlperf-operator", namespace).spec.holder_identity == op.identity,
+            timeout=60,
+            what="the operator to lead",
+        )
+        time.sleep(2)  # a few resyncs and renewals
         log = op.log_path.read_text(errors="replace")
     assert not denials(log), sorted(denials(log))
+    assert "released the Lease" in log_path.read_text(errors="replace")  # update, on SIGTERM

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from mlperf_harness.spec import MLPerfRunSpec
@@ -88,10 +89,10 @@ class CampaignController:
             meta = campaign["metadata"]
             self.kube.patch_status(meta["namespace"], meta["name"], new, plural=CAMPAIGN_PLURAL)
 
-    def resync(self, namespaces: list[str] | None) -> None:
+    def resync(self, namespaces: list[str] | None, reconcile: Callable[[str, str], None] | None = None) -> None:
         for campaign in self.kube.list_campaigns(namespaces):
             meta = campaign["metadata"]
             try:
-                self.reconcile(meta["namespace"], meta["name"])
+                (reconcile or self.reconcile)(meta["namespace"], meta["name"])
             except Exception:
                 log.exception("reconcile of campaign %s/%s failed", meta["namespace"], meta["name"])

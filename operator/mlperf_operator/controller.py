@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from .jobs import build_cache_index, build_claim, build_job, claim_name
 from .kube import Kube
 from .observe import MESSAGE_LIMIT
 from .reconcile import Decision, decide
+from .retry import permanent
 from .status import TERMINAL_PHASES, MLPerfRunStatus, now
 
 log = logging.getLogger(__name__)
@@ -66,12 +68,13 @@ class Controller:
             except Exception:
                 log.exception("reconcile of %s/%s failed", namespace, other)
 
-    def resync(self, namespaces: list[str] | None) -> None:
-        """Reconcile every run; one run's error is that run's (its status and Events say it), not the others'."""
+    def resync(self, namespaces: list[str] | None, reconcile: Callable[[str, str], None] | None = None) -> None:
+        """Reconcile every run (through `reconcile`, the operator's retrying one, when given); one run's error is
+        that run's (its status and Events say it), not the others'."""
         for run in self.kube.list_runs(namespaces):
             meta = run["metadata"]
             try:
-                self.reconcile(meta["namespace"], meta["name"])
+                (reconcile or self.reconcile)(meta["namespace"], meta["name"])
             except Exception:
                 log.exception("reconcile of %s/%s failed", meta["namespace"], meta["name"])
 
@@ -82,10 +85,10 @@ class Controller:
         run = self.kube.get_run(meta["namespace"], meta["name"]) or run  # what the failed reconcile wrote counts
         previous = MLPerfRunStatus.model_validate(run.get("status") or {})
         try:
-            if isinstance(exc, ApiException) and exc.status == 422:
+            if permanent(exc):
                 self._fail(run, previous, "Rejected", f"the API server rejected an object of this run: {what}")
                 return
-            message = f"reconcile failed (retried at the next resync): {what}"
+            message = f"reconcile failed (retried with backoff): {what}"
             if previous.message != message:
                 status = previous.model_copy(update={"message": message})
                 body = status.model_dump(mode="json", exclude_none=True)

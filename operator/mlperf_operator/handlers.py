@@ -1,7 +1,8 @@
 """kopf handlers. Only event handlers: no finalizers, so a run stays deletable without the operator.
 
-Every handler funnels into ``Controller.reconcile``, which is level-triggered and idempotent;
-a periodic resync covers any event that was missed while the operator was away or busy.
+Every handler funnels into ``Controller.reconcile``, which is level-triggered and idempotent; a failed one is
+retried with backoff (retry.py), and a periodic resync covers any event that was missed while the operator was
+away or busy.
 """
 
 from __future__ import annotations
@@ -12,18 +13,23 @@ import threading
 from typing import Any
 
 import kopf
-from prometheus_client import start_http_server
 
 from .api import CAMPAIGN_KIND, CAMPAIGN_PLURAL, GROUP, KIND, PLURAL, VERSION
 from .campaigns import CampaignController
 from .controller import Controller
 from .jobs import PART_OF
 from .kube import Kube, load_config
+from .retry import Retries
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = float(os.environ.get("MLPERF_RESYNC_SECONDS", "30"))
 _controller: Controller | None = None
 _campaigns: CampaignController | None = None
+_run_retries: Retries | None = None
+_campaign_retries: Retries | None = None
+# The operator's stop flag (__main__ gives kopf the same one), set at kopf's cleanup at the latest: the resync
+# thread ends with the operator.
+STOP = threading.Event()
 # Set by __main__ in single-namespace mode; None watches (and resyncs) every namespace.
 WATCHED_NAMESPACES: list[str] | None = None
 
@@ -42,38 +48,59 @@ def campaigns() -> CampaignController:
     return _campaigns
 
 
+def reconcile_run(namespace: str, name: str) -> None:
+    """Reconcile a run now, and again with backoff while it fails."""
+    _made(_run_retries).reconcile(namespace, name)
+
+
+def reconcile_campaign(namespace: str, name: str) -> None:
+    _made(_campaign_retries).reconcile(namespace, name)
+
+
+def _made(retries: Retries | None) -> Retries:
+    if retries is None:
+        raise RuntimeError("the retries are made at startup; no handler may run before it")
+    return retries
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _controller, _campaigns
+    global _controller, _campaigns, _run_retries, _campaign_retries
     load_config()
     kube = Kube()
     _controller, _campaigns = Controller(kube), CampaignController(kube)
+    _run_retries, _campaign_retries = Retries(_controller.reconcile), Retries(_campaigns.reconcile, "campaign")
     log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
     settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "8"))
-    port = int(os.environ.get("MLPERF_METRICS_PORT", "8080"))
-    if port:
-        start_http_server(port)
-        log.info("metrics on :%d/metrics", port)
-    stop = threading.Event()
-    threading.Thread(target=_resync_forever, args=(stop,), name="resync", daemon=True).start()
+    threading.Thread(target=_resync_forever, args=(STOP,), name="resync", daemon=True).start()
+    for retries in (_run_retries, _campaign_retries):
+        threading.Thread(target=retries.run_forever, name=f"{retries.what}-retries", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop_threads(**_: Any) -> None:
+    STOP.set()
+    for retries in (_run_retries, _campaign_retries):
+        if retries is not None:
+            retries.close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def run_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
     if not namespace:
         return
-    controller().reconcile(namespace, name)
+    reconcile_run(namespace, name)
     for owner in body.metadata.get("ownerReferences") or []:  # a campaign's point moved on
         if owner.get("kind") == CAMPAIGN_KIND and owner.get("apiVersion", "").startswith(GROUP):
-            campaigns().reconcile(namespace, owner["name"])
+            reconcile_campaign(namespace, owner["name"])
 
 
 @kopf.on.event(GROUP, VERSION, CAMPAIGN_PLURAL)
 def campaign_changed(name: str, namespace: str | None, **_: Any) -> None:
     if namespace:
-        campaigns().reconcile(namespace, name)
+        reconcile_campaign(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/part-of": PART_OF})
@@ -84,15 +111,15 @@ def job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if not owner.get("apiVersion", "").startswith(GROUP):
             continue
         if owner.get("kind") == KIND:
-            controller().reconcile(namespace, owner["name"])
+            reconcile_run(namespace, owner["name"])
         elif owner.get("kind") == CAMPAIGN_KIND:  # the campaign's submission Job
-            campaigns().reconcile(namespace, owner["name"])
+            reconcile_campaign(namespace, owner["name"])
 
 
 def _resync_forever(stop: threading.Event) -> None:
     while not stop.wait(RESYNC_SECONDS):
         try:
-            controller().resync(WATCHED_NAMESPACES)
-            campaigns().resync(WATCHED_NAMESPACES)
+            controller().resync(WATCHED_NAMESPACES, reconcile_run)
+            campaigns().resync(WATCHED_NAMESPACES, reconcile_campaign)
         except Exception:
             log.exception("resync failed; retrying in %.0f s", RESYNC_SECONDS)

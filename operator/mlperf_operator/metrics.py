@@ -33,6 +33,7 @@ CAMPAIGN_POINTS = Gauge(
     ["namespace", "campaign", "state"],
 )
 RECONCILE_ERRORS = Counter("mlperf_reconcile_errors_total", "Reconciles that raised an error.", ["reason"])
+LEADER = Gauge("mlperf_operator_leader", "1 while this replica holds the leader Lease and reconciles, 0 on standby.")
 
 _phases: dict[str, str] = {}
 _series: dict[tuple[str, str], set[tuple[str, ...]]] = {}  # a run's result series, removed with the run

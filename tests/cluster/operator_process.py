@@ -31,20 +31,32 @@ class OperatorProcess:
         log_path: Path,
         resync_seconds: float = 5,
         command: list[str] | None = None,
+        leader: str | None = None,
     ) -> None:
-        """`command`: what starts the operator (default: this venv's); KUBECONFIG names `kubeconfig` either way."""
+        """`command`: what starts the operator (default: this venv's); KUBECONFIG names `kubeconfig` either way.
+        `leader`: with --leader-election, as candidate `<leader>-<start number>` (each start is a new candidate),
+        the Lease in the first watched namespace."""
         self.kubeconfig, self.namespaces, self.log_path = kubeconfig, namespaces, log_path
         self.resync_seconds = resync_seconds
+        self.leader = leader
         self.command = command or [sys.executable, "-m", "mlperf_operator"]
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
+    @property
+    def identity(self) -> str:
+        """Its name in the Lease (leader election only)."""
+        return f"{self.leader}-{self.starts}"
+
     def start(self) -> OperatorProcess:
         args = [*self.command, "--health-port", str(self.health_port)]
         for ns in self.namespaces:
             args += ["--namespace", ns]
+        self.starts += 1
+        if self.leader:
+            args += ["--leader-election", "--lease-namespace", self.namespaces[0], "--leader-identity", self.identity]
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
@@ -52,7 +64,6 @@ class OperatorProcess:
             "MLPERF_RESYNC_SECONDS": str(self.resync_seconds),
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.starts += 1
         log = self.log_path.open("ab")
         log.write(f"\n===== operator start #{self.starts} =====\n".encode())
         self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -1,0 +1,183 @@
+"""A failed reconcile is retried with backoff (retry.py), through the real Controller against a fake Kube that fails
+N times: 1, 2, 4 ... capped, one pending retry per run, reset by a success, never for a permanent error."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from mlperf_operator.campaigns import CampaignController
+from mlperf_operator.controller import Controller
+from mlperf_operator.retry import Retries
+
+
+class Clock:
+    """A monotonic clock that moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FlakyKube:
+    """Enough of Kube for a run whose claim does not exist yet: reading the claim fails `failures` times with
+    `status`, then answers that there is none (the run then waits for it, a status write)."""
+
+    def __init__(self, failures: int, status: int = 500) -> None:
+        self.failures, self.status = failures, status
+        self.claim_reads = 0
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str]] = []
+        self.run: dict[str, Any] = {
+            "kind": "MLPerfRun",
+            "metadata": {"name": "r", "namespace": "ns", "uid": "u-1", "generation": 1},
+            "spec": {"benchmark": "resnet50", "storage": {"existingClaim": "cache"}},
+        }
+
+    def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.run
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.claim_reads += 1
+        if self.claim_reads <= self.failures:
+            raise ApiException(status=self.status, reason="flaky")
+        return None
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "") -> None:
+        self.statuses.append(status)
+        self.run = {**self.run, "status": status}
+
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((reason, message))
+
+
+def retrying(failures: int, status: int = 500) -> tuple[FlakyKube, Retries, Clock]:
+    kube, clock = FlakyKube(failures, status), Clock()
+    return kube, Retries(Controller(kube).reconcile, clock=clock), clock  # type: ignore[arg-type]
+
+
+def test_a_failing_reconcile_is_retried_after_1_2_4_s_until_it_succeeds() -> None:
+    kube, retries, clock = retrying(failures=3)
+    retries.reconcile("ns", "r")  # the event's reconcile: fails, and never raises into kopf
+    delays = []
+    while retries.pending():
+        (due,) = retries.pending().values()
+        delays.append(due - clock.now)
+        assert retries.run_due() == 0  # not before it is due
+        clock.now = due
+        assert retries.run_due() == 1
+    assert delays == [1, 2, 4]
+    assert kube.claim_reads == 4
+    assert kube.run["status"]["message"].startswith("waiting for PersistentVolumeClaim cache")
+    # Each failure said so on the run, once: the same message is not written (nor an Event posted) again.
+    assert [reason for reason, _ in kube.events] == ["ReconcileError", "ClaimMissing"]
+    assert "retried with backoff" in kube.events[0][1] and "500" in kube.events[0][1]
+
+
+def test_the_backoff_is_capped() -> None:
+    _, retries, clock = retrying(failures=8)
+    retries.reconcile("ns", "r")
+    delays = []
+    while retries.pending():
+        (due,) = retries.pending().values()
+        delays.append(due - clock.now)
+        clock.now = due
+        retries.run_due()
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_events_that_fail_meanwhile_add_no_second_retry() -> None:
+    kube, retries, clock = retrying(failures=6)
+    retries.reconcile("ns", "r")
+    first = retries.pending()
+    for _ in range(4):  # a burst of events for the same run, each failing
+        retries.reconcile("ns", "r")
+    assert retries.pending() == first == {("ns", "r"): clock.now + 1}
+    clock.now += 1
+    assert retries.run_due() == 1  # one retry, not five
+    assert retries.pending() == {("ns", "r"): clock.now + 2}  # and the backoff went on from where it was
+    assert kube.claim_reads == 6
+
+
+def test_a_success_from_any_event_resets_the_backoff() -> None:
+    kube, retries, clock = retrying(failures=2)
+    retries.reconcile("ns", "r")
+    clock.now += 1
+    retries.run_due()
+    assert retries.pending() == {("ns", "r"): clock.now + 2}
+    retries.reconcile("ns", "r")  # a Job's event, before the retry is due: succeeds
+    assert retries.pending() == {}
+    clock.now += 60
+    assert retries.run_due() == 0  # the retry that was pending is gone
+    kube.failures, kube.claim_reads = 1, 0  # fails again later: backoff starts over at 1 s
+    retries.reconcile("ns", "r")
+    assert retries.pending() == {("ns", "r"): clock.now + 1}
+
+
+def test_a_rejected_spec_fails_the_run_and_is_not_retried() -> None:
+    kube, retries, _ = retrying(failures=1, status=422)
+    retries.reconcile("ns", "r")
+    assert retries.pending() == {}
+    assert kube.run["status"]["phase"] == "Failed"
+    assert kube.run["status"]["conditions"][0]["reason"] == "Rejected"
+
+
+def test_one_runs_retry_does_not_delay_another_run() -> None:
+    calls: list[tuple[str, str]] = []
+    broken = {"a"}
+
+    def reconcile(namespace: str, name: str) -> None:
+        calls.append((namespace, name))
+        if name in broken:
+            raise RuntimeError("boom")
+
+    clock = Clock()
+    retries = Retries(reconcile, clock=clock)
+    retries.reconcile("ns", "a")
+    retries.reconcile("ns", "b")
+    assert retries.pending() == {("ns", "a"): clock.now + 1}
+    broken.clear()
+    clock.now += 1
+    assert retries.run_due() == 1 and calls[-1] == ("ns", "a") and retries.pending() == {}
+
+
+class FlakyCampaigns:
+    """Reading the campaign fails `failures` times, then it is gone (a reconcile that ends at once)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.reads = failures, 0
+
+    def get_campaign(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
+        if self.reads <= self.failures:
+            raise ApiException(status=503, reason="unavailable")
+        return None
+
+
+def test_a_campaign_is_retried_too_by_the_retry_thread() -> None:
+    kube = FlakyCampaigns(failures=3)
+    retries = Retries(CampaignController(kube).reconcile, "campaign", first=0.01)  # type: ignore[arg-type]
+    thread = threading.Thread(target=retries.run_forever, daemon=True)
+    thread.start()
+    retries.reconcile("ns", "c")
+    done = threading.Event()
+    for _ in range(500):  # a bound against hangs, not a speed check
+        if kube.reads == 4 and not retries.pending():
+            done.set()
+            break
+        threading.Event().wait(0.02)
+    retries.close()
+    thread.join(timeout=10)
+    assert done.is_set(), (kube.reads, retries.pending())
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("status", [409, 429, 500, 503])
+def test_conflicts_and_server_errors_are_retried(status: int) -> None:
+    _, retries, _ = retrying(failures=1, status=status)
+    retries.reconcile("ns", "r")
+    assert list(retries.pending()) == [("ns", "r")]
