@@ -98,8 +98,9 @@ class OnnxLSTM(nn.Module):
 
     def forward(self, x: Any, sequence_lens: Any = None, initial_h: Any = None, initial_c: Any = None) -> Any:
         zeros = x.new_zeros((1, x.shape[1], self.lstm.hidden_size))
-        h0 = zeros if initial_h is None else initial_h
-        c0 = zeros if initial_c is None else initial_c
+        # cuDNN's LSTM refuses a non-contiguous state (rnnt's prediction net slices it from a larger one).
+        h0 = zeros if initial_h is None else initial_h.contiguous()
+        c0 = zeros if initial_c is None else initial_c.contiguous()
         if sequence_lens is None:
             y, (h, c) = self.lstm(x, (h0, c0))
         else:
