@@ -1,7 +1,7 @@
 """resnet50's Server target found by the tuner on one NVIDIA GPU, then a fresh run at it (the pytorch backend).
 
-    python3 benchmarks/gpu_tune.py [--probe-seconds 5] [--seconds 10] [--max-probes 8] [--tries 1]
-    python3 benchmarks/gpu_tune.py --timeline 28000 --probe-seconds 5   # latency over a run's time, first
+    python3 benchmarks/gpu_tune.py [--probe-seconds 10] [--seconds 10] [--max-probes 8] [--tries 1]
+    python3 benchmarks/gpu_tune.py --timeline 28000                  # latency over a run's time, first
 
 The tuner's probes (real LoadGen runs, bracketed by an Offline probe, bisected on VALID / INVALID) find
 the highest VALID Server target at the round's 15 ms; the run then uses 0.9 of it. Each try retunes
@@ -85,7 +85,7 @@ def timeline(ws: Workspace, qps: float, seconds: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--probe-seconds", type=float, default=5.0)
+    ap.add_argument("--probe-seconds", type=float, default=10.0)  # 5 s probes caught latency spikes, see BENCHMARKS.md
     ap.add_argument("--seconds", type=float, default=10.0, help="the fresh Server run at the tuned target")
     ap.add_argument("--max-probes", type=int, default=8)
     ap.add_argument("--tries", type=int, default=1)
