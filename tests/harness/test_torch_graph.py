@@ -279,3 +279,42 @@ def test_bert_runs_through_the_sut_and_scores_100(tmp_path: Path) -> None:
     [acc] = steps.run_harness(ws, "Offline", "AccuracyOnly").results
     assert acc.backend.startswith("pytorch") and acc.accuracyMetric == "F1"
     assert acc.accuracy == 100.0 and acc.accuracyPassed
+
+
+@pytest.mark.parametrize("most", [1, 4, 100])
+def test_batched_nms_selects_as_onnxruntime(most: int) -> None:
+    """OnnxNMS against onnxruntime's NonMaxSuppression: overlapping boxes, 3 classes, 2 images, a
+    score floor, and a per-class cap that cuts (1, 4) or not (100): the same rows in the same order."""
+    import onnxruntime
+    import torch
+    from mlperf_harness.backends.torch_graph import OnnxNMS
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(SEED)
+    corners = rng.uniform(0, 0.7, (2, 60, 2)).astype(np.float32)
+    boxes = np.concatenate([corners, corners + rng.uniform(0.1, 0.3, (2, 60, 2)).astype(np.float32)], axis=2)
+    scores = rng.uniform(0, 1, (2, 3, 60)).astype(np.float32)
+    limits = {
+        "most": np.array([most], np.int64),
+        "iou": np.array([0.4], np.float32),
+        "floor": np.array([0.2], np.float32),
+    }
+    graph = helper.make_graph(
+        [helper.make_node("NonMaxSuppression", ["boxes", "scores", "most", "iou", "floor"], ["selected"])],
+        "nms",
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, boxes.shape),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, scores.shape),
+            *(
+                helper.make_tensor_value_info(k, TensorProto.INT64 if k == "most" else TensorProto.FLOAT, [1])
+                for k in limits
+            ),
+        ],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    [want] = session.run(None, {"boxes": boxes, "scores": scores, **limits})
+    got = OnnxNMS()(*(torch.from_numpy(a) for a in (boxes, scores, *limits.values()))).numpy()
+    assert 0 < len(want) < 2 * 3 * 60 and (most > 4 or len(want) == 2 * 3 * most)
+    np.testing.assert_array_equal(got, want)

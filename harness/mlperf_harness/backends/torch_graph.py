@@ -14,7 +14,9 @@ first). BERT's attention is fused on a GPU (``fuse_attention``). The GPU part is
 
 onnx2torch has no LSTM converter (rnnt) nor Compress (ssd's batched post-processing): both are
 registered here (LSTM forward, one direction, the sequence lengths through a packed sequence); its
-CumSum reverses a sum whose ``reverse`` attribute is absent, which ``convert`` corrects.
+CumSum reverses a sum whose ``reverse`` attribute is absent, which ``convert`` corrects; its
+NonMaxSuppression, a Python loop over images and classes reading each kept box back on its own,
+is replaced by one batched NMS per image (``OnnxNMS``).
 """
 
 from __future__ import annotations
@@ -114,6 +116,33 @@ class OnnxLSTM(nn.Module):
             y, h, c = y * ran, torch.where(ran, h, h0), torch.where(ran, c, c0)
         out = (y.unsqueeze(1), h, c)[: self.outputs]
         return out if self.outputs > 1 else out[0]
+
+
+class OnnxNMS(nn.Module):
+    """ONNX's NonMaxSuppression (corner boxes) with torchvision's batched NMS, one call per image,
+    classes as its groups: (K, 3) rows of image, class, box, by image, class, then falling score,
+    at most ``max_output_boxes_per_class`` per class, boxes scoring above ``score_threshold``."""
+
+    def forward(
+        self, boxes: Any, scores: Any, max_per_class: Any = None, iou: Any = None, threshold: Any = None
+    ) -> Any:
+        from torchvision.ops import batched_nms
+
+        found = [boxes.new_empty((0, 3), dtype=torch.int64)]
+        most = int(max_per_class.item()) if max_per_class is not None else 0
+        if most <= 0:
+            return found[0]
+        iou_bound = float(iou.item()) if iou is not None else 0.0
+        floor = float(threshold.item()) if threshold is not None else float("-inf")
+        for image in range(scores.shape[0]):
+            cls, box = (scores[image] > floor).nonzero(as_tuple=True)
+            kept = batched_nms(boxes[image, box], scores[image, cls, box], cls, iou_bound)  # falling score
+            order = torch.argsort(cls[kept], stable=True)  # by class, falling score within each
+            kept, kept_cls = kept[order], cls[kept][order]
+            rank = torch.arange(len(kept), device=kept.device) - torch.searchsorted(kept_cls, kept_cls)
+            kept, kept_cls = kept[rank < most], kept_cls[rank < most]
+            found.append(torch.stack([torch.full_like(kept_cls, image), kept_cls, box[kept]], dim=1))
+        return torch.cat(found)
 
 
 class InstanceNorm(nn.Module):
@@ -246,6 +275,8 @@ def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
     for node in onnx_graph.nodes.values():
         if node.operation_type == "CumSum":  # onnx2torch 1.5 reads a missing `reverse` as 1; ONNX's default is 0
             model.get_submodule(node.unique_name).reverse = bool(node.attributes.get("reverse", 0))
+        elif node.operation_type == "NonMaxSuppression" and not node.attributes.get("center_point_box", 0):
+            model.set_submodule(node.unique_name, OnnxNMS())
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats:
             model.set_submodule(name, InstanceNorm(m))
@@ -278,7 +309,7 @@ def _half(model: Any, dtype: Any) -> Any:
     for name, m in list(model.named_modules()):
         if isinstance(m, OnnxCast) and m.torch_dtype == torch.float32:
             m.torch_dtype = dtype
-        elif isinstance(m, OnnxNonMaxSuppression):
+        elif isinstance(m, OnnxNonMaxSuppression | OnnxNMS):
             model.set_submodule(name, Float32(m))
     return model.to(dtype)
 
