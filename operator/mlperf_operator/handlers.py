@@ -46,8 +46,8 @@ def campaigns() -> CampaignController:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _controller, _campaigns
     load_config()
-    kube = Kube()
-    _controller, _campaigns = Controller(kube), CampaignController(kube)
+    kube = Kube(event_workers=2)
+    _controller, _campaigns = Controller(kube, recent_seconds=RESYNC_SECONDS), CampaignController(kube)
     log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
@@ -61,10 +61,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def run_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+def run_changed(name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any) -> None:
     if not namespace:
         return
-    controller().reconcile(namespace, name)
+    if type == "DELETED":
+        controller().forget(body["metadata"]["uid"])
+    if type == "DELETED" or not controller().settled(dict(body)):  # no GET for an ended run or our own write
+        controller().reconcile(namespace, name)
     for owner in body.metadata.get("ownerReferences") or []:  # a campaign's point moved on
         if owner.get("kind") == CAMPAIGN_KIND and owner.get("apiVersion", "").startswith(GROUP):
             campaigns().reconcile(namespace, owner["name"])
@@ -77,14 +80,16 @@ def campaign_changed(name: str, namespace: str | None, **_: Any) -> None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/part-of": PART_OF})
-def job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+def job_changed(body: kopf.Body, namespace: str | None, type: str | None, **_: Any) -> None:
     if not namespace:
         return
     for owner in body.metadata.get("ownerReferences") or []:
         if not owner.get("apiVersion", "").startswith(GROUP):
             continue
         if owner.get("kind") == KIND:
-            controller().reconcile(namespace, owner["name"])
+            # The Job controller updates a Job several times per state its run reads, and on after the run ended.
+            if controller().job_moved(dict(body), deleted=type == "DELETED") and not controller().ended(owner["uid"]):
+                controller().reconcile(namespace, owner["name"])
         elif owner.get("kind") == CAMPAIGN_KIND:  # the campaign's submission Job
             campaigns().reconcile(namespace, owner["name"])
 
