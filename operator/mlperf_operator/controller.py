@@ -68,9 +68,6 @@ class _Locks:
                 if not users[0]:
                     del self._held[key]
 
-    def __len__(self) -> int:
-        return len(self._held)
-
 
 class Controller:
     def __init__(self, kube: Kube, recent_seconds: float = 0.0) -> None:
