@@ -51,7 +51,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "8"))
+    settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "16"))
     port = int(os.environ.get("MLPERF_METRICS_PORT", "8080"))
     if port:
         start_http_server(port)
