@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +29,9 @@ from .status import TERMINAL_PHASES, MLPerfRunStatus, now
 
 log = logging.getLogger(__name__)
 LEASE_ATTEMPTS = 5
+CLAIM_SECONDS = 60.0  # how long a claim once read is taken to still exist (its GET is not repeated per reconcile)
+HOLDER_SECONDS = 5.0  # how long a lease's holder once read is taken to still be making its artifact
+WAKE_WORKERS = int(os.environ.get("MLPERF_WAKE_WORKERS", "4"))
 
 
 def backend_version(spec: MLPerfRunSpec) -> str:
@@ -40,21 +47,99 @@ def _seconds(start: str | None, end: str | None) -> float | None:
     return (parse(end) - parse(start)).total_seconds()
 
 
+class _Locks:
+    """One lock per run, kept only while a reconcile of the run holds or waits for it: a thousand finished runs
+    leave no entry behind."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held: dict[str, tuple[threading.Lock, list[int]]] = {}  # key -> (its lock, [users])
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._held.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if not users[0]:
+                    del self._held[key]
+
+
 class Controller:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, recent_seconds: float = 0.0) -> None:
+        """`recent_seconds`: the resync period; a resync passes over a run reconciled within half of it."""
         self.kube = kube
-        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self.recent_seconds = recent_seconds
+        self._reconciled: dict[str, float] = {}  # live runs, when each was last reconciled
+        self._locks = _Locks()
         # Runs waiting for another run's artifact, by (namespace, claim, key); lost on a restart, when the
         # resync finds them instead.
         self._waiters: defaultdict[tuple[str, str, str], set[str]] = defaultdict(set)
+        # The resourceVersion of each live run's last status write: its watch event brings nothing new.
+        self._written: dict[str, str] = {}
+        self._claims: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}  # claims read, and when
+        # uids of runs read making an artifact: when, and Kueue's reason if the step making it was queued
+        self._holders: dict[str, tuple[float, str]] = {}
+        self._ended: set[str] = set()  # uids of the live runs that ended: their Jobs' events change nothing
+        self._job_states: dict[str, tuple[Any, ...]] = {}  # what each live Job last said (job_moved)
+        self._making = threading.Lock()  # held while a claim's cache index is made
+        # A finished producer wakes its waiting runs through these threads, not one by one in its own.
+        self._wake = ThreadPoolExecutor(max_workers=WAKE_WORKERS, thread_name_prefix="wake")
+
+    def settled(self, run: dict[str, Any], written: bool = True) -> bool:
+        """Whether this copy of a run (a watch event's, a list's) needs no reconcile: the run ended (a terminal
+        run never changes again, so any copy of it is current; its results are exported from it), or, with
+        `written`, the copy is the operator's own last status write coming back."""
+        meta = run["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        if meta.get("deletionTimestamp"):
+            return False
+        status = MLPerfRunStatus.model_validate(run.get("status") or {})
+        if status.phase in TERMINAL_PHASES:
+            self._export(run, status)
+            return True
+        return written and self._written.get(key) == meta.get("resourceVersion")
+
+    def ended(self, uid: str) -> bool:
+        """Whether the run of this uid is known to have ended."""
+        return uid in self._ended
+
+    def forget(self, uid: str) -> None:
+        """A run was deleted: its uid's state goes (its name's, with the reconcile that finds it gone)."""
+        self._ended.discard(uid)
+        self._holders.pop(uid, None)
+
+    def job_moved(self, job: dict[str, Any], deleted: bool = False) -> bool:
+        """Whether a Job's event says something its run's reconcile reads (a condition, suspension, a pod ready,
+        a failed attempt), not one of the Job controller's bookkeeping updates in between."""
+        uid, status = job["metadata"]["uid"], job.get("status") or {}
+        if deleted:
+            self._job_states.pop(uid, None)
+            return True
+        conditions = sorted(c["type"] for c in status.get("conditions") or [] if c.get("status") == "True")
+        said = (tuple(conditions), (job.get("spec") or {}).get("suspend"), status.get("ready"), status.get("failed"))
+        if self._job_states.get(uid) == said:
+            return False
+        self._job_states[uid] = said
+        return True
 
     def reconcile(self, namespace: str, name: str) -> None:
         """Bring one run a step further; safe to call at any time, any number of times."""
-        with self._locks[f"{namespace}/{name}"]:
+        with self._locks.hold(f"{namespace}/{name}"):
+            metrics.RECONCILES.inc()
             run = self.kube.get_run(namespace, name)  # fresh: an event's copy may predate our last write
+            self._reconciled[f"{namespace}/{name}"] = time.monotonic()
             if run is None or run["metadata"].get("deletionTimestamp"):
                 metrics.forget_run(namespace, name)
-                self._locks.pop(f"{namespace}/{name}", None)  # state pruned with the run
+                self._written.pop(f"{namespace}/{name}", None)  # state pruned with the run
+                self._reconciled.pop(f"{namespace}/{name}", None)
+                if run is not None:
+                    self.forget(run["metadata"]["uid"])
                 return
             try:
                 waiting = self._reconcile(run)
@@ -63,20 +148,33 @@ class Controller:
                 self._report_error(run, exc)
                 raise
         for other in sorted(waiting):  # outside this run's lock: the other run's reconcile takes its own
-            try:
-                self.reconcile(namespace, other)
-            except Exception:
-                log.exception("reconcile of %s/%s failed", namespace, other)
+            self._wake.submit(self._reconcile_logged, namespace, other)
+
+    def _reconcile_logged(self, namespace: str, name: str) -> None:
+        try:
+            self.reconcile(namespace, name)
+        except Exception:
+            log.exception("reconcile of %s/%s failed", namespace, name)
 
     def resync(self, namespaces: list[str] | None, reconcile: Callable[[str, str], None] | None = None) -> None:
-        """Reconcile every run (through `reconcile`, the operator's retrying one, when given); one run's error is
-        that run's (its status and Events say it), not the others'."""
+        """Reconcile every run that has not ended (an ended one is exported from the list, no GET), through
+        `reconcile` (the operator's retrying one) when given; one run's error is that run's (its status and
+        Events say it), not the others'."""
+        due: list[tuple[str, str]] = []  # names only: the pages of the list are not held while reconciling
         for run in self.kube.list_runs(namespaces):
             meta = run["metadata"]
+            if self.settled(run, written=False):  # its own write may be current, but time (a deadline) passed
+                continue
+            # A burst of new runs is reconciled by its events; the resync is for the runs that went quiet (half
+            # the period: a run the last resync reconciled is not passed over for a faster loop this time).
+            last = self._reconciled.get(f"{meta['namespace']}/{meta['name']}", 0.0)
+            if time.monotonic() - last >= self.recent_seconds / 2:
+                due.append((meta["namespace"], meta["name"]))
+        for namespace, name in due:
             try:
-                (reconcile or self.reconcile)(meta["namespace"], meta["name"])
+                (reconcile or self.reconcile)(namespace, name)
             except Exception:
-                log.exception("reconcile of %s/%s failed", meta["namespace"], meta["name"])
+                log.exception("reconcile of %s/%s failed", namespace, name)
 
     def _report_error(self, run: dict[str, Any], exc: Exception) -> None:
         """Say on the run why it does not progress; an API server's rejection of what the spec asks is final."""
@@ -92,7 +190,7 @@ class Controller:
             if previous.message != message:
                 status = previous.model_copy(update={"message": message})
                 body = status.model_dump(mode="json", exclude_none=True)
-                self.kube.patch_status(meta["namespace"], meta["name"], body)
+                self._patch_status(meta["namespace"], meta["name"], body)
                 self.kube.event(run, "Warning", "ReconcileError", message)
         except Exception:
             log.exception("could not report the error of %s/%s", meta["namespace"], meta["name"])
@@ -118,8 +216,10 @@ class Controller:
         claim = pvc["metadata"]["name"]
         steps = plan(spec, backend_version(spec))
         jobs = self._job_views(run)
+        # Once every artifact step ended the cache index has nothing left to tell this run: not read again.
+        ended = all((st := previous.step(s.name)) and st.state in ("Succeeded", "Failed") for s in steps if s.artifact)
         for _ in range(LEASE_ATTEMPTS):
-            data, version = self._cache_index(pvc)
+            data, version = ({}, "") if ended else self._cache_index(pvc)
             answers = cacheindex.answers(data)
             planned = [s.artifact.relpath for s in steps if s.artifact]
             cached = {p: answers[p] for p in planned if p in answers}
@@ -155,18 +255,24 @@ class Controller:
         if not lease:
             return None
         holder = json.loads(lease)
-        if holder["uid"] == run["metadata"]["uid"]:
+        uid = holder["uid"]
+        if uid == run["metadata"]["uid"] or uid in self._ended:
             return None
-        other = self.kube.get_run(run["metadata"]["namespace"], holder["run"])
-        if other is None or other["metadata"]["uid"] != holder["uid"]:
-            return None
-        status = other.get("status") or {}
-        if status.get("phase") in TERMINAL_PHASES:
-            return None
-        step: dict[str, Any] = next((s for s in status.get("steps") or [] if s.get("name") == holder["step"]), {})
-        if step.get("state") == "Queued":
-            why = str(step.get("message", "")).removeprefix("Kueue: ")
-            return f"run {holder['run']} (step {holder['step']}, queued in Kueue: {why})"
+        at, queued = self._holders.get(uid, (0.0, ""))
+        if time.monotonic() - at > HOLDER_SECONDS:  # not asked per waiting run and reconcile
+            other = self.kube.get_run(run["metadata"]["namespace"], holder["run"])
+            if other is None or other["metadata"]["uid"] != uid:
+                return None
+            status = other.get("status") or {}
+            if status.get("phase") in TERMINAL_PHASES:
+                return None
+            step: dict[str, Any] = next((s for s in status.get("steps") or [] if s.get("name") == holder["step"]), {})
+            queued = str(step.get("message", "")).removeprefix("Kueue: ") if step.get("state") == "Queued" else ""
+            now_ = time.monotonic()
+            self._holders = {u: v for u, v in self._holders.items() if now_ - v[0] <= HOLDER_SECONDS}
+            self._holders[uid] = (now_, queued)
+        if queued:
+            return f"run {holder['run']} (step {holder['step']}, queued in Kueue: {queued})"
         return f"run {holder['run']} (step {holder['step']})"
 
     def _take_leases(self, run: dict[str, Any], claim: str, decision: Decision, version: str) -> bool:
@@ -209,7 +315,7 @@ class Controller:
         self._record_metrics(run, spec, decision)
         new = decision.status.model_dump(mode="json", exclude_none=True)
         if new != previous.model_dump(mode="json", exclude_none=True):
-            self.kube.patch_status(ns, name, new)
+            self._patch_status(ns, name, new)
         for event in decision.events:
             self.kube.event(run, event.type, event.reason, event.message)
         # The runs that waited for these artifacts go on now, not at the next resync.
@@ -223,10 +329,13 @@ class Controller:
                 metrics.STEP_DURATION.labels(step.verb, spec.benchmark).observe(seconds)
         self._export(run, decision.status)
 
-    @staticmethod
-    def _export(run: dict[str, Any], status: MLPerfRunStatus) -> None:
+    def _export(self, run: dict[str, Any], status: MLPerfRunStatus) -> None:
         meta, spec = run["metadata"], run.get("spec") or {}
         metrics.observe_phase(f"{meta['namespace']}/{meta['name']}", status.phase.value)
+        if status.phase in TERMINAL_PHASES:
+            self._ended.add(meta["uid"])
+            self._written.pop(f"{meta['namespace']}/{meta['name']}", None)
+            self._reconciled.pop(f"{meta['namespace']}/{meta['name']}", None)
         if status.phase == Phase.SUCCEEDED:
             gpu = (spec.get("system") or {}).get("gpuProduct", "")
             for result in status.results:
@@ -240,15 +349,20 @@ class Controller:
         ns, name = run["metadata"]["namespace"], run["metadata"]["name"]
         claim = claim_name(name) if spec.storage.create is not None else spec.storage.existingClaim
         assert claim is not None
+        read, at = self._claims.get((ns, claim), (None, 0.0))
+        if read is not None and time.monotonic() - at < CLAIM_SECONDS:
+            return read
         pvc = self.kube.get_claim(ns, claim)
         if pvc is None and spec.storage.create is not None:
             self.kube.create(build_claim(run, spec))
             pvc = self.kube.get_claim(ns, claim)
+        if pvc is not None:
+            self._claims[(ns, claim)] = (pvc, time.monotonic())
         if pvc is None:
             message = f"waiting for PersistentVolumeClaim {claim} (spec.storage.existingClaim) to exist"
             if previous.message != message:
                 status = previous.model_copy(update={"message": message, "startTime": previous.startTime or now()})
-                self.kube.patch_status(ns, name, status.model_dump(mode="json", exclude_none=True))
+                self._patch_status(ns, name, status.model_dump(mode="json", exclude_none=True))
                 self.kube.event(run, "Warning", "ClaimMissing", message)
             return None
         return pvc
@@ -258,8 +372,11 @@ class Controller:
         ns, claim = pvc["metadata"]["namespace"], pvc["metadata"]["name"]
         found = self.kube.cache_index(ns, claim)
         if found is None:
-            self.kube.create(build_cache_index(pvc))
-            found = self.kube.cache_index(ns, claim)
+            with self._making:  # the first runs of a claim come at once: one of them POSTs, none gets a 409
+                found = self.kube.cache_index(ns, claim)
+                if found is None:
+                    self.kube.create(build_cache_index(pvc))
+                    found = self.kube.cache_index(ns, claim)
         return found or ({}, "")
 
     def _fail_invalid(self, run: dict[str, Any], previous: MLPerfRunStatus, exc: ValidationError) -> None:
@@ -273,8 +390,11 @@ class Controller:
         status.message = message
         status.completionTime = now()
         status.set_condition("Failed", True, reason, message, meta.get("generation", 1))
-        self.kube.patch_status(meta["namespace"], meta["name"], status.model_dump(mode="json", exclude_none=True))
+        self._patch_status(meta["namespace"], meta["name"], status.model_dump(mode="json", exclude_none=True))
         self.kube.event(run, "Warning", reason, message)
+
+    def _patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._written[f"{namespace}/{name}"] = self.kube.patch_status(namespace, name, status)
 
 
 def _api_message(exc: Exception) -> str:

@@ -67,13 +67,13 @@ def _made(retries: Retries | None) -> Retries:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _controller, _campaigns, _run_retries, _campaign_retries
     load_config()
-    kube = Kube()
-    _controller, _campaigns = Controller(kube), CampaignController(kube)
+    kube = Kube(event_workers=2)
+    _controller, _campaigns = Controller(kube, recent_seconds=RESYNC_SECONDS), CampaignController(kube)
     _run_retries, _campaign_retries = Retries(_controller.reconcile), Retries(_campaigns.reconcile, "campaign")
     log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "8"))
+    settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "16"))
     threading.Thread(target=_resync_forever, args=(STOP,), name="resync", daemon=True).start()
     for retries in (_run_retries, _campaign_retries):
         threading.Thread(target=retries.run_forever, name=f"{retries.what}-retries", daemon=True).start()
@@ -88,10 +88,13 @@ def stop_threads(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def run_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+def run_changed(name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any) -> None:
     if not namespace:
         return
-    reconcile_run(namespace, name)
+    if type == "DELETED":
+        controller().forget(body["metadata"]["uid"])
+    if type == "DELETED" or not controller().settled(dict(body)):  # no GET for an ended run or our own write
+        reconcile_run(namespace, name)
     for owner in body.metadata.get("ownerReferences") or []:  # a campaign's point moved on
         if owner.get("kind") == CAMPAIGN_KIND and owner.get("apiVersion", "").startswith(GROUP):
             reconcile_campaign(namespace, owner["name"])
@@ -104,14 +107,16 @@ def campaign_changed(name: str, namespace: str | None, **_: Any) -> None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/part-of": PART_OF})
-def job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+def job_changed(body: kopf.Body, namespace: str | None, type: str | None, **_: Any) -> None:
     if not namespace:
         return
     for owner in body.metadata.get("ownerReferences") or []:
         if not owner.get("apiVersion", "").startswith(GROUP):
             continue
         if owner.get("kind") == KIND:
-            reconcile_run(namespace, owner["name"])
+            # The Job controller updates a Job several times per state its run reads, and on after the run ended.
+            if controller().job_moved(dict(body), deleted=type == "DELETED") and not controller().ended(owner["uid"]):
+                reconcile_run(namespace, owner["name"])
         elif owner.get("kind") == CAMPAIGN_KIND:  # the campaign's submission Job
             reconcile_campaign(namespace, owner["name"])
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from . import metrics
 from .api import (
     CAMPAIGN_PLURAL,
     GROUP,
@@ -38,9 +41,39 @@ def load_config() -> None:
         kubernetes.config.load_kube_config()
 
 
+def request_labels(method: str, url: str) -> tuple[str, str]:
+    """(verb, resource) of a request as the API server's apiserver_request_total names them: a GET of a
+    collection is a LIST, a subresource is resource/subresource."""
+    parts = urlsplit(url).path.strip("/").split("/")
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]  # /api/v1/... or /apis/<group>/<version>/...
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    resource = "/".join([rest[0], *rest[2:3]]) if rest else "?"
+    verb = "LIST" if method == "GET" and len(rest) == 1 else method
+    return verb, resource
+
+
+class CountingApiClient(kubernetes.client.ApiClient):
+    """Counts the operator's own API requests by verb, resource and code (mlperf_api_requests_total): the API
+    server's metrics cannot tell them from the Job controller's, the scheduler's or kwok's."""
+
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        verb, resource = request_labels(method, url)
+        try:
+            response = super().call_api(method, url, *args, **kwargs)
+        except ApiException as exc:
+            metrics.API_REQUESTS.labels(verb, resource, str(exc.status)).inc()
+            raise
+        metrics.API_REQUESTS.labels(verb, resource, str(response.status)).inc()
+        return response
+
+
 class Kube:
-    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
-        self.client = api_client or kubernetes.client.ApiClient()
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None, event_workers: int = 0) -> None:
+        """`event_workers`: threads that post Events off the reconcile's path, as client-go's recorder does
+        (0: posted before event() returns)."""
+        self.client = api_client or CountingApiClient()
+        self._events = ThreadPoolExecutor(event_workers, thread_name_prefix="events") if event_workers else None
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
@@ -61,14 +94,23 @@ class Kube:
                 return None
             raise
 
-    def list_runs(self, namespaces: list[str] | None = None) -> list[dict[str, Any]]:
-        """Runs of the watched namespaces (all when None): a namespaced operator may not list cluster-wide."""
-        if not namespaces:
-            return cast(dict[str, Any], self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))["items"]
-        runs: list[dict[str, Any]] = []
-        for ns in namespaces:
-            runs += cast(dict[str, Any], self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))["items"]
-        return runs
+    def list_runs(self, namespaces: list[str] | None = None, page: int = 100) -> Iterator[dict[str, Any]]:
+        """Runs of the watched namespaces (all when None): a namespaced operator may not list cluster-wide. In
+        pages: a thousand runs' statuses at once were the operator's peak of memory, every resync."""
+        scopes: list[str | None] = list(namespaces) if namespaces else [None]
+        for ns in scopes:
+            token = None
+            while True:
+                if ns is None:
+                    listed = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=page, _continue=token)
+                else:
+                    listed = self.custom.list_namespaced_custom_object(
+                        GROUP, VERSION, ns, PLURAL, limit=page, _continue=token
+                    )
+                yield from cast(dict[str, Any], listed)["items"]
+                token = cast(dict[str, Any], listed)["metadata"].get("continue")
+                if not token:
+                    break
 
     def get_campaign(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -200,8 +242,11 @@ class Kube:
             if exc.status != 404:
                 raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = PLURAL) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": status})
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = PLURAL) -> str:
+        """Write the status; the object's resourceVersion after the write."""
+        body = {"status": status}
+        patched = self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)
+        return str(cast(dict[str, Any], patched)["metadata"]["resourceVersion"])
 
     def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """An Event about a run or a campaign."""
@@ -224,7 +269,13 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
+        if self._events is None:
+            self._post_event(body)
+        else:
+            self._events.submit(self._post_event, body)
+
+    def _post_event(self, body: dict[str, Any]) -> None:
         try:
-            self.core.create_namespaced_event(meta["namespace"], cast(Any, body))
-        except ApiException as exc:  # an event is never worth failing a reconcile for
-            log.warning("could not post event %s: %s", reason, exc.reason)
+            self.core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body))
+        except Exception as exc:  # an event is never worth failing a reconcile for
+            log.warning("could not post event %s: %s", body["reason"], exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import TYPE_CHECKING
 
 from mlperf_harness.pipeline import Phase
@@ -32,21 +33,35 @@ CAMPAIGN_POINTS = Gauge(
     "Points of a campaign, by state: total, succeeded, failed, running.",
     ["namespace", "campaign", "state"],
 )
+RECONCILES = Counter("mlperf_reconciles_total", "Reconciles of a run (a GET of it and a decision).")
+API_REQUESTS = Counter(
+    "mlperf_api_requests_total",
+    "The operator's own API requests, by verb, resource and HTTP code.",
+    ["verb", "resource", "code"],
+)
 RECONCILE_ERRORS = Counter("mlperf_reconcile_errors_total", "Reconciles that raised an error.", ["reason"])
 LEADER = Gauge("mlperf_operator_leader", "1 while this replica holds the leader Lease and reconciles, 0 on standby.")
 
 _phases: dict[str, str] = {}
 _series: dict[tuple[str, str], set[tuple[str, ...]]] = {}  # a run's result series, removed with the run
+_phase_lock = threading.Lock()  # reconciles of different runs call in from several threads
+for _p in Phase:  # every phase is exported, 0 when no run is in it
+    RUNS_BY_PHASE.labels(_p.value).set(0)
 
 
 def observe_phase(run_key: str, phase: str | None) -> None:
-    """Track one run's phase (None when it is gone) and refresh the per-phase gauge."""
-    if phase is None:
-        _phases.pop(run_key, None)
-    else:
-        _phases[run_key] = phase
-    for p in Phase:  # every phase is exported, 0 when no run is in it
-        RUNS_BY_PHASE.labels(p.value).set(sum(1 for v in _phases.values() if v == p.value))
+    """Track one run's phase (None when it is gone) in the per-phase gauge: a move of one run, not a recount of
+    them all (a thousand runs, a dozen phases, several calls per reconcile)."""
+    with _phase_lock:
+        old = _phases.pop(run_key, None) if phase is None else _phases.get(run_key)
+        if phase is not None:
+            _phases[run_key] = phase
+        if old == phase:
+            return
+        if old is not None:
+            RUNS_BY_PHASE.labels(old).dec()
+        if phase is not None:
+            RUNS_BY_PHASE.labels(phase).inc()
 
 
 def forget_run(namespace: str, run: str) -> None:
