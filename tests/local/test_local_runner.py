@@ -84,20 +84,24 @@ def test_ctrl_c_at_any_moment_exits_130_and_the_rerun_resumes(tmp_path: Path) ->
     interrupted: list[str] = []
     try:
         while True:
-            started = {p.stem for p in steps_dir.glob("*.log")}
             done_before = {p.name: p.stat().st_mtime_ns for p in steps_dir.glob("*.json")}
+            done = {Path(name).stem for name in done_before}
+            since = time.time_ns()
             proc = subprocess.Popen(
                 [MLPERF, "run", "--workdir", str(work), *FLAGS], cwd=tmp_path, text=True, stdout=PIPE, stderr=PIPE
             )
             deadline = time.monotonic() + 300
-            new: set[str] = set()
+            new: dict[str, int] = {}
             while proc.poll() is None and not new and time.monotonic() < deadline:
                 time.sleep(0.05)
-                new = {p.stem for p in steps_dir.glob("*.log")} - started - set(interrupted)
+                # A step this run began: its log written since the start (a log can be there from an earlier,
+                # interrupted run), not one of the steps done before, nor one interrupted already.
+                logs = {p.stem: p.stat().st_mtime_ns for p in steps_dir.glob("*.log")}
+                new = {s: t for s, t in logs.items() if t >= since and s not in done and s not in interrupted}
             if proc.poll() is None:
                 time.sleep(rng.uniform(0, 1.5))  # at the step's start, or somewhere inside it
                 proc.send_signal(signal.SIGINT)
-                interrupted.append(sorted(new)[0] if new else "?")
+                interrupted.append(max(new, key=new.__getitem__) if new else "?")
             out, err = proc.communicate(timeout=300)
             for name, stamp in done_before.items():  # a completed step is never redone
                 assert (steps_dir / name).stat().st_mtime_ns == stamp, f"{name} was redone"
