@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,53 @@ def offline_run(run: str, seconds: float, expected: float, **over: Any) -> tuple
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     [r] = steps.run_harness(ws, "Offline", "PerformanceOnly").results
     return r.samplesPerSecond or 0.0, r.resultValidity
+
+
+# CUDA runtime calls that show how the host drives the GPU: launches, graph replays, copies, waits.
+HOST_CALLS = (
+    "cudaLaunchKernel",
+    "cudaGraphLaunch",
+    "cudaMemcpyAsync",
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+)
+
+
+def gpu_profile(run: Callable[[], Any], top: int = 8) -> dict[str, Any]:
+    """Where one call's time goes on the GPU: ``run`` once under torch's profiler (CPU and CUDA).
+    Returns the kernels' GPU time (ms), the count of each host call of HOST_CALLS, and the ``top``
+    kernels by GPU time as (ms, share %, count, name). Kernels inside a CUDA graph replay are traced
+    where CUPTI supports it (CUDA 12+)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernels = [
+        e
+        for e in events
+        if e.device_type.name == "CUDA" and e.self_device_time_total > 0 and not e.key.startswith("Activity Buffer")
+    ]
+    total = sum(e.self_device_time_total for e in kernels) or 1
+    largest = sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]
+    return {
+        "gpuMs": total / 1000,
+        "kernelLaunches": sum(e.count for e in kernels),
+        "hostCalls": {e.key: e.count for e in events if e.key in HOST_CALLS},
+        "top": [
+            (e.self_device_time_total / 1000, e.self_device_time_total / total * 100, e.count, e.key[:110])
+            for e in largest
+        ],
+    }
+
+
+def print_profile(figures: dict[str, Any], label: str) -> None:
+    print(
+        f"GPU time of {label}: {figures['gpuMs']:.2f} ms in {figures['kernelLaunches']} kernels;",
+        f"host calls {figures['hostCalls']}",
+    )
+    for ms, share, count, name in figures["top"]:
+        print(f"  {ms:7.3f} ms {share:5.1f} % x{count:<4} {name}")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import images, machine, stamp, workspace
+from _common import gpu_profile, images, machine, print_profile, stamp, workspace
 from mlperf_harness import steps
 from mlperf_harness.backends.torch_backend import REWRITES, PyTorchBackend
 from mlperf_harness.benchmarks.resnet50 import INPUT
@@ -189,8 +189,6 @@ def profile(
     """Where one batch's GPU time goes: the pipeline's ops run once eagerly under torch's
     profiler (the same kernels its CUDA graph replays), GPU time per op, largest first."""
     import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     b = backend(model, batch, precision, "off", "ArgMax:0", calibration=calibration)
     x = torch.randn(batch, max(3, b._channels), 224, 224, device="cuda").to(b._dtype)
@@ -199,19 +197,7 @@ def profile(
         for _ in range(3):
             b._run(x)
         torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-            b._run(x)
-            torch.cuda.synchronize()
-    kernels = [
-        e
-        for e in prof.key_averages()
-        if e.device_type.name == "CUDA" and e.self_device_time_total > 0 and not e.key.startswith("Activity Buffer")
-    ]
-    total = sum(e.self_device_time_total for e in kernels)
-    print(f"GPU time of one batch of {batch}: {total / 1000:.2f} ms; kernels, largest first:")
-    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]:
-        share = e.self_device_time_total / total * 100
-        print(f"  {e.self_device_time_total / 1000:7.3f} ms {share:5.1f} % x{e.count:<3} {e.key[:110]}")
+        print_profile(gpu_profile(lambda: b._run(x), top), f"one batch of {batch}")
     release(b)
 
 

@@ -11,7 +11,9 @@ Per benchmark:
 2. The null backend through the harness, Offline: what the harness itself costs per sample.
 3. The plain loop: the benchmark's own batches (its collate and infer, every model part loaded by the
    backend), one after another for half of --seconds: the backend without LoadGen or the SUT.
-4. The harness: LoadGen Offline for --seconds at that batch size, with the same backend.
+4. On a GPU, what limits it: one batch's wall time against its kernels' GPU time under torch's
+   profiler, the host's launches, copies and waits, and the largest kernels (--no-profile: skip).
+5. The harness: LoadGen Offline for --seconds at that batch size, with the same backend.
 
 Synthetic data and random weights of the real architectures: the machine's figures, not a submission's.
 Prints a table last; writes $OUT/models.json when $OUT is set.
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine, stamp, workspace
+from _common import gpu_profile, machine, print_profile, stamp, workspace
 from mlperf_harness import steps
 from mlperf_harness.backends import get_backend
 from mlperf_harness.benchmarks.base import MODEL
@@ -69,7 +71,7 @@ def _groups(bench: Any, store: Any, batch: int, most: int = 8) -> list[list[int]
     return groups
 
 
-def plain_loop(ws: Any, batch: int, seconds: float, backend: str, precision: str) -> dict[str, Any]:
+def plain_loop(ws: Any, batch: int, seconds: float, backend: str, precision: str, prof: bool) -> dict[str, Any]:
     bench, store = ws.bench, ws.samples()
     parts = {}
     for part, path in bench.model_files(ws.model_dir).items():
@@ -93,9 +95,27 @@ def plain_loop(ws: Any, batch: int, seconds: float, backend: str, precision: str
     rate = n / (time.perf_counter() - start)
     facts = {"graphed": getattr(general, "graphed", None), "eager": getattr(general, "eager_reason", "")}
     facts["attention"] = getattr(general, "attention", None)
+    if prof:
+        facts["profile"] = limits(bench, parts, batches[0], counts[0])
     for b in parts.values():
         b.close()
     return {"plainSamplesPerSecond": rate, **facts}
+
+
+def limits(bench: Any, parts: dict[str, Any], feeds: Any, count: int) -> dict[str, Any]:
+    """What limits one batch: its wall time without the profiler (median of 5 calls, answers back on
+    the host) against the GPU time of its kernels under the profiler. A GPU busy share well under 1
+    means the host (Python, launches, copies, waits) sets the pace, not the kernels."""
+    walls = []
+    for _ in range(5):
+        t = time.perf_counter()
+        bench.infer(parts, feeds)
+        walls.append(time.perf_counter() - t)
+    figures = gpu_profile(lambda: bench.infer(parts, feeds))
+    wall_ms = sorted(walls)[2] * 1000
+    figures.update(batchSamples=count, wallMs=wall_ms, gpuBusy=figures["gpuMs"] / wall_ms)
+    print_profile(figures, f"one batch of {count} samples (wall {wall_ms:.2f} ms without the profiler)")
+    return figures
 
 
 def harness_offline(ws: Any) -> tuple[float, str]:
@@ -105,7 +125,9 @@ def harness_offline(ws: Any) -> tuple[float, str]:
     return r.samplesPerSecond or 0.0, r.resultValidity
 
 
-def measure(name: str, samples: int, seconds: float, size: str, cpu: bool, backend: str) -> dict[str, Any]:
+def measure(
+    name: str, samples: int, seconds: float, size: str, cpu: bool, backend: str, prof: bool = False
+) -> dict[str, Any]:
     suite, category, gpu_batch, cpu_batch = SETUP[name]
     batch = cpu_batch if cpu else gpu_batch
     precision = "fp16" if backend == "pytorch" and not cpu else "fp32"
@@ -131,7 +153,7 @@ def measure(name: str, samples: int, seconds: float, size: str, cpu: bool, backe
     loadgen = {"minDurationMs": 2000, "minQueryCount": 1, "expectedQps": 100_000}
     out["nullSamplesPerSecond"], _ = harness_offline(workspace(f"null-{name}", **null, loadgen=loadgen))
     say(f"{name}: null backend through the harness {out['nullSamplesPerSecond']:,.0f} samples/s")
-    out.update(plain_loop(ws, batch, seconds / 2, backend, precision))
+    out.update(plain_loop(ws, batch, seconds / 2, backend, precision, prof))
     say(f"{name}: plain loop {out['plainSamplesPerSecond']:,.1f} samples/s ({out})")
     # Offline's one query is sized from the expected rate: above the plain loop's, the run lasts its minimum.
     expected = 3 * out["plainSamplesPerSecond"]
@@ -154,6 +176,7 @@ def main() -> None:
     ap.add_argument("--size", choices=("full", "small"), default=None, help="default: full on a GPU, small with --cpu")
     ap.add_argument("--cpu", action="store_true", help="on this CPU, fp32 (small models by default)")
     ap.add_argument("--backend", default=None, help="default: onnxruntime with --cpu, else pytorch")
+    ap.add_argument("--no-profile", action="store_true", help="on a GPU: skip the profile of one batch")
     args = ap.parse_args()
     backend = args.backend or ("onnxruntime" if args.cpu else "pytorch")
     size = args.size or ("small" if args.cpu else "full")
@@ -161,12 +184,20 @@ def main() -> None:
     results = []
     for name in args.benchmarks:
         try:
-            results.append(measure(name, args.samples, args.seconds, size, args.cpu, backend))
+            prof = not args.cpu and not args.no_profile
+            results.append(measure(name, args.samples, args.seconds, size, args.cpu, backend, prof))
         except Exception as exc:  # one benchmark's failure is reported, the others still measured
             say(f"{name}: FAILED {type(exc).__name__}: {exc}")
             results.append({"benchmark": name, "error": f"{type(exc).__name__}: {exc}"})
         if os.environ.get("OUT"):
             Path(os.environ["OUT"], "models.json").write_text(json.dumps(results, indent=1))
+    for r in results:
+        if "profile" in r:
+            f = r["profile"]
+            print(
+                f"{r['benchmark']}: one batch {f['wallMs']:.1f} ms wall, {f['gpuMs']:.1f} ms of kernels",
+                f"(GPU busy {f['gpuBusy']:.0%})",
+            )
     print("\n| benchmark | batch | null backend | plain loop | harness Offline | harness / plain | anchor |")
     for r in results:
         if "error" in r:
