@@ -123,6 +123,33 @@ def test_outputs_equal_onnxruntimes(models: dict[str, Path], name: str) -> None:
         np.testing.assert_allclose(got[out], w, rtol=1e-4, atol=1e-4 * scale, err_msg=out)
 
 
+@pytest.mark.parametrize("name", ["ssd-resnet34", "3d-unet"])
+def test_conv_layout_answers_as_the_graph(models: dict[str, Path], name: str) -> None:
+    """The GPU's layout rewrite (``conv_layout``: channels-last weights and inputs, ssd's conv + bias +
+    ReLU fused; on the CPU the fused module runs conv, add and ReLU) changes no answer: checked here
+    on the CPU in fp32 against onnxruntime, as the GPU applies it."""
+    import torch
+    from mlperf_harness.backends.torch_graph import conv_layout
+
+    ort, pt = _pair(models[name])
+    feeds = _feeds(name)
+    want = ort.predict(feeds)
+    model = getattr(pt, "_general", pt)._model  # the image path hands these graphs to the general one
+    fused, formats = conv_layout(model, pt.input_specs)
+    assert fused > 0 if name == "ssd-resnet34" else fused == 0
+    fmt = torch.channels_last if name == "ssd-resnet34" else torch.channels_last_3d
+    assert formats == {pt.input_specs[0].name: fmt}
+    [x] = feeds.values()
+    with torch.inference_mode():
+        outs = model(torch.from_numpy(x).contiguous(memory_format=fmt))
+    got = {o.name: v.numpy() for o, v in zip(pt.output_specs, outs, strict=True)}
+    if name == "ssd-resnet34":
+        want, got = _by_score(want), _by_score(got)
+    for out, w in want.items():
+        scale = float(np.abs(w).max(initial=1.0))
+        np.testing.assert_allclose(got[out], w, rtol=1e-4, atol=1e-4 * scale, err_msg=out)
+
+
 def test_only_the_outputs_asked_for_in_their_order(models: dict[str, Path]) -> None:
     pt = get_backend("pytorch")
     pt.load(models["ssd-resnet34"], 1, "fp32", outputs=["scores", "labels"])

@@ -10,6 +10,7 @@ order, so the result is the same for any batch size.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -21,13 +22,29 @@ from .model import OUTPUT
 Run = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 
+@functools.cache
 def gaussian_importance(patch: int) -> np.ndarray:
-    """The reference's ``gaussian_kernel(patch, 0.125 * patch)`` as float32 (patch, patch, patch)."""
+    """The reference's ``gaussian_kernel(patch, 0.125 * patch)`` as float32 (patch, patch, patch),
+    made once per patch size (read-only)."""
     from scipy.signal import windows
 
     g = windows.gaussian(patch, 0.125 * patch)
     cube = np.cbrt((g[:, None] * g[None, :])[:, :, None] * g[None, None, :])
-    return (cube / cube.max()).astype(np.float32)
+    out = (cube / cube.max()).astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def importance_sum(shape: tuple[int, ...], patch: int) -> np.ndarray:
+    """The summed importance of every window over a volume of ``shape`` (the reference's norm map),
+    made once per shape: a performance run sends the same cases again and again (read-only)."""
+    weight = gaussian_importance(patch)
+    norm = np.zeros(shape, dtype=np.float32)
+    for i, j, k in window_origins(shape, patch):
+        norm[i : i + patch, j : j + patch, k : k + patch] += weight
+    norm.flags.writeable = False
+    return norm
 
 
 def window_origins(shape: Sequence[int], patch: int, overlap: float = OVERLAP) -> list[tuple[int, int, int]]:
@@ -58,8 +75,7 @@ def infer(run: Run, sample: Mapping[str, np.ndarray], patch: int = ROI, batch_si
     origins = window_origins(shape, patch)
     weight = gaussian_importance(patch)
     result = np.zeros((3, *shape), dtype=np.float32)
-    # The reference keeps one norm map per class; the three are equal, so one is enough.
-    norm = np.zeros(shape, dtype=np.float32)
+    weighted = np.empty((3, patch, patch, patch), dtype=np.float32)  # one patch's weighted logits, reused
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
         views = [(slice(i, i + patch), slice(j, j + patch), slice(k, k + patch)) for i, j, k in chunk]
@@ -68,9 +84,9 @@ def infer(run: Run, sample: Mapping[str, np.ndarray], patch: int = ROI, batch_si
             want = (len(chunk), 3, patch, patch, patch)
             raise HarnessError(f"3d-unet model output {OUTPUT!r} of shape {logits.shape}: expected {want}")
         for out, view in zip(logits, views, strict=True):
-            result[(slice(None), *view)] += out * weight
-            norm[view] += weight
-    result /= norm
+            result[(slice(None), *view)] += np.multiply(out, weight, out=weighted)
+    # The reference keeps one norm map per class; the three are equal, so one is enough.
+    result /= importance_sum(tuple(shape), patch)
     return {PREDICTION: np.argmax(result, axis=0).astype(np.uint8)}
 
 
