@@ -150,6 +150,26 @@ def test_conv_layout_answers_as_the_graph(models: dict[str, Path], name: str) ->
         np.testing.assert_allclose(got[out], w, rtol=1e-4, atol=1e-4 * scale, err_msg=out)
 
 
+def test_constant_gathers_select_as_the_graph(models: dict[str, Path]) -> None:
+    """dlrm's per-table gathers at a constant index become selects with a Python int (no read-back
+    on a GPU) and answer the same; bert's shape arithmetic is left to the host rewrite."""
+    import torch
+    from mlperf_harness.backends.torch_graph import constant_gathers, convert
+
+    def graph(name: str) -> Any:
+        proto = onnx.load(str(models[name]))
+        return convert(proto, [o.name for o in proto.graph.output], models[name]).eval()
+
+    dlrm = graph("dlrm")
+    feeds = [torch.from_numpy(a) for a in _feeds("dlrm").values()]
+    with torch.inference_mode():
+        want = dlrm(*feeds)
+        assert constant_gathers(dlrm) == 26
+        got = dlrm(*feeds)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert constant_gathers(graph("bert")) == 0
+
+
 def test_only_the_outputs_asked_for_in_their_order(models: dict[str, Path]) -> None:
     pt = get_backend("pytorch")
     pt.load(models["ssd-resnet34"], 1, "fp32", outputs=["scores", "labels"])

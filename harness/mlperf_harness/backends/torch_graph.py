@@ -296,6 +296,33 @@ def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
     return model
 
 
+def constant_gathers(model: Any) -> int:
+    """Gathers of device data at one constant index (dlrm takes each table's column of the index
+    matrix so) as ``select`` with a Python int: onnx2torch indexes with the 0-d tensor, which torch
+    reads back to the host, one wait for the GPU per gather (26 per dlrm batch on an H200). Shape
+    arithmetic is left to ``host_shape_arithmetic`` (run after this). Returns how many."""
+    from onnx2torch.node_converters.gather import OnnxGather
+
+    host = host_values(model)
+    done = 0
+    for node in list(model.graph.nodes):
+        if node.op != "call_module" or node in host or not isinstance(model.get_submodule(node.target), OnnxGather):
+            continue
+        data, index = node.args
+        if getattr(index, "op", "") != "get_attr":
+            continue
+        value = operator.attrgetter(index.target)(model)
+        if value.dim() != 0:
+            continue
+        axis = model.get_submodule(node.target)._axis
+        with model.graph.inserting_before(node):
+            new = model.graph.call_function(torch.select, (data, axis, int(value)))
+        node.replace_all_uses_with(new)
+        model.graph.erase_node(node)
+        done += 1
+    return done
+
+
 class Float32(nn.Module):
     """A module run on float32 copies of its float inputs."""
 
@@ -552,6 +579,7 @@ class TorchGraphBackend(ModelBackend):
         self.on_host = 0  # values of the shape arithmetic kept on the host (on a GPU)
         self.eager_reason = ""  # why a graph with fixed shapes still runs without CUDA graphs
         self.fused = 0  # convolutions fused with their bias and ReLU (on a GPU)
+        self.gathers = 0  # gathers at a constant index made selects (on a GPU)
         self._formats: dict[str, Any] = {}  # input -> its memory format on the GPU (channels-last)
         self._file = ""
         self._model: Any = None
@@ -586,6 +614,7 @@ class TorchGraphBackend(ModelBackend):
         self._batch = batch_size
         model = convert(proto, self._names, model_path).eval().to(self._dev)
         if self.on_gpu:
+            self.gathers = constant_gathers(model)
             self.on_host = host_shape_arithmetic(model)
             if self.fuse_attention:
                 self.attention = fuse_attention(model)
