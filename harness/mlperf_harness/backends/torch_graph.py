@@ -541,7 +541,7 @@ class TorchGraphBackend(ModelBackend):
         self.fuse_attention = os.environ.get("MLPERF_TORCH_ATTENTION", "1") != "0"
         self.attention = 0  # attention blocks fused (on a GPU)
         self.on_host = 0  # values of the shape arithmetic kept on the host (on a GPU)
-        self.eager_reason = ""  # why the model runs without CUDA graphs on a GPU
+        self.eager_reason = ""  # why a graph with fixed shapes still runs without CUDA graphs
         self._file = ""
         self._model: Any = None
         self._dev: Any = None
