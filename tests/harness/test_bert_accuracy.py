@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from mlperf_harness.benchmarks import bert
-from mlperf_harness.benchmarks.bert import accuracy, squad
+from mlperf_harness.benchmarks.bert import accuracy, pipeline, squad
 from mlperf_harness.errors import HarnessError
 
 TARGET = 0.99 * 90.874  # bert-99
@@ -87,6 +87,29 @@ def test_responses_are_the_reference_suts(run: Path) -> None:
     assert list(batch) == ["input_ids", "input_mask", "segment_ids"] and batch["input_ids"].dtype == np.int64
     assert batch["segment_ids"].shape == (2, 384)
     assert list(bert.collate(samples, bert.FAKE_QUANT_NAMES)) == ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def test_a_batch_is_trimmed_to_its_longest_sequence_in_steps_of_64() -> None:
+    """The batch's longest real sequence (its input mask) rounded up to 64, at most 384; the padded
+    tokens' logits -10000 (what accuracy-squad.py gives tokens past a shorter response), and a
+    trimmed batch's responses padded back to 384 tokens with it."""
+    seq = np.arange(384)
+    mask = lambda *lengths: np.stack([seq < n for n in lengths]).astype(np.int32)  # noqa: E731
+    assert [pipeline.seq_bucket(mask(*n)) for n in [(0,), (1, 64), (65, 3), (300,), (384, 10)]] == [
+        64,
+        64,
+        128,
+        320,
+        384,
+    ]
+    batch = {"input_ids": np.ones((2, 384), np.int32), "input_mask": mask(70, 5)}
+    assert {k: v.shape for k, v in pipeline.trim(batch).items()} == {"input_ids": (2, 128), "input_mask": (2, 128)}
+    logits = {name: np.ones((2, 128), np.float32) for name in bert.OUTPUTS}
+    masked = pipeline.mask_padding({**logits, "other": np.zeros(2)}, batch["input_mask"])
+    assert masked["output_start_logits"][0, 69:71].tolist() == [1.0, -10000.0] and "other" in masked
+    rows = bert.responses(masked, [0, 1])
+    assert rows.shape == (2, 384, 2) and rows.dtype == np.float32
+    assert rows[1, :5].tolist() == [[1.0, 1.0]] * 5 and (rows[1, 5:] == -10000).all()
 
 
 def test_one_token_shift_fails_the_target(run: Path) -> None:

@@ -17,9 +17,11 @@ import pytest
 from harness_support import make_spec
 from mlperf_harness import steps
 from mlperf_harness.backends import backend_class, get_backend
-from mlperf_harness.backends.base import Backend
+from mlperf_harness.backends.base import Backend, TensorSpec
 from mlperf_harness.benchmarks import get_benchmark
+from mlperf_harness.benchmarks.base import Batch
 from mlperf_harness.benchmarks.bert.model import build_model as build_bert
+from mlperf_harness.benchmarks.bert.pipeline import dynamic_sequence
 from mlperf_harness.benchmarks.dlrm import batching
 from mlperf_harness.benchmarks.dlrm.model import build_model as build_dlrm
 from mlperf_harness.benchmarks.dlrm.model import table_sizes
@@ -326,6 +328,114 @@ def test_bert_runs_through_the_sut_and_scores_100(tmp_path: Path) -> None:
     [acc] = steps.run_harness(ws, "Offline", "AccuracyOnly").results
     assert acc.backend.startswith("pytorch") and acc.accuracyMetric == "F1"
     assert acc.accuracy == 100.0 and acc.accuracyPassed
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "pytorch"])
+def test_bert_trimmed_batches_answer_as_384(
+    models: dict[str, Path], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bert's ``infer`` cuts a batch to its longest real sequence rounded up to 64 (the small model's
+    sequence axis is dynamic): the responses equal the full 384-token batch's, every padded token's
+    logits -10000 in both; a model fixed at 384 gets the full batch."""
+    bench = get_benchmark("bert")
+    model = get_backend(backend)
+    model.load(models["bert"], 4, "fp32", outputs=[s.name for s in bench.outputs])
+    seq, lengths = np.arange(384), [50, 20, 130]  # the longest 130: 192 tokens
+    rng = np.random.default_rng(SEED)
+    feeds = {  # as the SUT gathers them: int32 (batch, 384)
+        "input_ids": rng.integers(1, 1024, (3, 384)).astype(np.int32),
+        "input_mask": np.stack([seq < n for n in lengths]).astype(np.int32),
+        "segment_ids": np.stack([seq >= n // 2 for n in lengths]).astype(np.int32),
+    }
+    widths: list[int] = []
+    run = model.predict
+
+    def trimmed_run(batch: Feeds) -> Feeds:
+        widths.append(batch["input_ids"].shape[1])
+        return run(batch)
+
+    def full_run(batch: Feeds) -> Feeds:  # the same batch padded back to 384 tokens
+        return run({k: np.pad(v, ((0, 0), (0, 384 - v.shape[1]))) for k, v in batch.items()})
+
+    answers = []
+    for predict in (trimmed_run, full_run):
+        monkeypatch.setattr(model, "predict", predict)
+        answers.append(bench.responses(bench.infer({"model": model}, feeds), Batch(np.arange(3))))
+    trimmed, full = answers
+    assert widths == [192] and trimmed.shape == full.shape == (3, 384, 2)
+    pads = feeds["input_mask"] == 0
+    assert (trimmed[pads] == -10000).all() and (full[pads] == -10000).all()
+    # fp32 both: the real tokens' logits move by the kernels' summation order only (a few 1e-6).
+    np.testing.assert_allclose(trimmed, full, rtol=1e-4, atol=1e-4 * float(np.abs(full[~pads]).max()))
+    fixed = [TensorSpec(s.name, (384,), "int64") for s in model.input_specs]
+    assert dynamic_sequence(model.input_specs) and not dynamic_sequence(fixed)
+
+
+def _fake_capture(backend: Any, fail: bool = False) -> list[Any]:
+    """Replace the backend's CUDA capture (GPU only) by a record of the signatures it was asked for."""
+    asked: list[Any] = []
+
+    def capture(key: Any) -> Any:
+        asked.append(key)
+        if fail:
+            backend.eager_reason = "waits for the GPU"
+            return None
+        return (f"graph {len(asked)}", [], ())
+
+    backend._capture = capture
+    backend.graphed = True  # as load decides on a GPU
+    return asked
+
+
+def test_a_cuda_graph_per_input_shape_signature(models: dict[str, Path]) -> None:
+    """The general path's graph bookkeeping (the capture itself needs a GPU: untested here): one
+    graph per signature (batch bucket x the dynamic dimensions' sizes), reused; past ``max_graphs``
+    a new shape runs eagerly, the graphs kept; a model that cannot be captured runs eagerly."""
+    from mlperf_harness.backends.torch_graph import TorchGraphBackend, signature
+
+    pt = TorchGraphBackend()
+    pt.load(models["bert"], 8, "fp32")
+    asked = _fake_capture(pt)
+    batch = [np.zeros((3, 192), np.int64)] * 3
+    assert signature(batch, 4) == ((4, 192),) * 3
+    first = pt._graph_for(signature(batch, 4))
+    assert pt._graph_for(signature(batch, 4)) is first and asked == [((4, 192),) * 3]
+    assert pt._graph_for(((4, 64),) * 3) is not first and len(asked) == 2
+    pt.max_graphs = 3
+    assert pt._graph_for(((8, 64),) * 3) is not None
+    assert pt._graph_for(((8, 128),) * 3) is None and pt._graph_for(((8, 384),) * 3) is None
+    assert pt.eager_shapes == 2 and pt.graphed and len(pt._graphs) == 3
+    assert pt._graph_for(signature(batch, 4)) is first  # the graphs taken stay
+    failing = TorchGraphBackend()
+    failing.load(models["bert"], 8, "fp32")
+    _fake_capture(failing, fail=True)
+    assert failing._graph_for(((1, 64),) * 3) is None and not failing.graphed
+    assert failing.eager_reason == "waits for the GPU"
+
+
+@pytest.mark.parametrize("name", ["bert", "rnnt.joint"])
+def test_warmup_captures_the_batch_buckets_of_fixed_shapes_only(models: dict[str, Path], name: str) -> None:
+    """Warm-up captures every batch bucket of a model of fixed shapes (rnnt's joint), and only the
+    warm-up batch's own bucket of one whose other dimensions vary (bert's sequence): its batches'
+    shapes are captured at their first batch."""
+    from mlperf_harness.backends.torch_graph import TorchGraphBackend
+
+    pt = TorchGraphBackend()
+    pt.load(models[name], 8, "fp32")
+    asked = _fake_capture(pt)
+    pt.warmup({s.name: s.zeros(2) for s in pt.input_specs})
+    assert [key[0][0] for key in asked] == ([2] if name == "bert" else [1, 2, 4, 8])
+
+
+def test_graphs_need_every_input_to_lead_with_the_batch(models: dict[str, Path]) -> None:
+    """dlrm's (26, rows) offsets cannot be padded to a batch bucket: no CUDA graphs, said why."""
+    from mlperf_harness.backends.torch_graph import batch_axis_reason, graph_inputs
+
+    def reason(name: str) -> str:
+        return batch_axis_reason(graph_inputs(onnx.load(str(models[name]), load_external_data=False).graph))
+
+    assert reason("dlrm").endswith("first dimension is 26, not the batch")
+    assert reason("bert") == reason("rnnt.encoder") == reason("ssd-resnet34") == ""
 
 
 @pytest.mark.parametrize("most", [1, 4, 100])

@@ -5,12 +5,16 @@ every other graph (bert's int ids, dlrm's three inputs, ssd's detections, rnnt's
 volumes) runs here: feeds are named numpy arrays, float ones cast to the run's precision (fp16 or
 bf16 on a GPU, fp32 on the CPU), int ones kept as they are; the outputs asked for come back as
 float32 (or the graph's int dtype). On a GPU: pinned host buffers, copies on the instance's own
-stream, and one CUDA graph per batch bucket where every input and output has a fixed per-sample
-shape; graphs with ragged tensors (dlrm's rows, rnnt's time axis, ssd's detections) run eagerly,
-and so do those whose call still waits for the GPU, ``eager_reason`` saying why (onnx2torch reads
-shapes, axes and sizes back as Python values: ``host_shape_arithmetic`` keeps those on the host
-first). BERT's attention is fused on a GPU (``fuse_attention``). The GPU part is untested so far
-(no GPU where it was written).
+stream, and one CUDA graph per input-shape signature (``signature``: the batch bucket and the sizes
+of the dynamic dimensions a benchmark's batches have, as bert's sequence lengths trimmed to a few
+buckets), at most ``MAX_GRAPHS`` per instance, a new shape past them running eagerly. Graphs whose
+inputs do not all lead with the batch (dlrm's (26, rows) offsets: ``batch_axis_reason``) run
+eagerly, and so do those whose call waits for the GPU (rnnt's encoder reads its lengths back, ssd's
+detections are data-sized), ``eager_reason`` saying why (onnx2torch reads shapes, axes and sizes
+back as Python values: ``host_shape_arithmetic`` keeps those on the host first). BERT's attention
+is fused on a GPU (``fuse_attention``). The GPU part is untested so far (no GPU where it was
+written); capture per signature (rather than per batch bucket of fixed shapes) is untested on a
+GPU until it runs there: the CPU tests cover its bookkeeping only.
 
 onnx2torch has no LSTM converter (rnnt) nor Compress (ssd's batched post-processing): both are
 registered here (LSTM forward, one direction, the sequence lengths through a packed sequence); its
@@ -37,6 +41,10 @@ from ..errors import HarnessError
 from .base import ModelBackend, Tensors, TensorSpec, pick_outputs
 from .torch_backend import _numpy, _torch, batch_bucket, torch_device
 
+MAX_GRAPHS = 64  # CUDA graphs per instance: bert's 6 lengths x 8 batch buckets fit; a shape past them runs eagerly
+Signature = tuple[tuple[int, ...], ...]  # each input's shape, the batch padded to its bucket
+Captured = tuple[Any, list[Any], tuple[Any, ...]]  # a CUDA graph, its static inputs and outputs
+
 
 def _load_proto(path: Path, weights: bool = True) -> onnx.ModelProto:
     try:
@@ -49,6 +57,22 @@ def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     """The inputs a caller feeds (older exporters list the initializers among the inputs too)."""
     weights = {i.name for i in graph.initializer}
     return [i for i in graph.input if i.name not in weights]
+
+
+def batch_axis_reason(inputs: Sequence[onnx.ValueInfoProto]) -> str:
+    """Why CUDA graphs cannot pad this graph's batches to a bucket: an input whose first dimension is
+    a fixed size, not the batch (dlrm's (26, rows) offsets); "" when every input leads with a
+    dynamic dimension."""
+    for value in inputs:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].dim_value:
+            return f"input {value.name}'s first dimension is {dims[0].dim_value}, not the batch"
+    return ""
+
+
+def signature(batch: Sequence[np.ndarray], bucket: int) -> Signature:
+    """What a CUDA graph is captured for: each input's shape with the batch padded to ``bucket``."""
+    return tuple((bucket, *x.shape[1:]) for x in batch)
 
 
 def graph_spec(value: onnx.ValueInfoProto) -> TensorSpec:
@@ -587,8 +611,11 @@ class TorchGraphBackend(ModelBackend):
         self._dtype: Any = None
         self._names: list[str] = []
         self._batch = 1
-        self.graphed = False  # CUDA graphs per batch bucket (every tensor of fixed shape, on a GPU)
-        self._graphs: dict[int, tuple[Any, list[Any], tuple[Any, ...]]] = {}  # bucket -> graph, ins, outs
+        self._dynamic = False  # a dimension past the batch varies (the graph's inputs or outputs)
+        self.graphed = False  # CUDA graphs per input-shape signature (on a GPU)
+        self.max_graphs = MAX_GRAPHS
+        self.eager_shapes = 0  # calls run eagerly because every graph slot was taken
+        self._graphs: dict[Signature, Captured] = {}
         self._pinned: dict[str, Any] = {}
         self._stream: Any = None
         self._capture_stream: Any = None
@@ -626,8 +653,11 @@ class TorchGraphBackend(ModelBackend):
             if isinstance(m, nn.RNNBase):
                 m.flatten_parameters()  # cuDNN's RNN takes its weights as one block
         self._model = model
-        fixed = not any(s.ragged for s in (*self._ins, *self._outs))
-        self.graphed = self.on_gpu and self.use_graphs and fixed
+        self._dynamic = any(s.ragged for s in (*self._ins, *self._outs))
+        if self.on_gpu and self.use_graphs:
+            # Dynamic dimensions get a graph per shape their batches have, when the batch leads.
+            self.eager_reason = batch_axis_reason(graph_inputs(proto.graph)) if self._dynamic else ""
+        self.graphed = self.on_gpu and self.use_graphs and not self.eager_reason
         if self.on_gpu:
             self._stream = torch.cuda.Stream(device=self._dev)
             self._capture_stream = torch.cuda.Stream(device=self._dev)
@@ -677,7 +707,7 @@ class TorchGraphBackend(ModelBackend):
                 outs = self._model(*(self._upload(s, b) for s, b in zip(self._ins, batch, strict=True)))
             return {name: _numpy(o) for name, o in zip(self._names, outs, strict=True)}
         with torch.cuda.device(self._dev), torch.cuda.stream(self._stream), torch.inference_mode():
-            captured = self._graph_for(batch_bucket(n, self._batch)) if self.graphed else None
+            captured = self._graph_for(signature(batch, batch_bucket(n, self._batch))) if self.graphed else None
             if captured is not None:
                 graph, static_in, static_out = captured
                 for s, b, x in zip(self._ins, batch, static_in, strict=True):
@@ -693,15 +723,34 @@ class TorchGraphBackend(ModelBackend):
         # Copies: the pinned buffers are this instance's next batch's (a decoder keeps outputs).
         return {name: np.array(_numpy(h)) for name, h in zip(self._names, host, strict=True)}
 
-    def _graph_for(self, n: int) -> tuple[Any, list[Any], tuple[Any, ...]] | None:
-        """The CUDA graph of a bucket of ``n`` rows, captured on this instance's own stream; None
-        (and eager from then on) where the model waits for the GPU during a call."""
-        if n in self._graphs:
-            return self._graphs[n]
+    def _graph_for(self, key: Signature) -> Captured | None:
+        """The CUDA graph of an input-shape signature, captured at its first batch while fewer than
+        ``max_graphs`` exist; None: run this call eagerly (every slot taken: ``eager_shapes``
+        counts those calls), or every call from now on (``_capture`` found the model waiting for
+        the GPU: ``eager_reason``)."""
+        got = self._graphs.get(key)
+        if got is not None:
+            return got
+        if len(self._graphs) >= self.max_graphs:
+            if not self.eager_shapes:
+                sys.stderr.write(f"pytorch: {self._file}: {self.max_graphs} CUDA graphs; new shapes run eagerly\n")
+            self.eager_shapes += 1
+            return None
+        captured = self._capture(key)
+        if captured is None:
+            self.graphed = False
+            sys.stderr.write(f"pytorch: {self._file}: no CUDA graphs ({self.eager_reason}); running eagerly\n")
+            return None
+        self._graphs[key] = captured
+        return captured
+
+    def _capture(self, key: Signature) -> Captured | None:
+        """A CUDA graph of the model on static inputs of the shapes ``key``, captured on this
+        instance's own stream; None, ``eager_reason`` set, where the model waits for the GPU
+        during a call. Untested on a GPU for shapes other than a batch bucket of fixed shapes."""
         static_in = []
-        for s in self._ins:
+        for s, shape in zip(self._ins, key, strict=True):
             dtype = np.dtype(s.dtype)
-            shape = (n, *s.concrete())
             # Random floats, not zeros: cuDNN picks its kernels on real data; ints 0 (a valid index).
             x = torch.randn(shape, device=self._dev) if dtype.kind == "f" else torch.zeros(shape, device=self._dev)
             x = x.to(self._dtype if dtype.kind == "f" else getattr(torch, dtype.name))
@@ -713,27 +762,31 @@ class TorchGraphBackend(ModelBackend):
             with torch.cuda.stream(side):
                 for _ in range(3):  # cuDNN's choices and allocations happen outside the graph
                     self._model(*static_in)
-                self.eager_reason = host_sync(self._model, static_in)
+                # Checked at the first capture (the warm-up's, on the loading thread): the check sets a
+                # process-wide mode that a later capture, during the run, would impose on other instances.
+                if not self._graphs:
+                    self.eager_reason = host_sync(self._model, static_in)
             torch.cuda.current_stream(self._dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             try:
                 if not self.eager_reason:
-                    with torch.cuda.graph(graph, stream=self._capture_stream):
+                    # thread_local: a capture during the run must not fail other instances' threads.
+                    with torch.cuda.graph(graph, stream=self._capture_stream, capture_error_mode="thread_local"):
                         static_out = tuple(self._model(*static_in))
             except RuntimeError as exc:  # an op the check did not see (the capture says which)
                 self.eager_reason = f"capture failed: {str(exc).splitlines()[0][:160]}"
-        if self.eager_reason:
-            self.graphed = False
-            sys.stderr.write(f"pytorch: {self._file}: no CUDA graphs ({self.eager_reason}); running eagerly\n")
-            return None
-        self._graphs[n] = (graph, static_in, static_out)
-        return self._graphs[n]
+        return None if self.eager_reason else (graph, static_in, static_out)
 
     def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
-        """With CUDA graphs, capture every bucket's now (on the loading thread, before the timed
-        run); otherwise run the feeds."""
-        for n in sorted({batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}):
-            if not self.graphed or self._graph_for(n) is None:
+        """With CUDA graphs, capture the warm-up batch's shapes at every batch bucket now (on the
+        loading thread, before the timed run); a model with dynamic dimensions, whose batches come
+        in other shapes (a benchmark's sequence buckets), only at the warm-up batch's own bucket:
+        that finds a model that cannot be captured, and its batches' shapes are captured at their
+        first batch. Otherwise run the feeds."""
+        batch = self._feeds(feeds)
+        buckets = {batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}
+        for n in [batch_bucket(len(batch[0]), self._batch)] if self._dynamic else sorted(buckets):
+            if not self.graphed or self._graph_for(signature(batch, n)) is None:
                 break
         if not self.graphed:
             super().warmup(feeds, rounds)

@@ -31,7 +31,17 @@ from ...spec import ModelSize, Source
 from ..base import MODEL, AccuracyReport, Batch, Benchmark
 from .accuracy import RESPONSE_DESCRIPTION, accuracy_command, score
 from .model import INPUTS, OUTPUTS, build_model
-from .pipeline import FAKE_QUANT_NAMES, OUTPUT_SPECS, SAMPLE_SPECS, collate, infer, preprocess, responses, to_model
+from .pipeline import (
+    FAKE_QUANT_NAMES,
+    OUTPUT_SPECS,
+    SAMPLE_SPECS,
+    collate,
+    dynamic_sequence,
+    infer,
+    preprocess,
+    responses,
+    to_model,
+)
 from .squad import DEV_JSON, VOCAB, load_features, read_vocab
 from .synthetic import synthesize_dataset
 
@@ -128,8 +138,10 @@ class Bert(Benchmark):
 
     # --- inference, responses and accuracy ----------------------------------------------------------
     def infer(self, parts: Mapping[str, Backend], feeds: Tensors) -> dict[str, np.ndarray]:
-        model = parts[MODEL]
-        return model.predict(to_model(feeds, model.input_specs))
+        # The SUT gathers the fixed (384) samples into buffers (``collate`` is not called): a batch
+        # is trimmed here, for a model that takes any length.
+        model, specs = parts[MODEL], parts[MODEL].input_specs
+        return infer(lambda batch: model.predict(to_model(batch, specs)), dict(feeds), dynamic_sequence(specs))
 
     def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> np.ndarray:
         return responses(outputs, batch)

@@ -201,7 +201,8 @@ def score(accuracy_log: Path, dataset_dir: Path, vocab_path: Path | None = None)
 
 RESPONSE_DESCRIPTION = (
     "float32 (384, 2) per sample: each token's start and end logit, as the reference's onnxruntime SUT "
-    "stacks the model's two outputs, so accuracy-squad.py reads it with its default --output_dtype float32"
+    "stacks the model's two outputs, so accuracy-squad.py reads it with its default --output_dtype float32; "
+    "padded tokens' logits are -10000, as accuracy-squad.py pads a shorter response"
 )
 
 

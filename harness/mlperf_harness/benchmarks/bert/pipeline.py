@@ -1,9 +1,17 @@
 """Samples, batches and responses: what the harness moves between the QSL, the model and LoadGen.
 
 A sample is one feature: input_ids, input_mask, segment_ids, int32 (384,) each (as stored). The
-model takes them as int64 (batch, 384) and answers start and end logits (batch, 384); the response
+model takes them as int64 (batch, seq) and answers start and end logits (batch, seq); the response
 LoadGen logs for a sample is those two stacked per token, float32 (384, 2), as the reference's
 onnxruntime SUT sends.
+
+A model whose sequence axis is dynamic gets each batch trimmed to its longest real sequence (the
+input mask) rounded up to a multiple of 64 (``trim``): the padding past it changes no real token's
+logits (the attention mask gives padded keys -10000, nothing after a softmax), and a few lengths
+keep a CUDA graph per (batch, length). Padded tokens are never an answer, but their logits can
+take n-best slots in accuracy-squad.py; so every padded token's logits are -10000 in the response
+(``mask_padding``, what the official script gives tokens past a shorter response), which makes
+the answers the same whatever the batch's length.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from .squad import MAX_SEQ_LENGTH, load_features
 Sample = dict[str, np.ndarray]
 SAMPLE_SPECS = tuple(TensorSpec(name, (MAX_SEQ_LENGTH,), "int32") for name in INPUTS)
 OUTPUT_SPECS = tuple(TensorSpec(name, (MAX_SEQ_LENGTH,), "float32") for name in OUTPUTS)
+SEQ_BUCKET = 64  # trimmed lengths: 64, 128, ... 384 (six per batch bucket)
+PAD_LOGIT = np.float32(-10000.0)  # accuracy-squad.py's logit for tokens past a response's end
 # bert_large_v1_1_fake_quant.onnx (the reference's --quantized model) names two inputs differently.
 FAKE_QUANT_NAMES = {"input_mask": "attention_mask", "segment_ids": "token_type_ids"}
 
@@ -51,17 +61,53 @@ def to_model(batch: Mapping[str, np.ndarray], model_inputs: Sequence[TensorSpec]
     return feeds
 
 
+def seq_bucket(mask: np.ndarray) -> int:
+    """The batch's longest real sequence (``input_mask`` (batch, 384)) rounded up to a multiple of
+    SEQ_BUCKET, at most 384."""
+    used = np.flatnonzero(mask.any(axis=0))
+    longest = int(used[-1]) + 1 if used.size else 1
+    return min(MAX_SEQ_LENGTH, -(-longest // SEQ_BUCKET) * SEQ_BUCKET)
+
+
+def dynamic_sequence(model_inputs: Sequence[TensorSpec]) -> bool:
+    """Whether the model takes any sequence length: every input (batch, seq) with seq dynamic (the
+    synthetic models; a graph fixed at 384 gets the full batch)."""
+    return bool(model_inputs) and all(s.shape == (None,) for s in model_inputs)
+
+
+def trim(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A stacked batch cut to ``seq_bucket`` of its input mask (views, no copy)."""
+    width = seq_bucket(batch["input_mask"])
+    return {name: x[:, :width] for name, x in batch.items()}
+
+
+def mask_padding(outputs: Mapping[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's logits with every padded token's (``mask`` 0, (batch, 384)) set to PAD_LOGIT;
+    other outputs as they are."""
+    out = dict(outputs)
+    for name in OUTPUTS:
+        if name in out:
+            logits = out[name]
+            out[name] = np.where(mask[:, : logits.shape[1]] == 0, PAD_LOGIT, logits)
+    return out
+
+
 def infer(
-    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batch: dict[str, np.ndarray]
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batch: dict[str, np.ndarray], dynamic: bool = True
 ) -> dict[str, np.ndarray]:
-    """One model call per batch: BERT needs nothing more."""
-    return run(batch)
+    """One model call per batch, cut to ``trim`` where the model takes any sequence length
+    (``dynamic``); the padded tokens' logits masked (``mask_padding``)."""
+    return mask_padding(run(trim(batch) if dynamic else batch), batch["input_mask"])
 
 
 def responses(outputs: Mapping[str, np.ndarray], samples: Sized) -> np.ndarray:
-    """Per sample float32 (seq, 2): start logit then end logit for each token; one (n, seq, 2) array
-    for the batch (every response the same size)."""
-    stacked = np.stack([outputs[OUTPUTS[0]], outputs[OUTPUTS[1]]], axis=-1).astype(np.float32, copy=False)
-    if stacked.shape[0] != len(samples):
-        raise ValueError(f"model answered {stacked.shape[0]} rows for {len(samples)} samples")
+    """Per sample float32 (384, 2): start logit then end logit for each token, tokens past a trimmed
+    batch's length PAD_LOGIT (as accuracy-squad.py pads a shorter response); one (n, 384, 2) array
+    for the batch (every response the same size, whatever the batch's length)."""
+    start, end = outputs[OUTPUTS[0]], outputs[OUTPUTS[1]]
+    if start.shape[0] != len(samples):
+        raise ValueError(f"model answered {start.shape[0]} rows for {len(samples)} samples")
+    width = start.shape[1]
+    stacked = np.full((len(start), max(width, MAX_SEQ_LENGTH), 2), PAD_LOGIT, np.float32)
+    stacked[:, :width, 0], stacked[:, :width, 1] = start, end
     return stacked

@@ -181,8 +181,8 @@ def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path, batch
     FP32 model at ``model_path`` (run with onnxruntime, the reference's postprocessing)."""
     import onnxruntime as ort
 
-    from .model import vocab_size
-    from .pipeline import collate
+    from .model import OUTPUTS, vocab_size
+    from .pipeline import collate, mask_padding
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tokens = synthetic_vocab(vocab_size(model_path))
@@ -215,7 +215,9 @@ def synthesize_dataset(out_dir: Path, seed: int, n: int, model_path: Path, batch
                     for f in features[b : b + batch_size]
                 ]
             )
-            s, e = sess.run(out_names, batch)
+            # The logits as the harness logs them: padded tokens' at -10000 (pipeline.mask_padding).
+            logits = mask_padding(dict(zip(out_names, sess.run(out_names, batch), strict=True)), batch["input_mask"])
+            s, e = (logits[name] for name in OUTPUTS)
             start[b : b + len(s)], end[b : b + len(e)] = s, e
         by_example: dict[int, list[int]] = {}
         for fi, f in enumerate(features):
