@@ -155,8 +155,9 @@ def measure(
     say(f"{name}: null backend through the harness {out['nullSamplesPerSecond']:,.0f} samples/s")
     out.update(plain_loop(ws, batch, seconds / 2, backend, precision, prof))
     say(f"{name}: plain loop {out['plainSamplesPerSecond']:,.1f} samples/s ({out})")
-    # Offline's one query is sized from the expected rate: above the plain loop's, the run lasts its minimum.
-    expected = 3 * out["plainSamplesPerSecond"]
+    # Offline's one query is sized from the expected rate: above the harness's, the run lasts its minimum
+    # (3d-unet's 4 workers on an H200 ran 3.5x the one-instance plain loop; a query sized at 3x was too short).
+    expected = 6 * out["plainSamplesPerSecond"]
     loadgen = {"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected}
     out["harnessSamplesPerSecond"], out["validity"] = harness_offline(workspace(f"gpu-{name}", **spec, loadgen=loadgen))
     out["ratio"] = out["harnessSamplesPerSecond"] / out["plainSamplesPerSecond"]
