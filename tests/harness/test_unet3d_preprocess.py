@@ -10,7 +10,7 @@ import nibabel
 import numpy as np
 import pytest
 from mlperf_harness.benchmarks.unet3d import kits19
-from mlperf_harness.benchmarks.unet3d.sliding_window import gaussian_importance, infer, window_origins
+from mlperf_harness.benchmarks.unet3d.sliding_window import class_argmax, gaussian_importance, infer, window_origins
 from mlperf_harness.errors import HarnessError
 from scipy import ndimage, signal
 
@@ -135,6 +135,14 @@ def test_sliding_window_matches_the_reference(batch_size: int) -> None:
     got = infer(_fake_model, {"input": image}, patch=32, batch_size=batch_size)["prediction"]
     assert got.shape == (64, 48, 80) and got.dtype == np.uint8
     assert got.tobytes() == _reference_sliding_window(image, 32)
+
+
+def test_class_argmax_is_numpys_with_ties_to_the_first_class() -> None:
+    rng = np.random.default_rng(0)
+    for scores in (rng.standard_normal((3, 9, 10, 11)), rng.integers(0, 3, (3, 9, 10, 11))):  # ints: many ties
+        scores = scores.astype(np.float32)
+        got = class_argmax(scores)
+        assert got.dtype == np.uint8 and np.array_equal(got, np.argmax(scores, axis=0))
 
 
 def test_window_origins_cover_the_volume() -> None:

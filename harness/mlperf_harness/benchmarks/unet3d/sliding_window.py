@@ -87,7 +87,17 @@ def infer(run: Run, sample: Mapping[str, np.ndarray], patch: int = ROI, batch_si
             result[(slice(None), *view)] += np.multiply(out, weight, out=weighted)
     # The reference keeps one norm map per class; the three are equal, so one is enough.
     result /= importance_sum(tuple(shape), patch)
-    return {PREDICTION: np.argmax(result, axis=0).astype(np.uint8)}
+    return {PREDICTION: class_argmax(result)}
+
+
+def class_argmax(scores: np.ndarray) -> np.ndarray:
+    """``np.argmax(scores, axis=0)`` as uint8 for (3, D, H, W) class scores, the first class on ties:
+    two comparisons over whole volumes instead of numpy's strided argmax along the class axis, which
+    took 0.36 s of a 192^3 case's 0.39 s of host work (on this project's CPU)."""
+    background, kidney, tumour = scores
+    labels = (kidney > background).astype(np.uint8)
+    labels[tumour > np.maximum(background, kidney)] = 2
+    return labels
 
 
 def responses(
