@@ -179,26 +179,58 @@ def test_only_the_outputs_asked_for_in_their_order(models: dict[str, Path]) -> N
         get_backend("pytorch").load(models["bert"], 1, "fp32", outputs=["logits"])
 
 
+def _rnnt_parts(models: dict[str, Path], backend: str) -> dict[str, Backend]:
+    """rnnt's three parts loaded as the SUT loads them: a backend per part."""
+    files = get_benchmark("rnnt").model_files(models["rnnt.encoder"].parent)
+    loaded = {part: get_backend(backend) for part in files}
+    for part, b in loaded.items():
+        b.load(files[part], 2, "fp32")
+    return loaded
+
+
 def test_rnnt_three_parts_decode_as_onnxruntime(models: dict[str, Path]) -> None:
-    """The three parts loaded as the SUT loads them (a backend per part) and decoded by the
-    benchmark's own ``infer``: the same labels as onnxruntime's."""
+    """The three parts decoded by the benchmark's own ``infer``: the same labels as onnxruntime's;
+    and by the device decoder (run here on the CPU, as it runs on a GPU bar the CUDA graph)."""
+    from mlperf_harness.benchmarks.rnnt.decoder import on_device
+    from mlperf_harness.benchmarks.rnnt.device_decoder import DeviceDecoder
+
     bench = get_benchmark("rnnt")
-    files = bench.model_files(models["rnnt.encoder"].parent)
-
-    def parts(backend: str) -> dict[str, Backend]:
-        loaded = {part: get_backend(backend) for part in files}
-        for part, b in loaded.items():
-            b.load(files[part], 2, "fp32")
-        return loaded
-
     rng = np.random.default_rng(SEED)
     samples = [
         {"feature": rng.standard_normal((t, 240)).astype(np.float32), "feature_length": np.array(t)} for t in (40, 23)
     ]
     batch = bench.collate(samples)
-    want, got = bench.infer(parts("onnxruntime"), batch), bench.infer(parts("pytorch"), batch)
+    torch_parts = _rnnt_parts(models, "pytorch")
+    want, got = bench.infer(_rnnt_parts(models, "onnxruntime"), batch), bench.infer(torch_parts, batch)
     assert want["label_count"].sum() > 0  # something was decoded
-    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert not on_device(torch_parts)  # on the CPU, ``infer`` keeps the host loop
+    device = DeviceDecoder(torch_parts).infer(torch_parts, batch)
+    for out in (got, device):
+        assert list(out) == list(want) and all(np.array_equal(out[k], want[k]) for k in want)
+
+
+def test_rnnt_device_decoder_gives_the_host_loops_labels(models: dict[str, Path]) -> None:
+    """The device decoder's fixed-shape masked steps give ``greedy_decode``'s labels on utterances
+    of different lengths, an empty one, and one whose frames all end at the 30-symbol cap."""
+    import torch
+    from mlperf_harness.benchmarks.rnnt.decoder import MAX_SYMBOLS_PER_STEP, greedy_decode
+    from mlperf_harness.benchmarks.rnnt.device_decoder import DeviceDecoder
+
+    parts = _rnnt_parts(models, "pytorch")
+    rng = np.random.default_rng(SEED)
+    encoded = rng.standard_normal((5, 12, 64)).astype(np.float32)
+    encoded[1] *= 0.1  # few labels
+    encoded[3] *= 10  # the joint's frame term outweighs g's: the blank never wins, every frame hits the cap
+    lengths = np.array([12, 7, 0, 9, 3])
+
+    def run(part: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return parts[part].predict(feeds)
+
+    want = greedy_decode(run, encoded, lengths)
+    assert want[2] == [] and len(want[3]) == MAX_SYMBOLS_PER_STEP * 9
+    assert 0 < len(want[1]) < MAX_SYMBOLS_PER_STEP * 7
+    labels, counts = DeviceDecoder(parts).decode(parts, torch.from_numpy(encoded), torch.from_numpy(lengths))
+    assert [labels[i, :n].tolist() for i, n in enumerate(counts.tolist())] == want
 
 
 def test_half_precision_dtypes_hold(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
