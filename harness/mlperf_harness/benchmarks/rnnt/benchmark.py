@@ -48,6 +48,7 @@ class Rnnt(Benchmark):
     name = "rnnt"
     capabilities = {"dataset": True, "model": True, "preprocess": True, "accuracy": True, "synthetic": True}
     device_resident = False  # infer is a decoder loop over three parts, not one call on the samples
+    sort_tensor = "feature"  # a batch is padded to its longest utterance: Offline's batches by frames
 
     def inputs(self, variant: str) -> tuple[TensorSpec, ...]:
         from .model import SAMPLE_SPECS  # feature (None, 240) float32, feature_length () int64
