@@ -5,7 +5,8 @@ joint net on the frame and the prediction net's output for the labels so far, un
 Here a batch of utterances advances frame by frame together; an utterance past its last frame, or
 whose frame the blank already closed, is left out of the calls. The prediction net runs only when a
 label is emitted: the reference recomputes it on the same label and state after a blank, which gives
-the same output, so caching it changes nothing in the result.
+the same output, so caching it changes nothing in the result. On the pytorch backend's GPU the same
+decoding runs with its state on the device (``device_decoder``, chosen by ``on_device``).
 """
 
 from __future__ import annotations

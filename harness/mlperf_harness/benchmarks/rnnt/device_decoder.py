@@ -156,7 +156,9 @@ class DeviceDecoder:
         torch.cuda.current_stream(self.dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # Captured in a worker thread at a batch's first shape, while other instances' workers
+            # run: one capture at a time, and only this thread's calls bound by it.
+            with _lock, torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 state.step(joint, prediction)
         except RuntimeError as exc:
             self.eager_reason = f"capture failed: {str(exc).splitlines()[0][:160]}"
@@ -199,7 +201,7 @@ def _prediction_state(prediction: Backend) -> tuple[int, int]:
 
 
 _decoders: weakref.WeakKeyDictionary[Backend, DeviceDecoder] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
+_lock = threading.Lock()  # the decoders' table, and one CUDA graph capture at a time
 
 
 def decoder_for(parts: Mapping[str, Backend]) -> DeviceDecoder:
