@@ -179,18 +179,19 @@ def test_only_the_outputs_asked_for_in_their_order(models: dict[str, Path]) -> N
         get_backend("pytorch").load(models["bert"], 1, "fp32", outputs=["logits"])
 
 
-def _rnnt_parts(models: dict[str, Path], backend: str) -> dict[str, Backend]:
+def _rnnt_parts(models: dict[str, Path], backend: str, precision: str = "fp32") -> dict[str, Backend]:
     """rnnt's three parts loaded as the SUT loads them: a backend per part."""
     files = get_benchmark("rnnt").model_files(models["rnnt.encoder"].parent)
     loaded = {part: get_backend(backend) for part in files}
     for part, b in loaded.items():
-        b.load(files[part], 2, "fp32")
+        b.load(files[part], 2, precision)
     return loaded
 
 
 def test_rnnt_three_parts_decode_as_onnxruntime(models: dict[str, Path]) -> None:
-    """The three parts decoded by the benchmark's own ``infer``: the same labels as onnxruntime's;
-    and by the device decoder (run here on the CPU, as it runs on a GPU bar the CUDA graph)."""
+    """The three parts decoded by the benchmark's own ``infer`` (on a GPU: the device decoder): the
+    same labels as onnxruntime's; and by the device decoder (on the CPU as on a GPU, bar the CUDA graph)."""
+    import torch
     from mlperf_harness.benchmarks.rnnt.decoder import on_device
     from mlperf_harness.benchmarks.rnnt.device_decoder import DeviceDecoder
 
@@ -203,20 +204,24 @@ def test_rnnt_three_parts_decode_as_onnxruntime(models: dict[str, Path]) -> None
     torch_parts = _rnnt_parts(models, "pytorch")
     want, got = bench.infer(_rnnt_parts(models, "onnxruntime"), batch), bench.infer(torch_parts, batch)
     assert want["label_count"].sum() > 0  # something was decoded
-    assert not on_device(torch_parts)  # on the CPU, ``infer`` keeps the host loop
+    assert on_device(torch_parts) == torch.cuda.is_available()  # on the CPU, ``infer`` keeps the host loop
     device = DeviceDecoder(torch_parts).infer(torch_parts, batch)
     for out in (got, device):
         assert list(out) == list(want) and all(np.array_equal(out[k], want[k]) for k in want)
 
 
-def test_rnnt_device_decoder_gives_the_host_loops_labels(models: dict[str, Path]) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_rnnt_device_decoder_gives_the_host_loops_labels(models: dict[str, Path], precision: str) -> None:
     """The device decoder's fixed-shape masked steps give ``greedy_decode``'s labels on utterances
-    of different lengths, an empty one, and one whose frames all end at the 30-symbol cap."""
+    of different lengths, an empty one, and one whose frames all end at the 30-symbol cap; on a
+    GPU, from a captured CUDA graph of the step, in fp16 too (the same fp16 values in both)."""
     import torch
     from mlperf_harness.benchmarks.rnnt.decoder import MAX_SYMBOLS_PER_STEP, greedy_decode
     from mlperf_harness.benchmarks.rnnt.device_decoder import DeviceDecoder
 
-    parts = _rnnt_parts(models, "pytorch")
+    if precision != "fp32" and not torch.cuda.is_available():
+        pytest.skip("fp16 runs on a GPU only (the CPU runs fp32)")
+    parts = _rnnt_parts(models, "pytorch", precision)
     rng = np.random.default_rng(SEED)
     encoded = rng.standard_normal((5, 12, 64)).astype(np.float32)
     encoded[1] *= 0.1  # few labels
@@ -229,8 +234,10 @@ def test_rnnt_device_decoder_gives_the_host_loops_labels(models: dict[str, Path]
     want = greedy_decode(run, encoded, lengths)
     assert want[2] == [] and len(want[3]) == MAX_SYMBOLS_PER_STEP * 9
     assert 0 < len(want[1]) < MAX_SYMBOLS_PER_STEP * 7
-    labels, counts = DeviceDecoder(parts).decode(parts, torch.from_numpy(encoded), torch.from_numpy(lengths))
+    decoder = DeviceDecoder(parts)
+    labels, counts = decoder.decode(parts, torch.from_numpy(encoded).to(decoder.dev), torch.from_numpy(lengths))
     assert [labels[i, :n].tolist() for i, n in enumerate(counts.tolist())] == want
+    assert decoder.captured == torch.cuda.is_available() and not decoder.eager_reason
 
 
 def test_half_precision_dtypes_hold(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

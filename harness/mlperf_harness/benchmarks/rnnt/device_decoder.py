@@ -90,6 +90,7 @@ class DeviceDecoder:
         self.dev, self.dtype = place
         self.graphs = graphs and self.dev.type == "cuda"
         self.eager_reason = ""  # why the steps run without a CUDA graph on a GPU
+        self.captured = 0  # CUDA graphs of a step (one per padded batch and frame capacity)
         self._states: dict[tuple[int, int, int], _State] = {}
         self._start: tuple[Any, Any, Any] | None = None
         self._stream = torch.cuda.Stream(device=self.dev) if self.dev.type == "cuda" else None
@@ -164,6 +165,7 @@ class DeviceDecoder:
             self.eager_reason = f"capture failed: {str(exc).splitlines()[0][:160]}"
             sys.stderr.write(f"rnnt: no CUDA graph for the decoder step ({self.eager_reason}); running eagerly\n")
             return None
+        self.captured += 1
         return graph
 
     def _reset(self, parts: Mapping[str, Backend], state: _State, encoded: Any, lengths: Any) -> None:
