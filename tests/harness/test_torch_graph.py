@@ -193,7 +193,7 @@ def test_rnnt_three_parts_decode_as_onnxruntime(models: dict[str, Path]) -> None
     same labels as onnxruntime's; and by the device decoder (on the CPU as on a GPU, bar the CUDA graph)."""
     import torch
     from mlperf_harness.benchmarks.rnnt.decoder import on_device
-    from mlperf_harness.benchmarks.rnnt.device_decoder import DeviceDecoder
+    from mlperf_harness.benchmarks.rnnt.device_decoder import decoder_for
 
     bench = get_benchmark("rnnt")
     rng = np.random.default_rng(SEED)
@@ -205,7 +205,8 @@ def test_rnnt_three_parts_decode_as_onnxruntime(models: dict[str, Path]) -> None
     want, got = bench.infer(_rnnt_parts(models, "onnxruntime"), batch), bench.infer(torch_parts, batch)
     assert want["label_count"].sum() > 0  # something was decoded
     assert on_device(torch_parts) == torch.cuda.is_available()  # on the CPU, ``infer`` keeps the host loop
-    device = DeviceDecoder(torch_parts).infer(torch_parts, batch)
+    assert decoder_for(torch_parts) is decoder_for(torch_parts)  # one per model instance: its graphs kept
+    device = decoder_for(torch_parts).infer(torch_parts, batch)
     for out in (got, device):
         assert list(out) == list(want) and all(np.array_equal(out[k], want[k]) for k in want)
 

@@ -207,8 +207,9 @@ _lock = threading.Lock()  # the decoders' table, and one CUDA graph capture at a
 
 
 def decoder_for(parts: Mapping[str, Backend]) -> DeviceDecoder:
-    """The decoder of a model instance (kept with its joint part: its buffers and graphs)."""
+    """The decoder of a model instance (kept with its joint part: its buffers and graphs); CUDA
+    graphs as the parts have them (the pytorch backend's MLPERF_TORCH_GRAPHS=0: none)."""
     with _lock:
         if parts["joint"] not in _decoders:
-            _decoders[parts["joint"]] = DeviceDecoder(parts)
+            _decoders[parts["joint"]] = DeviceDecoder(parts, graphs=getattr(parts["joint"], "use_graphs", True))
         return _decoders[parts["joint"]]
