@@ -109,7 +109,7 @@ class DeviceDecoder:
 
     def decode(self, parts: Mapping[str, Backend], encoded: Any, lengths: Any) -> tuple[Any, Any]:
         """Labels (B, slots) int64 and their counts (B,), on the device, for ``encoded`` (B, T, H) and
-        its frame counts (B,)."""
+        its frame counts (B,): views of the decoder's buffers, valid until its next call."""
         with self._on_device():
             n, frames, width = encoded.shape
             state = self._state(parts, n, frames, width)
