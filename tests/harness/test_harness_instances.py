@@ -4,6 +4,7 @@ them, and a slow instance holding up nobody."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -96,3 +97,37 @@ def test_instances_are_spread_over_the_devices(workspace: Any) -> None:
     assert [b.device_index for b in made] == [0, 0, 1, 1, 2, 2]
     assert [b.inner.device_index for b in made] == [0, 0, 1, 1, 2, 2]  # handed on by configure
     assert not out.errors and len(out.instance_samples) == 6
+
+
+def test_a_query_is_batched_in_order_of_the_benchmarks_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Benchmark.sort_tensor``: Offline's one query cut into batches of like length (shortest
+    first), each sample still answered under its own id."""
+    import numpy as np
+    from mlperf_harness.benchmarks.base import PendingBenchmark
+    from mlperf_harness.loadgen import sut as sut_module
+
+    lengths = np.array([50, 10, 40, 20, 30, 60, 0])
+    answered: list[tuple[list[int], list[int]]] = []  # per batch: ids, the lengths answered
+    monkeypatch.setattr(sut_module, "respond", lambda ids, out: answered.append((ids.tolist(), list(out))))
+
+    class ByLength(PendingBenchmark):
+        def collate(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            return {"length": np.array([s["length"] for s in samples])}
+
+        def infer(self, parts: Any, feeds: Any) -> dict[str, np.ndarray]:
+            return dict(feeds)
+
+        def responses(self, outputs: Any, batch: Any) -> Any:
+            return [int(n) for n in outputs["length"]]
+
+    qsl = SimpleNamespace(
+        length=lengths, cost=None, costs=lambda idx: None, store=SimpleNamespace(ragged=True),
+        samples=lambda idx: [{"length": lengths[i]} for i in idx],
+    )  # fmt: skip
+    backend = SimpleNamespace(consumes_input=True, resident=False)  # infer above is the model
+    sut = sut_module.HarnessSUT([{"model": backend}], qsl, ByLength(), batch_size=3)  # type: ignore[arg-type, list-item]
+    sut.issue([100 + i for i in range(len(lengths))], list(range(len(lengths))))
+    sut.stop()
+    assert not sut.errors
+    assert [got for _, got in answered] == [[0, 10, 20], [30, 40, 50], [60]]
+    assert all(lengths[i - 100] == n for ids, got in answered for i, n in zip(ids, got, strict=True))

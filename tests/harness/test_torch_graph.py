@@ -183,26 +183,66 @@ def test_only_the_outputs_asked_for_in_their_order(models: dict[str, Path]) -> N
         get_backend("pytorch").load(models["bert"], 1, "fp32", outputs=["logits"])
 
 
+def _rnnt_parts(models: dict[str, Path], backend: str, precision: str = "fp32") -> dict[str, Backend]:
+    """rnnt's three parts loaded as the SUT loads them: a backend per part."""
+    files = get_benchmark("rnnt").model_files(models["rnnt.encoder"].parent)
+    loaded = {part: get_backend(backend) for part in files}
+    for part, b in loaded.items():
+        b.load(files[part], 2, precision)
+    return loaded
+
+
 def test_rnnt_three_parts_decode_as_onnxruntime(models: dict[str, Path]) -> None:
-    """The three parts loaded as the SUT loads them (a backend per part) and decoded by the
-    benchmark's own ``infer``: the same labels as onnxruntime's."""
+    """The three parts decoded by the benchmark's own ``infer`` (on a GPU: the device decoder): the
+    same labels as onnxruntime's; and by the device decoder (on the CPU as on a GPU, bar the CUDA graph)."""
+    import torch
+    from mlperf_harness.benchmarks.rnnt.decoder import on_device
+    from mlperf_harness.benchmarks.rnnt.device_decoder import decoder_for
+
     bench = get_benchmark("rnnt")
-    files = bench.model_files(models["rnnt.encoder"].parent)
-
-    def parts(backend: str) -> dict[str, Backend]:
-        loaded = {part: get_backend(backend) for part in files}
-        for part, b in loaded.items():
-            b.load(files[part], 2, "fp32")
-        return loaded
-
     rng = np.random.default_rng(SEED)
     samples = [
         {"feature": rng.standard_normal((t, 240)).astype(np.float32), "feature_length": np.array(t)} for t in (40, 23)
     ]
     batch = bench.collate(samples)
-    want, got = bench.infer(parts("onnxruntime"), batch), bench.infer(parts("pytorch"), batch)
+    torch_parts = _rnnt_parts(models, "pytorch")
+    want, got = bench.infer(_rnnt_parts(models, "onnxruntime"), batch), bench.infer(torch_parts, batch)
     assert want["label_count"].sum() > 0  # something was decoded
-    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert on_device(torch_parts) == torch.cuda.is_available()  # on the CPU, ``infer`` keeps the host loop
+    assert decoder_for(torch_parts) is decoder_for(torch_parts)  # one per model instance: its graphs kept
+    device = decoder_for(torch_parts).infer(torch_parts, batch)
+    for out in (got, device):
+        assert list(out) == list(want) and all(np.array_equal(out[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_rnnt_device_decoder_gives_the_host_loops_labels(models: dict[str, Path], precision: str) -> None:
+    """The device decoder's fixed-shape masked steps give ``greedy_decode``'s labels on utterances
+    of different lengths, an empty one, and one whose frames all end at the 30-symbol cap; on a
+    GPU, from a captured CUDA graph of the step, in fp16 too (the same fp16 values in both)."""
+    import torch
+    from mlperf_harness.benchmarks.rnnt.decoder import MAX_SYMBOLS_PER_STEP, greedy_decode
+    from mlperf_harness.benchmarks.rnnt.device_decoder import DeviceDecoder
+
+    if precision != "fp32" and not torch.cuda.is_available():
+        pytest.skip("fp16 runs on a GPU only (the CPU runs fp32)")
+    parts = _rnnt_parts(models, "pytorch", precision)
+    rng = np.random.default_rng(SEED)
+    encoded = rng.standard_normal((5, 12, 64)).astype(np.float32)
+    encoded[1] *= 0.1  # few labels
+    encoded[3] *= 10  # the joint's frame term outweighs g's: the blank never wins, every frame hits the cap
+    lengths = np.array([12, 7, 0, 9, 3])
+
+    def run(part: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return parts[part].predict(feeds)
+
+    want = greedy_decode(run, encoded, lengths)
+    assert want[2] == [] and len(want[3]) == MAX_SYMBOLS_PER_STEP * 9
+    assert 0 < len(want[1]) < MAX_SYMBOLS_PER_STEP * 7
+    decoder = DeviceDecoder(parts)
+    labels, counts = decoder.decode(parts, torch.from_numpy(encoded).to(decoder.dev), torch.from_numpy(lengths))
+    assert [labels[i, :n].tolist() for i, n in enumerate(counts.tolist())] == want
+    assert decoder.captured == torch.cuda.is_available() and not decoder.eager_reason
 
 
 def test_half_precision_dtypes_hold(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

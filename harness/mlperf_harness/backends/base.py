@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -113,6 +113,16 @@ class Backend(ABC):
     def predict_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """``predict`` for the staged samples at ``rows``."""
         raise NotImplementedError(f"{self.name}: no device-resident samples")
+
+    def tensor_device(self) -> tuple[Any, Any] | None:
+        """(torch device, float dtype) where ``predict_tensors`` runs, once loaded; None where the
+        backend has no such entry."""
+        return None
+
+    def predict_tensors(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """``predict`` on torch tensors already on ``tensor_device``, the outputs left there in its
+        dtype: for a caller that keeps a loop's state on the device (rnnt's decoder)."""
+        raise NotImplementedError(f"{self.name}: no device tensors")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -17,7 +17,7 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -637,6 +637,14 @@ class PyTorchBackend(ModelBackend):
             return self._general.predict(feeds)
         assert self._in is not None, "load() first"
         return self._named(self._predict(feeds[self._in.name]))
+
+    def tensor_device(self) -> tuple[Any, Any] | None:
+        return None if self._general is None else self._general.tensor_device()
+
+    def predict_tensors(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        if self._general is None:
+            return super().predict_tensors(feeds)
+        return self._general.predict_tensors(feeds)
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         torch = _torch()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import operator
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -690,7 +690,7 @@ class TorchGraphBackend(ModelBackend):
             return x if fmt is None else x.contiguous(memory_format=fmt)
         return into.copy_(pinned, non_blocking=True)
 
-    def _feeds(self, feeds: Tensors) -> list[np.ndarray]:
+    def _feeds(self, feeds: Mapping[str, Any]) -> list[Any]:
         missing = [s.name for s in self._ins if s.name not in feeds]
         if missing:
             names = ", ".join(s.name for s in self._ins)
@@ -781,6 +781,24 @@ class TorchGraphBackend(ModelBackend):
             except RuntimeError as exc:  # an op the check did not see (the capture says which)
                 self.eager_reason = f"capture failed: {str(exc).splitlines()[0][:160]}"
         return None if self.eager_reason else (graph, static_in, static_out)
+
+    # --- device tensors: a caller's own loop on the device -------------------------------------
+    def tensor_device(self) -> tuple[Any, Any] | None:
+        return None if self._model is None else (self._dev, self._dtype)
+
+    def predict_tensors(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """The model on torch tensors on this instance's device (float ones cast to its dtype), the
+        outputs left there: on the caller's current stream, no copy and no wait, so that a caller
+        can capture its loop (model calls and all) in one CUDA graph of its own."""
+        assert self._model is not None, "load() first"
+        ins = []
+        for s, x in zip(self._ins, self._feeds(feeds), strict=True):
+            x = x.to(self._dtype) if x.is_floating_point() else x
+            fmt = self._formats.get(s.name)
+            ins.append(x if fmt is None else x.contiguous(memory_format=fmt))
+        with torch.inference_mode():
+            outs = self._model(*ins)
+        return dict(zip(self._names, outs, strict=True))
 
     def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
         """With CUDA graphs, capture the warm-up batch's shapes at every batch bucket now (on the

@@ -11,6 +11,7 @@ A benchmark owns:
 - its data: ``prepare_dataset``, ``prepare_model`` and ``preprocess`` (which writes a sample
   store: fixed-shape or ragged named tensors, see ``samples.py``);
 - its batching: ``cost_tensor`` (a sample that is many rows, as dlrm's, is batched by rows),
+  ``sort_tensor`` (a query's samples batched in order of its length, as rnnt's frames),
   ``collate`` (samples -> the model's batch; the default stacks fixed-shape tensors, gathered
   straight into preallocated buffers) and ``infer`` (the model calls for one batch; the default
   is one call, a decoder or a sliding window calls more);
@@ -75,6 +76,9 @@ class Benchmark(ABC):
     capabilities: dict[str, bool] = {}
     # The tensor whose leading dimension counts a sample's rows when one sample is many model rows.
     cost_tensor: str | None = None
+    # The tensor whose leading dimension orders a query's samples before they are cut into batches,
+    # shortest first: a batch padded to its longest sample then pads little (rnnt's frames).
+    sort_tensor: str | None = None
     # False where ``infer`` is more than one call on the sample tensors (no device-resident samples).
     device_resident: bool = True
     # True where ``infer`` runs a graph of fixed batch (``Backend.fixed_batch``) in calls of that batch;

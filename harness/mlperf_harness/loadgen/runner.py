@@ -120,7 +120,7 @@ def run_loadgen(
         atomic_write_text(log_dir / "mlperf.conf", settings.round_mlperf_conf(load_suite(cfg.suite), cfg.benchmark))
 
     store = SampleStore(samples_dir, bench.inputs(cfg.inputDtype))
-    qsl_lib = SampleLibrary(store, cfg.loadgen.performanceSampleCount, bench.cost_tensor)
+    qsl_lib = SampleLibrary(store, cfg.loadgen.performanceSampleCount, bench.cost_tensor, bench.sort_tensor)
     models = [
         _instance(make_backend, cfg, device, bench, model_paths, qsl_lib)
         for device in range(max(1, cfg.devices))

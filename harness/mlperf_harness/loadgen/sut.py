@@ -10,7 +10,8 @@ answers every sample exactly once with its real output bytes, in one QuerySample
 batch, as soon as that batch completes (responses come back in order of completion).
 
 What a batch is belongs to the benchmark: its size counts samples, or rows where one sample
-is many (``Benchmark.cost_tensor``); fixed-shape tensors are gathered straight into
+is many (``Benchmark.cost_tensor``), in order of length where the benchmark names one
+(``Benchmark.sort_tensor``); fixed-shape tensors are gathered straight into
 preallocated buffers, ragged ones are collated by the benchmark; ``Benchmark.infer`` runs the
 model's parts and ``Benchmark.responses`` turns the outputs into each sample's bytes.
 
@@ -91,6 +92,11 @@ class HarnessSUT:
     # LoadGen callbacks (ConstructFastSUT passes plain lists of ids and indices).
     def issue(self, ids: list[int], indices: list[int]) -> None:
         a_ids, a_idx = np.asarray(ids, dtype=np.uint64), np.asarray(indices, dtype=np.int64)
+        if self.qsl.length is not None and len(a_idx) > self.batch_size:
+            # Samples of like length batched together (Offline's one query): each batch padded to
+            # little more than its own samples. LoadGen takes the responses by id, in any order.
+            order = np.argsort(self.qsl.length[a_idx], kind="stable")
+            a_ids, a_idx = a_ids[order], a_idx[order]
         for part in self._cut(a_idx):
             self._dispatch((a_ids[part], a_idx[part]))
 

@@ -5,15 +5,18 @@ joint net on the frame and the prediction net's output for the labels so far, un
 Here a batch of utterances advances frame by frame together; an utterance past its last frame, or
 whose frame the blank already closed, is left out of the calls. The prediction net runs only when a
 label is emitted: the reference recomputes it on the same label and state after a blank, which gives
-the same output, so caching it changes nothing in the result.
+the same output, so caching it changes nothing in the result. On the pytorch backend's GPU the same
+decoding runs with its state on the device (``device_decoder``, chosen by ``on_device``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
 
+from ...backends.base import Backend
 from ...errors import HarnessError
 from .features import FEATURES
 from .model import NUM_LABELS, PRED_LAYERS, SIZES, SOS, Runner
@@ -76,6 +79,16 @@ def greedy_decode(run: Runner, encoded: np.ndarray, lengths: np.ndarray, pred_wi
             added[rows] += 1
             rows = rows[added[rows] < MAX_SYMBOLS_PER_STEP]
     return labels
+
+
+def on_device(parts: Mapping[str, Backend]) -> bool:
+    """Whether ``device_decoder`` decodes: every part on one GPU with torch tensors in and out
+    (the pytorch backend), unless MLPERF_RNNT_DEVICE_DECODER=0 (the host loop, to compare)."""
+    if os.environ.get("MLPERF_RNNT_DEVICE_DECODER", "1") == "0":
+        return False
+    places = [part.tensor_device() for part in parts.values()]
+    first = places[0]
+    return first is not None and first[0].type == "cuda" and all(p == first for p in places)
 
 
 def infer(run: Runner, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
