@@ -55,11 +55,16 @@ def say(text: str) -> None:
 
 
 def _groups(bench: Any, store: Any, batch: int, most: int = 8) -> list[list[int]]:
-    """Up to ``most`` batches of sample indices as the SUT forms them: ``batch`` samples, or samples
-    up to ``batch`` rows of the benchmark's cost tensor (dlrm's users of many rows)."""
+    """Up to ``most`` full batches of sample indices as the SUT forms them from an Offline query:
+    ``batch`` samples, or samples up to ``batch`` rows of the benchmark's cost tensor (dlrm's users
+    of many rows), the store's samples taken in turn and again (LoadGen repeats its performance
+    set likewise), so the loop's batches are as full as the harness's however few samples there are.
+    Unsorted: where the SUT sorts a query by length (``sort_tensor``: rnnt's frames), the harness's
+    batches pad less than these."""
     groups: list[list[int]] = [[]]
     rows = 0
-    for i in range(store.count):
+    for k in range(most * max(batch, 1) + store.count):
+        i = k % store.count
         cost = len(store.sample(i)[bench.cost_tensor]) if bench.cost_tensor else 1
         if groups[-1] and rows + cost > batch:
             if len(groups) == most:
@@ -80,7 +85,7 @@ def plain_loop(ws: Any, batch: int, seconds: float, backend: str, precision: str
         b.load(path, batch, precision, outputs=outputs)
         parts[part] = b
     batches, counts = [], []
-    for group in _groups(bench, store, batch):  # distinct samples in turn (3d-unet's cases differ in size)
+    for group in _groups(bench, store, batch):  # full batches, samples in turn (3d-unet's cases differ in size)
         batches.append(bench.collate([store.sample(i) for i in group]))
         counts.append(len(group))
     for feeds in batches:
