@@ -3,7 +3,7 @@
     python3 benchmarks/models.py                       # on one NVIDIA GPU: full-size models, pytorch fp16
     python3 benchmarks/models.py --cpu                 # on this CPU: small models, onnxruntime fp32
     python3 benchmarks/models.py --cpu --backend pytorch   # the GPU path's code on this CPU (fp32)
-        [--benchmarks bert dlrm ...] [--samples 64] [--seconds 10] [--size small|full]
+        [--benchmarks bert dlrm ...] [--samples 64] [--seconds 10] [--size small|full] [--server]
 
 Per benchmark:
 1. The work directory: the spec's synthetic data and synthetic model (`model.synthetic.size`), prepared
@@ -14,6 +14,9 @@ Per benchmark:
 4. On a GPU, what limits it: one batch's wall time against its kernels' GPU time under torch's
    profiler, the host's launches, copies and waits, and the largest kernels (--no-profile: skip).
 5. The harness: LoadGen Offline for --seconds at that batch size, with the same backend.
+
+With ``--server``, then the tuner's highest VALID Server target (v1.0 datacenter; 3d-unet has no Server)
+and a fresh Server run of --seconds at 0.9 of it.
 
 Synthetic data and random weights of the real architectures: the machine's figures, not a submission's.
 Prints a table last; writes $OUT/models.json when $OUT is set.
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import gpu_profile, machine, print_profile, stamp, workspace
-from mlperf_harness import steps
+from mlperf_harness import steps, tune
 from mlperf_harness.backends import get_backend
 from mlperf_harness.benchmarks.base import MODEL
 
@@ -174,6 +177,44 @@ def measure(
     return out
 
 
+def server(name: str, args: argparse.Namespace, size: str, backend: str) -> dict[str, Any]:
+    """The highest VALID Server target the tuner finds (v1.0 datacenter: the round where every
+    benchmark but 3d-unet has a Server), then a fresh run of ``seconds`` at 0.9 of it."""
+    cpu, seconds = args.cpu, args.seconds
+    batch = SETUP[name][3 if cpu else 2]
+    t = time.perf_counter()
+    ws = workspace(
+        f"server-{name}",
+        benchmark=name,
+        suite="v1.0",
+        category="datacenter",
+        scenarios=["Server"],
+        backend=backend,
+        precision="fp16" if backend == "pytorch" and not cpu else "fp32",
+        batchSize=batch,
+        system=CPU if cpu else GPU,
+        instancesPerDevice=1 if cpu else None,
+        tune=True,
+        model={"synthetic": {"size": size}},
+        dataset={"synthetic": {"samples": args.samples}},
+        loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1},
+    )
+    shutil.rmtree(ws.run_dir, ignore_errors=True)
+    steps.build_engine(ws, "Server")
+    say(f"{name}: Server set up in {time.perf_counter() - t:.0f} s")
+    found = tune.tune(ws, "Server", retune=True, probe_ms=int(args.probe_seconds * 1000), max_probes=6, say=say)
+    [r] = steps.run_harness(ws, "Server", "PerformanceOnly").results  # at the finding
+    p99 = (r.latencyNs.p99 or 0) / 1e6 if r.latencyNs else 0.0
+    say(f"{name}: Server tuned {found.value:,.1f} QPS (highest VALID probe {found.measured:,.1f})")
+    say(f"{name}: fresh Server run {r.resultValidity}, p99 {p99:.1f} ms")
+    return {
+        "serverTuned": found.value,
+        "serverMeasured": found.measured,
+        "serverValidity": r.resultValidity,
+        "serverP99Ms": p99,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--benchmarks", nargs="*", default=list(SETUP), choices=list(SETUP))
@@ -183,6 +224,9 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="on this CPU, fp32 (small models by default)")
     ap.add_argument("--backend", default=None, help="default: onnxruntime with --cpu, else pytorch")
     ap.add_argument("--no-profile", action="store_true", help="on a GPU: skip the profile of one batch")
+    server_help = "also the tuner's highest VALID Server target, v1.0 datacenter (not 3d-unet)"
+    ap.add_argument("--server", action="store_true", help=server_help)
+    ap.add_argument("--probe-seconds", type=float, default=5.0, help="the tuner's Server probes (with --server)")
     args = ap.parse_args()
     backend = args.backend or ("onnxruntime" if args.cpu else "pytorch")
     size = args.size or ("small" if args.cpu else "full")
@@ -192,6 +236,8 @@ def main() -> None:
         try:
             prof = not args.cpu and not args.no_profile
             results.append(measure(name, args.samples, args.seconds, size, args.cpu, backend, prof))
+            if args.server and name != "3d-unet":  # 3d-unet has no Server scenario in any round
+                results[-1].update(server(name, args, size, backend))
         except Exception as exc:  # one benchmark's failure is reported, the others still measured
             say(f"{name}: FAILED {type(exc).__name__}: {exc}")
             results.append({"benchmark": name, "error": f"{type(exc).__name__}: {exc}"})
@@ -203,6 +249,12 @@ def main() -> None:
             print(
                 f"{r['benchmark']}: one batch {f['wallMs']:.1f} ms wall, {f['gpuMs']:.1f} ms of kernels",
                 f"(GPU busy {f['gpuBusy']:.0%})",
+            )
+    for r in results:
+        if "serverTuned" in r:
+            print(
+                f"{r['benchmark']}: Server (v1.0 datacenter) tuned {r['serverTuned']:,.1f} QPS, "
+                f"fresh run {r['serverValidity']} p99 {r['serverP99Ms']:.1f} ms"
             )
     print("\n| benchmark | batch | null backend | plain loop | harness Offline | harness / plain | anchor |")
     for r in results:
