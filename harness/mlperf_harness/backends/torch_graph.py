@@ -12,9 +12,9 @@ inputs do not all lead with the batch (dlrm's (26, rows) offsets: ``batch_axis_r
 eagerly, and so do those whose call waits for the GPU (rnnt's encoder reads its lengths back, ssd's
 detections are data-sized), ``eager_reason`` saying why (onnx2torch reads shapes, axes and sizes
 back as Python values: ``host_shape_arithmetic`` keeps those on the host first). BERT's attention
-is fused on a GPU (``fuse_attention``). The GPU part is untested so far (no GPU where it was
-written); capture per signature (rather than per batch bucket of fixed shapes) is untested on a
-GPU until it runs there: the CPU tests cover its bookkeeping only.
+is fused on a GPU (``fuse_attention``). The GPU part ran on H200s (BENCHMARKS.md), except what
+came after the last run there (2026-12-04): capture per signature rather than per batch bucket of
+fixed shapes (bert's trimmed lengths), whose bookkeeping only the CPU tests cover.
 
 onnx2torch has no LSTM converter (rnnt) nor Compress (ssd's batched post-processing): both are
 registered here (LSTM forward, one direction, the sequence lengths through a packed sequence); its
