@@ -24,7 +24,7 @@ from .jobs import build_cache_index, build_claim, build_job, claim_name
 from .kube import Kube
 from .observe import MESSAGE_LIMIT
 from .reconcile import Decision, decide
-from .retry import permanent
+from .retry import Retries, permanent
 from .status import TERMINAL_PHASES, MLPerfRunStatus, now
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,14 @@ class _Locks:
 
 
 class Controller:
-    def __init__(self, kube: Kube, recent_seconds: float = 0.0) -> None:
+    def __init__(
+        self, kube: Kube, recent_seconds: float = 0.0, retry_clock: Callable[[], float] = time.monotonic
+    ) -> None:
         """`recent_seconds`: the resync period; a resync passes over a run reconciled within half of it."""
         self.kube = kube
+        # Every reconcile the operator starts (a kopf event's, the resync's, a woken run's) goes through these:
+        # a failed one is retried with backoff (retry.py), whoever started it.
+        self.retries = Retries(self.reconcile, "run", clock=retry_clock)
         self.recent_seconds = recent_seconds
         self._reconciled: dict[str, float] = {}  # live runs, when each was last reconciled
         self._locks = _Locks()
@@ -148,18 +153,18 @@ class Controller:
                 self._report_error(run, exc)
                 raise
         for other in sorted(waiting):  # outside this run's lock: the other run's reconcile takes its own
-            self._wake.submit(self._reconcile_logged, namespace, other)
+            self._wake.submit(self.retries.reconcile, namespace, other)
 
-    def _reconcile_logged(self, namespace: str, name: str) -> None:
-        try:
-            self.reconcile(namespace, name)
-        except Exception:
-            log.exception("reconcile of %s/%s failed", namespace, name)
+    def close(self) -> None:
+        """Stop: the woken runs' reconciles in flight end (no write after), those not begun are dropped (the next
+        leader's resync finds their runs), and so are the retries."""
+        self._wake.shutdown(wait=True, cancel_futures=True)
+        self.retries.close()
 
-    def resync(self, namespaces: list[str] | None, reconcile: Callable[[str, str], None] | None = None) -> None:
-        """Reconcile every run that has not ended (an ended one is exported from the list, no GET), through
-        `reconcile` (the operator's retrying one) when given; one run's error is that run's (its status and
-        Events say it), not the others'."""
+    def resync(self, namespaces: list[str] | None) -> None:
+        """Reconcile every run that has not ended (an ended one is exported from the list, no GET), each through
+        the retries: one run's error is that run's (its status and Events say it, its retry follows), not the
+        others'."""
         due: list[tuple[str, str]] = []  # names only: the pages of the list are not held while reconciling
         for run in self.kube.list_runs(namespaces):
             meta = run["metadata"]
@@ -171,10 +176,7 @@ class Controller:
             if time.monotonic() - last >= self.recent_seconds / 2:
                 due.append((meta["namespace"], meta["name"]))
         for namespace, name in due:
-            try:
-                (reconcile or self.reconcile)(namespace, name)
-            except Exception:
-                log.exception("reconcile of %s/%s failed", namespace, name)
+            self.retries.reconcile(namespace, name)
 
     def _report_error(self, run: dict[str, Any], exc: Exception) -> None:
         """Say on the run why it does not progress; an API server's rejection of what the spec asks is final."""

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 RESYNC_SECONDS = float(os.environ.get("MLPERF_RESYNC_SECONDS", "30"))
 _controller: Controller | None = None
 _campaigns: CampaignController | None = None
-_run_retries: Retries | None = None
 _campaign_retries: Retries | None = None
 # The operator's stop flag (__main__ gives kopf the same one), set at kopf's cleanup at the latest: the resync
 # thread ends with the operator.
@@ -49,8 +48,9 @@ def campaigns() -> CampaignController:
 
 
 def reconcile_run(namespace: str, name: str) -> None:
-    """Reconcile a run now, and again with backoff while it fails."""
-    _made(_run_retries).reconcile(namespace, name)
+    """Reconcile a run now, and again with backoff while it fails (the controller's retries: the same for a run
+    woken by a finished producer)."""
+    controller().retries.reconcile(namespace, name)
 
 
 def reconcile_campaign(namespace: str, name: str) -> None:
@@ -65,26 +65,27 @@ def _made(retries: Retries | None) -> Retries:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _controller, _campaigns, _run_retries, _campaign_retries
+    global _controller, _campaigns, _campaign_retries
     load_config()
     kube = Kube(event_workers=2)
     _controller, _campaigns = Controller(kube, recent_seconds=RESYNC_SECONDS), CampaignController(kube)
-    _run_retries, _campaign_retries = Retries(_controller.reconcile), Retries(_campaigns.reconcile, "campaign")
+    _campaign_retries = Retries(_campaigns.reconcile, "campaign")
     log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
     settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "16"))
     threading.Thread(target=_resync_forever, args=(STOP,), name="resync", daemon=True).start()
-    for retries in (_run_retries, _campaign_retries):
+    for retries in (_controller.retries, _campaign_retries):
         threading.Thread(target=retries.run_forever, name=f"{retries.what}-retries", daemon=True).start()
 
 
 @kopf.on.cleanup()
 def stop_threads(**_: Any) -> None:
     STOP.set()
-    for retries in (_run_retries, _campaign_retries):
-        if retries is not None:
-            retries.close()
+    if _controller is not None:
+        _controller.close()
+    if _campaign_retries is not None:
+        _campaign_retries.close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -124,7 +125,7 @@ def job_changed(body: kopf.Body, namespace: str | None, type: str | None, **_: A
 def _resync_forever(stop: threading.Event) -> None:
     while not stop.wait(RESYNC_SECONDS):
         try:
-            controller().resync(WATCHED_NAMESPACES, reconcile_run)
+            controller().resync(WATCHED_NAMESPACES)
             campaigns().resync(WATCHED_NAMESPACES, reconcile_campaign)
         except Exception:
             log.exception("resync failed; retrying in %.0f s", RESYNC_SECONDS)

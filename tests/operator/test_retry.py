@@ -181,3 +181,31 @@ def test_conflicts_and_server_errors_are_retried(status: int) -> None:
     _, retries, _ = retrying(failures=1, status=status)
     retries.reconcile("ns", "r")
     assert list(retries.pending()) == [("ns", "r")]
+
+
+class WakingController(Controller):
+    """A producer run `p` whose reconcile ends an artifact that the run `r` waits for (the rest of a real
+    reconcile is the cluster tests')."""
+
+    def _reconcile(self, run: dict[str, Any]) -> set[str]:
+        return {"r"} if run["metadata"]["name"] == "p" else super()._reconcile(run)
+
+
+def test_a_woken_run_whose_reconcile_fails_is_retried_with_the_same_backoff() -> None:
+    kube, clock = FlakyKube(failures=2, status=503), Clock()
+    kube.get_run = lambda namespace, name: {**kube.run, "metadata": {**kube.run["metadata"], "name": name}}  # type: ignore[method-assign]
+    controller = WakingController(kube, retry_clock=clock)  # type: ignore[arg-type]
+    controller.reconcile("ns", "p")  # wakes r in the wake threads, where r's reconcile fails
+    for _ in range(500):  # a bound against hangs, not a speed check
+        if controller.retries.pending():
+            break
+        threading.Event().wait(0.02)
+    assert controller.retries.pending() == {("ns", "r"): clock.now + 1}  # not lost until the next resync
+    clock.now += 1
+    assert controller.retries.run_due() == 1  # fails again: the backoff goes on, as for a kopf event's reconcile
+    assert controller.retries.pending() == {("ns", "r"): clock.now + 2}
+    clock.now += 2
+    assert controller.retries.run_due() == 1 and controller.retries.pending() == {}
+    assert kube.claim_reads == 3
+    assert kube.run["status"]["message"].startswith("waiting for PersistentVolumeClaim cache")
+    controller.close()
