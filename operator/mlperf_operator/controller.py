@@ -127,11 +127,16 @@ class Controller:
             self._job_states.pop(uid, None)
             return True
         conditions = sorted(c["type"] for c in status.get("conditions") or [] if c.get("status") == "True")
-        said = (tuple(conditions), (job.get("spec") or {}).get("suspend"), status.get("ready"), status.get("failed"))
+        suspended = bool((job.get("spec") or {}).get("suspend"))
+        said = (tuple(conditions), suspended, status.get("ready") or 0, status.get("failed") or 0)
         if self._job_states.get(uid) == said:
             return False
+        first = uid not in self._job_states
         self._job_states[uid] = said
-        return True
+        # A new Job that has not moved yet (its creation, the Job controller's first count) tells its run nothing:
+        # the reconcile that created it wrote the run's status after it, and a restarted operator reconciles every
+        # run from the run's own first event. One suspended at its creation (by Kueue) does: the run is queued.
+        return not (first and said == ((), False, 0, 0))
 
     def reconcile(self, namespace: str, name: str) -> None:
         """Bring one run a step further; safe to call at any time, any number of times."""
