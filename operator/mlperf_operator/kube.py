@@ -199,11 +199,13 @@ class Kube:
             "Job": self.batch.create_namespaced_job,
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
             "ConfigMap": self.core.create_namespaced_config_map,
-            "MLPerfRun": lambda ns, body: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body),
+            "MLPerfRun": lambda ns, body, **kw: self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, body, **kw
+            ),
         }
         create = creators[kind]
         try:
-            create(ns, obj)
+            create(ns, obj, _preload_content=False)  # the answer is not read: not parsed into the client's models
             return True
         except ApiException as exc:
             if exc.status == 409:
@@ -213,7 +215,7 @@ class Kube:
     def suspend_job(self, namespace: str, name: str) -> None:
         """A suspended Job keeps its history; the Job controller removes its pods."""
         try:
-            self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": True}})
+            self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": True}}, _preload_content=False)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -227,7 +229,7 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
-            self.core.patch_namespaced_config_map(cache_index_name(claim), namespace, body)
+            self.core.patch_namespaced_config_map(cache_index_name(claim), namespace, body, _preload_content=False)
         except ApiException as exc:
             if exc.status == 409 and resource_version:
                 return False
@@ -276,6 +278,7 @@ class Kube:
 
     def _post_event(self, body: dict[str, Any]) -> None:
         try:
-            self.core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body))
+            namespace = body["metadata"]["namespace"]
+            self.core.create_namespaced_event(namespace, cast(Any, body), _preload_content=False)
         except Exception as exc:  # an event is never worth failing a reconcile for
             log.warning("could not post event %s: %s", body["reason"], exc)
