@@ -84,6 +84,12 @@ class Kube:
     def _json(response: Any) -> Any:
         return json.loads(response.data)
 
+    @staticmethod
+    def _unparsed(response: Any) -> None:
+        """A write's answer, asked for with _preload_content=False so that the client does not parse it into its
+        models (it is not used): read, which gives its connection back to the pool."""
+        _ = response.data
+
     def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return cast(
@@ -205,7 +211,7 @@ class Kube:
         }
         create = creators[kind]
         try:
-            create(ns, obj, _preload_content=False)  # the answer is not read: not parsed into the client's models
+            self._unparsed(create(ns, obj, _preload_content=False))
             return True
         except ApiException as exc:
             if exc.status == 409:
@@ -215,7 +221,9 @@ class Kube:
     def suspend_job(self, namespace: str, name: str) -> None:
         """A suspended Job keeps its history; the Job controller removes its pods."""
         try:
-            self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": True}}, _preload_content=False)
+            self._unparsed(
+                self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": True}}, _preload_content=False)
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -229,7 +237,8 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
-            self.core.patch_namespaced_config_map(cache_index_name(claim), namespace, body, _preload_content=False)
+            name = cache_index_name(claim)
+            self._unparsed(self.core.patch_namespaced_config_map(name, namespace, body, _preload_content=False))
         except ApiException as exc:
             if exc.status == 409 and resource_version:
                 return False
@@ -279,6 +288,6 @@ class Kube:
     def _post_event(self, body: dict[str, Any]) -> None:
         try:
             namespace = body["metadata"]["namespace"]
-            self.core.create_namespaced_event(namespace, cast(Any, body), _preload_content=False)
+            self._unparsed(self.core.create_namespaced_event(namespace, cast(Any, body), _preload_content=False))
         except Exception as exc:  # an event is never worth failing a reconcile for
             log.warning("could not post event %s: %s", body["reason"], exc)
