@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 LEASE_ATTEMPTS = 5
 CLAIM_SECONDS = 60.0  # how long a claim once read is taken to still exist (its GET is not repeated per reconcile)
 HOLDER_SECONDS = 5.0  # how long a lease's holder once read is taken to still be making its artifact
+WAKE_WORKERS = int(os.environ.get("MLPERF_WAKE_WORKERS", "4"))
 
 
 def backend_version(spec: MLPerfRunSpec) -> str:
@@ -73,8 +76,8 @@ class Controller:
     ) -> None:
         """`recent_seconds`: the resync period; a resync passes over a run reconciled within half of it."""
         self.kube = kube
-        # Every reconcile the operator starts (a kopf event's, the resync's, a woken run's) is queued here, and a
-        # failed one is retried with backoff (retry.py), whoever started it.
+        # Every reconcile the operator starts (a kopf event's, the resync's, a woken run's) goes through these:
+        # a failed one is retried with backoff (retry.py), whoever started it.
         self.retries = Retries(self.reconcile, "run", clock=retry_clock)
         self.recent_seconds = recent_seconds
         self._reconciled: dict[str, float] = {}  # live runs, when each was last reconciled
@@ -90,6 +93,8 @@ class Controller:
         self._ended: set[str] = set()  # uids of the live runs that ended: their Jobs' events change nothing
         self._job_states: dict[str, tuple[Any, ...]] = {}  # what each live Job last said (job_moved)
         self._making = threading.Lock()  # held while a claim's cache index is made
+        # A finished producer wakes its waiting runs through these threads, not one by one in its own.
+        self._wake = ThreadPoolExecutor(max_workers=WAKE_WORKERS, thread_name_prefix="wake")
 
     def settled(self, run: dict[str, Any], written: bool = True) -> bool:
         """Whether this copy of a run (a watch event's, a list's) needs no reconcile: the run ended (a terminal
@@ -152,15 +157,19 @@ class Controller:
                 metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
                 self._report_error(run, exc)
                 raise
-        for other in sorted(waiting):  # queued for the workers, not one after another in this run's reconcile
-            self.retries.add(namespace, other)
+        for other in sorted(waiting):  # outside this run's lock: the other run's reconcile takes its own
+            self._wake.submit(self.retries.reconcile, namespace, other)
 
     def close(self) -> None:
+        """Stop: the woken runs' reconciles in flight end (no write after), those not begun are dropped (the next
+        leader's resync finds their runs), and so are the retries."""
+        self._wake.shutdown(wait=True, cancel_futures=True)
         self.retries.close()
 
     def resync(self, namespaces: list[str] | None) -> None:
-        """Queue a reconcile of every run that has not ended (an ended one is exported from the list, no GET): one
-        run's error is that run's (its status and Events say it, its retry follows), not the others'."""
+        """Reconcile every run that has not ended (an ended one is exported from the list, no GET), each through
+        the retries: one run's error is that run's (its status and Events say it, its retry follows), not the
+        others'."""
         due: list[tuple[str, str]] = []  # names only: the pages of the list are not held while reconciling
         for run in self.kube.list_runs(namespaces):
             meta = run["metadata"]
@@ -172,7 +181,7 @@ class Controller:
             if time.monotonic() - last >= self.recent_seconds / 2:
                 due.append((meta["namespace"], meta["name"]))
         for namespace, name in due:
-            self.retries.add(namespace, name)
+            self.retries.reconcile(namespace, name)
 
     def _report_error(self, run: dict[str, Any], exc: Exception) -> None:
         """Say on the run why it does not progress; an API server's rejection of what the spec asks is final."""

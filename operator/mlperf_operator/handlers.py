@@ -1,9 +1,8 @@
 """kopf handlers. Only event handlers: no finalizers, so a run stays deletable without the operator.
 
-Every handler queues a reconcile (retry.py's work queue, run by worker threads) and returns: ``Controller.reconcile``
-is level-triggered and idempotent, a failed one is retried with backoff, and a periodic resync covers any event
-that was missed while the operator was away or busy. The handlers are coroutines: a few dict lookups, run in
-kopf's event loop, not in its thread pool behind the reconciles.
+Every handler funnels into ``Controller.reconcile``, which is level-triggered and idempotent; a failed one is
+retried with backoff (retry.py), and a periodic resync covers any event that was missed while the operator was
+away or busy.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ from .retry import Retries
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = float(os.environ.get("MLPERF_RESYNC_SECONDS", "30"))
-WORKERS = int(os.environ.get("MLPERF_WORKERS", "16"))  # run reconciles at once (threads waiting on the API server)
-CAMPAIGN_WORKERS = 2
 _controller: Controller | None = None
 _campaigns: CampaignController | None = None
 _campaign_retries: Retries | None = None
@@ -51,13 +48,13 @@ def campaigns() -> CampaignController:
 
 
 def reconcile_run(namespace: str, name: str) -> None:
-    """Queue a reconcile of a run; retried with backoff while it fails (the controller's queue: the same for a
-    run woken by a finished producer)."""
-    controller().retries.add(namespace, name)
+    """Reconcile a run now, and again with backoff while it fails (the controller's retries: the same for a run
+    woken by a finished producer)."""
+    controller().retries.reconcile(namespace, name)
 
 
 def reconcile_campaign(namespace: str, name: str) -> None:
-    _made(_campaign_retries).add(namespace, name)
+    _made(_campaign_retries).reconcile(namespace, name)
 
 
 def _made(retries: Retries | None) -> Retries:
@@ -76,9 +73,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
+    settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "16"))
     threading.Thread(target=_resync_forever, args=(STOP,), name="resync", daemon=True).start()
-    _controller.retries.start(WORKERS)
-    _campaign_retries.start(CAMPAIGN_WORKERS)
+    for retries in (_controller.retries, _campaign_retries):
+        threading.Thread(target=retries.run_forever, name=f"{retries.what}-retries", daemon=True).start()
 
 
 @kopf.on.cleanup()
@@ -91,7 +89,7 @@ def stop_threads(**_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def run_changed(name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any) -> None:
+def run_changed(name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any) -> None:
     if not namespace:
         return
     if type == "DELETED":
@@ -104,13 +102,13 @@ async def run_changed(name: str, namespace: str | None, body: kopf.Body, type: s
 
 
 @kopf.on.event(GROUP, VERSION, CAMPAIGN_PLURAL)
-async def campaign_changed(name: str, namespace: str | None, **_: Any) -> None:
+def campaign_changed(name: str, namespace: str | None, **_: Any) -> None:
     if namespace:
         reconcile_campaign(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/part-of": PART_OF})
-async def job_changed(body: kopf.Body, namespace: str | None, type: str | None, **_: Any) -> None:
+def job_changed(body: kopf.Body, namespace: str | None, type: str | None, **_: Any) -> None:
     if not namespace:
         return
     for owner in body.metadata.get("ownerReferences") or []:

@@ -1,10 +1,4 @@
-"""The operator's work queue of reconciles, and their retry with exponential backoff.
-
-Every reconcile the operator starts (a kopf event's, the resync's, a run woken by a finished producer) is queued
-here by object, as client-go's work queue does: an object waits in the queue at most once however many events
-come for it meanwhile (its reconcile reads it afresh), and worker threads run the queue. kopf's handlers only
-queue, so kopf's per-object event streams never wait on a reconcile holding the events' bodies (at a thousand runs
-those were the operator's peak of memory).
+"""A failed reconcile is tried again with exponential backoff, not at the next resync.
 
 kopf retries only its change handlers (``kopf.TemporaryError``, with progress kept in the object's annotations);
 the operator's handlers are event handlers, which kopf calls once per event and never again. So the retry is
@@ -14,7 +8,6 @@ object however many events fail meanwhile; one that succeeds (from any event) re
 
 from __future__ import annotations
 
-import collections
 import heapq
 import logging
 import threading
@@ -50,56 +43,6 @@ class Retries:
         self._due: dict[Key, float] = {}  # its one pending retry
         self._heap: list[tuple[float, Key]] = []  # the same, by time; entries no longer in _due are skipped
         self._closed = False
-        self._work = threading.Condition()  # the queue's (workers wait on it; the retry thread on _wake)
-        self._queue: collections.deque[Key] = collections.deque()
-        self._queued: set[Key] = set()  # what the queue holds: an object is queued once
-        self._workers: list[threading.Thread] = []
-
-    def add(self, namespace: str, name: str) -> None:
-        """Queue a reconcile, which a worker runs; an object already queued is not queued again (one that a worker
-        reconciles now is: the event may say what that reconcile did not read)."""
-        key = (namespace, name)
-        with self._work:
-            if key in self._queued or self._closed:
-                return
-            self._queued.add(key)
-            self._queue.append(key)
-            self._work.notify()
-
-    def queued(self) -> list[Key]:
-        with self._work:
-            return list(self._queue)
-
-    def run_queued(self) -> int:
-        """Reconcile what is queued, in this thread (no workers: a test's, a one-off resync's); how many."""
-        done = 0
-        while key := self._next(block=False):
-            self.reconcile(*key)
-            done += 1
-        return done
-
-    def start(self, workers: int) -> None:
-        """Start the worker threads (reconciles that run at once) and the retry thread."""
-        for i in range(workers):
-            thread = threading.Thread(target=self._work_forever, name=f"{self.what}-worker-{i}", daemon=True)
-            thread.start()
-            self._workers.append(thread)
-        threading.Thread(target=self.run_forever, name=f"{self.what}-retries", daemon=True).start()
-
-    def _work_forever(self) -> None:
-        while key := self._next(block=True):
-            self.reconcile(*key)
-
-    def _next(self, block: bool) -> Key | None:
-        """The next object queued, taken off the queue; None when closed, or (not `block`) when none is."""
-        with self._work:
-            while block and not self._queue and not self._closed:
-                self._work.wait()
-            if self._closed or not self._queue:
-                return None
-            key = self._queue.popleft()
-            self._queued.discard(key)
-            return key
 
     def reconcile(self, namespace: str, name: str) -> None:
         """Reconcile now; on an error that is not permanent, schedule the retry. Never raises: the error is the
@@ -140,20 +83,10 @@ class Retries:
                     return
             self.run_due()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop: what is queued is dropped (the next leader's resync finds it), the reconciles in flight end
-        (within `timeout`: no write after the operator stopped)."""
+    def close(self) -> None:
         with self._wake:
             self._closed = True
             self._wake.notify_all()
-        with self._work:
-            self._queue.clear()
-            self._queued.clear()
-            self._work.notify_all()
-        deadline = time.monotonic() + timeout
-        for thread in self._workers:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _schedule(self, key: Key) -> float:
         with self._wake:
