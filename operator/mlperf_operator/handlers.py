@@ -16,13 +16,14 @@ import kopf
 
 from .api import CAMPAIGN_KIND, CAMPAIGN_PLURAL, GROUP, KIND, PLURAL, VERSION
 from .campaigns import CampaignController
-from .controller import Controller
+from .controller import WAKE_WORKERS, Controller
 from .jobs import PART_OF
 from .kube import Kube, load_config
 from .retry import Retries
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = float(os.environ.get("MLPERF_RESYNC_SECONDS", "30"))
+WORKERS = int(os.environ.get("MLPERF_WORKERS", "16"))  # kopf's handler threads: reconciles at once
 _controller: Controller | None = None
 _campaigns: CampaignController | None = None
 _campaign_retries: Retries | None = None
@@ -67,13 +68,13 @@ def _made(retries: Retries | None) -> Retries:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _controller, _campaigns, _campaign_retries
     load_config()
-    kube = Kube(event_workers=2)
+    kube = Kube(event_workers=2, threads=WORKERS + WAKE_WORKERS + 3)  # and the resync's and the retries' threads
     _controller, _campaigns = Controller(kube, recent_seconds=RESYNC_SECONDS), CampaignController(kube)
     _campaign_retries = Retries(_campaigns.reconcile, "campaign")
     log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "16"))
+    settings.execution.max_workers = WORKERS
     threading.Thread(target=_resync_forever, args=(STOP,), name="resync", daemon=True).start()
     for retries in (_controller.retries, _campaign_retries):
         threading.Thread(target=retries.run_forever, name=f"{retries.what}-retries", daemon=True).start()

@@ -69,10 +69,18 @@ class CountingApiClient(kubernetes.client.ApiClient):
 
 
 class Kube:
-    def __init__(self, api_client: kubernetes.client.ApiClient | None = None, event_workers: int = 0) -> None:
+    def __init__(
+        self, api_client: kubernetes.client.ApiClient | None = None, event_workers: int = 0, threads: int = 0
+    ) -> None:
         """`event_workers`: threads that post Events off the reconcile's path, as client-go's recorder does
-        (0: posted before event() returns)."""
-        self.client = api_client or CountingApiClient()
+        (0: posted before event() returns). `threads`: how many threads send requests at once, besides those;
+        each keeps a connection (the client's pool holds 10 otherwise: the others' connections were discarded
+        after each request and made again, a TLS handshake each)."""
+        if api_client is None:
+            config = kubernetes.client.Configuration.get_default_copy()
+            config.connection_pool_maxsize = max(config.connection_pool_maxsize, threads + event_workers)
+            api_client = CountingApiClient(config)
+        self.client = api_client
         self._events = ThreadPoolExecutor(event_workers, thread_name_prefix="events") if event_workers else None
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
