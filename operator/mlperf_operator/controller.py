@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +29,6 @@ log = logging.getLogger(__name__)
 LEASE_ATTEMPTS = 5
 CLAIM_SECONDS = 60.0  # how long a claim once read is taken to still exist (its GET is not repeated per reconcile)
 HOLDER_SECONDS = 5.0  # how long a lease's holder once read is taken to still be making its artifact
-WAKE_WORKERS = int(os.environ.get("MLPERF_WAKE_WORKERS", "4"))
 
 
 def backend_version(spec: MLPerfRunSpec) -> str:
@@ -76,8 +73,8 @@ class Controller:
     ) -> None:
         """`recent_seconds`: the resync period; a resync passes over a run reconciled within half of it."""
         self.kube = kube
-        # Every reconcile the operator starts (a kopf event's, the resync's, a woken run's) goes through these:
-        # a failed one is retried with backoff (retry.py), whoever started it.
+        # Every reconcile the operator starts goes through these (retry.py): a kopf event's and a woken run's are
+        # queued for the workers, the resync's run in its thread; a failed one is retried with backoff.
         self.retries = Retries(self.reconcile, "run", clock=retry_clock)
         self.recent_seconds = recent_seconds
         self._reconciled: dict[str, float] = {}  # live runs, when each was last reconciled
@@ -93,8 +90,6 @@ class Controller:
         self._ended: set[str] = set()  # uids of the live runs that ended: their Jobs' events change nothing
         self._job_states: dict[str, tuple[Any, ...]] = {}  # what each live Job last said (job_moved)
         self._making = threading.Lock()  # held while a claim's cache index is made
-        # A finished producer wakes its waiting runs through these threads, not one by one in its own.
-        self._wake = ThreadPoolExecutor(max_workers=WAKE_WORKERS, thread_name_prefix="wake")
 
     def settled(self, run: dict[str, Any], written: bool = True) -> bool:
         """Whether this copy of a run (a watch event's, a list's) needs no reconcile: the run ended (a terminal
@@ -157,19 +152,17 @@ class Controller:
                 metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
                 self._report_error(run, exc)
                 raise
-        for other in sorted(waiting):  # outside this run's lock: the other run's reconcile takes its own
-            self._wake.submit(self.retries.reconcile, namespace, other)
+        for other in sorted(waiting):  # queued for the workers, first: they can create their first Jobs now
+            self.retries.add(namespace, other, urgent=True)
 
     def close(self) -> None:
-        """Stop: the woken runs' reconciles in flight end (no write after), those not begun are dropped (the next
-        leader's resync finds their runs), and so are the retries."""
-        self._wake.shutdown(wait=True, cancel_futures=True)
         self.retries.close()
 
     def resync(self, namespaces: list[str] | None) -> None:
-        """Reconcile every run that has not ended (an ended one is exported from the list, no GET), each through
-        the retries: one run's error is that run's (its status and Events say it, its retry follows), not the
-        others'."""
+        """Reconcile every run that has not ended (an ended one is exported from the list, no GET), one after
+        another in this thread, not through the queue: a resync's thousand quiet runs queued at once made the
+        events' reconciles wait behind them (20 s stalls at 1000 runs). One run's error is that run's (its status
+        and Events say it, its retry follows), not the others'."""
         due: list[tuple[str, str]] = []  # names only: the pages of the list are not held while reconciling
         for run in self.kube.list_runs(namespaces):
             meta = run["metadata"]
