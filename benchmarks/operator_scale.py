@@ -198,11 +198,24 @@ def measure(cluster: Cluster, args: argparse.Namespace, workdir: Path) -> dict[s
         steady_reconciles = operator_metric(op, "mlperf_reconciles_total") - reconciles
         rss, hwm, cpu = proc_stats(pid)
         peak_rss = max(peak_rss, hwm)
-        jobs = [j["metadata"] for j in list_jobs(batch, namespace)]
+        listed = list_jobs(batch, namespace)
+        jobs = [j["metadata"] for j in listed]
 
     per_step = collections.Counter((j["labels"][RUN_LABEL], j["labels"][STEP_LABEL]) for j in jobs)
     per_artifact = collections.Counter(a for j in jobs if (a := (j.get("annotations") or {}).get(ARTIFACT_ANNOTATION)))
     admitted = max((t - start for t in first_job.values()), default=float("nan"))
+    # The shared artifacts' producer chain (dataset, model, preprocess, engines), on the admission's critical path:
+    # each Job's creation and completion from the apply's start (1 s resolution), and how many runs had been
+    # admitted by the time it completed.
+    chain = []
+    for job in sorted(listed, key=lambda j: j["metadata"]["creationTimestamp"]):
+        if ARTIFACT_ANNOTATION not in (job["metadata"].get("annotations") or {}):
+            continue
+        made, ended = stamp(job["metadata"]["creationTimestamp"]), (job.get("status") or {}).get("completionTime")
+        done_at = stamp(ended) if ended else float("nan")
+        by_then = sum(1 for t in first_job.values() if t <= done_at)
+        step = job["metadata"]["labels"][STEP_LABEL]
+        chain.append(f"{step} created {made - start:.0f} s, done {done_at - start:.0f} s ({by_then} admitted by then)")
     # Each run's own wait, from its creation (the apply of a thousand runs takes a while itself); 1 s resolution.
     waits = sorted(t - created[run] for run, t in first_job.items() if run in created)
     run_counts, steady_counts = diff(during, before), diff(after, during)
@@ -214,6 +227,7 @@ def measure(cluster: Cluster, args: argparse.Namespace, workdir: Path) -> dict[s
         "phases": dict(phases),
         "apply_seconds": round(applied, 1),
         "all_admitted_seconds": round(admitted, 1),
+        "producer_chain": chain,
         "admitted_runs": len(first_job),
         "admission_wait_median_seconds": waits[len(waits) // 2] if waits else None,
         "admission_wait_max_seconds": waits[-1] if waits else None,
@@ -249,6 +263,7 @@ def report(
         "phases",
         "apply_seconds",
         "all_admitted_seconds",
+        "producer_chain",
         "admission_wait_median_seconds",
         "admission_wait_max_seconds",
         "all_succeeded_seconds",
@@ -262,7 +277,10 @@ def report(
         "conflicts_409_during",
         "conflicts_409_steady",
     ):
-        print(f"  {key:24} {figures[key]}")
+        if isinstance(figures[key], list):
+            print(f"  {key}:" + "".join(f"\n    {line}" for line in figures[key]))
+        else:
+            print(f"  {key:24} {figures[key]}")
     print("  the operator's own requests during the run (verb, resource, code):")
     print("\n".join(table(dict(own_during), n)))
     print(f"  the operator's own requests in the {figures['steady_reconciles']:.0f}-reconcile steady window:")

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -24,14 +22,13 @@ from .jobs import build_cache_index, build_claim, build_job, claim_name
 from .kube import Kube
 from .observe import MESSAGE_LIMIT
 from .reconcile import Decision, decide
-from .retry import permanent
+from .retry import Retries, permanent
 from .status import TERMINAL_PHASES, MLPerfRunStatus, now
 
 log = logging.getLogger(__name__)
 LEASE_ATTEMPTS = 5
 CLAIM_SECONDS = 60.0  # how long a claim once read is taken to still exist (its GET is not repeated per reconcile)
 HOLDER_SECONDS = 5.0  # how long a lease's holder once read is taken to still be making its artifact
-WAKE_WORKERS = int(os.environ.get("MLPERF_WAKE_WORKERS", "4"))
 
 
 def backend_version(spec: MLPerfRunSpec) -> str:
@@ -71,9 +68,14 @@ class _Locks:
 
 
 class Controller:
-    def __init__(self, kube: Kube, recent_seconds: float = 0.0) -> None:
+    def __init__(
+        self, kube: Kube, recent_seconds: float = 0.0, retry_clock: Callable[[], float] = time.monotonic
+    ) -> None:
         """`recent_seconds`: the resync period; a resync passes over a run reconciled within half of it."""
         self.kube = kube
+        # Every reconcile the operator starts goes through these (retry.py): a kopf event's and a woken run's are
+        # queued for the workers, the resync's run in its thread; a failed one is retried with backoff.
+        self.retries = Retries(self.reconcile, "run", clock=retry_clock)
         self.recent_seconds = recent_seconds
         self._reconciled: dict[str, float] = {}  # live runs, when each was last reconciled
         self._locks = _Locks()
@@ -88,8 +90,6 @@ class Controller:
         self._ended: set[str] = set()  # uids of the live runs that ended: their Jobs' events change nothing
         self._job_states: dict[str, tuple[Any, ...]] = {}  # what each live Job last said (job_moved)
         self._making = threading.Lock()  # held while a claim's cache index is made
-        # A finished producer wakes its waiting runs through these threads, not one by one in its own.
-        self._wake = ThreadPoolExecutor(max_workers=WAKE_WORKERS, thread_name_prefix="wake")
 
     def settled(self, run: dict[str, Any], written: bool = True) -> bool:
         """Whether this copy of a run (a watch event's, a list's) needs no reconcile: the run ended (a terminal
@@ -122,11 +122,16 @@ class Controller:
             self._job_states.pop(uid, None)
             return True
         conditions = sorted(c["type"] for c in status.get("conditions") or [] if c.get("status") == "True")
-        said = (tuple(conditions), (job.get("spec") or {}).get("suspend"), status.get("ready"), status.get("failed"))
+        suspended = bool((job.get("spec") or {}).get("suspend"))
+        said = (tuple(conditions), suspended, status.get("ready") or 0, status.get("failed") or 0)
         if self._job_states.get(uid) == said:
             return False
+        first = uid not in self._job_states
         self._job_states[uid] = said
-        return True
+        # A new Job that has not moved yet (its creation, the Job controller's first count) tells its run nothing:
+        # the reconcile that created it wrote the run's status after it, and a restarted operator reconciles every
+        # run from the run's own first event. One suspended at its creation (by Kueue) does: the run is queued.
+        return not (first and said == ((), False, 0, 0))
 
     def reconcile(self, namespace: str, name: str) -> None:
         """Bring one run a step further; safe to call at any time, any number of times."""
@@ -147,19 +152,17 @@ class Controller:
                 metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
                 self._report_error(run, exc)
                 raise
-        for other in sorted(waiting):  # outside this run's lock: the other run's reconcile takes its own
-            self._wake.submit(self._reconcile_logged, namespace, other)
+        for other in sorted(waiting):  # queued for the workers, first: they can create their first Jobs now
+            self.retries.add(namespace, other, urgent=True)
 
-    def _reconcile_logged(self, namespace: str, name: str) -> None:
-        try:
-            self.reconcile(namespace, name)
-        except Exception:
-            log.exception("reconcile of %s/%s failed", namespace, name)
+    def close(self) -> None:
+        self.retries.close()
 
-    def resync(self, namespaces: list[str] | None, reconcile: Callable[[str, str], None] | None = None) -> None:
-        """Reconcile every run that has not ended (an ended one is exported from the list, no GET), through
-        `reconcile` (the operator's retrying one) when given; one run's error is that run's (its status and
-        Events say it), not the others'."""
+    def resync(self, namespaces: list[str] | None) -> None:
+        """Reconcile every run that has not ended (an ended one is exported from the list, no GET), one after
+        another in this thread, not through the queue: a resync's thousand quiet runs queued at once made the
+        events' reconciles wait behind them (20 s stalls at 1000 runs). One run's error is that run's (its status
+        and Events say it, its retry follows), not the others'."""
         due: list[tuple[str, str]] = []  # names only: the pages of the list are not held while reconciling
         for run in self.kube.list_runs(namespaces):
             meta = run["metadata"]
@@ -171,10 +174,7 @@ class Controller:
             if time.monotonic() - last >= self.recent_seconds / 2:
                 due.append((meta["namespace"], meta["name"]))
         for namespace, name in due:
-            try:
-                (reconcile or self.reconcile)(namespace, name)
-            except Exception:
-                log.exception("reconcile of %s/%s failed", namespace, name)
+            self.retries.reconcile(namespace, name)
 
     def _report_error(self, run: dict[str, Any], exc: Exception) -> None:
         """Say on the run why it does not progress; an API server's rejection of what the spec asks is final."""

@@ -1,8 +1,9 @@
 """kopf handlers. Only event handlers: no finalizers, so a run stays deletable without the operator.
 
-Every handler funnels into ``Controller.reconcile``, which is level-triggered and idempotent; a failed one is
-retried with backoff (retry.py), and a periodic resync covers any event that was missed while the operator was
-away or busy.
+Every handler queues a reconcile (retry.py's work queue, run by worker threads) and returns: ``Controller.reconcile``
+is level-triggered and idempotent, a failed one is retried with backoff, and a periodic resync covers any event
+that was missed while the operator was away or busy. The handlers are coroutines: a few dict lookups, run in
+kopf's event loop, not in its thread pool behind the reconciles.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from .retry import Retries
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = float(os.environ.get("MLPERF_RESYNC_SECONDS", "30"))
+WORKERS = int(os.environ.get("MLPERF_WORKERS", "16"))  # run reconciles at once (threads waiting on the API server)
+CAMPAIGN_WORKERS = 2
 _controller: Controller | None = None
 _campaigns: CampaignController | None = None
-_run_retries: Retries | None = None
 _campaign_retries: Retries | None = None
 # The operator's stop flag (__main__ gives kopf the same one), set at kopf's cleanup at the latest: the resync
 # thread ends with the operator.
@@ -49,12 +51,13 @@ def campaigns() -> CampaignController:
 
 
 def reconcile_run(namespace: str, name: str) -> None:
-    """Reconcile a run now, and again with backoff while it fails."""
-    _made(_run_retries).reconcile(namespace, name)
+    """Queue a reconcile of a run; retried with backoff while it fails (the controller's queue: the same for a
+    run woken by a finished producer)."""
+    controller().retries.add(namespace, name)
 
 
 def reconcile_campaign(namespace: str, name: str) -> None:
-    _made(_campaign_retries).reconcile(namespace, name)
+    _made(_campaign_retries).add(namespace, name)
 
 
 def _made(retries: Retries | None) -> Retries:
@@ -65,49 +68,50 @@ def _made(retries: Retries | None) -> Retries:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _controller, _campaigns, _run_retries, _campaign_retries
+    global _controller, _campaigns, _campaign_retries
     load_config()
-    kube = Kube(event_workers=2)
+    kube = Kube(event_workers=2, threads=WORKERS + CAMPAIGN_WORKERS + 3)  # and the resync and retry threads
     _controller, _campaigns = Controller(kube, recent_seconds=RESYNC_SECONDS), CampaignController(kube)
-    _run_retries, _campaign_retries = Retries(_controller.reconcile), Retries(_campaigns.reconcile, "campaign")
+    _campaign_retries = Retries(_campaigns.reconcile, "campaign")
     log.info("made the controller")
     settings.posting.level = logging.ERROR  # the controller posts its own, meaningful events
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = int(os.environ.get("MLPERF_WORKERS", "16"))
     threading.Thread(target=_resync_forever, args=(STOP,), name="resync", daemon=True).start()
-    for retries in (_run_retries, _campaign_retries):
-        threading.Thread(target=retries.run_forever, name=f"{retries.what}-retries", daemon=True).start()
+    _controller.retries.start(WORKERS)
+    _campaign_retries.start(CAMPAIGN_WORKERS)
 
 
 @kopf.on.cleanup()
 def stop_threads(**_: Any) -> None:
     STOP.set()
-    for retries in (_run_retries, _campaign_retries):
-        if retries is not None:
-            retries.close()
+    if _controller is not None:
+        _controller.close()
+    if _campaign_retries is not None:
+        _campaign_retries.close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def run_changed(name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any) -> None:
+async def run_changed(name: str, namespace: str | None, body: kopf.Body, type: str | None, **_: Any) -> None:
     if not namespace:
         return
     if type == "DELETED":
         controller().forget(body["metadata"]["uid"])
     if type == "DELETED" or not controller().settled(dict(body)):  # no GET for an ended run or our own write
-        reconcile_run(namespace, name)
+        # A run never reconciled goes first: its first Jobs wait on it (admission before progress).
+        controller().retries.add(namespace, name, urgent=not (body.get("status") or {}).get("phase"))
     for owner in body.metadata.get("ownerReferences") or []:  # a campaign's point moved on
         if owner.get("kind") == CAMPAIGN_KIND and owner.get("apiVersion", "").startswith(GROUP):
             reconcile_campaign(namespace, owner["name"])
 
 
 @kopf.on.event(GROUP, VERSION, CAMPAIGN_PLURAL)
-def campaign_changed(name: str, namespace: str | None, **_: Any) -> None:
+async def campaign_changed(name: str, namespace: str | None, **_: Any) -> None:
     if namespace:
         reconcile_campaign(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/part-of": PART_OF})
-def job_changed(body: kopf.Body, namespace: str | None, type: str | None, **_: Any) -> None:
+async def job_changed(body: kopf.Body, namespace: str | None, type: str | None, **_: Any) -> None:
     if not namespace:
         return
     for owner in body.metadata.get("ownerReferences") or []:
@@ -124,7 +128,7 @@ def job_changed(body: kopf.Body, namespace: str | None, type: str | None, **_: A
 def _resync_forever(stop: threading.Event) -> None:
     while not stop.wait(RESYNC_SECONDS):
         try:
-            controller().resync(WATCHED_NAMESPACES, reconcile_run)
+            controller().resync(WATCHED_NAMESPACES)
             campaigns().resync(WATCHED_NAMESPACES, reconcile_campaign)
         except Exception:
             log.exception("resync failed; retrying in %.0f s", RESYNC_SECONDS)

@@ -69,10 +69,18 @@ class CountingApiClient(kubernetes.client.ApiClient):
 
 
 class Kube:
-    def __init__(self, api_client: kubernetes.client.ApiClient | None = None, event_workers: int = 0) -> None:
+    def __init__(
+        self, api_client: kubernetes.client.ApiClient | None = None, event_workers: int = 0, threads: int = 0
+    ) -> None:
         """`event_workers`: threads that post Events off the reconcile's path, as client-go's recorder does
-        (0: posted before event() returns)."""
-        self.client = api_client or CountingApiClient()
+        (0: posted before event() returns). `threads`: how many threads send requests at once, besides those;
+        each keeps a connection (the client's pool holds 10 otherwise: the others' connections were discarded
+        after each request and made again, a TLS handshake each)."""
+        if api_client is None:
+            config = kubernetes.client.Configuration.get_default_copy()
+            config.connection_pool_maxsize = max(config.connection_pool_maxsize, threads + event_workers)
+            api_client = CountingApiClient(config)
+        self.client = api_client
         self._events = ThreadPoolExecutor(event_workers, thread_name_prefix="events") if event_workers else None
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
@@ -83,6 +91,12 @@ class Kube:
     @staticmethod
     def _json(response: Any) -> Any:
         return json.loads(response.data)
+
+    @staticmethod
+    def _unparsed(response: Any) -> None:
+        """A write's answer, asked for with _preload_content=False so that the client does not parse it into its
+        models (it is not used): read, which gives its connection back to the pool."""
+        _ = response.data
 
     def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -199,11 +213,13 @@ class Kube:
             "Job": self.batch.create_namespaced_job,
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
             "ConfigMap": self.core.create_namespaced_config_map,
-            "MLPerfRun": lambda ns, body: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body),
+            "MLPerfRun": lambda ns, body, **kw: self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, body, **kw
+            ),
         }
         create = creators[kind]
         try:
-            create(ns, obj)
+            self._unparsed(create(ns, obj, _preload_content=False))
             return True
         except ApiException as exc:
             if exc.status == 409:
@@ -213,7 +229,9 @@ class Kube:
     def suspend_job(self, namespace: str, name: str) -> None:
         """A suspended Job keeps its history; the Job controller removes its pods."""
         try:
-            self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": True}})
+            self._unparsed(
+                self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": True}}, _preload_content=False)
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -227,7 +245,8 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
-            self.core.patch_namespaced_config_map(cache_index_name(claim), namespace, body)
+            name = cache_index_name(claim)
+            self._unparsed(self.core.patch_namespaced_config_map(name, namespace, body, _preload_content=False))
         except ApiException as exc:
             if exc.status == 409 and resource_version:
                 return False
@@ -276,6 +295,7 @@ class Kube:
 
     def _post_event(self, body: dict[str, Any]) -> None:
         try:
-            self.core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body))
+            namespace = body["metadata"]["namespace"]
+            self._unparsed(self.core.create_namespaced_event(namespace, cast(Any, body), _preload_content=False))
         except Exception as exc:  # an event is never worth failing a reconcile for
             log.warning("could not post event %s: %s", body["reason"], exc)

@@ -218,13 +218,14 @@ def _set_phase(
 
     if phase in (Phase.SUCCEEDED, Phase.FAILED):
         status.completionTime = status.completionTime or now()
-    if phase != old_phase:
-        kind: Literal["Normal", "Warning"] = "Warning" if phase == Phase.FAILED else "Normal"
-        decision.events.append(Event(kind, f"Phase{phase.value}", f"{old_phase.value} -> {phase.value}"))
-        if phase == Phase.FAILED:
-            decision.events.append(Event("Warning", "RunFailed", status.message))
-        if phase == Phase.SUCCEEDED:
-            decision.events.append(Event("Normal", "RunSucceeded", status.message))
+    # One Event per phase change; the end's says how it ended, in the same Event (not a Phase* one beside it).
+    moved = f"{old_phase.value} -> {phase.value}"
+    if phase != old_phase and phase == Phase.FAILED:
+        decision.events.append(Event("Warning", "RunFailed", f"{moved}: {status.message}"))
+    elif phase != old_phase and phase == Phase.SUCCEEDED:
+        decision.events.append(Event("Normal", "RunSucceeded", f"{moved}: {status.message}"))
+    elif phase != old_phase:
+        decision.events.append(Event("Normal", f"Phase{phase.value}", moved))
 
 
 def _active_phase(status: MLPerfRunStatus, steps: list[Step]) -> Phase:
@@ -249,18 +250,24 @@ def _summarise(status: MLPerfRunStatus, spec: MLPerfRunSpec) -> RunVerdict:
 
 
 def _step_events(decision: Decision, previous: MLPerfRunStatus) -> None:
-    for step in decision.create:
-        decision.events.append(Event("Normal", "StepStarted", f"{step.name}: created Job"))
+    """The steps' Events, those of one kind in one reconcile aggregated into one (as client-go's recorder
+    aggregates similar Events): at scale each Event is an API write, and a run that finds its artifacts in the
+    cache finds several at once."""
+    if created := [s.name for s in decision.create]:
+        jobs = "Jobs" if len(created) > 1 else "Job"
+        decision.events.append(Event("Normal", "StepStarted", f"{', '.join(created)}: created {jobs}"))
     for st in decision.status.steps:
         old = previous.step(st.name)
         if st.reason == UNSCHEDULABLE and st.state != "Failed" and (old is None or old.reason != UNSCHEDULABLE):
             decision.events.append(Event("Warning", UNSCHEDULABLE, f"{st.name}: {st.message}"))
         if st.state == "Queued" and st.reason not in QUIET and (old is None or old.reason != st.reason):
             decision.events.append(Event("Normal", QUEUED, f"{st.name}: {st.message}"))
+    if hits := [f"{step.name}: {st.message}" for step, st in decision.finished if st.cacheHit]:
+        decision.events.append(Event("Normal", "CacheHit", "; ".join(hits)))
     for step, st in decision.finished:
         if st.cacheHit:
-            decision.events.append(Event("Normal", "CacheHit", f"{step.name}: {st.message}"))
-        elif st.state == "Succeeded" and step.verb == "audit" and _audit_failed(decision.status, step):
+            continue
+        if st.state == "Succeeded" and step.verb == "audit" and _audit_failed(decision.status, step):
             decision.events.append(Event("Warning", "AuditFailed", f"{step.name}: {st.message}".rstrip(": ")))
         elif st.state == "Succeeded":
             decision.events.append(Event("Normal", "StepSucceeded", f"{step.name}: {st.message}".rstrip(": ")))

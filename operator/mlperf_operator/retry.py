@@ -1,4 +1,12 @@
-"""A failed reconcile is tried again with exponential backoff, not at the next resync.
+"""The operator's work queue of reconciles, and their retry with exponential backoff.
+
+The reconciles that events start (kopf's, and a run's woken by a finished producer) are queued here by object, as
+client-go's work queue does: an object waits in the queue at most once however many events come for it meanwhile
+(its reconcile reads it afresh), and worker threads run the queue. kopf's handlers only queue, so kopf's
+per-object event streams do not hold their events' bodies while they wait for a thread behind the reconciles (at
+1000 runs on a loaded machine that backlog took the operator to 267 MB). Urgent objects (a run never reconciled, a
+run woken by the artifact it waited for: both about to create their first Jobs) go before the others: admission
+before progress.
 
 kopf retries only its change handlers (``kopf.TemporaryError``, with progress kept in the object's annotations);
 the operator's handlers are event handlers, which kopf calls once per event and never again. So the retry is
@@ -8,6 +16,7 @@ object however many events fail meanwhile; one that succeeds (from any event) re
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import threading
@@ -43,6 +52,65 @@ class Retries:
         self._due: dict[Key, float] = {}  # its one pending retry
         self._heap: list[tuple[float, Key]] = []  # the same, by time; entries no longer in _due are skipped
         self._closed = False
+        self._work = threading.Condition()  # the queue's (workers wait on it; the retry thread on _wake)
+        self._urgent: collections.deque[Key] = collections.deque()
+        self._queue: collections.deque[Key] = collections.deque()
+        # What the queue holds, and in which lane: an object is queued once (an entry of the other lane is stale).
+        self._queued: dict[Key, bool] = {}
+        self._workers: list[threading.Thread] = []
+
+    def add(self, namespace: str, name: str, urgent: bool = False) -> None:
+        """Queue a reconcile, which a worker runs, `urgent` ones first; an object already queued is not queued again
+        but for a move to the urgent lane (one that a worker reconciles now is: the event may say what that
+        reconcile did not read)."""
+        key = (namespace, name)
+        with self._work:
+            lane = self._queued.get(key)
+            if self._closed or (lane is not None and (lane or not urgent)):
+                return
+            self._queued[key] = urgent
+            (self._urgent if urgent else self._queue).append(key)
+            self._work.notify()
+
+    def queued(self) -> list[Key]:
+        """What is queued, in the order the workers take it."""
+        with self._work:
+            urgent = [k for k in self._urgent if self._queued.get(k) is True]
+            return list(dict.fromkeys(urgent + [k for k in self._queue if self._queued.get(k) is False]))
+
+    def run_queued(self) -> int:
+        """Reconcile what is queued, in this thread (no workers: a test's, a one-off resync's); how many."""
+        done = 0
+        while key := self._next(block=False):
+            self.reconcile(*key)
+            done += 1
+        return done
+
+    def start(self, workers: int) -> None:
+        """Start the worker threads (reconciles that run at once) and the retry thread."""
+        for i in range(workers):
+            thread = threading.Thread(target=self._work_forever, name=f"{self.what}-worker-{i}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        threading.Thread(target=self.run_forever, name=f"{self.what}-retries", daemon=True).start()
+
+    def _work_forever(self) -> None:
+        while key := self._next(block=True):
+            self.reconcile(*key)
+
+    def _next(self, block: bool) -> Key | None:
+        """The next object queued, taken off the queue; None when closed, or (not `block`) when none is."""
+        with self._work:
+            while True:
+                while block and not (self._urgent or self._queue) and not self._closed:
+                    self._work.wait()
+                if self._closed or not (self._urgent or self._queue):
+                    return None
+                urgent = bool(self._urgent)
+                key = (self._urgent or self._queue).popleft()
+                if self._queued.get(key) is urgent:  # else a stale entry: the object moved lanes, or was taken
+                    del self._queued[key]
+                    return key
 
     def reconcile(self, namespace: str, name: str) -> None:
         """Reconcile now; on an error that is not permanent, schedule the retry. Never raises: the error is the
@@ -83,10 +151,21 @@ class Retries:
                     return
             self.run_due()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop: what is queued is dropped (the next leader's resync finds it), the reconciles in flight end
+        (within `timeout`: no write after the operator stopped)."""
         with self._wake:
             self._closed = True
             self._wake.notify_all()
+        with self._work:
+            self._urgent.clear()
+            self._queue.clear()
+            self._queued.clear()
+            self._work.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._workers:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _schedule(self, key: Key) -> float:
         with self._wake:

@@ -26,7 +26,8 @@ def test_first_reconcile_creates_only_the_steps_without_needs() -> None:
     assert [s.name for s in d.create] == ["download-data", "download-model"]
     assert d.status.phase == Phase.DOWNLOADING
     assert d.status.step("download-data").job == "r-download-data"  # type: ignore[union-attr]
-    assert any(e.reason == "StepStarted" for e in d.events)
+    (started,) = [e for e in d.events if e.reason == "StepStarted"]  # one Event for the Jobs of one reconcile
+    assert started.message == "download-data, download-model: created Jobs"
 
 
 def test_a_decision_is_the_same_when_repeated() -> None:
@@ -44,7 +45,8 @@ def test_cached_artifacts_are_skipped_and_said_so() -> None:
     assert {"download-data", "download-model", "preprocess"} <= hits
     assert any(n.startswith("build-engine") for n in hits)
     assert [s.name for s in d.create] == ["run-offline-performance", "run-offline-accuracy"]
-    assert sum(e.reason == "CacheHit" for e in d.events) == len(hits)
+    (hit,) = [e for e in d.events if e.reason == "CacheHit"]  # one Event for the hits of one reconcile
+    assert all(f"{name}: " in hit.message for name in hits), hit.message
 
 
 def test_failed_step_fails_the_run_with_its_message() -> None:
@@ -58,7 +60,9 @@ def test_failed_step_fails_the_run_with_its_message() -> None:
     failed = next(c for c in d.status.conditions if c.type == "Failed")
     assert failed.status == "True" and "download-data" in failed.message and "boom" in failed.message
     assert d.create == []
-    assert any(e.type == "Warning" and e.reason == "RunFailed" for e in d.events)
+    # One Event for the end (not a PhaseFailed beside it), saying the phase it ended from and why.
+    (end,) = [e for e in d.events if e.reason.startswith(("Run", "Phase"))]
+    assert end.type == "Warning" and end.reason == "RunFailed" and end.message.startswith("Downloading -> Failed: ")
 
 
 def test_results_flow_into_status_and_the_run_passes() -> None:

@@ -181,3 +181,91 @@ def test_conflicts_and_server_errors_are_retried(status: int) -> None:
     _, retries, _ = retrying(failures=1, status=status)
     retries.reconcile("ns", "r")
     assert list(retries.pending()) == [("ns", "r")]
+
+
+class WakingController(Controller):
+    """A producer run `p` whose reconcile ends an artifact that the run `r` waits for (the rest of a real
+    reconcile is the cluster tests')."""
+
+    def _reconcile(self, run: dict[str, Any]) -> set[str]:
+        return {"r"} if run["metadata"]["name"] == "p" else super()._reconcile(run)
+
+
+def test_a_woken_run_whose_reconcile_fails_is_retried_with_the_same_backoff() -> None:
+    kube, clock = FlakyKube(failures=2, status=503), Clock()
+    kube.get_run = lambda namespace, name: {**kube.run, "metadata": {**kube.run["metadata"], "name": name}}  # type: ignore[method-assign]
+    controller = WakingController(kube, retry_clock=clock)  # type: ignore[arg-type]
+    controller.reconcile("ns", "p")  # queues r's reconcile, for the workers
+    assert controller.retries.queued() == [("ns", "r")]
+    assert controller.retries.run_queued() == 1  # as a worker would: r's reconcile fails
+    assert controller.retries.pending() == {("ns", "r"): clock.now + 1}  # not lost until the next resync
+    clock.now += 1
+    assert controller.retries.run_due() == 1  # fails again: the backoff goes on, as for a kopf event's reconcile
+    assert controller.retries.pending() == {("ns", "r"): clock.now + 2}
+    clock.now += 2
+    assert controller.retries.run_due() == 1 and controller.retries.pending() == {}
+    assert kube.claim_reads == 3
+    assert kube.run["status"]["message"].startswith("waiting for PersistentVolumeClaim cache")
+    controller.close()
+
+
+def test_an_object_waits_in_the_queue_once_however_many_events_come() -> None:
+    calls: list[tuple[str, str]] = []
+    retries = Retries(lambda namespace, name: calls.append((namespace, name)))
+    for name in ("a", "b", "a", "a", "b", "c"):
+        retries.add("ns", name)
+    assert retries.queued() == [("ns", "a"), ("ns", "b"), ("ns", "c")]  # first come, first reconciled
+    assert retries.run_queued() == 3 and calls == [("ns", "a"), ("ns", "b"), ("ns", "c")]
+    assert retries.queued() == []
+
+
+def test_an_event_during_the_objects_reconcile_queues_it_again() -> None:
+    retries: Retries
+    calls: list[str] = []
+
+    def reconcile(namespace: str, name: str) -> None:
+        calls.append(name)
+        if len(calls) == 1:
+            retries.add(namespace, name)  # an event while it runs: that reconcile may have read the object before
+
+    retries = Retries(reconcile)
+    retries.add("ns", "a")
+    assert retries.run_queued() == 2 and calls == ["a", "a"]
+
+
+def test_workers_run_the_queue_and_close_drops_what_is_left() -> None:
+    done: list[str] = []
+    release = threading.Event()
+
+    def reconcile(namespace: str, name: str) -> None:
+        if name == "slow":
+            release.wait(10)
+        done.append(name)
+
+    retries = Retries(reconcile)
+    retries.start(workers=2)
+    retries.add("ns", "slow")
+    for name in ("a", "b"):
+        retries.add("ns", name)
+    for _ in range(500):  # a bound against hangs, not a speed check
+        if sorted(done) == ["a", "b"]:
+            break
+        threading.Event().wait(0.02)
+    assert sorted(done) == ["a", "b"]  # one worker held by "slow", the other ran the rest
+    release.set()
+    retries.close()
+    assert "slow" in done  # the reconcile in flight ended before close() returned
+    retries.add("ns", "d")  # after close: dropped
+    assert retries.queued() == [] and "d" not in done
+
+
+def test_urgent_objects_go_first_and_an_object_moves_to_the_urgent_lane_once() -> None:
+    calls: list[str] = []
+    retries = Retries(lambda namespace, name: calls.append(name))
+    for name in ("job-event-a", "job-event-b"):
+        retries.add("ns", name)
+    retries.add("ns", "new-run", urgent=True)
+    retries.add("ns", "job-event-b", urgent=True)  # woken while queued: moves up, and is not reconciled twice
+    retries.add("ns", "new-run")  # a later event of an urgent one leaves it where it is
+    assert retries.queued() == [("ns", "new-run"), ("ns", "job-event-b"), ("ns", "job-event-a")]
+    assert retries.run_queued() == 3 and calls == ["new-run", "job-event-b", "job-event-a"]
