@@ -6,6 +6,7 @@ backend, and the real-format sources (a PVC with the FLAC download, the graphs a
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,9 @@ def test_null_backend_offline_is_valid(root: Path) -> None:
     assert result.backend.startswith("null")
 
 
-def test_real_format_sources(root: Path, tmp_path: Path) -> None:
+def test_real_format_sources(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A PVC holding the FLAC download is converted as the reference does; the graphs come as a tar;
-    a .pt checkpoint without torch says what to do."""
+    a .pt checkpoint without torch says what to do (torch hidden where it is installed)."""
     bench = get_benchmark("rnnt")
     [dataset] = (root / "cache" / "dataset").iterdir()
     facts = bench.prepare_dataset(Source(pvc={"claimName": "c", "path": str(dataset)}), tmp_path / "data")
@@ -130,5 +131,6 @@ def test_real_format_sources(root: Path, tmp_path: Path) -> None:
     for name in FILES.values():
         assert (tmp_path / "m" / name).read_bytes() == (model / name).read_bytes()
     (tmp_path / "rnnt.pt").write_bytes(b"not a checkpoint")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     with pytest.raises(HarnessError, match=r"rnnt\.pt: converting the RNN-T checkpoint needs torch"):
         bench.prepare_model(Source(pvc={"claimName": "c", "path": str(tmp_path / "rnnt.pt")}), tmp_path / "m2")
