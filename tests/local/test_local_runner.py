@@ -73,6 +73,10 @@ def test_manifest_and_v10_flags_give_the_same_steps_and_results(flag_run: Path, 
     assert a["run-offline-performance"]["results"][0]["valid"] and b["run-offline-performance"]["results"][0]["valid"]
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_at_any_moment_exits_130_and_the_rerun_resumes(tmp_path: Path) -> None:
     """Ctrl-C at the start of every step and at random moments inside it, while another process
     keeps a core busy: each interrupted run exits 130 and the next resumes after the last
@@ -88,7 +92,14 @@ def test_ctrl_c_at_any_moment_exits_130_and_the_rerun_resumes(tmp_path: Path) ->
             done = {Path(name).stem for name in done_before}
             since = time.time_ns()
             proc = subprocess.Popen(
-                [MLPERF, "run", "--workdir", str(work), *FLAGS], cwd=tmp_path, text=True, stdout=PIPE, stderr=PIPE
+                [MLPERF, "run", "--workdir", str(work), *FLAGS],
+                cwd=tmp_path,
+                text=True,
+                stdout=PIPE,
+                stderr=PIPE,
+                # As at a terminal: a shell without job control starts background commands with SIGINT
+                # ignored, which every child inherits (a CI launched with `&` ran the pipeline to the end).
+                preexec_fn=_sigint_default,
             )
             deadline = time.monotonic() + 300
             new: dict[str, int] = {}
