@@ -25,10 +25,12 @@ Prints a table last; writes $OUT/models.json when $OUT is set.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,26 +135,30 @@ def harness_offline(ws: Any) -> tuple[float, str]:
     return r.samplesPerSecond or 0.0, r.resultValidity
 
 
-def measure(
-    name: str, samples: int, seconds: float, size: str, cpu: bool, backend: str, prof: bool = False
-) -> dict[str, Any]:
+def _spec(name: str, samples: int, size: str, cpu: bool, backend: str) -> dict[str, Any]:
+    """The benchmark's run spec on this machine: its SETUP round and batch, the synthetic data and model."""
     suite, category, gpu_batch, cpu_batch = SETUP[name]
-    batch = cpu_batch if cpu else gpu_batch
-    precision = "fp16" if backend == "pytorch" and not cpu else "fp32"
-    t = time.perf_counter()
-    spec = {
+    return {
         "benchmark": name,
         "suite": suite,
         "category": category,
         "backend": backend,
-        "precision": precision,
-        "batchSize": batch,
+        "precision": "fp16" if backend == "pytorch" and not cpu else "fp32",
+        "batchSize": cpu_batch if cpu else gpu_batch,
         "system": CPU if cpu else GPU,
         # On the CPU one instance, as the loop (two would split the two cores' threads between them).
         "instancesPerDevice": 1 if cpu else None,
         "model": {"synthetic": {"size": size}},
         "dataset": {"synthetic": {"samples": samples}},
     }
+
+
+def measure(
+    name: str, samples: int, seconds: float, size: str, cpu: bool, backend: str, prof: bool = False
+) -> dict[str, Any]:
+    spec = _spec(name, samples, size, cpu, backend)
+    batch, precision = spec["batchSize"], spec["precision"]
+    t = time.perf_counter()
     ws = workspace(f"gpu-{name}", **spec)
     say(f"{name}: data, full-size model and preprocessing in {time.perf_counter() - t:.0f} s")
     out: dict[str, Any] = {"benchmark": name, "batch": batch, "samples": samples, "size": size, "backend": backend}
@@ -180,24 +186,17 @@ def measure(
 def server(name: str, args: argparse.Namespace, size: str, backend: str) -> dict[str, Any]:
     """The highest VALID Server target the tuner finds (v1.0 datacenter: the round where every
     benchmark but 3d-unet has a Server), then a fresh run of ``seconds`` at 0.9 of it."""
-    cpu, seconds = args.cpu, args.seconds
-    batch = SETUP[name][3 if cpu else 2]
     t = time.perf_counter()
     ws = workspace(
         f"server-{name}",
-        benchmark=name,
-        suite="v1.0",
-        category="datacenter",
-        scenarios=["Server"],
-        backend=backend,
-        precision="fp16" if backend == "pytorch" and not cpu else "fp32",
-        batchSize=batch,
-        system=CPU if cpu else GPU,
-        instancesPerDevice=1 if cpu else None,
-        tune=True,
-        model={"synthetic": {"size": size}},
-        dataset={"synthetic": {"samples": args.samples}},
-        loadgen={"minDurationMs": int(seconds * 1000), "minQueryCount": 1},
+        **{
+            **_spec(name, args.samples, size, args.cpu, backend),
+            "suite": "v1.0",
+            "category": "datacenter",
+            "scenarios": ["Server"],
+            "tune": True,
+            "loadgen": {"minDurationMs": int(args.seconds * 1000), "minQueryCount": 1},
+        },
     )
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     steps.build_engine(ws, "Server")
@@ -232,15 +231,21 @@ def main() -> None:
     size = args.size or ("small" if args.cpu else "full")
     print(f"models: {stamp()}, {machine()}, {backend}, {'cpu fp32' if args.cpu else 'gpu fp16'}, {size}")
     results = []
-    for name in args.benchmarks:
+
+    def attempt(name: str, what: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """One measurement; its failure is reported (under `what`), the others still measured."""
         try:
-            prof = not args.cpu and not args.no_profile
-            results.append(measure(name, args.samples, args.seconds, size, args.cpu, backend, prof))
-            if args.server and name != "3d-unet":  # 3d-unet has no Server scenario in any round
-                results[-1].update(server(name, args, size, backend))
-        except Exception as exc:  # one benchmark's failure is reported, the others still measured
-            say(f"{name}: FAILED {type(exc).__name__}: {exc}")
-            results.append({"benchmark": name, "error": f"{type(exc).__name__}: {exc}"})
+            return dict(work())
+        except Exception as exc:
+            say(f"{name}: {what} FAILED {type(exc).__name__}: {exc}")
+            return {what: f"{type(exc).__name__}: {exc}"}
+
+    prof = not args.cpu and not args.no_profile
+    for name in args.benchmarks:
+        work = functools.partial(measure, name, args.samples, args.seconds, size, args.cpu, backend, prof)
+        results.append({"benchmark": name, **attempt(name, "error", work)})
+        if args.server and name != "3d-unet" and "error" not in results[-1]:  # 3d-unet has no Server in any round
+            results[-1].update(attempt(name, "serverError", functools.partial(server, name, args, size, backend)))
         if os.environ.get("OUT"):
             Path(os.environ["OUT"], "models.json").write_text(json.dumps(results, indent=1))
     for r in results:
@@ -251,6 +256,8 @@ def main() -> None:
                 f"(GPU busy {f['gpuBusy']:.0%})",
             )
     for r in results:
+        if "serverError" in r:
+            print(f"{r['benchmark']}: Server (v1.0 datacenter) failed: {r['serverError'][:160]}")
         if "serverTuned" in r:
             print(
                 f"{r['benchmark']}: Server (v1.0 datacenter) tuned {r['serverTuned']:,.1f} QPS, "
