@@ -19,7 +19,7 @@ no row is within its frames changes nothing, so the host reads whether any row s
 prediction, updates) is captured once per padded batch and frame capacity as a CUDA graph, and
 runs eagerly where the capture fails (``eager_reason``). On an H200 (2026-12-04) its labels equalled
 the host loop's in fp32 and fp16, the step captured (the test of tests/harness/test_torch_graph.py);
-the CPU runs the same steps eagerly (the same test, in CI where torch is present).
+on a CPU the same test runs the steps eagerly where torch is installed (CI has none: it skips).
 """
 
 from __future__ import annotations
