@@ -1,7 +1,8 @@
 """resnet50 in FP8 on one Hopper GPU (pytorch backend, ``precision: fp8``): one device call.
 
     PYTHONUNBUFFERED=1 PYTHONPATH=harness:benchmarks python3 benchmarks/gpu_fp8.py [--batch 1024]
-        [--seconds 15] [--budget 400] [--variants 1x1 1x1-noemit all 1x1-exactacc] [--no-profile]
+        [--seconds 15] [--budget 400] [--variants 1x1 1x1-triton all-triton] [--gemms [TILES ...]]
+        [--no-profile]
     PYTHONPATH=harness:benchmarks python3 benchmarks/gpu_fp8.py --cpu --tiny   # dry run of every stage
 
 1. Calibration: the benchmark's calibration samples; the dataset is SYNTHETIC, so they are its
@@ -12,7 +13,9 @@
    classifier's margins are tiny, see BENCHMARKS.md); fp8 with CUDA graphs against fp8 eager.
 3. The plain loop (CUDA graph replays on device-resident samples, events timed) for fp16 and for
    each fp8 variant (``MLPERF_TORCH_FP8_CONVS`` 1x1 or all, the quantised copies written by the
-   producer's epilogue or not, and 1x1-exactacc: fast accumulation off), in the same run.
+   producer's epilogue or not, 1x1-exactacc: fast accumulation off, ``-triton``: the GEMM and its
+   epilogue as fp8_gemm's one kernel), in the same run. First, with ``--gemms``, each 1x1 GEMM
+   shape alone: cuBLASLt + epilogue against fp8_gemm with several tile settings.
 4. The harness: LoadGen Offline in fp8 (the fastest variant), its ratio to that variant's plain
    loop, and to TensorRT's 96,029 per H200.
 5. torch.profiler: GPU time per kernel of one fp8 batch, largest first.
@@ -44,17 +47,30 @@ from mlperf_harness.benchmarks.resnet50 import INPUT
 
 TENSORRT_H200 = 96_029.0  # best published resnet50 Offline per H200 (v4.1, 8x H200 closed, INT8)
 # variant -> (MLPERF_TORCH_FP8_CONVS, MLPERF_TORCH_FP8_EMIT, MLPERF_TORCH_FP8_FAST_ACCUM, torch.compile of
-# the whole model at the full batch). The compiled ones take minutes to compile: not in the default run.
+# the whole model at the full batch, MLPERF_TORCH_FP8_GEMM). The compiled ones take minutes to compile: not
+# in the default run.
 VARIANTS = {
-    "1x1": ("1x1", "1", "1", "off"),
-    "1x1-noemit": ("1x1", "0", "1", "off"),
-    "all": ("all", "1", "1", "off"),
-    "1x1-exactacc": ("1x1", "1", "0", "off"),  # the tensor cores' accumulation promoted to fp32 (slower)
-    "1x1-compile": ("1x1", "1", "1", "default"),
+    "1x1": ("1x1", "1", "1", "off", "cublas"),
+    "1x1-noemit": ("1x1", "0", "1", "off", "cublas"),
+    "all": ("all", "1", "1", "off", "cublas"),
+    "1x1-exactacc": ("1x1", "1", "0", "off", "cublas"),  # the tensor cores' accumulation promoted to fp32
+    "1x1-compile": ("1x1", "1", "1", "default", "cublas"),
     # inductor may then pick Triton GEMM templates with the epilogue (add, ReLU, quantise) fused in
-    "1x1-autotune": ("1x1", "1", "1", "max-autotune"),
+    "1x1-autotune": ("1x1", "1", "1", "max-autotune", "cublas"),
+    # fp8_gemm: the GEMM and its epilogue as one Triton kernel (untested on a GPU before its first run)
+    "1x1-triton": ("1x1", "1", "1", "off", "triton"),
+    "all-triton": ("all", "1", "1", "off", "triton"),
 }
-DEFAULT_VARIANTS = ["1x1", "1x1-noemit", "all"]
+DEFAULT_VARIANTS = ["1x1", "1x1-triton", "all-triton"]
+# ResNet-50's (v1.5: strides in the 3x3 convolutions and the projections) 1x1 convolutions as
+# GEMMs per image: (output pixels, N = output channels, K = input channels), the 15 distinct shapes
+# of its 36 per stage: the first block's conv1, conv3, the projection, the other blocks' conv1
+# (timed with the residual add where N > K: conv3, and the projections alike).
+GEMMS = [(3136, 64, 64), (3136, 256, 64), (3136, 64, 256),
+         (3136, 128, 256), (784, 512, 128), (784, 512, 256), (784, 128, 512),
+         (784, 256, 512), (196, 1024, 256), (196, 1024, 512), (196, 256, 1024),
+         (196, 512, 1024), (49, 2048, 512), (49, 2048, 1024), (49, 512, 2048)]  # fmt: skip
+TILES = ["128,256,128,8,3", "128,128,128,8,4", "128,128,64,4,4", "64,128,128,4,4", "256,128,64,8,3"]
 ACCURACY_COMMAND = (
     "with the real resnet50_v1.onnx and ImageNet (val_map.txt and cal_image_list_option_1.txt beside "
     "the images): mlperf run with precision fp8, backend pytorch, testModes [AccuracyOnly]; target 99 % "
@@ -87,11 +103,61 @@ def stage(name: str, budget: float, fn: Callable[[], Any]) -> Any:
 
 def set_variant(name: str) -> str:
     """Set the variant's environment; returns its torch.compile mode."""
-    convs, emit, fast, compile_mode = VARIANTS[name]
+    convs, emit, fast, compile_mode, gemm = VARIANTS[name]
     os.environ["MLPERF_TORCH_FP8_CONVS"] = convs
     os.environ["MLPERF_TORCH_FP8_EMIT"] = emit
     os.environ["MLPERF_TORCH_FP8_FAST_ACCUM"] = fast
+    os.environ["MLPERF_TORCH_FP8_GEMM"] = gemm
     return compile_mode
+
+
+def gemms(batch: int, tiles: list[str]) -> None:
+    """Each 1x1 convolution shape of ResNet-50 at ``batch`` as the model runs it (an ``Fp8Conv``:
+    E4M3 input, fp16 output plus the next layer's E4M3 copy, ReLU; the residual add where conv3
+    has one), timed with CUDA events: cuBLASLt's GEMM and the inductor epilogue against fp8_gemm's
+    one kernel with each tile setting. Prints microseconds per call and the best setting."""
+    import torch
+    from mlperf_harness.backends import torch_fp8
+
+    dev = torch.device("cuda")
+    rows = []
+    for hw, n, k in GEMMS:
+        side = int(hw**0.5)
+        conv = torch.nn.Conv2d(k, n, 1, bias=True).to(dev).eval()
+        x = torch_fp8.quantize(torch.randn(batch, side, side, k, device=dev), 1.0).permute(0, 3, 1, 2)
+        z = torch.randn(batch, side, side, n, device=dev, dtype=torch.float16).permute(0, 3, 1, 2)
+        add = k < n
+        times = {}
+        for label, gemm, tile in [("cublas", "cublas", None), *[(t, "triton", t) for t in tiles]]:
+            os.environ["MLPERF_TORCH_FP8_GEMM"] = gemm
+            os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
+            if tile:
+                os.environ["MLPERF_TORCH_FP8_TILES"] = tile
+            mod = torch_fp8.Fp8Conv(conv, 1.0, True, add, torch.float16, compiled=True)
+            mod.set_emit(1.0, keep=True)
+            try:
+                with torch.inference_mode():
+                    for _ in range(3):
+                        mod(x, z if add else None)
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(10):
+                        mod(x, z if add else None)
+                    end.record()
+                    end.synchronize()
+                times[label] = start.elapsed_time(end) * 100  # microseconds per call
+            except Exception as exc:  # a tile setting the compiler refuses: shown, the sweep goes on
+                times[label] = float("nan")
+                print(f"  {hw}x{n}x{k} {label}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+        os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
+        fused = {t: v for t, v in times.items() if t != "cublas" and v == v}
+        best = min(fused, key=lambda t: fused[t]) if fused else "-"
+        rows.append((hw * batch, n, k, times, best))
+        say(
+            f"fp8 GEMM M={hw * batch} N={n} K={k}{' +residual' if add else ''}",
+            " ".join(f"{t} {v:.0f} us" for t, v in times.items()) + f"; best fused {best}",
+        )
+    figures["gemms"] = [{"M": m, "N": n, "K": k, "us": t, "best": b} for m, n, k, t, b in rows]
 
 
 def outputs(b: Any, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,15 +180,16 @@ def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.nda
     ref = backend(model, batch, "fp32", "off", SOFTMAX, use_graphs=False)
     want = {k: outputs(ref, x, batch) for k, x in sets.items()}
     release(ref)
-    for precision in ("fp16", "fp8"):
-        set_variant("1x1")
+    for label, variant in (("fp16", "1x1"), ("fp8", "1x1"), ("fp8 triton", "1x1-triton")):
+        precision = label.split()[0]
+        set_variant(variant)
         b = backend(model, batch, precision, "off", SOFTMAX, calibration=calibration, use_graphs=False)
         for name, x in sets.items():
             soft, feat = outputs(b, x, batch)
             gate, fgate = accuracy_gate(soft, want[name][0]), accuracy_gate(feat, want[name][1])
-            figures[f"accuracy {precision} {name}"] = {"softmax": gate, "features": fgate}
+            figures[f"accuracy {label} {name}"] = {"softmax": gate, "features": fgate}
             say(
-                f"accuracy vs FP32, {precision}, {name}",
+                f"accuracy vs FP32, {label}, {name}",
                 f"softmax rel err {gate['relErr']:.2e}, top-1 agreement {gate['top1Agreement']:.2f} %, "
                 f"features rel err {fgate['relErr']:.2e}{'' if gate['finite'] else ', NOT FINITE'}",
             )
@@ -132,7 +199,7 @@ def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.nda
             got = np.concatenate([graphed.predict({INPUT: x[i : i + batch]})[SOFTMAX] for i in range(0, len(x), batch)])
             same = accuracy_gate(got, outputs(b, x, batch)[0])
             say(
-                "fp8 with CUDA graphs vs fp8 eager",
+                f"{label} with CUDA graphs vs eager",
                 f"rel err {same['relErr']:.2e}, top-1 {same['top1Agreement']:.2f} %",
             )
             release(graphed)
@@ -172,6 +239,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=400.0, help="seconds: later stages are skipped past it")
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument(
+        "--gemms", nargs="*", metavar="TILES", help="first time each 1x1 GEMM shape: cuBLASLt against fp8_gemm "
+        f"with these tile settings (BM,BN,BK,warps,stages; none given: {' '.join(TILES)})",
+    )  # fmt: skip
     ap.add_argument("--cpu", action="store_true", help="dry run on the CPU (emulated FP8 GEMMs)")
     ap.add_argument("--tiny", action="store_true", help="batch 4, 16 samples, 2 s: checks every stage runs")
     args = ap.parse_args()
@@ -198,6 +269,8 @@ def main() -> None:
     say("calibration", f"SYNTHETIC: the synthetic set's first {n_cal} images (not MLPerf's calibration list)")
     batch = min(args.batch, len(data))
 
+    if args.gemms is not None and not args.cpu:
+        stage("fp8 GEMM shapes", args.budget, lambda: gemms(batch, args.gemms or TILES))
     stage("accuracy gate", args.budget, lambda: accuracy(model, data, batch, calibration))
     rates: dict[str, float] = {}
     fp16 = stage(

@@ -1,7 +1,7 @@
 """The pytorch backend's GPU path (fused convolutions, CUDA graphs, samples resident on the GPU,
 several instances on one GPU; fp8 on sm_89+): runs where torch sees a CUDA GPU, is skipped (with
 the reason) elsewhere. CI has no GPU: these ran on the lent H200 (see BENCHMARKS.md), but for the
-fp8 test, written without a GPU and not run on one yet."""
+fused FP8 kernel's (fp8_gemm, the ``triton`` cases), written without a GPU and not run on one yet."""
 
 from __future__ import annotations
 
@@ -152,9 +152,44 @@ def test_two_instances_on_one_gpu_answer_as_onnxruntime(workspace: Any) -> None:
     assert len(differ) <= 1, differ
 
 
-def test_fp8_pipeline_against_fp32_and_its_emulation(workspace: Any) -> None:
+@pytest.mark.parametrize("m,n,k", [(3136 * 8, 64, 64), (784 * 8 + 5, 512, 128), (49 * 8, 2048, 512), (100, 1024, 2048)])
+def test_fused_fp8_gemm_equals_cublas_and_the_epilogue(m: int, n: int, k: int) -> None:
+    """fp8_gemm's one Triton kernel against torch._scaled_mm (through ``scaled_mm``'s plan) and
+    the epilogue in fp32, on ResNet-50's GEMM shapes (batch 8) and ragged ones: the fp16 output
+    within fp16 rounding of the fp32 epilogue, the E4M3 copy equal to torch's rounding of it but
+    where the two products round apart (different summation order and accumulation precision):
+    at most 1 element in 100, each within one E4M3 step."""
+    _cuda()
+    import torch
+    from mlperf_harness.backends import fp8_gemm, torch_fp8
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability 8.9 or later")
+    gen = torch.Generator().manual_seed(m + n + k)
+    dev = torch.device("cuda")
+    a = torch_fp8.quantize(torch.randn(m, k, generator=gen) * 3, 1.0).to(dev)
+    b = torch_fp8.quantize(torch.randn(n, k, generator=gen), 1.0).to(dev)
+    scale = (torch.rand(n, generator=gen) + 0.5).to(dev)
+    bias = torch.randn(n, generator=gen).to(dev, torch.float16)
+    z = torch.randn(m, n, generator=gen).to(dev, torch.float16)
+    q_inv = torch.tensor(0.25, device=dev)
+    y, q = fp8_gemm.gemm(a, b, scale, bias, z, relu=True, out_dtype=torch.float16, q_inv=q_inv)
+    torch_fp8.gemm_plan(dev, torch.float32, True)
+    want = torch.relu(torch_fp8.scaled_mm(a, b.t(), scale[None], bias.float(), torch.float32) + z.float())
+    assert torch.allclose(y.float(), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
+    got, ref = q.float(), torch_fp8.quantize(want, q_inv).float()
+    off = got != ref
+    assert float(off.float().mean()) <= 1e-2
+    assert ((got - ref).abs()[off] <= ref.abs()[off] * 2.0**-3 + 2.0**-9).all()
+
+
+@pytest.mark.parametrize("gemm", ["cublas", "triton"])
+def test_fp8_pipeline_against_fp32_and_its_emulation(
+    workspace: Any, monkeypatch: pytest.MonkeyPatch, gemm: str
+) -> None:
     """fp8 (an engine calibrated by build-engine on the fixture's 32 SYNTHETIC samples): the 36
-    1x1 convolutions as torch._scaled_mm GEMMs, the rest fused fp16, CUDA graphs, samples resident.
+    1x1 convolutions as FP8 GEMMs (torch._scaled_mm and an epilogue kernel, or fp8_gemm's one
+    Triton kernel: ``gemm``), the rest fused fp16, CUDA graphs, samples resident.
 
     Bounds, on the pooled features (the synthetic softmax is ill-conditioned, see the fused test):
     - against FP32, relative error < 0.1: the same rewrite emulated on the CPU (test_torch_fp8)
@@ -174,6 +209,7 @@ def test_fp8_pipeline_against_fp32_and_its_emulation(workspace: Any) -> None:
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability 8.9 or later")
+    monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", gemm)
     ws = workspace(**GPU, precision="fp8")
     assert steps.build_engine(ws, "Offline").ok
     engine = ws.workdir.artifact(ws.engine("Offline")) / "model.onnx"
@@ -191,13 +227,17 @@ def test_fp8_pipeline_against_fp32_and_its_emulation(workspace: Any) -> None:
     feats = {name: pooled_features(b, feeds) for name, b in (("fp8", fp8), ("fp32", fp32))}
     with pytest.MonkeyPatch.context() as mp:  # the same engine on the CPU: _scaled_mm emulated
         mp.setattr(torch.cuda, "is_available", lambda: False)
+        mp.setenv("MLPERF_TORCH_FP8_GEMM", "cublas")  # the emulation, not the interpreter
         emulated = eager(engine, "fp8")
     feats["emulated"] = pooled_features(emulated, feeds)
     vs32, vs_emulated = accuracy_gate(feats["fp8"], feats["fp32"]), accuracy_gate(feats["fp8"], feats["emulated"])
     fp16 = load(ws, "fp16", "softmax_tensor:0")
     soft = {k: _softmax(b, data) for k, b in (("fp8", fp8), ("fp32", fp32), ("fp16", fp16))}
     top8, top16 = (accuracy_gate(soft[k], soft["fp32"])["top1Agreement"] for k in ("fp8", "fp16"))
-    print(f"fp8 features vs fp32 {vs32}; vs the CPU emulation {vs_emulated}; top-1 fp8 {top8:.1f} % fp16 {top16:.1f} %")
+    print(
+        f"{gemm}: fp8 features vs fp32 {vs32}; vs the CPU emulation {vs_emulated}; "
+        f"top-1 fp8 {top8:.1f} % fp16 {top16:.1f} %"
+    )
     assert vs32["finite"] and vs32["relErr"] < 0.1
     assert vs_emulated["relErr"] < 2e-2
 

@@ -13,9 +13,10 @@ also writes the quantised copy that convolution reads (``emit``), so no separate
 On the CPU, ``scaled_mm`` emulates ``torch._scaled_mm`` exactly (the FP8 values dequantised and
 multiplied in fp32), so the rewrite and its scales are tested here against the fp32 model.
 
-UNTESTED ON A GPU so far (written without one): the ``_scaled_mm`` call's configuration is probed
-on the device at load (``gemm_plan``), falling back from rowwise scales with an fp16 result to bf16
-to tensorwise with an fp32 result.
+On a GPU the ``_scaled_mm`` call's configuration is probed at load (``gemm_plan``), falling back
+from rowwise scales with an fp16 result to bf16 to tensorwise with an fp32 result. With
+``MLPERF_TORCH_FP8_GEMM=triton`` the GEMM and its whole epilogue are one Triton kernel instead
+(``fp8_gemm``; UNTESTED ON A GPU, checked here through Triton's interpreter).
 """
 
 from __future__ import annotations
@@ -219,7 +220,10 @@ class Fp8Conv(nn.Module):
         self.register_buffer("in_inv", torch.tensor(1.0 / in_scale, device=w.device), persistent=False)
         bias = None if conv.bias is None else conv.bias.detach().to(dtype)
         self.register_buffer("bias", bias, persistent=False)
-        if w.is_cuda:
+        from .fp8_gemm import gemm_kind
+
+        self.fused = gemm_kind() == "triton"  # GEMM + epilogue as one Triton kernel (fp8_gemm)
+        if w.is_cuda and not self.fused:
             gemm_plan(w.device, dtype, bias is not None)
         self.emit_scale: float | None = None
         self.keep = True  # whether anything but FP8 layers reads the output
@@ -237,17 +241,25 @@ class Fp8Conv(nn.Module):
             xh = self._quantize(xh, self.in_inv)
         a = patches(xh, self.kernel, self.stride, self.padding)
         n, ho, wo, k = a.shape
-        y = scaled_mm(a.reshape(-1, k), self.w_t, self.scale_b, self.bias, self.dtype, self.fast_accum)
-        zh = None if z is None else z.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
-        emit = None if self.emit_scale is None else self.emit_inv
-        if not self.add and not self.relu and emit is None:
-            out, q = y, None
-        else:
-            out, q = self._epilogue(y, zh if self.add else None, self.relu, self.dtype, emit, self.keep)
 
         def nchw(t: Any) -> Any:
             return None if t is None else t.view(n, ho, wo, -1).permute(0, 3, 1, 2)
 
+        zh = None if z is None or not self.add else z.permute(0, 2, 3, 1).reshape(-1, self.w_t.shape[1])
+        emit = None if self.emit_scale is None else self.emit_inv
+        if self.fused:
+            from .fp8_gemm import gemm
+
+            out, q = gemm(
+                a.reshape(-1, k), self.w_t.t(), self.scale_b.reshape(-1), self.bias, zh, relu=self.relu,
+                out_dtype=self.dtype if emit is None or self.keep else None, q_inv=emit,
+            )  # fmt: skip
+            return nchw(out) if emit is None else (nchw(out), nchw(q))
+        y = scaled_mm(a.reshape(-1, k), self.w_t, self.scale_b, self.bias, self.dtype, self.fast_accum)
+        if not self.add and not self.relu and emit is None:
+            out, q = y, None
+        else:
+            out, q = self._epilogue(y, zh, self.relu, self.dtype, emit, self.keep)
         return nchw(out) if emit is None else (nchw(out), nchw(q))
 
 
