@@ -15,9 +15,14 @@ is its number of windows): the cases have the preprocessed shapes of the referen
 cases (``kits19.PREPROCESSED_SHAPES``: 8 to 144 windows, 64.2 on average over the 43), scaled to
 the model's patch (the same windows at 32^3 as at 128^3), at the target spacing (the raw volume is
 the preprocessed one; KiTS19's raw CTs are larger and finer, which only preprocessing sees).
-At 128^3 a case is 12-257 MB of float32 and costs 8-144 model calls to label (about 1 TFLOP each
-with the full model): minutes in all on a GPU, hours on a CPU, so full labels with the harness's
-pytorch backend in fp32 (TF32 off) where torch sees a GPU, else with onnxruntime on the CPU.
+At 128^3 a case is 31-257 MB of float32 (5.7 GB for the 43) and costs 8-144 model calls to label,
+about 1.07 TFLOP each with the full model (2.95 PFLOP for the 43). On this project's 2-core CPU,
+onnxruntime took 18 s a window (about 14 hours for the 43); an H200 in fp32 should take minutes
+(estimated, not measured). So full cases are labelled by the harness's pytorch backend in fp32
+(TF32 off) where torch sees a GPU, else by onnxruntime on the CPU (download-data's Job in a cluster
+has no GPU: hours). The rest (CT, gzip, the read-back, the sliding-window sums) took 24 s for the
+largest case on that CPU, peak RSS 1.9 GB, one case in memory at a time: about 9 minutes for the 43
+(scaled by voxels).
 The pytorch labeller has run on a CPU only (tests); it is untested on a GPU.
 """
 
