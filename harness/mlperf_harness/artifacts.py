@@ -87,6 +87,8 @@ def source_identity(source: Source, role: str, benchmark: str) -> dict[str, Any]
     }
     if role == "dataset":
         ident["samples"] = source.synthetic.samples
+        if source.synthetic.size != "small":  # 3d-unet's full-size cases; the default keeps the keys made before
+            ident["size"] = source.synthetic.size
     else:
         ident["size"] = source.synthetic.size
     return ident

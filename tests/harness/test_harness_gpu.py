@@ -5,6 +5,7 @@ fused FP8 kernel's (fp8_gemm, the ``triton`` cases), written without a GPU and n
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -251,3 +252,35 @@ def test_fp8_pipeline_against_fp32_and_its_emulation(
     host.load(engine, 8, "fp8", outputs=["ArgMax:0"])
     want = host.predict({"input_tensor:0": data[rows]})["ArgMax:0"]
     assert np.array_equal(resident.predict_rows(rows)["ArgMax:0"], want)
+
+
+def test_unet3d_full_size_cases_labelled_on_the_gpu(tmp_path: Path) -> None:
+    """3d-unet's full-size synthetic cases (dataset.synthetic.size full) as download-data labels them
+    where torch sees a GPU: the harness's pytorch backend in fp32 (TF32 off). The small model's labels
+    against onnxruntime's on the CPU (2 cases); then one case of the full model at a real shape (the
+    median stratum's, about 50 windows of 128^3), its seconds printed: what labelling one of the 43 costs.
+    Written without a GPU, not run on one yet."""
+    _cuda()
+    import time
+
+    import nibabel
+    from mlperf_harness.benchmarks.unet3d import build_model, kits19
+    from mlperf_harness.benchmarks.unet3d.synthetic import gpu_labeller, synthesize_dataset
+
+    assert gpu_labeller() == "pytorch"
+    small = build_model(tmp_path / "small.onnx", 7, "small")
+    labels = []
+    for labeller in (None, "pytorch"):
+        out = tmp_path / f"small-{labeller}"
+        synthesize_dataset(out, 7, 2, small, batch_size=1, size="full", labeller=labeller)
+        labels.append(
+            [np.asarray(nibabel.load(out / c / kits19.SEGMENTATION).dataobj) for c in ("case_00000", "case_00001")]
+        )
+    agreement = [float(np.mean(a == b)) for a, b in zip(*labels, strict=True)]
+    full = build_model(tmp_path / "full.onnx", 7, "full")
+    t = time.perf_counter()
+    facts = synthesize_dataset(tmp_path / "full", 7, 1, full, batch_size=1, size="full", labeller="pytorch")
+    seconds = time.perf_counter() - t
+    shape = kits19.PREPROCESSED_SHAPES[facts["shapesOf"][0]]  # type: ignore[index]
+    print(f"small-model label agreement {agreement}; one full case {shape} made and labelled in {seconds:.1f} s")
+    assert min(agreement) > 0.999 and str(facts["labelledBy"]).startswith("pytorch cuda")

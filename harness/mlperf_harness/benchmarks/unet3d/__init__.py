@@ -9,7 +9,9 @@ whole cases (``batchSize`` counts cases) and the model sees ``PATCH_BATCH`` patc
 
 The synthetic model (``model.synthetic.size``) is small (32^3 patches, narrow, fast on a CPU) or
 full (the official architecture, 128^3 patches, for a GPU); the synthetic dataset is labelled by
-the model of the run's size.
+the model of the run's size. Its cases (``dataset.synthetic.size``) are small (one or one and a
+half patches a side, CI) or full (KiTS19's preprocessed shapes, 64.2 windows a case over the 43:
+the cases/s of a run then compares with published 3d-unet figures).
 
 BraTS 2019 (v1.0's 3d-unet, ``brats_benchmark.Unet3DBraTS``) is a subclass: another dataset,
 model, preprocessing and metric behind the same download steps. The v1.0 round table names it.
@@ -83,15 +85,19 @@ class Unet3D(Benchmark):
 
         patch_size(target)  # input (N, 1, P, P, P) named as the official model's
 
-    def synthesize(self, out_dir: Path, seed: int, n: int, size: ModelSize) -> Path:
+    def synthesize(self, out_dir: Path, seed: int, n: int, size: ModelSize, cases: ModelSize = "small") -> Path:
         """A SYNTHETIC dataset labelled by the model download-model makes for the same seed and size;
-        returns its root."""
+        returns its root. ``cases``: small (CI) or full (KiTS19's preprocessed shapes, labelled on
+        a GPU where torch sees one)."""
         import tempfile
+
+        from .synthetic import gpu_labeller
 
         root = out_dir / "kits19" / "data"
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             model = build_model(Path(tmp) / MODEL_FILE, seed, size)
-            synthesize_dataset(root, seed, n, model, batch_size=PATCH_BATCH)
+            labeller = gpu_labeller() if cases == "full" else None
+            synthesize_dataset(root, seed, n, model, batch_size=PATCH_BATCH, size=cases, labeller=labeller)
         return root
 
     def find_root(self, root: Path) -> Path:
@@ -118,7 +124,8 @@ class Unet3D(Benchmark):
         self, source: Source, out_dir: Path, *, size: ModelSize = "small", quiet: bool = False
     ) -> dict[str, object]:
         if source.synthetic is not None:
-            root = self.synthesize(out_dir, source.synthetic.seed, source.synthetic.samples, size)
+            synthetic = source.synthetic
+            root = self.synthesize(out_dir, synthetic.seed, synthetic.samples, size, cases=synthetic.size)
             facts: dict[str, object] = {"root": str(root), "count": source.synthetic.samples, "synthetic": True}
         else:
             if source.pvc is not None:

@@ -54,7 +54,8 @@ class Unet3DBraTS(Unet3D):
     def check_model(self, target: Path) -> None:
         input_shape(target, brats.MODALITIES)  # input (N, 4, D, H, W) named as the official model's
 
-    def synthesize(self, out_dir: Path, seed: int, n: int, size: ModelSize) -> Path:
+    def synthesize(self, out_dir: Path, seed: int, n: int, size: ModelSize, cases: ModelSize = "small") -> Path:
+        # ``cases`` is KiTS19's: BraTS's synthetic cases already have the real cases' one shape (the model's input).
         root = out_dir / TASK
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             synthesize_dataset(root, seed, n, build_model(Path(tmp) / MODEL_FILE, seed, size))

@@ -86,6 +86,57 @@ INFERENCE_CASES = [
     "case_00400",
 ]
 DUPLICATES = {"case_00400": "case_00185"}
+# Each inference case's shape (D, H, W) after the reference's preprocessing (resampled to TARGET_SPACING,
+# padded or cropped to multiples of 64): what the SUT walks, 2,761 windows of 128^3 over the 43 cases
+# (64.2 a case, 8 to 144). Derived, not published: each case's segmentation.nii.gz of
+# github.com/neheller/kits19 (commit 456b293; KiTS19's imaging shares its shape and affine) put through
+# preprocess_label below (the reference's steps: resampling to round(size x pixdim / target), then
+# pad_to_min_shape and fit_to_stride). tests/harness/test_unet3d_kits_size.py checks the window counts.
+PREPROCESSED_SHAPES: dict[str, tuple[int, int, int]] = {
+    "case_00000": (192, 384, 384),
+    "case_00003": (192, 384, 384),
+    "case_00005": (256, 448, 448),
+    "case_00006": (320, 320, 320),
+    "case_00012": (256, 320, 320),
+    "case_00024": (256, 256, 256),
+    "case_00034": (320, 384, 384),
+    "case_00041": (128, 320, 320),
+    "case_00044": (320, 384, 384),
+    "case_00049": (192, 384, 384),
+    "case_00052": (192, 384, 384),
+    "case_00056": (256, 320, 320),
+    "case_00061": (128, 448, 448),
+    "case_00065": (192, 320, 320),
+    "case_00066": (320, 384, 384),
+    "case_00070": (192, 320, 320),
+    "case_00076": (192, 320, 320),
+    "case_00078": (192, 384, 384),
+    "case_00080": (256, 320, 320),
+    "case_00084": (320, 448, 448),
+    "case_00086": (320, 320, 320),
+    "case_00087": (128, 320, 320),
+    "case_00092": (320, 320, 320),
+    "case_00111": (320, 320, 320),
+    "case_00112": (128, 320, 320),
+    "case_00125": (320, 448, 448),
+    "case_00128": (320, 384, 384),
+    "case_00138": (128, 320, 320),
+    "case_00157": (192, 384, 384),
+    "case_00160": (128, 192, 320),
+    "case_00161": (192, 384, 384),
+    "case_00162": (320, 256, 256),
+    "case_00169": (320, 320, 320),
+    "case_00171": (384, 320, 320),
+    "case_00176": (320, 448, 448),
+    "case_00185": (384, 384, 384),
+    "case_00187": (256, 256, 256),
+    "case_00189": (448, 320, 320),
+    "case_00198": (448, 320, 320),
+    "case_00203": (384, 256, 256),
+    "case_00206": (192, 384, 384),
+    "case_00207": (448, 320, 320),
+    "case_00400": (384, 384, 384),
+}
 DATASET_SIZE = 43
 PERFORMANCE_SAMPLE_COUNT = 43
 SCENARIOS = ("Offline", "SingleStream")
@@ -143,6 +194,10 @@ def resample(volume: np.ndarray, spacing: list[float], order: int) -> np.ndarray
     if spacing == TARGET_SPACING:
         return volume
     factor = np.array(spacing) / np.array(TARGET_SPACING)
+    if all(round(s * f) == s for s, f in zip(volume.shape, factor, strict=True)):
+        # zoom's output shape unchanged: its grid maps every voxel onto itself and orders 0 and 1 have
+        # no prefilter, so it would return the volume as is (seconds a case at the target spacing).
+        return volume
     return np.asarray(zoom(volume, factor, order=order, mode="constant", cval=volume.min(), grid_mode=False))
 
 
@@ -186,8 +241,7 @@ def preprocess_case(case_dir: Path, with_label: bool = True, name: str | None = 
         raw, _, _ = read_nifti(case_dir / SEGMENTATION, np.uint8)
         if raw.shape != raw_shape:
             raise HarnessError(f"{case_dir / SEGMENTATION}: shape {raw.shape} differs from {IMAGING}'s")
-        label = resample(raw, spacing, order=0)[np.newaxis]
-        label = fit_to_stride(pad_to_min_shape(label, roi), 0, roi).astype(np.uint8)
+        label = preprocess_label(raw, spacing, roi)
     aux: dict[str, object] = {
         "original_affine": affine,
         "reshaped_affine": reshaped_affine(affine),
@@ -196,6 +250,13 @@ def preprocess_case(case_dir: Path, with_label: bool = True, name: str | None = 
         "image_shape": image.shape,
     }
     return Case(name or case_dir.name, image, label, aux)
+
+
+def preprocess_label(raw: np.ndarray, spacing: list[float], roi: int = ROI) -> np.ndarray:
+    """A raw segmentation (D, H, W) as the reference preprocesses it: (1, D', H', W') uint8, nearest
+    resampling, padded with background."""
+    label = resample(raw, spacing, order=0)[np.newaxis]
+    return fit_to_stride(pad_to_min_shape(label, roi), 0, roi).astype(np.uint8)
 
 
 def is_synthetic(dataset_dir: Path) -> bool:

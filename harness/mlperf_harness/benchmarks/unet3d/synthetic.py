@@ -8,19 +8,41 @@ half of it (an odd length 2m - 1, so resampling takes every other voxel), and it
 remainder below 32 modulo 64 (cropped, never padded). The segmentation is then the model's own
 prediction on the preprocessed image, placed back in the raw grid, and preprocessing it gives
 that prediction again (checked for every case), so FP32 scores mean DICE 1.0.
+
+Two sizes (``dataset.synthetic.size``). small (CI): each edge one or one and a half patches.
+full: KiTS19's own sizes, so that cases/s compares with published 3d-unet figures (a case's cost
+is its number of windows): the cases have the preprocessed shapes of the reference's inference
+cases (``kits19.PREPROCESSED_SHAPES``: 8 to 144 windows, 64.2 on average over the 43), scaled to
+the model's patch (the same windows at 32^3 as at 128^3), at the target spacing (the raw volume is
+the preprocessed one; KiTS19's raw CTs are larger and finer, which only preprocessing sees).
+At 128^3 a case is 31-257 MB of float32 (5.7 GB for the 43) and costs 8-144 model calls to label,
+about 1.07 TFLOP each with the full model (2.95 PFLOP for the 43). On this project's 2-core CPU,
+onnxruntime took 18 s a window (about 14 hours for the 43); an H200 in fp32 should take minutes
+(estimated, not measured). So full cases are labelled by the harness's pytorch backend in fp32
+(TF32 off) where torch sees a GPU, else by onnxruntime on the CPU (download-data's Job in a cluster
+has no GPU: hours). The rest (CT, gzip, the read-back, the sliding-window sums) took 24 s for the
+largest case on that CPU, peak RSS 1.9 GB, one case in memory at a time: about 9 minutes for the 43
+(scaled by voxels).
+The pytorch labeller has run on a CPU only (tests); it is untested on a GPU.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import HarnessError
 from ...fsutil import atomic_write_text, temp_path_for
+from ...spec import ModelSize
 from . import kits19
-from .sliding_window import infer
+from .model import OUTPUT
+from .sliding_window import Run, importance_sum, infer, window_origins
+
+Plan = tuple[list[int], list[int], list[bool]]  # (preprocessed shape, crop per axis, half-spacing per axis)
 
 
 def synthetic_ct(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -32,10 +54,13 @@ def synthetic_ct(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray
     field = zoom(coarse, [s / c for s, c in zip(shape, coarse.shape, strict=True)], order=1)[
         tuple(slice(0, s) for s in shape)
     ]
-    grids = np.meshgrid(*[np.linspace(-1.0, 1.0, s, dtype=np.float32) for s in shape], indexing="ij")
+    # Open grids and in-place steps: a 320x448x448 case peaks near 1.5 GB (dense grids, twice that).
+    grids = np.meshgrid(*[np.linspace(-1.0, 1.0, s, dtype=np.float32) for s in shape], indexing="ij", sparse=True)
     body = sum(g**2 for g in grids) < 0.9
-    hu = np.where(body, 60.0 + 140.0 * field, -1000.0)
-    return np.asarray(np.clip(hu, -1024, 3000), dtype=np.int16)
+    hu = np.multiply(field, 140.0, out=field)
+    hu += 60.0
+    hu[~body] = -1000.0
+    return np.clip(hu, -1024, 3000, out=hu).astype(np.int16)
 
 
 def calibration_patches(seed: int, patch: int, n: int = 2) -> np.ndarray:
@@ -48,7 +73,7 @@ def calibration_patches(seed: int, patch: int, n: int = 2) -> np.ndarray:
     )
 
 
-def case_plan(seed: int, index: int, roi: int) -> tuple[list[int], list[int], list[bool]]:
+def case_plan(seed: int, index: int, roi: int) -> Plan:
     """(preprocessed shape, crop per axis, half-spacing per axis) for one case. Edges are one or
     one and a half patches (multiples of half a patch), crops below a quarter patch (the
     preprocessing crops remainders below that); one axis at most is at half spacing, to keep the
@@ -61,6 +86,68 @@ def case_plan(seed: int, index: int, roi: int) -> tuple[list[int], list[int], li
     if axis < 3:
         half[axis] = True
     return shape, crop, half
+
+
+def case_windows(case: str) -> int:
+    """The 128^3 windows the reference's sliding window walks over a real inference case."""
+    return len(window_origins(kits19.PREPROCESSED_SHAPES[case], kits19.ROI))
+
+
+def kits19_cases(n: int) -> list[str]:
+    """``n`` of the 43 inference cases whose windows per case spread as the whole set's: the cases
+    sorted by windows, one from the middle of each of ``n`` equal strata (all 43 for n = 43); in the
+    reference's order."""
+    if not 1 <= n <= kits19.DATASET_SIZE:
+        raise HarnessError(
+            f"dataset.synthetic.samples {n}: 3d-unet's full-size synthetic cases mirror KiTS19's "
+            f"{kits19.DATASET_SIZE} inference cases; set samples to {kits19.DATASET_SIZE} (or fewer)"
+        )
+    cases = kits19.INFERENCE_CASES
+    by_windows = sorted(cases, key=case_windows)  # stable: ties keep the reference's order
+    picked = {by_windows[(2 * k + 1) * len(cases) // (2 * n)] for k in range(n)}
+    return [c for c in cases if c in picked]
+
+
+def kits19_plan(case: str, roi: int) -> Plan:
+    """A full-size case: the real case's preprocessed shape scaled to the patch (every edge is a
+    multiple of 64, so the windows stay the same), at the target spacing, nothing to crop."""
+    if roi % 2:
+        raise HarnessError(f"3d-unet model patch {roi}: full-size synthetic cases need an even patch")
+    return [s * roi // kits19.ROI for s in kits19.PREPROCESSED_SHAPES[case]], [0, 0, 0], [False, False, False]
+
+
+def gpu_labeller() -> str | None:
+    """``pytorch`` where torch sees a GPU (the harness's backend, fp32: TF32 off), else None
+    (onnxruntime on the CPU)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return "pytorch" if torch.cuda.is_available() else None
+
+
+@contextmanager
+def fp32_model(model_path: Path, backend: str | None, batch_size: int) -> Iterator[tuple[Run, str]]:
+    """The FP32 model the labels come from, and what runs it: onnxruntime on the CPU, or the
+    harness's ``backend`` in fp32."""
+    if backend is None:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+        def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {OUTPUT: np.asarray(sess.run([OUTPUT], feed)[0])}
+
+        yield run, "onnxruntime CPU fp32"
+        return
+    from ...backends import get_backend
+
+    model = get_backend(backend)
+    model.load(model_path, batch_size, "fp32", outputs=[OUTPUT])
+    try:
+        yield model.predict, f"{backend} {model.device()} fp32"
+    finally:
+        model.close()
 
 
 def kits_affine(spacing: list[float]) -> np.ndarray:
@@ -93,45 +180,60 @@ def raw_label(prediction: np.ndarray, shape: list[int], crop: list[int], half: l
     return zoomed
 
 
-def synthesize_dataset(
-    out_dir: Path, seed: int, n: int, model_path: Path, patch: int | None = None, batch_size: int = 4
-) -> dict[str, object]:
-    """Write ``n`` SYNTHETIC cases into ``out_dir`` labelled by the FP32 model at ``model_path``."""
-    import onnxruntime as ort
+def _write_case(case_dir: Path, seed: int, index: int, plan: Plan, run: Run, patch: int, batch_size: int) -> None:
+    """One case's imaging and labels (its arrays freed on return: one case in memory at a time)."""
+    shape, crop, half = plan
+    spacing = [t / 2 if h else t for t, h in zip(kits19.TARGET_SPACING, half, strict=True)]
+    raw_shape = tuple(2 * (s + c) - 1 if h else s + c for s, c, h in zip(shape, crop, half, strict=True))
+    affine = kits_affine(spacing)
+    _save(synthetic_ct(np.random.default_rng([seed, index, 1]), raw_shape), affine, case_dir / kits19.IMAGING)
+    image = kits19.preprocess_case(case_dir, with_label=False, roi=patch).image  # what preprocess reads back
+    prediction = infer(run, {kits19.INPUT: image}, patch, batch_size)[kits19.PREDICTION]
+    del image
+    _save(raw_label(prediction, shape, crop, half), affine, case_dir / kits19.SEGMENTATION)
+    raw, read_spacing, _ = kits19.read_nifti(case_dir / kits19.SEGMENTATION, np.uint8)
+    if not np.array_equal(kits19.preprocess_label(raw, read_spacing, patch)[0], prediction):
+        raise HarnessError(f"{case_dir}: the synthetic labels do not survive preprocessing (a bug in synthetic.py)")
 
+
+def synthesize_dataset(
+    out_dir: Path,
+    seed: int,
+    n: int,
+    model_path: Path,
+    patch: int | None = None,
+    batch_size: int = 4,
+    size: ModelSize = "small",
+    labeller: str | None = None,
+) -> dict[str, object]:
+    """Write ``n`` SYNTHETIC cases of ``size`` into ``out_dir`` labelled by the FP32 model at
+    ``model_path``, run by onnxruntime on the CPU or by the harness's backend ``labeller``."""
     from .model import patch_size
 
     patch = patch or patch_size(model_path)
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-
-    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"output": np.asarray(sess.run(["output"], feed)[0])}
-
+    mirrored = kits19_cases(n) if size == "full" else []
+    plans = [kits19_plan(c, patch) for c in mirrored] or [case_plan(seed, i, patch) for i in range(n)]
     cases = [f"case_{i:05d}" for i in range(n)]
-    for i, case in enumerate(cases):
-        shape, crop, half = case_plan(seed, i, patch)
-        spacing = [t / 2 if h else t for t, h in zip(kits19.TARGET_SPACING, half, strict=True)]
-        raw_shape = tuple(2 * (s + c) - 1 if h else s + c for s, c, h in zip(shape, crop, half, strict=True))
-        affine = kits_affine(spacing)
-        case_dir = out_dir / case
-        _save(synthetic_ct(np.random.default_rng([seed, i, 1]), raw_shape), affine, case_dir / kits19.IMAGING)
-        image = kits19.preprocess_case(case_dir, with_label=False, roi=patch).image  # what preprocess reads back
-        prediction = infer(run, {kits19.INPUT: image}, patch, batch_size)[kits19.PREDICTION]
-        _save(raw_label(prediction, shape, crop, half), affine, case_dir / kits19.SEGMENTATION)
-        label = kits19.preprocess_case(case_dir, roi=patch).label
-        if label is None or not np.array_equal(label[0], prediction):
-            raise HarnessError(f"{case_dir}: the synthetic labels do not survive preprocessing (a bug in synthetic.py)")
+    with fp32_model(model_path, labeller, batch_size) as (run, labelled_by):
+        for i, (case, plan) in enumerate(zip(cases, plans, strict=True)):
+            _write_case(out_dir / case, seed, i, plan, run, patch, batch_size)
+    importance_sum.cache_clear()  # full-size norm maps are up to 257 MB each
     facts: dict[str, object] = {
         "synthetic": True,
         "seed": seed,
         "cases": cases,
         "model": model_path.name,
         "patch": patch,
+        "size": size,
+        "labelledBy": labelled_by,
     }
+    if mirrored:
+        facts["shapesOf"] = mirrored  # the real inference case each one has the preprocessed shape of
     atomic_write_text(out_dir / kits19.DATASET_JSON, json.dumps(facts, indent=2))
+    sizes = f"the preprocessed shapes of KiTS19 inference cases ({', '.join(mirrored)})" if mirrored else "small"
     atomic_write_text(
         out_dir / "README.md",
-        f"SYNTHETIC KiTS19 ({n} cases, seed {seed}): generated CT-like volumes, segmentations are the "
-        f"random-weight synthetic 3D U-Net's own predictions ({model_path.name}). Not patient data.\n",
+        f"SYNTHETIC KiTS19 ({n} cases, seed {seed}, {sizes}): generated CT-like volumes, segmentations are the "
+        f"random-weight synthetic 3D U-Net's own predictions ({model_path.name}, {labelled_by}). Not patient data.\n",
     )
     return facts
