@@ -68,7 +68,8 @@ def say(text: str) -> None:
 
 
 def _groups(bench: Any, store: Any, batch: int, most: int = 8) -> list[list[int]]:
-    """Up to ``most`` full batches of sample indices as the SUT forms them from an Offline query:
+    """``most`` full batches of sample indices (more where it takes more to use every sample once:
+    3d-unet's cases of many sizes, one a batch) as the SUT forms them from an Offline query:
     ``batch`` samples, or samples up to ``batch`` rows of the benchmark's cost tensor (dlrm's users
     of many rows), the store's samples taken in turn and again (LoadGen repeats its performance
     set likewise), so the loop's batches are as full as the harness's however few samples there are.
@@ -80,7 +81,7 @@ def _groups(bench: Any, store: Any, batch: int, most: int = 8) -> list[list[int]
         i = k % store.count
         cost = len(store.sample(i)[bench.cost_tensor]) if bench.cost_tensor else 1
         if groups[-1] and rows + cost > batch:
-            if len(groups) == most:
+            if len(groups) >= most and k >= store.count:
                 break
             groups.append([])
             rows = 0
@@ -169,6 +170,7 @@ def measure(
     t = time.perf_counter()
     ws = workspace(f"gpu-{name}", **spec)
     say(f"{name}: data, full-size model and preprocessing in {time.perf_counter() - t:.0f} s")
+    samples = spec["dataset"]["synthetic"]["samples"]  # GPU_DATASET's where it sets them
     out: dict[str, Any] = {"benchmark": name, "batch": batch, "samples": samples, "size": size, "backend": backend}
     null = {**spec, "backend": "null", "precision": "fp32"}
     # 200,000 samples: 2 s at 100,000/s, longer where the harness is slower (its rate is the figure).
