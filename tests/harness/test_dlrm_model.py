@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from mlperf_harness.benchmarks.dlrm import criteo, model
+from mlperf_harness.benchmarks.dlrm import criteo, model, synthetic
 from mlperf_harness.benchmarks.dlrm.batching import collate
 from mlperf_harness.errors import HarnessError
 from onnx import numpy_helper
@@ -162,3 +162,17 @@ def test_table_sizes_of_a_file_that_is_not_the_synthetic_dlrm(tmp_path: Path) ->
     bad.write_bytes(b"not a model")
     with pytest.raises(HarnessError, match=f"{bad}: not a readable ONNX model"):
         model.model_table_sizes(bad)
+
+
+def test_a_labeller_with_the_used_rows_labels_as_the_whole_model(tmp_path: Path) -> None:
+    """download-data's labeller (only the rows its samples use) writes the test file the whole model would."""
+    sizes = [20_000] * 26
+    whole = model.build_model(tmp_path / "whole.onnx", seed=4, sizes=sizes, external=True)
+    kept = model.kept_rows(4, sizes, synthetic.used_rows(4, 3, sizes))
+    part = model.build_model(tmp_path / "part.onnx", seed=4, sizes=sizes, external=True, keep=kept)
+    a = synthetic.synthesize_dataset(tmp_path / "a", 4, 3, whole)
+    b = synthetic.synthesize_dataset(tmp_path / "b", 4, 3, part, kept=kept)
+    assert {**a, "model": "part.onnx"} == b and 0 < int(b["clicks"]) < int(b["rows"])  # type: ignore[call-overload]
+    assert (tmp_path / "a" / criteo.TEST_FILE).read_bytes() == (tmp_path / "b" / criteo.TEST_FILE).read_bytes()
+    with pytest.raises(HarnessError, match="table 0 lacks rows the samples use"):
+        synthetic.synthesize_dataset(tmp_path / "c", 5, 3, part, kept=kept)
