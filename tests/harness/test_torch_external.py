@@ -41,6 +41,9 @@ from mlperf_harness.backends.torch_graph import TorchGraphBackend
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
+if sys.argv[2] != "fp32":  # a GPU: its context and libraries first, so that the figures count the load only
+    import torch
+    torch.ones(64, 64, device="cuda") @ torch.ones(64, 64, device="cuda")
 before = peak()
 backend = TorchGraphBackend()
 backend.load(Path(sys.argv[1]), 64, sys.argv[2], outputs=["pred"])
@@ -96,11 +99,14 @@ def test_a_missing_data_file_is_named(tables: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not OK or not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
-def test_tables_go_to_the_gpu_one_at_a_time(tables: Path) -> None:
-    """On a GPU (untested here): the tables on the device in float16, the host's peak under one copy."""
-    got = _probe(tables, "fp16")
+def test_tables_go_to_the_gpu_one_at_a_time(tmp_path: Path) -> None:
+    """On a GPU (untested: none here): tables of 1.9 GB on the device in float16, the host's peak
+    under 0.6 of them (the copy to the device goes table by table from the mapped file)."""
+    sizes = [min(n, 1_000_000) for n in model.TABLE_SIZES_FULL]
+    table_bytes = sum(sizes) * model.ROW_BYTES
+    got = _probe(model.build_model(tmp_path / "dlrm.onnx", 5, sizes=sizes, external=True), "fp16")
     before, loaded = int(got["before"]), int(got["loaded"])  # type: ignore[call-overload]
     memory: dict[str, int] = got["memory"]  # type: ignore[assignment]
-    assert memory["deviceAllocatedBytes"] >= TABLE_BYTES
-    assert memory["devicePeakBytes"] < 1.5 * TABLE_BYTES + 2**28
-    assert loaded - before < 0.6 * TABLE_BYTES
+    assert table_bytes <= memory["deviceAllocatedBytes"] < table_bytes + 2**27
+    assert memory["devicePeakBytes"] < table_bytes + 2**28
+    assert loaded - before < 0.6 * table_bytes, f"the load held {(loaded - before) / table_bytes:.2f} x the tables"
