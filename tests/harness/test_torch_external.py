@@ -110,3 +110,57 @@ def test_tables_go_to_the_gpu_one_at_a_time(tmp_path: Path) -> None:
     assert table_bytes <= memory["deviceAllocatedBytes"] < table_bytes + 2**27
     assert memory["devicePeakBytes"] < table_bytes + 2**28
     assert loaded - before < 0.6 * table_bytes, f"the load held {(loaded - before) / table_bytes:.2f} x the tables"
+
+
+def test_any_graph_with_external_weights_answers_as_onnxruntime(tmp_path: Path) -> None:
+    """Not dlrm only: a Gemm's external weights (copied into its Linear) and an external float16
+    table (mapped); a bfloat16 initializer, which numpy cannot map, is read in (as onnx reads it;
+    onnx2torch itself has no bfloat16 tensors, so it is not in the graph run)."""
+    import onnx
+    from mlperf_harness.backends.torch_graph import TorchGraphBackend, _map_external
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    bf16 = (np.array([0.5, -1.0, 2.0], np.float32).view(np.uint32) >> 16).astype(np.uint16)  # exact in bfloat16
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((10, 3)).astype(np.float16), "table"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["y"]),
+        helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0),
+        helper.make_node("Cast", ["rows"], ["rows32"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["y", "rows32"], ["out"]),
+    ]
+    ins = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4]),
+        helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
+    ]
+    out = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3])]
+    graphs = {
+        "g.onnx": helper.make_graph(nodes, "g", ins, out, inits),
+        "bf16.onnx": helper.make_graph(
+            [helper.make_node("Cast", ["shift"], ["out"], to=TensorProto.FLOAT)],
+            "bf16",
+            [],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3])],
+            [helper.make_tensor("shift", TensorProto.BFLOAT16, [3], bf16.tobytes(), raw=True)],
+        ),
+    }
+    for name, graph in graphs.items():
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        proto.ir_version = 7
+        onnx.save(proto, str(tmp_path / name), save_as_external_data=True, location=f"{name}.data", size_threshold=0)
+    path = tmp_path / "g.onnx"
+    mapped = _map_external(onnx.load(str(path), load_external_data=False), path).graph.initializer
+    assert all(Path(dict((e.key, e.value) for e in t.external_data)["location"]).is_absolute() for t in mapped)
+    bf16_path = tmp_path / "bf16.onnx"
+    [shift] = _map_external(onnx.load(str(bf16_path), load_external_data=False), bf16_path).graph.initializer
+    assert shift.data_location == TensorProto.DEFAULT and shift.raw_data == bf16.tobytes()
+
+    ort, pt = get_backend("onnxruntime"), TorchGraphBackend()
+    ort.load(path, 4, "fp32")
+    pt.load(path, 4, "fp32", outputs=["out"])
+    feeds = {"x": rng.standard_normal((5, 4)).astype(np.float32), "ids": np.array([0, 9, 3, 3, 1])}
+    np.testing.assert_allclose(pt.predict(feeds)["out"], ort.predict(feeds)["out"], rtol=1e-5, atol=1e-5)

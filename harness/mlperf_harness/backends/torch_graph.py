@@ -253,21 +253,25 @@ def _register_converters() -> None:
                 add_converter(op, version)(converter)
 
 
+def _mappable(tensor: onnx.TensorProto) -> bool:
+    """Whether numpy can map the tensor's bytes (not bfloat16, float8, strings)."""
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).kind in "biuf"
+
+
 def _mapped_array(tensor: onnx.TensorProto) -> np.ndarray | None:
     """An external initializer whose location is absolute (``_map_external``) as a copy-on-write
     memory map of its bytes: nothing is read until used, and the pages go when the array does.
-    None for an inline one, or a type numpy cannot map (bfloat16, float8: read as onnx does)."""
-    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+    None for any other (read as onnx2torch reads it)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL or not _mappable(tensor):
         return None
     info = {e.key: e.value for e in tensor.external_data}
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
-    if dtype.kind not in "biuf" or not Path(info.get("location", "")).is_absolute():
+    if not Path(info.get("location", "")).is_absolute():
         return None
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
     shape = tuple(int(d) for d in tensor.dims)
     if not np.prod(shape, dtype=np.int64):
         return np.zeros(shape, dtype)
-    offset = int(info.get("offset", 0))
-    return np.memmap(info["location"], dtype=dtype.newbyteorder("<"), mode="c", offset=offset, shape=shape)
+    return np.memmap(info["location"], dtype=dtype, mode="c", offset=int(info.get("offset", 0)), shape=shape)
 
 
 def _register_mapped_tensors() -> None:
@@ -291,18 +295,26 @@ def _register_mapped_tensors() -> None:
 
 def _map_external(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     """A copy of ``proto`` (its external data not loaded) whose external initializers name their
-    files by absolute path, so that ``_mapped_array`` maps them from anywhere."""
+    files by absolute path, so that ``_mapped_array`` maps them from anywhere; those numpy cannot
+    map are read in (onnx refuses an absolute location)."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     for tensor in out.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         for entry in tensor.external_data:
+            if entry.key == "location" and not (path.parent / entry.value).is_file():
+                raise HarnessError(f"{path.name}: external data file {entry.value} of {tensor.name} is missing")
+        if not _mappable(tensor):
+            load_external_data_for_tensor(tensor, str(path.parent))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+            continue
+        for entry in tensor.external_data:
             if entry.key == "location":
-                location = path.parent / entry.value
-                if not location.is_file():
-                    raise HarnessError(f"{path.name}: external data file {entry.value} of {tensor.name} is missing")
-                entry.value = str(location.resolve())
+                entry.value = str((path.parent / entry.value).resolve())
     return out
 
 
