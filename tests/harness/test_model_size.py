@@ -43,7 +43,7 @@ def test_the_crd_explains_the_field() -> None:
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     size = spec["model"]["properties"]["synthetic"]["properties"]["size"]
     assert size["enum"] == ["small", "full"] and size["default"] == "small"
-    assert "the real architecture's sizes, for a GPU" in size["description"] and "capped" in size["description"]
+    assert "the real architecture's sizes, for a GPU" in size["description"] and "float16" in size["description"]
 
 
 def test_keys_follow_the_model_size() -> None:
