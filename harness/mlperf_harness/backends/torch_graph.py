@@ -337,7 +337,9 @@ def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
     ``outputs`` as a tuple (what nothing asked for is not computed). ``proto`` is the graph of the
     file ``path``, its weights loaded or not. External initializers come memory-mapped
     (``_register_mapped_tensors``): moving the module to a device copies them one at a time, each
-    mapping released before the next, so the host never holds them all (dlrm's 45 GiB of tables)."""
+    mapping released before the next, so the host never holds them all (dlrm's 45 GiB of tables);
+    on the CPU they stay mapped, their pages read as they are used. The GPU side is untested on a
+    GPU (tests/harness/test_torch_external.py has its test, skipped without CUDA)."""
     from onnx2torch import convert as onnx2torch_convert
     from onnx2torch.onnx_graph import OnnxGraph
 
