@@ -114,6 +114,7 @@ def plain_loop(ws: Any, batch: int, seconds: float, backend: str, precision: str
     rate = n / (time.perf_counter() - start)
     facts = {"graphed": getattr(general, "graphed", None), "eager": getattr(general, "eager_reason", "")}
     facts["attention"] = getattr(general, "attention", None)
+    facts["memory"] = getattr(general, "memory", None)  # after its load: host peak RSS, GPU allocated and peak
     if prof:
         facts["profile"] = limits(bench, parts, batches[0], counts[0])
     for b in parts.values():

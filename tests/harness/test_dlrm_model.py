@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from mlperf_harness.benchmarks.dlrm import criteo, model
+from mlperf_harness.benchmarks.dlrm import criteo, model, synthetic
 from mlperf_harness.benchmarks.dlrm.batching import collate
 from mlperf_harness.errors import HarnessError
 from onnx import numpy_helper
@@ -38,7 +38,8 @@ def reference_forward(
     ly = []
     for t in range(26):  # EmbeddingBag(mode="sum"): bag r holds indices[t, offsets[t, r] : offsets[t, r + 1]]
         ends = [*offsets[t, 1:], indices.shape[1]]
-        ly.append(np.stack([w[f"emb_{t}"][indices[t, s:e]].sum(axis=0) for s, e in zip(offsets[t], ends, strict=True)]))
+        table = w[f"emb_{t}"].astype(np.float32)  # float16 tables: the graph casts each row to float32
+        ly.append(np.stack([table[indices[t, s:e]].sum(axis=0) for s, e in zip(offsets[t], ends, strict=True)]))
     feats = [x, *ly]
     pairs = [np.sum(feats[i] * feats[j], axis=1) for i in range(27) for j in range(i)]
     h = np.concatenate([x, np.stack(pairs, axis=1)], axis=1)
@@ -105,7 +106,7 @@ def test_sparse_features_move_the_prediction(small: Path) -> None:
 def test_external_tables_equal_inline_and_seeds_are_deterministic(small: Path, tmp_path: Path) -> None:
     ext = model.build_model(tmp_path / "ext.onnx", seed=5, external=True)
     data = tmp_path / "ext.onnx.data"
-    table_bytes = sum(model.table_sizes("small")) * 128 * 4
+    table_bytes = sum(model.table_sizes("small")) * 128 * 2  # float16
     assert data.stat().st_size >= table_bytes and ext.stat().st_size < small.stat().st_size - table_bytes + 2**16
     tables = [t for t in onnx.load(str(ext), load_external_data=False).graph.initializer if t.name.startswith("emb_")]
     assert len(tables) == 26 and all(t.data_location == onnx.TensorProto.EXTERNAL for t in tables)
@@ -121,14 +122,29 @@ def test_external_tables_equal_inline_and_seeds_are_deterministic(small: Path, t
 
 
 def test_sizes() -> None:
-    full = model.table_sizes("full")
+    full = model.table_sizes("full")  # the spec's size: full
     assert len(full) == 26 and sum(full) == 187_767_399 and max(full) <= 40_000_000
-    assert sum(full) * 128 * 4 / 2**30 == pytest.approx(89.5, abs=0.1)
-    capped = model.table_sizes("capped")  # the spec's size: full
-    assert len(capped) == 26 and sum(capped) == 24_063_992 and max(capped) == 4_000_000
-    assert sum(capped) * 128 * 4 / 2**30 == pytest.approx(11.5, abs=0.1)
-    with pytest.raises(HarnessError, match="one of full, capped, small, got 'medium'"):
+    assert sum(full) * model.ROW_BYTES / 2**30 == pytest.approx(44.8, abs=0.1)  # float16: fits a 64 GiB disk
+    with pytest.raises(HarnessError, match="one of full, small, got 'medium'"):
         model.table_sizes("medium")
+    with pytest.raises(HarnessError, match="rows for 26 tables, got 2"):
+        model.build_model(Path("unused.onnx"), 1, sizes=[5, 5])
+
+
+def test_labeller_model_holds_only_the_rows_it_needs(tmp_path: Path) -> None:
+    """A labeller's model (keep) predicts what the whole model does on the rows it kept."""
+    sizes = [5000] * 26
+    whole = model.build_model(tmp_path / "whole.onnx", seed=3, sizes=sizes, external=True)
+    feed = collate([criteo.transform(criteo.synthetic_rows(7, 0, 200, sizes))])
+    used = [np.unique(feed["indices"][t]) for t in range(26)]
+    kept = model.kept_rows(3, sizes, used)
+    part = model.build_model(tmp_path / "part.onnx", seed=3, sizes=sizes, external=True, keep=kept)
+    assert (tmp_path / "part.onnx.data").stat().st_size < (tmp_path / "whole.onnx.data").stat().st_size / 2
+    mapped = np.stack([np.searchsorted(kept[t], feed["indices"][t]) for t in range(26)])
+    np.testing.assert_array_equal(run(part, dict(feed, indices=mapped)), run(whole, feed))
+    assert model.model_table_sizes(part) == model.model_table_sizes(whole) == tuple(sizes)
+    with pytest.raises(HarnessError, match="keep must hold the calibration rows"):
+        model.build_model(tmp_path / "bad.onnx", seed=3, sizes=sizes, keep=used)
 
 
 def test_table_writer_streams_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,3 +162,17 @@ def test_table_sizes_of_a_file_that_is_not_the_synthetic_dlrm(tmp_path: Path) ->
     bad.write_bytes(b"not a model")
     with pytest.raises(HarnessError, match=f"{bad}: not a readable ONNX model"):
         model.model_table_sizes(bad)
+
+
+def test_a_labeller_with_the_used_rows_labels_as_the_whole_model(tmp_path: Path) -> None:
+    """download-data's labeller (only the rows its samples use) writes the test file the whole model would."""
+    sizes = [20_000] * 26
+    whole = model.build_model(tmp_path / "whole.onnx", seed=4, sizes=sizes, external=True)
+    kept = model.kept_rows(4, sizes, synthetic.used_rows(4, 3, sizes))
+    part = model.build_model(tmp_path / "part.onnx", seed=4, sizes=sizes, external=True, keep=kept)
+    a = synthetic.synthesize_dataset(tmp_path / "a", 4, 3, whole)
+    b = synthetic.synthesize_dataset(tmp_path / "b", 4, 3, part, kept=kept)
+    assert {**a, "model": "part.onnx"} == b and 0 < int(b["clicks"]) < int(b["rows"])  # type: ignore[call-overload]
+    assert (tmp_path / "a" / criteo.TEST_FILE).read_bytes() == (tmp_path / "b" / criteo.TEST_FILE).read_bytes()
+    with pytest.raises(HarnessError, match="table 0 lacks rows the samples use"):
+        synthetic.synthesize_dataset(tmp_path / "c", 5, 3, part, kept=kept)

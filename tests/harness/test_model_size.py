@@ -43,7 +43,7 @@ def test_the_crd_explains_the_field() -> None:
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     size = spec["model"]["properties"]["synthetic"]["properties"]["size"]
     assert size["enum"] == ["small", "full"] and size["default"] == "small"
-    assert "the real architecture's sizes, for a GPU" in size["description"] and "capped" in size["description"]
+    assert "the real architecture's sizes, for a GPU" in size["description"] and "float16" in size["description"]
 
 
 def test_keys_follow_the_model_size() -> None:
@@ -65,13 +65,14 @@ def test_keys_follow_the_model_size() -> None:
 def test_every_benchmark_names_its_sizes(name: str) -> None:
     bench = get_benchmark(name)
     for size in ("small", "full"):
-        assert size in bench.size_note(size) or "capped" in bench.size_note(size)
+        assert size in bench.size_note(size)
     if name == "dlrm":
-        from mlperf_harness.benchmarks.dlrm.model import CAPPED_ROWS, table_sizes
+        from mlperf_harness.benchmarks.dlrm.model import ROW_BYTES, table_sizes
 
-        assert "capped at 4,000,000 rows" in bench.size_note("full")
-        assert max(table_sizes("capped")) == CAPPED_ROWS == 4_000_000 and len(table_sizes("capped")) == 26
-        assert sum(table_sizes("capped")) * 128 * 4 < 12 * 2**30  # the 64 GiB disk holds model and labeller
+        assert "real row counts" in bench.size_note("full") and "SYNTHETIC" in bench.size_note("full")
+        assert (
+            sum(table_sizes("full")) * ROW_BYTES < 45 * 2**30
+        )  # the 64 GiB disk holds it (the labeller's tables are its rows)
 
 
 # Where each benchmark builds its synthetic model and its labelled set (module paths to patch) and the
@@ -80,7 +81,7 @@ P = "mlperf_harness.benchmarks"
 WIRING = {
     "ssd-resnet34": (f"{P}.ssd_resnet34.model.build_model", f"{P}.ssd_resnet34.coco.synthesize_dataset", "full"),
     "bert": (f"{P}.bert.build_model", f"{P}.bert.synthesize_dataset", "full"),
-    "dlrm": (f"{P}.dlrm.model.build_model", f"{P}.dlrm.synthetic.synthesize_dataset", "capped"),
+    "dlrm": (f"{P}.dlrm.model.build_model", f"{P}.dlrm.synthetic.synthesize_dataset", "full"),
     "rnnt": (f"{P}.rnnt.model.build_model", f"{P}.rnnt.data.synthesize_dataset", "full"),
     "3d-unet": (f"{P}.unet3d.build_model", f"{P}.unet3d.synthesize_dataset", "full"),
 }

@@ -25,6 +25,7 @@ is replaced by one batched NMS per image (``OnnxNMS``).
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import sys
@@ -252,6 +253,71 @@ def _register_converters() -> None:
                 add_converter(op, version)(converter)
 
 
+def _mappable(tensor: onnx.TensorProto) -> bool:
+    """Whether numpy can map the tensor's bytes (not bfloat16, float8, strings)."""
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).kind in "biuf"
+
+
+def _mapped_array(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """An external initializer whose location is absolute (``_map_external``) as a copy-on-write
+    memory map of its bytes: nothing is read until used, and the pages go when the array does.
+    None for any other (read as onnx2torch reads it)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL or not _mappable(tensor):
+        return None
+    info = {e.key: e.value for e in tensor.external_data}
+    if not Path(info.get("location", "")).is_absolute():
+        return None
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    shape = tuple(int(d) for d in tensor.dims)
+    if not np.prod(shape, dtype=np.int64):
+        return np.zeros(shape, dtype)
+    return np.memmap(info["location"], dtype=dtype, mode="c", offset=int(info.get("offset", 0)), shape=shape)
+
+
+def _register_mapped_tensors() -> None:
+    """onnx2torch reads every initializer into memory and then copies it (``OnnxTensor.to_numpy``):
+    for dlrm's tables, two host copies of 45 GiB before the backend's own copy to the device. Ours
+    maps external ones instead (``_mapped_array``): a buffer stays a view of the file until moved to
+    the device, a weight a module copies (a Linear's) is read once. Inline ones read as before."""
+    from onnx2torch.onnx_tensor import OnnxTensor
+
+    if getattr(OnnxTensor.to_numpy, "mapped", False):
+        return
+    read = OnnxTensor.to_numpy
+
+    def to_numpy(self: Any) -> np.ndarray:
+        mapped = _mapped_array(self.proto)
+        return read(self) if mapped is None else mapped
+
+    to_numpy.mapped = True  # type: ignore[attr-defined]
+    OnnxTensor.to_numpy = to_numpy
+
+
+def _map_external(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """A copy of ``proto`` (its external data not loaded) whose external initializers name their
+    files by absolute path, so that ``_mapped_array`` maps them from anywhere; those numpy cannot
+    map are read in (onnx refuses an absolute location)."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for tensor in out.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        for entry in tensor.external_data:
+            if entry.key == "location" and not (path.parent / entry.value).is_file():
+                raise HarnessError(f"{path.name}: external data file {entry.value} of {tensor.name} is missing")
+        if not _mappable(tensor):
+            load_external_data_for_tensor(tensor, str(path.parent))
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+            continue
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = str((path.parent / entry.value).resolve())
+    return out
+
+
 def missing_converters(proto: onnx.ModelProto) -> list[str]:
     """The graph's ops onnx2torch has no converter for."""
     from onnx2torch.node_converters.registry import get_converter
@@ -269,22 +335,26 @@ def missing_converters(proto: onnx.ModelProto) -> list[str]:
 def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
     """The graph as an fx.GraphModule that takes the inputs in graph order and returns exactly
     ``outputs`` as a tuple (what nothing asked for is not computed). ``proto`` is the graph of the
-    file ``path``, its weights loaded or not."""
+    file ``path``, its weights loaded or not. External initializers come memory-mapped
+    (``_register_mapped_tensors``): moving the module to a device copies them one at a time, each
+    mapping released before the next, so the host never holds them all (dlrm's 45 GiB of tables);
+    on the CPU they stay mapped, their pages read as they are used. The GPU side is untested on a
+    GPU (tests/harness/test_torch_external.py has its test, skipped without CUDA)."""
     from onnx2torch import convert as onnx2torch_convert
     from onnx2torch.onnx_graph import OnnxGraph
 
     _register_converters()
+    _register_mapped_tensors()
     missing = missing_converters(proto)
     if missing:
         raise HarnessError(
             f"{path.name}: onnx2torch cannot convert {', '.join(missing)}; use backend onnxruntime for this model"
         )
     try:
-        # A model with external data can be over protobuf's 2 GiB (dlrm's tables), which onnx2torch's
-        # in-memory shape inference cannot serialize: it gets the file, and infers shapes file to file
-        # (beside the model: a temporary file it deletes).
+        # The graph without its external data is small enough for onnx2torch's in-memory shape
+        # inference (protobuf's limit is 2 GiB); the external tensors are mapped when converted.
         external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-        model = onnx2torch_convert(path if external else _load_proto(path))
+        model = onnx2torch_convert(_map_external(proto, path) if external else _load_proto(path))
     except NotImplementedError as exc:
         raise HarnessError(f"{path.name}: onnx2torch cannot convert it ({exc}); use backend onnxruntime") from None
     # onnx2torch returns whole nodes as outputs; the outputs are rebuilt by name instead.
@@ -566,6 +636,22 @@ def host_sync(model: Any, inputs: Sequence[Any]) -> str:
 
 
 # --- the backend ------------------------------------------------------------------------------
+def memory_figures(dev: Any) -> dict[str, int]:
+    """Memory after a load, in bytes: the process's peak resident set so far (``ru_maxrss``: the
+    most it held at once, mapped file pages included, whatever loaded it) and its resident set now;
+    on a GPU, what torch's allocator holds on the device and the most it held (every instance of
+    the process on that device together). The GPU figures are untested on a GPU."""
+    import resource
+
+    figures = {"hostPeakRssBytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    with contextlib.suppress(OSError, ValueError, IndexError):  # Linux: resident pages, the second field
+        figures["hostRssBytes"] = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    if dev is not None and dev.type == "cuda":
+        figures["deviceAllocatedBytes"] = int(torch.cuda.memory_allocated(dev))
+        figures["devicePeakBytes"] = int(torch.cuda.max_memory_allocated(dev))
+    return figures
+
+
 def conv_layout(model: Any, inputs: Sequence[TensorSpec]) -> tuple[int, dict[str, Any]]:
     """A convolutional model on a GPU: channels-last weights (NHWC, or NDHWC for 3-D convolutions:
     cuDNN's fast kernels are channels-last, and on NCHW tensors it transposes around each
@@ -619,6 +705,7 @@ class TorchGraphBackend(ModelBackend):
         self._pinned: dict[str, Any] = {}
         self._stream: Any = None
         self._capture_stream: Any = None
+        self.memory: dict[str, int] = {}  # memory_figures after the load
 
     @classmethod
     def version(cls) -> str:
@@ -661,6 +748,7 @@ class TorchGraphBackend(ModelBackend):
         if self.on_gpu:
             self._stream = torch.cuda.Stream(device=self._dev)
             self._capture_stream = torch.cuda.Stream(device=self._dev)
+        self.memory = memory_figures(self._dev)
 
     # --- host buffers -------------------------------------------------------------------------
     def _host(self, key: str, shape: Sequence[int], dtype: Any) -> Any:

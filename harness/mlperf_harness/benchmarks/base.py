@@ -130,7 +130,7 @@ class Benchmark(ABC):
 
     def size_note(self, size: ModelSize) -> str:
         """What the synthetic model of ``size`` is, for download-model's status (where it is not
-        simply that size of the real architecture, as dlrm's capped tables)."""
+        simply that size of the real architecture, as dlrm's float16 tables)."""
         return size
 
     # --- batching, inference, responses ------------------------------------------------------------

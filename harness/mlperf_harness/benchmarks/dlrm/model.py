@@ -12,17 +12,24 @@ one-hot; the harness, as the reference's loader, passes offsets 0..N-1), so a ba
 the row of its one id: the graph gathers ``indices[t, offsets[t, r]]`` and looks it up. Longer
 bags would be summed by the real model; this graph would take their first id only.
 
-``size="full"``: the real table sizes (187,767,399 rows, 89.5 GiB of float32), written as one
-external-data file chunk by chunk, never whole in memory. ``size="capped"``: the real MLPs and 26
-tables with each table cut at 4,000,000 rows (24,063,992 rows, 11.5 GiB, external data): what a
-spec's ``model.synthetic.size: full`` builds, as the real one fits neither the 64 GiB disk of the
-GPU machine nor comfortably beside its copy for labelling. ``size="small"``: the same graph with
-tables of at most 1,000 rows, inline, for CI.
+The tables are float16 (``TABLE_DTYPE``; the graph casts each looked-up row to float32, so the rest
+of the model computes in float32 as the reference's does): half the reference's float32 bytes.
+``size="full"``: the real row counts (187,767,399 rows, 44.8 GiB of float16; 89.5 GiB in float32,
+which fits neither the GPU machine's 64 GiB disk nor twice in its host memory), written as one
+external-data file at aligned offsets (memory-mappable by onnxruntime and the pytorch backend),
+chunk by chunk in one thread a core, never whole in memory. Measured here (2026-12-04, two busy
+cores, a disk writing 285 MB/s with fsync): 2.1 GiB of real-size tables in 21 s, 5.9 CPU-seconds
+a GiB (3.4 generating, 2.5 the kernel's writes), peak RSS 240 MB. The 44.8 GiB then take 270
+CPU-seconds, 17 s of 16 cores: the disk sets the time, 2.7 min at 285 MB/s, 45 s at 1 GiB/s.
+``size="small"``: the same graph with tables of at most 1,000 rows, inline, for CI. A labeller's
+model (``keep``) holds only the rows its data looks up (``kept_rows``): the same predictions for
+those rows without a second full copy of the tables. Every size is SYNTHETIC (random weights).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,18 +58,21 @@ TABLE_SIZES_FULL = (
     2208, 11938, 155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
 )  # fmt: skip
 SMALL_ROWS = 1000
-CAPPED_ROWS = 4_000_000  # the spec's "full": random lookups over 11.5 GiB miss every cache as 89.5 GiB do
+TABLE_DTYPE = np.float16  # 44.8 GiB at full size: fits the GPU machine's 64 GiB disk and an H200 beside the rest
+ROW_BYTES = EMB_DIM * np.dtype(TABLE_DTYPE).itemsize
 EMB_RANGE = 0.5  # uniform(-0.5, 0.5): large enough that the ids move the prediction of a random model
 LOGIT_STD = 2.0  # the last layer is scaled so that logits spread this much on synthetic rows
-CHUNK_ROWS = 1 << 16  # table rows generated (and seeded) per chunk: 32 MiB
+CHUNK_ROWS = 1 << 16  # table rows generated (and seeded) per chunk: 16 MiB of float16
 ALIGN = 1 << 16  # tables start at aligned offsets of the data file, so they can be memory-mapped
 CALIBRATION_ROWS = 4096
+META_SIZES = "tableSizes"  # metadata: the rows per table of the model a labeller's tables are taken from
 
 Layer = tuple[np.ndarray, np.ndarray]
 Lookup = Callable[[int, np.ndarray], np.ndarray]  # (table, ids) -> rows
+Chunk = Callable[[int, int], np.ndarray]  # (table, chunk) -> that chunk's rows of the written table
 
 
-CAPS = {"full": None, "capped": CAPPED_ROWS, "small": SMALL_ROWS}
+CAPS = {"full": None, "small": SMALL_ROWS}
 
 
 def table_sizes(size: str) -> tuple[int, ...]:
@@ -91,33 +101,44 @@ def _table_chunk(seed: int, table: int, chunk: int, rows: int) -> np.ndarray:
     x = rng.random((n, EMB_DIM), dtype=np.float32)
     x *= np.float32(2 * EMB_RANGE)
     x -= np.float32(EMB_RANGE)
-    return x
+    return x.astype(TABLE_DTYPE)
+
+
+def _picked_rows(seed: int, table: int, rows: int, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` (sorted) of a table of ``rows`` rows, generating only the chunks they fall in."""
+    out = np.empty((len(ids), EMB_DIM), dtype=TABLE_DTYPE)
+    chunk = ids // CHUNK_ROWS
+    for c in np.unique(chunk):
+        at = np.flatnonzero(chunk == c)
+        out[at] = _table_chunk(seed, table, int(c), rows)[ids[at] - c * CHUNK_ROWS]
+    return out
 
 
 def _chunks(rows: int) -> range:
     return range((rows + CHUNK_ROWS - 1) // CHUNK_ROWS)
 
 
-def _write_tables(data_path: Path, seed: int, sizes: Sequence[int]) -> list[int]:
-    """Write every table into one file at aligned offsets, chunk by chunk, in parallel."""
+def _write_tables(data_path: Path, sizes: Sequence[int], chunk: Chunk) -> list[int]:
+    """Write every table into one file at aligned offsets, chunk by chunk, in threads (numpy's
+    generators and casts release the GIL): one thread a core, a chunk at a time each."""
     offsets, end = [], 0
     for rows in sizes:
         offsets.append(end)
-        end = (end + rows * EMB_DIM * 4 + ALIGN - 1) // ALIGN * ALIGN
+        end = (end + rows * ROW_BYTES + ALIGN - 1) // ALIGN * ALIGN
     with data_path.open("wb") as fh:
         fh.truncate(end)
         fd = fh.fileno()
 
         def write(task: tuple[int, int]) -> None:
             t, c = task
-            view = _table_chunk(seed, t, c, sizes[t]).data.cast("B")
-            pos = offsets[t] + c * CHUNK_ROWS * EMB_DIM * 4
+            view = chunk(t, c).data.cast("B")
+            pos = offsets[t] + c * CHUNK_ROWS * ROW_BYTES
             while view:
                 n = os.pwrite(fd, view, pos)
                 view, pos = view[n:], pos + n
 
         tasks = [(t, c) for t, rows in enumerate(sizes) for c in _chunks(rows)]
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             for _ in pool.map(write, tasks):
                 pass
         os.fsync(fd)
@@ -127,10 +148,10 @@ def _write_tables(data_path: Path, seed: int, sizes: Sequence[int]) -> list[int]
 def _external_tensor(name: str, rows: int, location: str, offset: int) -> TensorProto:
     t = TensorProto()
     t.name = name
-    t.data_type = TensorProto.FLOAT
+    t.data_type = helper.np_dtype_to_tensor_dtype(np.dtype(TABLE_DTYPE))
     t.dims.extend([rows, EMB_DIM])
     t.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(rows * EMB_DIM * 4))):
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(rows * ROW_BYTES))):
         entry = t.external_data.add()
         entry.key, entry.value = key, value
     return t
@@ -176,7 +197,8 @@ def _graph(bottom: Sequence[Layer], top: Sequence[Layer], tables: Sequence[Tenso
     vectors = [x]
     for t in range(SPARSE):
         nodes.append(helper.make_node("Gather", ["bag_ids", const(f"table_{t}", np.array(t))], [f"ids_{t}"], axis=0))
-        nodes.append(helper.make_node("Gather", [f"emb_{t}", f"ids_{t}"], [f"ly_{t}"], axis=0))
+        nodes.append(helper.make_node("Gather", [f"emb_{t}", f"ids_{t}"], [f"row_{t}"], axis=0))
+        nodes.append(helper.make_node("Cast", [f"row_{t}"], [f"ly_{t}"], to=TensorProto.FLOAT))
         vectors.append(f"ly_{t}")
     i, j = interaction_pairs()
     nodes += [
@@ -206,40 +228,82 @@ def _graph(bottom: Sequence[Layer], top: Sequence[Layer], tables: Sequence[Tenso
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="mlperf-operator")
     model.ir_version = 7  # opset 13's IR version: older onnxruntimes refuse newer ones
-    rows = sum(int(t.dims[0]) for t in tables)
-    model.doc_string = (
-        f"SYNTHETIC: random-weight DLRM (tb00_40M architecture, {rows:,} table rows), not a trained model"
-    )
     return model
 
 
-def build_model(path: Path, seed: int, size: str = "small", *, external: bool | None = None) -> Path:
+def build_model(
+    path: Path,
+    seed: int,
+    size: str = "small",
+    *,
+    external: bool | None = None,
+    sizes: Sequence[int] | None = None,
+    keep: Sequence[np.ndarray] | None = None,
+) -> Path:
     """Write the synthetic DLRM for ``seed`` to ``path``. Tables go to ``<path>.data`` (external
-    data, memory-mappable) when ``external`` (the default but for "small"), inline otherwise."""
-    sizes = table_sizes(size)
+    data, memory-mappable) when ``external`` (the default but for "small"), inline otherwise.
+    ``sizes``: rows per table instead of ``size``'s (tests: a model of a few hundred MB). ``keep``:
+    a labeller's model, its table ``t`` holding only rows ``keep[t]`` (sorted, from ``kept_rows``)
+    of the model's, in that order: the model's predictions once ids are mapped to their positions."""
+    sizes = tuple(sizes) if sizes is not None else table_sizes(size)
+    if len(sizes) != SPARSE:
+        raise HarnessError(f"dlrm: sizes must give rows for {SPARSE} tables, got {len(sizes)}")
     external = size != "small" if external is None else external
     path.parent.mkdir(parents=True, exist_ok=True)
+    if keep is None:
+        written = sizes
+
+        def chunk(t: int, c: int) -> np.ndarray:
+            return _table_chunk(seed, t, c, sizes[t])
+
+        def position(t: int, ids: np.ndarray) -> np.ndarray:
+            return ids
+    else:
+        needed = kept_rows(seed, sizes, [np.zeros(0, np.int64)] * SPARSE)
+        if any(not np.isin(n, k).all() for n, k in zip(needed, keep, strict=True)):
+            raise HarnessError("dlrm: keep must hold the calibration rows too; make it with kept_rows")
+        written = tuple(len(k) for k in keep)
+
+        def chunk(t: int, c: int) -> np.ndarray:
+            return _picked_rows(seed, t, sizes[t], keep[t][c * CHUNK_ROWS : (c + 1) * CHUNK_ROWS])
+
+        def position(t: int, ids: np.ndarray) -> np.ndarray:
+            return np.searchsorted(keep[t], ids)
+
     if not external:
-        tables = [np.concatenate([_table_chunk(seed, t, c, n) for c in _chunks(n)]) for t, n in enumerate(sizes)]
+        tables = [np.concatenate([chunk(t, c) for c in _chunks(n)]) for t, n in enumerate(written)]
         protos = [numpy_helper.from_array(tab, f"emb_{t}") for t, tab in enumerate(tables)]
-        _save(path, seed, sizes, lambda t, ids: tables[t][ids], protos)
+        _save(path, seed, sizes, lambda t, ids: tables[t][position(t, ids)], protos)
         return path
     data_path = path.with_name(path.name + ".data")
     with temp_path_for(data_path) as tmp_data:
-        offsets = _write_tables(tmp_data, seed, sizes)
+        offsets = _write_tables(tmp_data, written, chunk)
 
         def lookup(t: int, ids: np.ndarray) -> np.ndarray:
             # Row by row with pread: a memory map would fault in (and count) whole runs of pages.
             with tmp_data.open("rb") as fh:
-                rows = [os.pread(fh.fileno(), EMB_DIM * 4, offsets[t] + int(i) * EMB_DIM * 4) for i in ids]
-            return np.frombuffer(b"".join(rows), dtype=np.float32).reshape(len(ids), EMB_DIM)
+                at = [offsets[t] + int(i) * ROW_BYTES for i in position(t, ids)]
+                rows = [os.pread(fh.fileno(), ROW_BYTES, pos) for pos in at]
+            return np.frombuffer(b"".join(rows), dtype=TABLE_DTYPE).reshape(len(ids), EMB_DIM)
 
         protos = [
             _external_tensor(f"emb_{t}", rows, data_path.name, off)
-            for t, (off, rows) in enumerate(zip(offsets, sizes, strict=True))
+            for t, (off, rows) in enumerate(zip(offsets, written, strict=True))
         ]
         _save(path, seed, sizes, lookup, protos)
     return path
+
+
+def _calibration(seed: int, sizes: Sequence[int]) -> dict[str, np.ndarray]:
+    """The rows the last layer is scaled on (``_save``)."""
+    return transform(synthetic_rows(seed ^ 0xCA11, 0, CALIBRATION_ROWS, sizes))
+
+
+def kept_rows(seed: int, sizes: Sequence[int], used: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """What a labeller's model (``build_model(keep=...)``) of ``seed`` and ``sizes`` holds per
+    table: the rows its data uses (``used[t]``) and the rows the model is calibrated on, sorted."""
+    ids = _calibration(seed, sizes)["indices"]
+    return [np.union1d(u.astype(np.int64), ids[:, t]) for t, u in enumerate(used)]
 
 
 def _save(path: Path, seed: int, sizes: Sequence[int], lookup: Lookup, protos: list[TensorProto]) -> None:
@@ -248,14 +312,22 @@ def _save(path: Path, seed: int, sizes: Sequence[int], lookup: Lookup, protos: l
     top = [_layer(rng, m, n) for m, n in itertools.pairwise(TOP)]
     # Scale the last layer so that logits spread LOGIT_STD around 0 on synthetic rows: predictions
     # then span (0, 1) and split into clicks and non-clicks at 0.5.
-    rows = transform(synthetic_rows(seed ^ 0xCA11, 0, CALIBRATION_ROWS, sizes))
-    h = hidden(bottom, top[:-1], lookup, rows["dense_x"], rows["indices"])
+    rows = _calibration(seed, sizes)
+    h = hidden(bottom, top[:-1], lambda t, ids: lookup(t, ids).astype(np.float32), rows["dense_x"], rows["indices"])
     w, _ = top[-1]
     z = h @ w
     scale = np.float32(LOGIT_STD / max(float(z.std()), 1e-6))
     top[-1] = ((w * scale).astype(np.float32), np.array([-np.median(z * scale)], dtype=np.float32))
+    model = _graph(bottom, top, protos)
+    kept = sum(int(t.dims[0]) for t in protos)
+    of = "" if kept == sum(sizes) else f" of {sum(sizes):,}"
+    model.doc_string = (
+        f"SYNTHETIC: random-weight DLRM (tb00_40M architecture, {kept:,} table rows{of}, float16 tables), "
+        "not a trained model"
+    )
+    helper.set_model_props(model, {META_SIZES: json.dumps(list(sizes))})
     with temp_path_for(path) as tmp:
-        onnx.save(_graph(bottom, top, protos), str(tmp))
+        onnx.save(model, str(tmp))
 
 
 def model_table_sizes(path: Path) -> tuple[int, ...]:
@@ -264,6 +336,9 @@ def model_table_sizes(path: Path) -> tuple[int, ...]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's and onnx's errors have no common base
         raise HarnessError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:160]})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if META_SIZES in meta:  # a labeller's model: the sizes of the tables its rows come from
+        return tuple(int(n) for n in json.loads(meta[META_SIZES]))
     dims = {init.name: tuple(init.dims) for init in model.graph.initializer}
     try:
         return tuple(int(dims[f"emb_{t}"][0]) for t in range(SPARSE))

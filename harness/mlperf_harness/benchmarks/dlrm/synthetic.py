@@ -26,17 +26,50 @@ from .model import OUTPUT, model_table_sizes
 CHUNK = 1 << 15  # rows labelled per model call
 
 
-def synthesize_dataset(
-    out_dir: Path, seed: int, n: int, model_path: Path, providers: Sequence[str] = ("CPUExecutionProvider",)
-) -> dict[str, object]:
-    """Write ``n`` synthetic samples into ``out_dir``; return the facts written to dataset.json.
-    ``providers``: onnxruntime's, for labelling (CUDA for many rows or the full-size model)."""
-    import onnxruntime as ort
-
+def _boundaries(n: int) -> np.ndarray:
     if n < 1:
         raise HarnessError(f"dlrm: a synthetic dataset needs at least one sample, got {n}")
+    return np.concatenate([[0], np.cumsum(quantile_sizes(n))]).astype(np.int64)
+
+
+def used_rows(seed: int, n: int, sizes: Sequence[int]) -> list[np.ndarray]:
+    """Per table, the sorted distinct ids the ``n`` samples of ``seed`` look up: what a labeller's
+    model needs (``model.kept_rows``, ``model.build_model(keep=...)``)."""
+    total = int(_boundaries(n)[-1])
+    used = [np.zeros(0, np.int64) for _ in sizes]
+    for start in range(0, total, CHUNK):
+        ids = transform_rows(synthetic_rows(seed, start, min(CHUNK, total - start), sizes))["indices"]
+        used = [np.union1d(u, ids[:, t]) for t, u in enumerate(used)]
+    return used
+
+
+def _positions(kept: Sequence[np.ndarray], ids: np.ndarray, model_path: Path) -> np.ndarray:
+    """Each id's row in a labeller's tables (``kept``)."""
+    cols = []
+    for t, k in enumerate(kept):
+        at = np.minimum(np.searchsorted(k, ids[:, t]), len(k) - 1)
+        if not np.array_equal(k[at], ids[:, t]):
+            raise HarnessError(f"{model_path}: table {t} lacks rows the samples use; build it with keep=used_rows(...)")
+        cols.append(at)
+    return np.stack(cols, axis=1)
+
+
+def synthesize_dataset(
+    out_dir: Path,
+    seed: int,
+    n: int,
+    model_path: Path,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    kept: Sequence[np.ndarray] | None = None,
+) -> dict[str, object]:
+    """Write ``n`` synthetic samples into ``out_dir``; return the facts written to dataset.json.
+    ``providers``: onnxruntime's, for labelling (CUDA for many rows). ``kept``: the model is a
+    labeller's (``build_model(keep=kept)``) holding rows ``kept[t]`` of table ``t``; each id is
+    looked up at its position there (every id the samples use must be kept: ``used_rows``)."""
+    import onnxruntime as ort
+
+    boundaries = _boundaries(n)
     sizes = model_table_sizes(model_path)
-    boundaries = np.concatenate([[0], np.cumsum(quantile_sizes(n))]).astype(np.int64)
     total = int(boundaries[-1])
     sess = ort.InferenceSession(str(model_path), providers=list(providers))
     clicks = 0
@@ -46,6 +79,8 @@ def synthesize_dataset(
         for start in range(0, total, CHUNK):
             block = synthetic_rows(seed, start, min(CHUNK, total - start), sizes)
             sample = transform_rows(block)
+            if kept is not None:
+                sample = {**sample, "indices": _positions(kept, sample["indices"], model_path)}
             pred = sess.run([OUTPUT], collate([sample]))[0].reshape(-1)
             block[:, 0] = pred > 0.5
             clicks += int(block[:, 0].sum())
