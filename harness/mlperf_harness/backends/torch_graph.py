@@ -143,30 +143,84 @@ class OnnxLSTM(nn.Module):
 
 
 class OnnxNMS(nn.Module):
-    """ONNX's NonMaxSuppression (corner boxes) with torchvision's batched NMS, one call per image,
-    classes as its groups: (K, 3) rows of image, class, box, by image, class, then falling score,
-    at most ``max_output_boxes_per_class`` per class, boxes scoring above ``score_threshold``."""
+    """ONNX's NonMaxSuppression (boxes as any two opposite corners) for every image and class in one
+    torchvision NMS: (K, 3) rows of image, class, box, by image, class, then falling score (equal
+    scores: the lower box first), at most ``max_output_boxes_per_class`` per class, boxes scoring
+    above ``score_threshold``. Each (image, class) group's boxes are moved apart by a whole offset,
+    in float64 so that the moved coordinates stay exact (an IoU as from the float32 boxes; float32
+    offsets would round them). Three waits for the GPU a call (the boxes over the threshold, NMS's
+    kept count, the per-class cut), whatever the batch; ``limits`` (max per class, IoU, threshold)
+    are the graph's constants read at conversion (``nms_limits``), else read at each call."""
+
+    def __init__(self, limits: tuple[int, float, float] | None = None) -> None:
+        super().__init__()
+        self.limits = limits
 
     def forward(
         self, boxes: Any, scores: Any, max_per_class: Any = None, iou: Any = None, threshold: Any = None
     ) -> Any:
-        from torchvision.ops import batched_nms
+        from torchvision.ops import nms
 
-        found = [boxes.new_empty((0, 3), dtype=torch.int64)]
-        most = int(max_per_class.item()) if max_per_class is not None else 0
+        most, iou_bound, floor = self.limits or _nms_limits(max_per_class, iou, threshold)
+        none = boxes.new_empty((0, 3), dtype=torch.int64)
         if most <= 0:
-            return found[0]
-        iou_bound = float(iou.item()) if iou is not None else 0.0
-        floor = float(threshold.item()) if threshold is not None else float("-inf")
-        for image in range(scores.shape[0]):
-            cls, box = (scores[image] > floor).nonzero(as_tuple=True)
-            kept = batched_nms(boxes[image, box], scores[image, cls, box], cls, iou_bound)  # falling score
-            order = torch.argsort(cls[kept], stable=True)  # by class, falling score within each
-            kept, kept_cls = kept[order], cls[kept][order]
-            rank = torch.arange(len(kept), device=kept.device) - torch.searchsorted(kept_cls, kept_cls)
-            kept, kept_cls = kept[rank < most], kept_cls[rank < most]
-            found.append(torch.stack([torch.full_like(kept_cls, image), kept_cls, box[kept]], dim=1))
-        return torch.cat(found)
+            return none
+        image, cls, box = (scores > floor).nonzero(as_tuple=True)  # wait: by image, class, then box
+        if not len(image):
+            return none
+        corners = boxes[image, box].double()
+        corners = torch.cat([torch.minimum(corners[:, :2], corners[:, 2:]), torch.maximum(corners[:, :2], corners[:, 2:])], 1)
+        group = image * scores.shape[1] + cls
+        span = (corners.max() - corners.min()).ceil() + 1  # on the device: no wait
+        kept = nms(corners + (group * span)[:, None], scores[image, cls, box].double(), iou_bound)  # falling score
+        kept = kept[torch.argsort(group[kept], stable=True)]  # by group, falling score within each
+        if most < scores.shape[2]:  # a class can have more boxes kept than the cap
+            in_group = group[kept]
+            rank = torch.arange(len(kept), device=kept.device) - torch.searchsorted(in_group, in_group)
+            kept = kept[rank < most]
+        return torch.stack([image[kept], cls[kept], box[kept]], dim=1)
+
+
+def _nms_limits(most: Any, iou: Any, threshold: Any) -> tuple[int, float, float]:
+    """NonMaxSuppression's optional scalar inputs as Python values (ONNX's defaults where absent)."""
+    return (
+        int(most.item()) if most is not None else 0,
+        float(iou.item()) if iou is not None else 0.0,
+        float(threshold.item()) if threshold is not None else float("-inf"),
+    )
+
+
+def _constant(model: Any, node: Any) -> Any:
+    """The tensor a graph node always gives (an initializer or a Constant), else None."""
+    from onnx2torch.node_converters.constant import OnnxConstant
+
+    if node.op == "get_attr":
+        return operator.attrgetter(str(node.target))(model)
+    if node.op == "call_module" and isinstance(m := model.get_submodule(str(node.target)), OnnxConstant):
+        return m.value
+    return None
+
+
+def nms_limits(model: Any) -> int:
+    """Read each ``OnnxNMS``'s max per class, IoU and threshold once, where the graph gives them as
+    constants, and drop them from its call (three reads back a call fewer on a GPU). Returns how many."""
+    done = 0
+    for node in list(model.graph.nodes):
+        if node.op != "call_module" or not isinstance(nms := model.get_submodule(str(node.target)), OnnxNMS):
+            continue
+        args = list(node.args[2:5])
+        given = [None if a is None else _constant(model, a) for a in args]
+        if node.kwargs or any(a is not None and v is None for a, v in zip(args, given, strict=True)):
+            continue  # computed in the graph: read at each call
+        given += [None] * (3 - len(given))
+        nms.limits = _nms_limits(*given)
+        node.args = node.args[:2]
+        done += 1
+    if done:
+        model.graph.eliminate_dead_code()
+        model.delete_all_unused_submodules()
+        model.recompile()
+    return done
 
 
 class InstanceNorm(nn.Module):
@@ -192,18 +246,64 @@ class InstanceNorm(nn.Module):
 
 
 class OnnxCompress(nn.Module):
-    """ONNX's Compress: the slices along ``axis`` (of the flattened input when None) whose condition
-    is true; a condition shorter than the axis selects among its first entries only."""
+    """ONNX's Compress: the slices along ``axis`` (of the flattened input when None) at ``keep``, the
+    indices where its condition is true (``true_indices``, one node per condition: a graph's Compress
+    nodes of one condition wait for the GPU once); a condition shorter than the axis selects among
+    its first entries only."""
 
     def __init__(self, axis: int | None) -> None:
         super().__init__()
         self.axis = axis
 
-    def forward(self, x: Any, condition: Any) -> Any:
-        keep = torch.nonzero(condition.reshape(-1).to(torch.bool)).reshape(-1)
+    def forward(self, x: Any, keep: Any) -> Any:
         if self.axis is None:
             return x.reshape(-1).index_select(0, keep)
         return x.index_select(self.axis, keep)
+
+
+def true_indices(condition: Any) -> Any:
+    """Where a condition is true, flattened (a wait for the GPU: its size is the data's)."""
+    return torch.nonzero(condition.reshape(-1).to(torch.bool)).reshape(-1)
+
+
+def share_conditions(model: Any) -> int:
+    """Give every ``OnnxCompress`` the indices of its condition from one ``true_indices`` node per
+    condition (ssd's post-processing compresses five tensors by one mask). Returns the conditions."""
+    shared: dict[Any, Any] = {}
+    for node in list(model.graph.nodes):
+        if node.op != "call_module" or not isinstance(model.get_submodule(str(node.target)), OnnxCompress):
+            continue
+        x, condition = node.args
+        if condition not in shared:
+            with model.graph.inserting_before(node):
+                shared[condition] = model.graph.call_function(true_indices, (condition,))
+        node.args = (x, shared[condition])
+    model.recompile()
+    return len(shared)
+
+
+class ConstantOfShape(nn.Module):
+    """ONNX's ConstantOfShape with its value read at conversion and its shape in one read (onnx2torch
+    reads its device buffer back at each call, and the shape one dimension at a time)."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.fill = value.item()
+        self.register_buffer("value", value.reshape(()).clone(), persistent=False)  # its device and dtype
+
+    def forward(self, shape: Any) -> Any:
+        return torch.full(shape.tolist(), self.fill, dtype=self.value.dtype, device=self.value.device)
+
+
+class ScatterND(nn.Module):
+    """ONNX's ScatterND (no reduction) indexed by the device tensors: onnx2torch reads the indices back
+    as a Python list (a wait, and a copy back to the device)."""
+
+    def forward(self, data: Any, indices: Any, updates: Any) -> Any:
+        out = data.clone()
+        where = indices.reshape(-1, indices.shape[-1]).unbind(1)
+        out[where] = updates.reshape(-1, *updates.shape[indices.dim() - 1 :])
+        return out
 
 
 def _compress_converter(node: Any, graph: Any) -> Any:
@@ -311,12 +411,18 @@ def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
             model.get_submodule(node.unique_name).reverse = bool(node.attributes.get("reverse", 0))
         elif node.operation_type == "NonMaxSuppression" and not node.attributes.get("center_point_box", 0):
             model.set_submodule(node.unique_name, OnnxNMS())
+        elif node.operation_type == "ConstantOfShape":
+            model.set_submodule(node.unique_name, ConstantOfShape(model.get_submodule(node.unique_name).value))
+        elif node.operation_type == "ScatterND":
+            model.set_submodule(node.unique_name, ScatterND())
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats:
             model.set_submodule(name, InstanceNorm(m))
     graph.eliminate_dead_code()
     model.delete_all_unused_submodules()
     model.recompile()
+    nms_limits(model)
+    share_conditions(model)
     return model
 
 
@@ -476,10 +582,13 @@ class HostShape(nn.Module):
 def _host_readers() -> dict[type, set[int | str]]:
     """onnx2torch modules that read these arguments as Python values (``tolist``, ``item``,
     iteration): a host tensor there costs nothing, a device one a wait for the GPU."""
-    from onnx2torch.node_converters import pad, reshape, slice, split, squeeze, unsqueeze
+    from onnx2torch.node_converters import cumsum, pad, reshape, slice, split, squeeze, topk, unsqueeze
     from onnx2torch.node_converters.range import OnnxRange
 
     return {
+        topk.OnnxTopK: {1, "k"},
+        cumsum.OnnxCumSum: {1, "axis"},
+        ConstantOfShape: {0, "shape"},  # its output is on the device
         reshape.OnnxReshape: {1, "shape"},
         slice.OnnxSlice: {1, 2, 3, 4, "starts", "ends", "axes", "steps"},
         squeeze.OnnxSqueezeDynamicAxes: {1, "axes"},
@@ -501,9 +610,9 @@ def host_values(model: Any) -> set[Any]:
     from onnx2torch.node_converters.shape import OnnxShape
 
     readers = _host_readers()
-    # Computed on the host when every input is there (Range makes a device tensor).
+    # Computed on the host when every input is there (Range and ConstantOfShape make device tensors).
     arithmetic = (gather.OnnxGather, concat.OnnxConcat, cast.OnnxCast, binary_math_operations.OnnxBinaryMathOperation)
-    arithmetic += tuple(c for c in readers if c is not OnnxRange)
+    arithmetic += tuple(c for c in readers if c not in (OnnxRange, ConstantOfShape))
 
     def module(node: Any) -> Any:
         return model.get_submodule(str(node.target)) if node.op == "call_module" else None
