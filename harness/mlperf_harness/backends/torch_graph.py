@@ -28,7 +28,9 @@ from __future__ import annotations
 import operator
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import HarnessError
 from .base import ModelBackend, Tensors, TensorSpec, pick_outputs
@@ -169,7 +172,8 @@ class OnnxNMS(nn.Module):
         if not len(image):
             return none
         corners = boxes[image, box].double()
-        corners = torch.cat([torch.minimum(corners[:, :2], corners[:, 2:]), torch.maximum(corners[:, :2], corners[:, 2:])], 1)
+        low, high = corners[:, :2], corners[:, 2:]
+        corners = torch.cat([torch.minimum(low, high), torch.maximum(low, high)], 1)
         group = image * scores.shape[1] + cls
         span = (corners.max() - corners.min()).ceil() + 1  # on the device: no wait
         kept = nms(corners + (group * span)[:, None], scores[image, cls, box].double(), iou_bound)  # falling score
@@ -622,7 +626,7 @@ def host_values(model: Any) -> set[Any]:
         return model.get_submodule(owner), name
 
     def inputs_there(node: Any) -> bool:  # Shape reads only its input's shape
-        return isinstance(module(node), OnnxShape) or all(i in host for i in node.all_input_nodes)
+        return isinstance(module(node), OnnxShape | HostShape) or all(i in host for i in node.all_input_nodes)
 
     host: set[Any] = set()
     for node in model.graph.nodes:
@@ -630,7 +634,7 @@ def host_values(model: Any) -> set[Any]:
             value = getattr(*attribute(node))
             if isinstance(value, torch.Tensor) and not value.is_floating_point() and value.numel() <= 64:
                 host.add(node)
-        elif isinstance(module(node), (OnnxShape, *arithmetic)) and inputs_there(node):
+        elif isinstance(module(node), (OnnxShape, HostShape, *arithmetic)) and inputs_there(node):
             host.add(node)
 
     def read_on_host(value: Any, user: Any) -> bool:
@@ -660,18 +664,171 @@ def host_shape_arithmetic(model: Any) -> int:
     return len(host)
 
 
-def host_sync(model: Any, inputs: Sequence[Any]) -> str:
-    """Why a call of ``model`` cannot be captured in a CUDA graph: the first operation in it that
-    waits for the GPU (onnx2torch reads shapes and values back: Shape, Range, Reshape by a tensor,
-    non-max suppression); "" where none does."""
+# --- split capture: a CUDA graph up to the first wait, the rest eagerly --------------------------
+@contextmanager
+def gpu_waits() -> Iterator[None]:
+    """Within: an operation that waits for the GPU raises (torch's sync debug mode)."""
     torch.cuda.set_sync_debug_mode("error")
     try:
-        model(*inputs)
-    except RuntimeError as exc:
-        return str(exc).splitlines()[0][:160]
+        yield
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    return ""
+
+
+WAITING_OPS = (  # a value read back, or an output sized by the data
+    *("aten.nonzero", "aten.masked_select", "aten._unique", "aten.unique", "aten._local_scalar_dense", "aten.item"),
+    *("aten.is_nonzero", "aten.equal", "aten.repeat_interleave.Tensor", "torchvision.nms"),
+)
+
+
+class WouldWait(TorchDispatchMode):
+    """The CPU's stand-in for ``gpu_waits`` (tests and counts; no GPU path uses it): ``on_wait(op,
+    args)`` at each operation that waits for a GPU where its tensors are on one: a value read back
+    (item, a tensor as a Python number or bool), an output sized by the data (nonzero, a boolean
+    mask's selection, unique, NMS). The default raises. Not seen at this level: ``tolist`` (a list
+    read back), and whether a value read lives on the host on a GPU (``host_values``)."""
+
+    def __init__(self, on_wait: Callable[[str, Any], None] | None = None) -> None:
+        super().__init__()
+        self.on_wait = on_wait or self._raise
+
+    @staticmethod
+    def _raise(op: str, args: Any) -> None:
+        raise RuntimeError(f"{op} would wait for the GPU")
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        op = str(func)
+        indices = list(args[1]) if op.startswith(("aten.index.", "aten.index_put")) else []
+        masks = any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+        if masks or op.startswith(WAITING_OPS):
+            self.on_wait(op, args)
+        return func(*args, **(kwargs or {}))
+
+
+def count_waits(model: Any, inputs: Sequence[Any]) -> dict[str, int]:
+    """The waits for the GPU a call of ``model`` would have, per node, counted on the CPU
+    (``WouldWait`` and ``tolist``), but for the values a GPU keeps on the host: reads inside a node
+    whose arguments read as Python values (``_host_readers``) are all such values (``host_values``).
+    An estimate for tests and reports (a library's own waits inside an op, as NMS's, count as one);
+    on a GPU, torch's sync debug mode counts them."""
+    from torch.overrides import TorchFunctionMode
+
+    host, readers = host_values(model), _host_readers()
+    counts: dict[str, int] = {}
+    current: list[Any] = [None]
+
+    def reads_host(node: Any) -> bool:
+        module = model.get_submodule(str(node.target)) if node.op == "call_module" else None
+        wanted = readers.get(type(module))
+        if wanted is None:
+            return False
+        args = [a for i, a in enumerate(node.args) if i in wanted] + [v for k, v in node.kwargs.items() if k in wanted]
+        return all(a in host for a in args if isinstance(a, torch.fx.Node))
+
+    def wait(op: str, args: Any) -> None:
+        node = current[0]
+        read = op.startswith(("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal", "tolist"))
+        if not read or not reads_host(node):
+            counts[node.name] = counts.get(node.name, 0) + 1
+
+    class Lists(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func is torch.Tensor.tolist:
+                wait("tolist", args)
+            return func(*args, **(kwargs or {}))
+
+    class Counter(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            current[0] = n
+            return super().run_node(n)
+
+    with torch.inference_mode(), Lists(), WouldWait(wait):
+        Counter(model).run(*inputs)
+    return counts
+
+
+def first_wait(model: Any, inputs: Sequence[Any], detect: Any) -> tuple[str, str]:
+    """The node of ``model`` (an fx.GraphModule) during which a call on ``inputs`` first waits for
+    the GPU, and the wait's message; ("", "") where none does. ``detect``: a context in which a wait
+    raises (``gpu_waits()``; on the CPU, ``WouldWait()``)."""
+    current = [""]
+
+    class Tracker(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            current[0] = n.name
+            return super().run_node(n)
+
+    try:
+        with detect:
+            Tracker(model).run(*inputs)
+    except RuntimeError as exc:
+        return current[0], str(exc).splitlines()[0][:160]
+    return "", ""
+
+
+@dataclass
+class Split:
+    """A graph cut before ``at``, its first node that waits for the GPU: ``prefix`` (the graph's
+    inputs -> the values the rest uses) is captured in CUDA graphs, ``suffix`` (those values -> the
+    graph's outputs) runs eagerly; ``ops``: how many operations each has."""
+
+    prefix: Any
+    suffix: Any
+    at: str
+    ops: tuple[int, int]
+
+    def describe(self) -> str:
+        return f"CUDA graph up to {self.at} ({self.ops[0]} ops), eagerly from there ({self.ops[1]} ops)"
+
+
+def split_at(model: Any, name: str) -> Split | None:
+    """``model`` cut before its node ``name``: the prefix is every node before it in the graph's
+    order (none of them ran into a wait before it), returning the values that later nodes use
+    (constants are read in the suffix itself); None where no operation comes before it."""
+    nodes = list(model.graph.nodes)
+    cut = next(i for i, n in enumerate(nodes) if n.name == name)
+    before = set(nodes[:cut])
+
+    def ops(part: Sequence[Any]) -> int:
+        return sum(n.op in ("call_module", "call_function", "call_method") for n in part)
+
+    if not ops(nodes[:cut]):
+        return None
+    carried = [n for n in nodes[:cut] if n.op != "get_attr" and any(u not in before for u in n.users)]
+    prefix = torch.fx.Graph()
+    env: dict[Any, Any] = {}
+    for n in nodes[:cut]:
+        env[n] = prefix.node_copy(n, env.__getitem__)
+    prefix.output(tuple(env[n] for n in carried))
+    prefix.eliminate_dead_code()
+    suffix = torch.fx.Graph()
+    env = {n: suffix.placeholder(n.name) for n in carried}
+    for n in nodes[cut:]:
+        for arg in n.all_input_nodes:
+            if arg not in env:  # a constant before the cut
+                env[arg] = suffix.node_copy(arg, env.__getitem__)
+        env[n] = suffix.node_copy(n, env.__getitem__)
+    halves = torch.fx.GraphModule(model, prefix), torch.fx.GraphModule(model, suffix)
+    return Split(*halves, name, (ops(list(prefix.nodes)), ops(nodes[cut:])))
+
+
+def batch_rows(prefix: Any, inputs: Sequence[Any]) -> tuple[bool | None, ...]:
+    """How each of the prefix's outputs follows the batch, from the prefix run on one row and on two
+    of the inputs' first row: True, it leads with the batch (a padded batch's are cut to its rows
+    before the suffix); False, the same for any batch; None, it differs otherwise (a padded batch
+    would change it: batches are then not padded)."""
+    one = prefix(*(x[:1] for x in inputs))
+    two = prefix(*(torch.cat([x[:1], x[:1]]) for x in inputs))
+    rows: list[bool | None] = []
+    for a, b in zip(one, two, strict=True):
+        tensors = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        if tensors and a.dim() and (len(a), len(b)) == (1, 2) and a.shape[1:] == b.shape[1:]:
+            rows.append(True)
+        elif torch.equal(a, b) if tensors else isinstance(a, int | float | bool) and a == b:
+            rows.append(False)
+        else:
+            rows.append(None)
+    return tuple(rows)
 
 
 # --- the backend ------------------------------------------------------------------------------
@@ -711,6 +868,11 @@ class TorchGraphBackend(ModelBackend):
         self.attention = 0  # attention blocks fused (on a GPU)
         self.on_host = 0  # values of the shape arithmetic kept on the host (on a GPU)
         self.eager_reason = ""  # why a graph with fixed shapes still runs without CUDA graphs
+        # MLPERF_TORCH_SPLIT=0: a graph that waits for the GPU runs wholly eagerly (no split capture).
+        self.split_graphs = os.environ.get("MLPERF_TORCH_SPLIT", "1") != "0"
+        self.split: Split | None = None  # the graph cut at its first wait: its prefix captured (on a GPU)
+        self._rows: tuple[bool, ...] = ()  # which of the prefix's outputs lead with the batch
+        self._pad = True  # batches padded to their bucket (not where a prefix output depends on the batch size)
         self.fused = 0  # convolutions fused with their bias and ReLU (on a GPU)
         self.gathers = 0  # gathers at a constant index made selects (on a GPU)
         self._formats: dict[str, Any] = {}  # input -> its memory format on the GPU (channels-last)
@@ -816,13 +978,17 @@ class TorchGraphBackend(ModelBackend):
                 outs = self._model(*(self._upload(s, b) for s, b in zip(self._ins, batch, strict=True)))
             return {name: _numpy(o) for name, o in zip(self._names, outs, strict=True)}
         with torch.cuda.device(self._dev), torch.cuda.stream(self._stream), torch.inference_mode():
-            captured = self._graph_for(signature(batch, batch_bucket(n, self._batch))) if self.graphed else None
-            if captured is not None:
+            bucket = batch_bucket(n, self._batch) if self._pad else n
+            captured = self._graph_for(signature(batch, bucket)) if self.graphed else None
+            if captured is not None and (self._pad or len(captured[1][0]) == n):  # the first capture may stop padding
                 graph, static_in, static_out = captured
                 for s, b, x in zip(self._ins, batch, static_in, strict=True):
                     self._upload(s, b, x)
                 graph.replay()
-                outs = tuple(o[:n] for o in static_out)
+                if self.split is None:
+                    outs = tuple(o[:n] for o in static_out)
+                else:  # the rest of the graph, eagerly on the prefix's outputs (before the next replay)
+                    outs = self.split.suffix(*(o[:n] if r else o for o, r in zip(static_out, self._rows, strict=True)))
             else:
                 outs = self._model(*(self._upload(s, b) for s, b in zip(self._ins, batch, strict=True)))
             host = [self._host(f"out:{i}", o.shape, o.dtype).copy_(o, non_blocking=True) for i, o in enumerate(outs)]
@@ -860,8 +1026,11 @@ class TorchGraphBackend(ModelBackend):
 
     def _capture(self, key: Signature) -> Captured | None:
         """A CUDA graph of the model on static inputs of the shapes ``key``, captured on this
-        instance's own stream; None, ``eager_reason`` set, where the model waits for the GPU
-        during a call. Untested on a GPU for shapes other than a batch bucket of fixed shapes."""
+        instance's own stream. The first capture checks whether a call waits for the GPU: if it does,
+        the graph is cut before the first wait (``split``: its prefix captured, the rest run eagerly
+        on the prefix's outputs), or, with ``MLPERF_TORCH_SPLIT=0`` or nothing before the wait, None
+        from now on, ``eager_reason`` set. Untested on a GPU: shapes other than a batch bucket of
+        fixed shapes, and the split capture (its parts are tested on the CPU)."""
         static_in = []
         for s, shape in zip(self._ins, key, strict=True):
             dtype = np.dtype(s.dtype)
@@ -875,21 +1044,40 @@ class TorchGraphBackend(ModelBackend):
             side.wait_stream(torch.cuda.current_stream(self._dev))
             with torch.cuda.stream(side):
                 for _ in range(3):  # cuDNN's choices and allocations happen outside the graph
-                    self._model(*static_in)
+                    (self.split.prefix if self.split else self._model)(*static_in)
                 # Checked at the first capture (the warm-up's, on the loading thread): the check sets a
                 # process-wide mode that a later capture, during the run, would impose on other instances.
-                if not self._graphs:
-                    self.eager_reason = host_sync(self._model, static_in)
+                if not self._graphs and self.split is None:
+                    self._check_waits(static_in)
             torch.cuda.current_stream(self._dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
+            run = self.split.prefix if self.split else self._model
             try:
-                if not self.eager_reason:
+                if not self.eager_reason or self.split:
                     # thread_local: a capture during the run must not fail other instances' threads.
                     with torch.cuda.graph(graph, stream=self._capture_stream, capture_error_mode="thread_local"):
-                        static_out = tuple(self._model(*static_in))
+                        static_out = tuple(run(*static_in))
             except RuntimeError as exc:  # an op the check did not see (the capture says which)
+                self.split = None
                 self.eager_reason = f"capture failed: {str(exc).splitlines()[0][:160]}"
-        return None if self.eager_reason else (graph, static_in, static_out)
+        return None if self.eager_reason and not self.split else (graph, static_in, static_out)
+
+    def _check_waits(self, static_in: Sequence[Any]) -> None:
+        """Whether a call waits for the GPU; where it does, the split (``MLPERF_TORCH_SPLIT``) or
+        ``eager_reason``, said on stderr with what is graphed and what is not."""
+        at, wait = first_wait(self._model, static_in, gpu_waits())
+        if not at:
+            return
+        split = split_at(self._model, at) if self.split_graphs else None
+        if split is None:
+            self.eager_reason = wait
+            return
+        for _ in range(3):  # the prefix alone: cuDNN's choices for the capture
+            split.prefix(*static_in)
+        rows = batch_rows(split.prefix, static_in)
+        self.split, self._rows, self._pad = split, tuple(r is True for r in rows), None not in rows
+        self.eager_reason = f"{split.describe()}: {wait}" + ("" if self._pad else "; batches not padded")
+        sys.stderr.write(f"pytorch: {self._file}: {self.eager_reason}\n")
 
     # --- device tensors: a caller's own loop on the device -------------------------------------
     def tensor_device(self) -> tuple[Any, Any] | None:
@@ -911,13 +1099,14 @@ class TorchGraphBackend(ModelBackend):
 
     def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
         """With CUDA graphs, capture the warm-up batch's shapes at every batch bucket now (on the
-        loading thread, before the timed run); a model with dynamic dimensions, whose batches come
-        in other shapes (a benchmark's sequence buckets), only at the warm-up batch's own bucket:
-        that finds a model that cannot be captured, and its batches' shapes are captured at their
-        first batch. Otherwise run the feeds."""
+        loading thread, before the timed run); a model whose inputs have dynamic dimensions, whose
+        batches come in other shapes (a benchmark's sequence buckets), only at the warm-up batch's
+        own bucket: that finds a model that cannot be captured, and its batches' shapes are
+        captured at their first batch. Otherwise run the feeds."""
         batch = self._feeds(feeds)
         buckets = {batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}
-        for n in [batch_bucket(len(batch[0]), self._batch)] if self._dynamic else sorted(buckets):
+        ragged = any(s.ragged for s in self._ins)  # ssd's ragged outputs come from a prefix of fixed shapes
+        for n in [batch_bucket(len(batch[0]), self._batch)] if ragged else sorted(buckets):
             if not self.graphed or self._graph_for(signature(batch, n)) is None:
                 break
         if not self.graphed:
