@@ -682,11 +682,11 @@ WAITING_OPS = (  # a value read back, or an output sized by the data
 
 
 class WouldWait(TorchDispatchMode):
-    """The CPU's stand-in for ``gpu_waits`` (tests and counts; no GPU path uses it): ``on_wait(op,
-    args)`` at each operation that waits for a GPU where its tensors are on one: a value read back
-    (item, a tensor as a Python number or bool), an output sized by the data (nonzero, a boolean
-    mask's selection, unique, NMS). The default raises. Not seen at this level: ``tolist`` (a list
-    read back), and whether a value read lives on the host on a GPU (``host_values``)."""
+    """The CPU's stand-in for ``gpu_waits`` (tests and counts, through ``_run_waiting``; no GPU path
+    uses it): ``on_wait(op, args)`` at each operation that waits for a GPU where its tensors are on
+    one: a value read back (item, a tensor as a Python number or bool), an output sized by the data
+    (nonzero, a boolean mask's selection, unique, NMS). The default raises. Not seen at this level:
+    ``tolist`` (a list read back), and whether a value read lives on the host on a GPU."""
 
     def __init__(self, on_wait: Callable[[str, Any], None] | None = None) -> None:
         super().__init__()
@@ -705,16 +705,13 @@ class WouldWait(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_waits(model: Any, inputs: Sequence[Any]) -> dict[str, int]:
-    """The waits for the GPU a call of ``model`` would have, per node, counted on the CPU
-    (``WouldWait`` and ``tolist``), but for the values a GPU keeps on the host: reads inside a node
-    whose arguments read as Python values (``_host_readers``) are all such values (``host_values``).
-    An estimate for tests and reports (a library's own waits inside an op, as NMS's, count as one);
-    on a GPU, torch's sync debug mode counts them."""
+def _run_waiting(model: Any, inputs: Sequence[Any], on_wait: Callable[[Any, str], None]) -> None:
+    """Run ``model`` on the CPU, ``on_wait(node, op)`` at each wait a GPU would have (``WouldWait``
+    and ``tolist``) but for reads of the values a GPU keeps on the host (``host_values``): those
+    inside such a node, or a node whose arguments read as Python values (``_host_readers``) all are."""
     from torch.overrides import TorchFunctionMode
 
     host, readers = host_values(model), _host_readers()
-    counts: dict[str, int] = {}
     current: list[Any] = [None]
 
     def reads_host(node: Any) -> bool:
@@ -726,10 +723,9 @@ def count_waits(model: Any, inputs: Sequence[Any]) -> dict[str, int]:
         return all(a in host for a in args if isinstance(a, torch.fx.Node))
 
     def wait(op: str, args: Any) -> None:
-        node = current[0]
         read = op.startswith(("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal", "tolist"))
-        if not read or not reads_host(node):
-            counts[node.name] = counts.get(node.name, 0) + 1
+        if not read or not (current[0] in host or reads_host(current[0])):
+            on_wait(current[0], op)
 
     class Lists(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -737,21 +733,38 @@ def count_waits(model: Any, inputs: Sequence[Any]) -> dict[str, int]:
                 wait("tolist", args)
             return func(*args, **(kwargs or {}))
 
-    class Counter(torch.fx.Interpreter):
+    class Tracker(torch.fx.Interpreter):
         def run_node(self, n: Any) -> Any:
             current[0] = n
             return super().run_node(n)
 
     with torch.inference_mode(), Lists(), WouldWait(wait):
-        Counter(model).run(*inputs)
+        Tracker(model).run(*inputs)
+
+
+def count_waits(model: Any, inputs: Sequence[Any]) -> dict[str, int]:
+    """The waits for the GPU a call of ``model`` would have, per node, counted on the CPU
+    (``_run_waiting``). An estimate for tests and reports (a library's own waits inside an op, as
+    NMS's, count as one; a node's reads as many as it makes, host values among them or not); on a
+    GPU, torch's sync debug mode counts them."""
+    counts: dict[str, int] = {}
+
+    def count(node: Any, op: str) -> None:
+        counts[node.name] = counts.get(node.name, 0) + 1
+
+    _run_waiting(model, inputs, count)
     return counts
 
 
-def first_wait(model: Any, inputs: Sequence[Any], detect: Any) -> tuple[str, str]:
+def first_wait(model: Any, inputs: Sequence[Any], detect: Any = None) -> tuple[str, str]:
     """The node of ``model`` (an fx.GraphModule) during which a call on ``inputs`` first waits for
     the GPU, and the wait's message; ("", "") where none does. ``detect``: a context in which a wait
-    raises (``gpu_waits()``; on the CPU, ``WouldWait()``)."""
+    raises (``gpu_waits()``); None: on the CPU, what would wait on a GPU (``_run_waiting``)."""
     current = [""]
+
+    def stop(node: Any, op: str) -> None:
+        current[0] = node.name
+        raise RuntimeError(f"{op} would wait for the GPU")
 
     class Tracker(torch.fx.Interpreter):
         def run_node(self, n: Any) -> Any:
@@ -759,8 +772,11 @@ def first_wait(model: Any, inputs: Sequence[Any], detect: Any) -> tuple[str, str
             return super().run_node(n)
 
     try:
-        with detect:
-            Tracker(model).run(*inputs)
+        if detect is None:
+            _run_waiting(model, inputs, stop)
+        else:
+            with detect:
+                Tracker(model).run(*inputs)
     except RuntimeError as exc:
         return current[0], str(exc).splitlines()[0][:160]
     return "", ""
@@ -800,7 +816,6 @@ def split_at(model: Any, name: str) -> Split | None:
     for n in nodes[:cut]:
         env[n] = prefix.node_copy(n, env.__getitem__)
     prefix.output(tuple(env[n] for n in carried))
-    prefix.eliminate_dead_code()
     suffix = torch.fx.Graph()
     env = {n: suffix.placeholder(n.name) for n in carried}
     for n in nodes[cut:]:
@@ -808,8 +823,11 @@ def split_at(model: Any, name: str) -> Split | None:
             if arg not in env:  # a constant before the cut
                 env[arg] = suffix.node_copy(arg, env.__getitem__)
         env[n] = suffix.node_copy(n, env.__getitem__)
-    halves = torch.fx.GraphModule(model, prefix), torch.fx.GraphModule(model, suffix)
-    return Split(*halves, name, (ops(list(prefix.nodes)), ops(nodes[cut:])))
+    head, tail = torch.fx.GraphModule(model, prefix), torch.fx.GraphModule(model, suffix)
+    head.graph.eliminate_dead_code()  # nodes that only the rest used
+    head.delete_all_unused_submodules()
+    head.recompile()
+    return Split(head, tail, name, (ops(list(head.graph.nodes)), ops(nodes[cut:])))
 
 
 def batch_rows(prefix: Any, inputs: Sequence[Any]) -> tuple[bool | None, ...]:
@@ -1064,8 +1082,9 @@ class TorchGraphBackend(ModelBackend):
 
     def _check_waits(self, static_in: Sequence[Any]) -> None:
         """Whether a call waits for the GPU; where it does, the split (``MLPERF_TORCH_SPLIT``) or
-        ``eager_reason``, said on stderr with what is graphed and what is not."""
-        at, wait = first_wait(self._model, static_in, gpu_waits())
+        ``eager_reason``, said on stderr with what is graphed and what is not. On the CPU (tests),
+        what would wait on a GPU."""
+        at, wait = first_wait(self._model, static_in, gpu_waits() if self.on_gpu else None)
         if not at:
             return
         split = split_at(self._model, at) if self.split_graphs else None
