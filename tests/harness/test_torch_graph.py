@@ -480,6 +480,22 @@ def test_graphs_need_every_input_to_lead_with_the_batch(models: dict[str, Path])
     assert reason("bert") == reason("rnnt.encoder") == reason("ssd-resnet34") == ""
 
 
+def test_a_graph_of_batch_1_is_captured_at_batch_1(tmp_path: Path) -> None:
+    """A graph whose input's first dimension is 1 (the official ssd-resnet34's) with ragged outputs:
+    CUDA graphs still (its calls have one row, never padded), warmed up at batch 1 only."""
+    from mlperf_harness.backends.torch_graph import TorchGraphBackend, batch_axis_reason, graph_inputs
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [3, "n"])
+    path = _onnx(tmp_path / "one.onnx", helper.make_node("NonZero", ["x"], ["y"]), [x], [y])
+    assert batch_axis_reason(graph_inputs(onnx.load(str(path)).graph)) == ""
+    pt = TorchGraphBackend()
+    pt.load(path, 8, "fp32")
+    asked = _fake_capture(pt)
+    pt.warmup({"x": np.ones((1, 3, 4), np.float32)})
+    assert asked == [((1, 3, 4),)]
+
+
 def _nms_case(images: int = 3, classes: int = 4, boxes: int = 40) -> dict[str, np.ndarray]:
     """Boxes and scores for NonMaxSuppression: overlapping boxes, some as (x2, y2, x1, y1) (ONNX
     takes any two opposite corners), equal scores within a class (ties), an image with no score over

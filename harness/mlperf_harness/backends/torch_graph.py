@@ -65,12 +65,21 @@ def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 def batch_axis_reason(inputs: Sequence[onnx.ValueInfoProto]) -> str:
     """Why CUDA graphs cannot pad this graph's batches to a bucket: an input whose first dimension is
     a fixed size, not the batch (dlrm's (26, rows) offsets); "" when every input leads with a
-    dynamic dimension."""
+    dynamic dimension, or every one with 1 (a graph of batch 1, as the official ssd-resnet34's: its
+    calls have one row, never padded: ``one_row``)."""
+    if one_row(inputs):
+        return ""
     for value in inputs:
         dims = value.type.tensor_type.shape.dim
         if dims and dims[0].dim_value:
             return f"input {value.name}'s first dimension is {dims[0].dim_value}, not the batch"
     return ""
+
+
+def one_row(inputs: Sequence[onnx.ValueInfoProto]) -> bool:
+    """Whether every input's first dimension is a fixed 1 (a graph of batch 1)."""
+    firsts = [d[0].dim_value if (d := v.type.tensor_type.shape.dim) else 0 for v in inputs]
+    return bool(firsts) and all(f == 1 for f in firsts)
 
 
 def signature(batch: Sequence[np.ndarray], bucket: int) -> Signature:
@@ -885,7 +894,7 @@ class TorchGraphBackend(ModelBackend):
         self.fuse_attention = os.environ.get("MLPERF_TORCH_ATTENTION", "1") != "0"
         self.attention = 0  # attention blocks fused (on a GPU)
         self.on_host = 0  # values of the shape arithmetic kept on the host (on a GPU)
-        self.eager_reason = ""  # why a graph with fixed shapes still runs without CUDA graphs
+        self.eager_reason = ""  # why the graph, or its part from its first wait (``split``), runs eagerly on a GPU
         # MLPERF_TORCH_SPLIT=0: a graph that waits for the GPU runs wholly eagerly (no split capture).
         self.split_graphs = os.environ.get("MLPERF_TORCH_SPLIT", "1") != "0"
         self.split: Split | None = None  # the graph cut at its first wait: its prefix captured (on a GPU)
@@ -901,6 +910,7 @@ class TorchGraphBackend(ModelBackend):
         self._names: list[str] = []
         self._batch = 1
         self._dynamic = False  # a dimension past the batch varies (the graph's inputs or outputs)
+        self._one_row = False  # every input's first dimension is 1 (the official ssd-resnet34's)
         self.graphed = False  # CUDA graphs per input-shape signature (on a GPU)
         self.max_graphs = MAX_GRAPHS
         self.eager_shapes = 0  # calls run eagerly because every graph slot was taken
@@ -943,6 +953,7 @@ class TorchGraphBackend(ModelBackend):
                 m.flatten_parameters()  # cuDNN's RNN takes its weights as one block
         self._model = model
         self._dynamic = any(s.ragged for s in (*self._ins, *self._outs))
+        self._one_row = one_row(graph_inputs(proto.graph))  # its calls take one row: graphs of batch 1 only
         if self.on_gpu and self.use_graphs:
             # Dynamic dimensions get a graph per shape their batches have, when the batch leads.
             self.eager_reason = batch_axis_reason(graph_inputs(proto.graph)) if self._dynamic else ""
@@ -1123,7 +1134,7 @@ class TorchGraphBackend(ModelBackend):
         own bucket: that finds a model that cannot be captured, and its batches' shapes are
         captured at their first batch. Otherwise run the feeds."""
         batch = self._feeds(feeds)
-        buckets = {batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}
+        buckets = {1} if self._one_row else {batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}
         ragged = any(s.ragged for s in self._ins)  # ssd's ragged outputs come from a prefix of fixed shapes
         for n in [batch_bucket(len(batch[0]), self._batch)] if ragged else sorted(buckets):
             if not self.graphed or self._graph_for(signature(batch, n)) is None:
