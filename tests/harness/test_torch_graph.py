@@ -689,6 +689,34 @@ def test_the_backend_splits_where_a_call_waits(models: dict[str, Path], monkeypa
     assert bert.split is None and not bert.eager_reason
 
 
+def test_an_early_wait_leaves_the_graph_eager(tmp_path: Path) -> None:
+    """A graph whose first wait comes after fewer ops than follow it (1 before, 4 from it on) is not
+    split: its captures, one per shape, would cost more than the prefix saves."""
+    import torch
+    from mlperf_harness.backends.torch_graph import TorchGraphBackend
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("NonZero", ["r"], ["nz"]),
+        helper.make_node("Transpose", ["nz"], ["t"]),
+        helper.make_node("Neg", ["t"], ["n"]),
+        helper.make_node("Abs", ["n"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "early",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["k", 2])],
+    )
+    path = tmp_path / "early.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    pt = TorchGraphBackend()
+    pt.load(path, 2, "fp32")
+    with torch.inference_mode():
+        pt._check_waits([torch.ones(2, 4)])
+    assert pt.split is None and pt.eager_reason.endswith("would wait for the GPU (after 1 of 5 ops)")
+
+
 def _gpu() -> Any:
     import torch
 

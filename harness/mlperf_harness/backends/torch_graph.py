@@ -9,18 +9,22 @@ stream, and one CUDA graph per input-shape signature (``signature``: the batch b
 of the dynamic dimensions a benchmark's batches have, as bert's sequence lengths trimmed to a few
 buckets), at most ``MAX_GRAPHS`` per instance, a new shape past them running eagerly. Graphs whose
 inputs do not all lead with the batch (dlrm's (26, rows) offsets: ``batch_axis_reason``) run
-eagerly, and so do those whose call waits for the GPU (rnnt's encoder reads its lengths back, ssd's
-detections are data-sized), ``eager_reason`` saying why (onnx2torch reads shapes, axes and sizes
-back as Python values: ``host_shape_arithmetic`` keeps those on the host first). BERT's attention
-is fused on a GPU (``fuse_attention``). The GPU part ran on H200s (BENCHMARKS.md), except what
+eagerly. A graph whose call waits for the GPU (ssd's detections are data-sized, rnnt's encoder
+reads its lengths back) is cut before its first wait (``split_at``): the part before it captured,
+the rest run eagerly on its outputs, where the part before has at least as many ops as the rest;
+``eager_reason`` says where and why (onnx2torch reads shapes, axes and sizes back as Python values:
+``host_shape_arithmetic`` keeps those on the host first). BERT's attention is fused on a GPU
+(``fuse_attention``). The GPU part ran on H200s (BENCHMARKS.md), except what
 came after the last run there (2026-12-04): capture per signature rather than per batch bucket of
-fixed shapes (bert's trimmed lengths), whose bookkeeping only the CPU tests cover.
+fixed shapes (bert's trimmed lengths), whose bookkeeping only the CPU tests cover, and the split
+capture and batched NMS (session 8: their parts tested on the CPU, the capture not yet on a GPU).
 
 onnx2torch has no LSTM converter (rnnt) nor Compress (ssd's batched post-processing): both are
 registered here (LSTM forward, one direction, the sequence lengths through a packed sequence); its
 CumSum reverses a sum whose ``reverse`` attribute is absent, which ``convert`` corrects; its
 NonMaxSuppression, a Python loop over images and classes reading each kept box back on its own,
-is replaced by one batched NMS per image (``OnnxNMS``).
+is replaced by one NMS for the whole batch (``OnnxNMS``), and its ConstantOfShape and ScatterND,
+which read values back, by ``ConstantOfShape`` and ``ScatterND``.
 """
 
 from __future__ import annotations
@@ -1092,15 +1096,18 @@ class TorchGraphBackend(ModelBackend):
         return None if self.eager_reason and not self.split else (graph, static_in, static_out)
 
     def _check_waits(self, static_in: Sequence[Any]) -> None:
-        """Whether a call waits for the GPU; where it does, the split (``MLPERF_TORCH_SPLIT``) or
-        ``eager_reason``, said on stderr with what is graphed and what is not. On the CPU (tests),
-        what would wait on a GPU."""
+        """Whether a call waits for the GPU; where it does, the split (``MLPERF_TORCH_SPLIT``; where
+        the part before the first wait has at least as many ops as the rest) or ``eager_reason``,
+        said on stderr with what is graphed and what is not. On the CPU (tests), what would wait on
+        a GPU."""
         at, wait = first_wait(self._model, static_in, gpu_waits() if self.on_gpu else None)
         if not at:
             return
         split = split_at(self._model, at) if self.split_graphs else None
-        if split is None:
-            self.eager_reason = wait
+        if split is None or split.ops[0] < split.ops[1]:
+            # A prefix of fewer ops than the rest (rnnt's encoder waits at its LSTM) saves less than
+            # its captures, one per shape, cost.
+            self.eager_reason = wait if split is None else f"{wait} (after {split.ops[0]} of {sum(split.ops)} ops)"
             return
         for _ in range(3):  # the prefix alone: cuDNN's choices for the capture
             split.prefix(*static_in)
