@@ -1061,8 +1061,8 @@ class TorchGraphBackend(ModelBackend):
         """A CUDA graph of the model on static inputs of the shapes ``key``, captured on this
         instance's own stream. The first capture checks whether a call waits for the GPU: if it does,
         the graph is cut before the first wait (``split``: its prefix captured, the rest run eagerly
-        on the prefix's outputs), or, with ``MLPERF_TORCH_SPLIT=0`` or nothing before the wait, None
-        from now on, ``eager_reason`` set. Untested on a GPU: shapes other than a batch bucket of
+        on the prefix's outputs), or, with ``MLPERF_TORCH_SPLIT=0`` or too little before the wait,
+        None from now on, ``eager_reason`` set. Untested on a GPU: shapes other than a batch bucket of
         fixed shapes, and the split capture (its parts are tested on the CPU)."""
         static_in = []
         for s, shape in zip(self._ins, key, strict=True):
