@@ -9,18 +9,22 @@ stream, and one CUDA graph per input-shape signature (``signature``: the batch b
 of the dynamic dimensions a benchmark's batches have, as bert's sequence lengths trimmed to a few
 buckets), at most ``MAX_GRAPHS`` per instance, a new shape past them running eagerly. Graphs whose
 inputs do not all lead with the batch (dlrm's (26, rows) offsets: ``batch_axis_reason``) run
-eagerly, and so do those whose call waits for the GPU (rnnt's encoder reads its lengths back, ssd's
-detections are data-sized), ``eager_reason`` saying why (onnx2torch reads shapes, axes and sizes
-back as Python values: ``host_shape_arithmetic`` keeps those on the host first). BERT's attention
-is fused on a GPU (``fuse_attention``). The GPU part ran on H200s (BENCHMARKS.md), except what
+eagerly. A graph whose call waits for the GPU (ssd's detections are data-sized, rnnt's encoder
+reads its lengths back) is cut before its first wait (``split_at``): the part before it captured,
+the rest run eagerly on its outputs, where the part before has at least as many ops as the rest;
+``eager_reason`` says where and why (onnx2torch reads shapes, axes and sizes back as Python values:
+``host_shape_arithmetic`` keeps those on the host first). BERT's attention is fused on a GPU
+(``fuse_attention``). The GPU part ran on H200s (BENCHMARKS.md), except what
 came after the last run there (2026-12-04): capture per signature rather than per batch bucket of
-fixed shapes (bert's trimmed lengths), whose bookkeeping only the CPU tests cover.
+fixed shapes (bert's trimmed lengths), whose bookkeeping only the CPU tests cover, and the split
+capture and batched NMS (session 8: their parts tested on the CPU, the capture not yet on a GPU).
 
 onnx2torch has no LSTM converter (rnnt) nor Compress (ssd's batched post-processing): both are
 registered here (LSTM forward, one direction, the sequence lengths through a packed sequence); its
 CumSum reverses a sum whose ``reverse`` attribute is absent, which ``convert`` corrects; its
 NonMaxSuppression, a Python loop over images and classes reading each kept box back on its own,
-is replaced by one batched NMS per image (``OnnxNMS``).
+is replaced by one NMS for the whole batch (``OnnxNMS``), and its ConstantOfShape and ScatterND,
+which read values back, by ``ConstantOfShape`` and ``ScatterND``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import contextlib
 import operator
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,7 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import HarnessError
 from .base import ModelBackend, Tensors, TensorSpec, pick_outputs
@@ -63,12 +70,21 @@ def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 def batch_axis_reason(inputs: Sequence[onnx.ValueInfoProto]) -> str:
     """Why CUDA graphs cannot pad this graph's batches to a bucket: an input whose first dimension is
     a fixed size, not the batch (dlrm's (26, rows) offsets); "" when every input leads with a
-    dynamic dimension."""
+    dynamic dimension, or every one with 1 (a graph of batch 1, as the official ssd-resnet34's: its
+    calls have one row, never padded: ``one_row``)."""
+    if one_row(inputs):
+        return ""
     for value in inputs:
         dims = value.type.tensor_type.shape.dim
         if dims and dims[0].dim_value:
             return f"input {value.name}'s first dimension is {dims[0].dim_value}, not the batch"
     return ""
+
+
+def one_row(inputs: Sequence[onnx.ValueInfoProto]) -> bool:
+    """Whether every input's first dimension is a fixed 1 (a graph of batch 1)."""
+    firsts = [d[0].dim_value if (d := v.type.tensor_type.shape.dim) else 0 for v in inputs]
+    return bool(firsts) and all(f == 1 for f in firsts)
 
 
 def signature(batch: Sequence[np.ndarray], bucket: int) -> Signature:
@@ -144,30 +160,85 @@ class OnnxLSTM(nn.Module):
 
 
 class OnnxNMS(nn.Module):
-    """ONNX's NonMaxSuppression (corner boxes) with torchvision's batched NMS, one call per image,
-    classes as its groups: (K, 3) rows of image, class, box, by image, class, then falling score,
-    at most ``max_output_boxes_per_class`` per class, boxes scoring above ``score_threshold``."""
+    """ONNX's NonMaxSuppression (boxes as any two opposite corners) for every image and class in one
+    torchvision NMS: (K, 3) rows of image, class, box, by image, class, then falling score (equal
+    scores: the lower box first), at most ``max_output_boxes_per_class`` per class, boxes scoring
+    above ``score_threshold``. Each (image, class) group's boxes are moved apart by a whole offset,
+    in float64 so that the moved coordinates stay exact (an IoU as from the float32 boxes; float32
+    offsets would round them). Three waits for the GPU a call (the boxes over the threshold, NMS's
+    kept count, the per-class cut), whatever the batch; ``limits`` (max per class, IoU, threshold)
+    are the graph's constants read at conversion (``nms_limits``), else read at each call."""
+
+    def __init__(self, limits: tuple[int, float, float] | None = None) -> None:
+        super().__init__()
+        self.limits = limits
 
     def forward(
         self, boxes: Any, scores: Any, max_per_class: Any = None, iou: Any = None, threshold: Any = None
     ) -> Any:
-        from torchvision.ops import batched_nms
+        from torchvision.ops import nms
 
-        found = [boxes.new_empty((0, 3), dtype=torch.int64)]
-        most = int(max_per_class.item()) if max_per_class is not None else 0
+        most, iou_bound, floor = self.limits or _nms_limits(max_per_class, iou, threshold)
+        none = boxes.new_empty((0, 3), dtype=torch.int64)
         if most <= 0:
-            return found[0]
-        iou_bound = float(iou.item()) if iou is not None else 0.0
-        floor = float(threshold.item()) if threshold is not None else float("-inf")
-        for image in range(scores.shape[0]):
-            cls, box = (scores[image] > floor).nonzero(as_tuple=True)
-            kept = batched_nms(boxes[image, box], scores[image, cls, box], cls, iou_bound)  # falling score
-            order = torch.argsort(cls[kept], stable=True)  # by class, falling score within each
-            kept, kept_cls = kept[order], cls[kept][order]
-            rank = torch.arange(len(kept), device=kept.device) - torch.searchsorted(kept_cls, kept_cls)
-            kept, kept_cls = kept[rank < most], kept_cls[rank < most]
-            found.append(torch.stack([torch.full_like(kept_cls, image), kept_cls, box[kept]], dim=1))
-        return torch.cat(found)
+            return none
+        image, cls, box = (scores > floor).nonzero(as_tuple=True)  # wait: by image, class, then box
+        if not len(image):
+            return none
+        corners = boxes[image, box].double()
+        low, high = corners[:, :2], corners[:, 2:]
+        corners = torch.cat([torch.minimum(low, high), torch.maximum(low, high)], 1)
+        group = image * scores.shape[1] + cls
+        span = (corners.max() - corners.min()).ceil() + 1  # on the device: no wait
+        kept = nms(corners + (group * span)[:, None], scores[image, cls, box].double(), iou_bound)  # falling score
+        kept = kept[torch.argsort(group[kept], stable=True)]  # by group, falling score within each
+        if most < scores.shape[2]:  # a class can have more boxes kept than the cap
+            in_group = group[kept]
+            rank = torch.arange(len(kept), device=kept.device) - torch.searchsorted(in_group, in_group)
+            kept = kept[rank < most]
+        return torch.stack([image[kept], cls[kept], box[kept]], dim=1)
+
+
+def _nms_limits(most: Any, iou: Any, threshold: Any) -> tuple[int, float, float]:
+    """NonMaxSuppression's optional scalar inputs as Python values (ONNX's defaults where absent)."""
+    return (
+        int(most.item()) if most is not None else 0,
+        float(iou.item()) if iou is not None else 0.0,
+        float(threshold.item()) if threshold is not None else float("-inf"),
+    )
+
+
+def _constant(model: Any, node: Any) -> Any:
+    """The tensor a graph node always gives (an initializer or a Constant), else None."""
+    from onnx2torch.node_converters.constant import OnnxConstant
+
+    if node.op == "get_attr":
+        return operator.attrgetter(str(node.target))(model)
+    if node.op == "call_module" and isinstance(m := model.get_submodule(str(node.target)), OnnxConstant):
+        return m.value
+    return None
+
+
+def nms_limits(model: Any) -> int:
+    """Read each ``OnnxNMS``'s max per class, IoU and threshold once, where the graph gives them as
+    constants, and drop them from its call (three reads back a call fewer on a GPU). Returns how many."""
+    done = 0
+    for node in list(model.graph.nodes):
+        if node.op != "call_module" or not isinstance(nms := model.get_submodule(str(node.target)), OnnxNMS):
+            continue
+        args = list(node.args[2:5])
+        given = [None if a is None else _constant(model, a) for a in args]
+        if node.kwargs or any(a is not None and v is None for a, v in zip(args, given, strict=True)):
+            continue  # computed in the graph: read at each call
+        given += [None] * (3 - len(given))
+        nms.limits = _nms_limits(*given)
+        node.args = node.args[:2]
+        done += 1
+    if done:
+        model.graph.eliminate_dead_code()
+        model.delete_all_unused_submodules()
+        model.recompile()
+    return done
 
 
 class InstanceNorm(nn.Module):
@@ -193,18 +264,64 @@ class InstanceNorm(nn.Module):
 
 
 class OnnxCompress(nn.Module):
-    """ONNX's Compress: the slices along ``axis`` (of the flattened input when None) whose condition
-    is true; a condition shorter than the axis selects among its first entries only."""
+    """ONNX's Compress: the slices along ``axis`` (of the flattened input when None) at ``keep``, the
+    indices where its condition is true (``true_indices``, one node per condition: a graph's Compress
+    nodes of one condition wait for the GPU once); a condition shorter than the axis selects among
+    its first entries only."""
 
     def __init__(self, axis: int | None) -> None:
         super().__init__()
         self.axis = axis
 
-    def forward(self, x: Any, condition: Any) -> Any:
-        keep = torch.nonzero(condition.reshape(-1).to(torch.bool)).reshape(-1)
+    def forward(self, x: Any, keep: Any) -> Any:
         if self.axis is None:
             return x.reshape(-1).index_select(0, keep)
         return x.index_select(self.axis, keep)
+
+
+def true_indices(condition: Any) -> Any:
+    """Where a condition is true, flattened (a wait for the GPU: its size is the data's)."""
+    return torch.nonzero(condition.reshape(-1).to(torch.bool)).reshape(-1)
+
+
+def share_conditions(model: Any) -> int:
+    """Give every ``OnnxCompress`` the indices of its condition from one ``true_indices`` node per
+    condition (ssd's post-processing compresses five tensors by one mask). Returns the conditions."""
+    shared: dict[Any, Any] = {}
+    for node in list(model.graph.nodes):
+        if node.op != "call_module" or not isinstance(model.get_submodule(str(node.target)), OnnxCompress):
+            continue
+        x, condition = node.args
+        if condition not in shared:
+            with model.graph.inserting_before(node):
+                shared[condition] = model.graph.call_function(true_indices, (condition,))
+        node.args = (x, shared[condition])
+    model.recompile()
+    return len(shared)
+
+
+class ConstantOfShape(nn.Module):
+    """ONNX's ConstantOfShape with its value read at conversion and its shape in one read (onnx2torch
+    reads its device buffer back at each call, and the shape one dimension at a time)."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.fill = value.item()
+        self.register_buffer("value", value.reshape(()).clone(), persistent=False)  # its device and dtype
+
+    def forward(self, shape: Any) -> Any:
+        return torch.full(shape.tolist(), self.fill, dtype=self.value.dtype, device=self.value.device)
+
+
+class ScatterND(nn.Module):
+    """ONNX's ScatterND (no reduction) indexed by the device tensors: onnx2torch reads the indices back
+    as a Python list (a wait, and a copy back to the device)."""
+
+    def forward(self, data: Any, indices: Any, updates: Any) -> Any:
+        out = data.clone()
+        where = indices.reshape(-1, indices.shape[-1]).unbind(1)
+        out[where] = updates.reshape(-1, *updates.shape[indices.dim() - 1 :])
+        return out
 
 
 def _compress_converter(node: Any, graph: Any) -> Any:
@@ -381,12 +498,18 @@ def convert(proto: onnx.ModelProto, outputs: Sequence[str], path: Path) -> Any:
             model.get_submodule(node.unique_name).reverse = bool(node.attributes.get("reverse", 0))
         elif node.operation_type == "NonMaxSuppression" and not node.attributes.get("center_point_box", 0):
             model.set_submodule(node.unique_name, OnnxNMS())
+        elif node.operation_type == "ConstantOfShape":
+            model.set_submodule(node.unique_name, ConstantOfShape(model.get_submodule(node.unique_name).value))
+        elif node.operation_type == "ScatterND":
+            model.set_submodule(node.unique_name, ScatterND())
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats:
             model.set_submodule(name, InstanceNorm(m))
     graph.eliminate_dead_code()
     model.delete_all_unused_submodules()
     model.recompile()
+    nms_limits(model)
+    share_conditions(model)
     return model
 
 
@@ -546,10 +669,13 @@ class HostShape(nn.Module):
 def _host_readers() -> dict[type, set[int | str]]:
     """onnx2torch modules that read these arguments as Python values (``tolist``, ``item``,
     iteration): a host tensor there costs nothing, a device one a wait for the GPU."""
-    from onnx2torch.node_converters import pad, reshape, slice, split, squeeze, unsqueeze
+    from onnx2torch.node_converters import cumsum, pad, reshape, slice, split, squeeze, topk, unsqueeze
     from onnx2torch.node_converters.range import OnnxRange
 
     return {
+        topk.OnnxTopK: {1, "k"},
+        cumsum.OnnxCumSum: {1, "axis"},
+        ConstantOfShape: {0, "shape"},  # its output is on the device
         reshape.OnnxReshape: {1, "shape"},
         slice.OnnxSlice: {1, 2, 3, 4, "starts", "ends", "axes", "steps"},
         squeeze.OnnxSqueezeDynamicAxes: {1, "axes"},
@@ -571,9 +697,9 @@ def host_values(model: Any) -> set[Any]:
     from onnx2torch.node_converters.shape import OnnxShape
 
     readers = _host_readers()
-    # Computed on the host when every input is there (Range makes a device tensor).
+    # Computed on the host when every input is there (Range and ConstantOfShape make device tensors).
     arithmetic = (gather.OnnxGather, concat.OnnxConcat, cast.OnnxCast, binary_math_operations.OnnxBinaryMathOperation)
-    arithmetic += tuple(c for c in readers if c is not OnnxRange)
+    arithmetic += tuple(c for c in readers if c not in (OnnxRange, ConstantOfShape))
 
     def module(node: Any) -> Any:
         return model.get_submodule(str(node.target)) if node.op == "call_module" else None
@@ -583,7 +709,7 @@ def host_values(model: Any) -> set[Any]:
         return model.get_submodule(owner), name
 
     def inputs_there(node: Any) -> bool:  # Shape reads only its input's shape
-        return isinstance(module(node), OnnxShape) or all(i in host for i in node.all_input_nodes)
+        return isinstance(module(node), OnnxShape | HostShape) or all(i in host for i in node.all_input_nodes)
 
     host: set[Any] = set()
     for node in model.graph.nodes:
@@ -591,7 +717,7 @@ def host_values(model: Any) -> set[Any]:
             value = getattr(*attribute(node))
             if isinstance(value, torch.Tensor) and not value.is_floating_point() and value.numel() <= 64:
                 host.add(node)
-        elif isinstance(module(node), (OnnxShape, *arithmetic)) and inputs_there(node):
+        elif isinstance(module(node), (OnnxShape, HostShape, *arithmetic)) and inputs_there(node):
             host.add(node)
 
     def read_on_host(value: Any, user: Any) -> bool:
@@ -621,18 +747,189 @@ def host_shape_arithmetic(model: Any) -> int:
     return len(host)
 
 
-def host_sync(model: Any, inputs: Sequence[Any]) -> str:
-    """Why a call of ``model`` cannot be captured in a CUDA graph: the first operation in it that
-    waits for the GPU (onnx2torch reads shapes and values back: Shape, Range, Reshape by a tensor,
-    non-max suppression); "" where none does."""
+# --- split capture: a CUDA graph up to the first wait, the rest eagerly --------------------------
+@contextmanager
+def gpu_waits() -> Iterator[None]:
+    """Within: an operation that waits for the GPU raises (torch's sync debug mode)."""
     torch.cuda.set_sync_debug_mode("error")
     try:
-        model(*inputs)
-    except RuntimeError as exc:
-        return str(exc).splitlines()[0][:160]
+        yield
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    return ""
+
+
+WAITING_OPS = (  # a value read back, or an output sized by the data
+    *("aten.nonzero", "aten.masked_select", "aten._unique", "aten.unique", "aten._local_scalar_dense", "aten.item"),
+    *("aten.is_nonzero", "aten.equal", "aten.repeat_interleave.Tensor", "torchvision.nms"),
+)
+
+
+class WouldWait(TorchDispatchMode):
+    """The CPU's stand-in for ``gpu_waits`` (tests and counts, through ``_run_waiting``; no GPU path
+    uses it): ``on_wait(op, args)`` at each operation that waits for a GPU where its tensors are on
+    one: a value read back (item, a tensor as a Python number or bool), an output sized by the data
+    (nonzero, a boolean mask's selection, unique, NMS). The default raises. Not seen at this level:
+    ``tolist`` (a list read back), and whether a value read lives on the host on a GPU."""
+
+    def __init__(self, on_wait: Callable[[str, Any], None] | None = None) -> None:
+        super().__init__()
+        self.on_wait = on_wait or self._raise
+
+    @staticmethod
+    def _raise(op: str, args: Any) -> None:
+        raise RuntimeError(f"{op} would wait for the GPU")
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        op = str(func)
+        indices = list(args[1]) if op.startswith(("aten.index.", "aten.index_put")) else []
+        masks = any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+        if masks or op.startswith(WAITING_OPS):
+            self.on_wait(op, args)
+        return func(*args, **(kwargs or {}))
+
+
+def _run_waiting(model: Any, inputs: Sequence[Any], on_wait: Callable[[Any, str], None]) -> None:
+    """Run ``model`` on the CPU, ``on_wait(node, op)`` at each wait a GPU would have (``WouldWait``
+    and ``tolist``) but for reads of the values a GPU keeps on the host (``host_values``): those
+    inside such a node, or a node whose arguments read as Python values (``_host_readers``) all are."""
+    from torch.overrides import TorchFunctionMode
+
+    host, readers = host_values(model), _host_readers()
+    current: list[Any] = [None]
+
+    def reads_host(node: Any) -> bool:
+        module = model.get_submodule(str(node.target)) if node.op == "call_module" else None
+        wanted = readers.get(type(module))
+        if wanted is None:
+            return False
+        args = [a for i, a in enumerate(node.args) if i in wanted] + [v for k, v in node.kwargs.items() if k in wanted]
+        return all(a in host for a in args if isinstance(a, torch.fx.Node))
+
+    def wait(op: str, args: Any) -> None:
+        read = op.startswith(("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal", "tolist"))
+        if not read or not (current[0] in host or reads_host(current[0])):
+            on_wait(current[0], op)
+
+    class Lists(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func is torch.Tensor.tolist:
+                wait("tolist", args)
+            return func(*args, **(kwargs or {}))
+
+    class Tracker(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            current[0] = n
+            return super().run_node(n)
+
+    with torch.inference_mode(), Lists(), WouldWait(wait):
+        Tracker(model).run(*inputs)
+
+
+def count_waits(model: Any, inputs: Sequence[Any]) -> dict[str, int]:
+    """The waits for the GPU a call of ``model`` would have, per node, counted on the CPU
+    (``_run_waiting``). An estimate for tests and reports (a library's own waits inside an op, as
+    NMS's, count as one; a node's reads as many as it makes, host values among them or not); on a
+    GPU, torch's sync debug mode counts them."""
+    counts: dict[str, int] = {}
+
+    def count(node: Any, op: str) -> None:
+        counts[node.name] = counts.get(node.name, 0) + 1
+
+    _run_waiting(model, inputs, count)
+    return counts
+
+
+def first_wait(model: Any, inputs: Sequence[Any], detect: Any = None) -> tuple[str, str]:
+    """The node of ``model`` (an fx.GraphModule) during which a call on ``inputs`` first waits for
+    the GPU, and the wait's message; ("", "") where none does. ``detect``: a context in which a wait
+    raises (``gpu_waits()``); None: on the CPU, what would wait on a GPU (``_run_waiting``)."""
+    current = [""]
+
+    def stop(node: Any, op: str) -> None:
+        current[0] = node.name
+        raise RuntimeError(f"{op} would wait for the GPU")
+
+    class Tracker(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            current[0] = n.name
+            return super().run_node(n)
+
+    try:
+        if detect is None:
+            _run_waiting(model, inputs, stop)
+        else:
+            with detect:
+                Tracker(model).run(*inputs)
+    except RuntimeError as exc:
+        return current[0], str(exc).splitlines()[0][:160]
+    return "", ""
+
+
+@dataclass
+class Split:
+    """A graph cut before ``at``, its first node that waits for the GPU: ``prefix`` (the graph's
+    inputs -> the values the rest uses) is captured in CUDA graphs, ``suffix`` (those values -> the
+    graph's outputs) runs eagerly; ``ops``: how many operations each has."""
+
+    prefix: Any
+    suffix: Any
+    at: str
+    ops: tuple[int, int]
+
+    def describe(self) -> str:
+        return f"CUDA graph up to {self.at} ({self.ops[0]} ops), eagerly from there ({self.ops[1]} ops)"
+
+
+def split_at(model: Any, name: str) -> Split | None:
+    """``model`` cut before its node ``name``: the prefix is every node before it in the graph's
+    order (none of them ran into a wait before it), returning the values that later nodes use
+    (constants are read in the suffix itself); None where no operation comes before it."""
+    nodes = list(model.graph.nodes)
+    cut = next(i for i, n in enumerate(nodes) if n.name == name)
+    before = set(nodes[:cut])
+
+    def ops(part: Sequence[Any]) -> int:
+        return sum(n.op in ("call_module", "call_function", "call_method") for n in part)
+
+    if not ops(nodes[:cut]):
+        return None
+    carried = [n for n in nodes[:cut] if n.op != "get_attr" and any(u not in before for u in n.users)]
+    prefix = torch.fx.Graph()
+    env: dict[Any, Any] = {}
+    for n in nodes[:cut]:
+        env[n] = prefix.node_copy(n, env.__getitem__)
+    prefix.output(tuple(env[n] for n in carried))
+    suffix = torch.fx.Graph()
+    env = {n: suffix.placeholder(n.name) for n in carried}
+    for n in nodes[cut:]:
+        for arg in n.all_input_nodes:
+            if arg not in env:  # a constant before the cut
+                env[arg] = suffix.node_copy(arg, env.__getitem__)
+        env[n] = suffix.node_copy(n, env.__getitem__)
+    head, tail = torch.fx.GraphModule(model, prefix), torch.fx.GraphModule(model, suffix)
+    head.graph.eliminate_dead_code()  # nodes that only the rest used
+    head.delete_all_unused_submodules()
+    head.recompile()
+    return Split(head, tail, name, (ops(list(head.graph.nodes)), ops(nodes[cut:])))
+
+
+def batch_rows(prefix: Any, inputs: Sequence[Any]) -> tuple[bool | None, ...]:
+    """How each of the prefix's outputs follows the batch, from the prefix run on one row and on two
+    of the inputs' first row: True, it leads with the batch (a padded batch's are cut to its rows
+    before the suffix); False, the same for any batch; None, it differs otherwise (a padded batch
+    would change it: batches are then not padded)."""
+    one = prefix(*(x[:1] for x in inputs))
+    two = prefix(*(torch.cat([x[:1], x[:1]]) for x in inputs))
+    rows: list[bool | None] = []
+    for a, b in zip(one, two, strict=True):
+        tensors = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        if tensors and a.dim() and (len(a), len(b)) == (1, 2) and a.shape[1:] == b.shape[1:]:
+            rows.append(True)
+        elif torch.equal(a, b) if tensors else isinstance(a, int | float | bool) and a == b:
+            rows.append(False)
+        else:
+            rows.append(None)
+    return tuple(rows)
 
 
 # --- the backend ------------------------------------------------------------------------------
@@ -687,7 +984,12 @@ class TorchGraphBackend(ModelBackend):
         self.fuse_attention = os.environ.get("MLPERF_TORCH_ATTENTION", "1") != "0"
         self.attention = 0  # attention blocks fused (on a GPU)
         self.on_host = 0  # values of the shape arithmetic kept on the host (on a GPU)
-        self.eager_reason = ""  # why a graph with fixed shapes still runs without CUDA graphs
+        self.eager_reason = ""  # why the graph, or its part from its first wait (``split``), runs eagerly on a GPU
+        # MLPERF_TORCH_SPLIT=0: a graph that waits for the GPU runs wholly eagerly (no split capture).
+        self.split_graphs = os.environ.get("MLPERF_TORCH_SPLIT", "1") != "0"
+        self.split: Split | None = None  # the graph cut at its first wait: its prefix captured (on a GPU)
+        self._rows: tuple[bool, ...] = ()  # which of the prefix's outputs lead with the batch
+        self._pad = True  # batches padded to their bucket (not where a prefix output depends on the batch size)
         self.fused = 0  # convolutions fused with their bias and ReLU (on a GPU)
         self.gathers = 0  # gathers at a constant index made selects (on a GPU)
         self._formats: dict[str, Any] = {}  # input -> its memory format on the GPU (channels-last)
@@ -698,6 +1000,7 @@ class TorchGraphBackend(ModelBackend):
         self._names: list[str] = []
         self._batch = 1
         self._dynamic = False  # a dimension past the batch varies (the graph's inputs or outputs)
+        self._one_row = False  # every input's first dimension is 1 (the official ssd-resnet34's)
         self.graphed = False  # CUDA graphs per input-shape signature (on a GPU)
         self.max_graphs = MAX_GRAPHS
         self.eager_shapes = 0  # calls run eagerly because every graph slot was taken
@@ -741,6 +1044,7 @@ class TorchGraphBackend(ModelBackend):
                 m.flatten_parameters()  # cuDNN's RNN takes its weights as one block
         self._model = model
         self._dynamic = any(s.ragged for s in (*self._ins, *self._outs))
+        self._one_row = one_row(graph_inputs(proto.graph))  # its calls take one row: graphs of batch 1 only
         if self.on_gpu and self.use_graphs:
             # Dynamic dimensions get a graph per shape their batches have, when the batch leads.
             self.eager_reason = batch_axis_reason(graph_inputs(proto.graph)) if self._dynamic else ""
@@ -795,13 +1099,17 @@ class TorchGraphBackend(ModelBackend):
                 outs = self._model(*(self._upload(s, b) for s, b in zip(self._ins, batch, strict=True)))
             return {name: _numpy(o) for name, o in zip(self._names, outs, strict=True)}
         with torch.cuda.device(self._dev), torch.cuda.stream(self._stream), torch.inference_mode():
-            captured = self._graph_for(signature(batch, batch_bucket(n, self._batch))) if self.graphed else None
-            if captured is not None:
+            bucket = batch_bucket(n, self._batch) if self._pad else n
+            captured = self._graph_for(signature(batch, bucket)) if self.graphed else None
+            if captured is not None and (self._pad or len(captured[1][0]) == n):  # the first capture may stop padding
                 graph, static_in, static_out = captured
                 for s, b, x in zip(self._ins, batch, static_in, strict=True):
                     self._upload(s, b, x)
                 graph.replay()
-                outs = tuple(o[:n] for o in static_out)
+                if self.split is None:
+                    outs = tuple(o[:n] for o in static_out)
+                else:  # the rest of the graph, eagerly on the prefix's outputs (before the next replay)
+                    outs = self.split.suffix(*(o[:n] if r else o for o, r in zip(static_out, self._rows, strict=True)))
             else:
                 outs = self._model(*(self._upload(s, b) for s, b in zip(self._ins, batch, strict=True)))
             host = [self._host(f"out:{i}", o.shape, o.dtype).copy_(o, non_blocking=True) for i, o in enumerate(outs)]
@@ -839,8 +1147,11 @@ class TorchGraphBackend(ModelBackend):
 
     def _capture(self, key: Signature) -> Captured | None:
         """A CUDA graph of the model on static inputs of the shapes ``key``, captured on this
-        instance's own stream; None, ``eager_reason`` set, where the model waits for the GPU
-        during a call. Untested on a GPU for shapes other than a batch bucket of fixed shapes."""
+        instance's own stream. The first capture checks whether a call waits for the GPU: if it does,
+        the graph is cut before the first wait (``split``: its prefix captured, the rest run eagerly
+        on the prefix's outputs), or, with ``MLPERF_TORCH_SPLIT=0`` or too little before the wait,
+        None from now on, ``eager_reason`` set. Untested on a GPU: shapes other than a batch bucket of
+        fixed shapes, and the split capture (its parts are tested on the CPU)."""
         static_in = []
         for s, shape in zip(self._ins, key, strict=True):
             dtype = np.dtype(s.dtype)
@@ -854,21 +1165,44 @@ class TorchGraphBackend(ModelBackend):
             side.wait_stream(torch.cuda.current_stream(self._dev))
             with torch.cuda.stream(side):
                 for _ in range(3):  # cuDNN's choices and allocations happen outside the graph
-                    self._model(*static_in)
+                    (self.split.prefix if self.split else self._model)(*static_in)
                 # Checked at the first capture (the warm-up's, on the loading thread): the check sets a
                 # process-wide mode that a later capture, during the run, would impose on other instances.
-                if not self._graphs:
-                    self.eager_reason = host_sync(self._model, static_in)
+                if not self._graphs and self.split is None:
+                    self._check_waits(static_in)
             torch.cuda.current_stream(self._dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
+            run = self.split.prefix if self.split else self._model
             try:
-                if not self.eager_reason:
+                if not self.eager_reason or self.split:
                     # thread_local: a capture during the run must not fail other instances' threads.
                     with torch.cuda.graph(graph, stream=self._capture_stream, capture_error_mode="thread_local"):
-                        static_out = tuple(self._model(*static_in))
+                        static_out = tuple(run(*static_in))
             except RuntimeError as exc:  # an op the check did not see (the capture says which)
+                self.split = None
                 self.eager_reason = f"capture failed: {str(exc).splitlines()[0][:160]}"
-        return None if self.eager_reason else (graph, static_in, static_out)
+        return None if self.eager_reason and not self.split else (graph, static_in, static_out)
+
+    def _check_waits(self, static_in: Sequence[Any]) -> None:
+        """Whether a call waits for the GPU; where it does, the split (``MLPERF_TORCH_SPLIT``; where
+        the part before the first wait has at least as many ops as the rest) or ``eager_reason``,
+        said on stderr with what is graphed and what is not. On the CPU (tests), what would wait on
+        a GPU."""
+        at, wait = first_wait(self._model, static_in, gpu_waits() if self.on_gpu else None)
+        if not at:
+            return
+        split = split_at(self._model, at) if self.split_graphs else None
+        if split is None or split.ops[0] < split.ops[1]:
+            # A prefix of fewer ops than the rest (rnnt's encoder waits at its LSTM) saves less than
+            # its captures, one per shape, cost.
+            self.eager_reason = wait if split is None else f"{wait} (after {split.ops[0]} of {sum(split.ops)} ops)"
+            return
+        for _ in range(3):  # the prefix alone: cuDNN's choices for the capture
+            split.prefix(*static_in)
+        rows = batch_rows(split.prefix, static_in)
+        self.split, self._rows, self._pad = split, tuple(r is True for r in rows), None not in rows
+        self.eager_reason = f"{split.describe()}: {wait}" + ("" if self._pad else "; batches not padded")
+        sys.stderr.write(f"pytorch: {self._file}: {self.eager_reason}\n")
 
     # --- device tensors: a caller's own loop on the device -------------------------------------
     def tensor_device(self) -> tuple[Any, Any] | None:
@@ -890,13 +1224,14 @@ class TorchGraphBackend(ModelBackend):
 
     def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
         """With CUDA graphs, capture the warm-up batch's shapes at every batch bucket now (on the
-        loading thread, before the timed run); a model with dynamic dimensions, whose batches come
-        in other shapes (a benchmark's sequence buckets), only at the warm-up batch's own bucket:
-        that finds a model that cannot be captured, and its batches' shapes are captured at their
-        first batch. Otherwise run the feeds."""
+        loading thread, before the timed run); a model whose inputs have dynamic dimensions, whose
+        batches come in other shapes (a benchmark's sequence buckets), only at the warm-up batch's
+        own bucket: that finds a model that cannot be captured, and its batches' shapes are
+        captured at their first batch. Otherwise run the feeds."""
         batch = self._feeds(feeds)
-        buckets = {batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}
-        for n in [batch_bucket(len(batch[0]), self._batch)] if self._dynamic else sorted(buckets):
+        buckets = {1} if self._one_row else {batch_bucket(k, self._batch) for k in range(1, self._batch + 1)}
+        ragged = any(s.ragged for s in self._ins)  # ssd's ragged outputs come from a prefix of fixed shapes
+        for n in [batch_bucket(len(batch[0]), self._batch)] if ragged else sorted(buckets):
             if not self.graphed or self._graph_for(signature(batch, n)) is None:
                 break
         if not self.graphed:
