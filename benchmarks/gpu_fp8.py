@@ -14,8 +14,8 @@
 3. The plain loop (CUDA graph replays on device-resident samples, events timed) for fp16 and for
    each fp8 variant (``MLPERF_TORCH_FP8_CONVS`` 1x1 or all, the quantised copies written by the
    producer's epilogue or not, 1x1-exactacc: fast accumulation off, ``-triton``: the GEMM and its
-   epilogue as fp8_gemm's one kernel), in the same run. First, with ``--gemms``, each 1x1 GEMM
-   shape alone: cuBLASLt + epilogue against fp8_gemm with several tile settings.
+   epilogue as fp8_gemm's one kernel), in the same run. First, with ``--gemms``, each FP8
+   convolution shape alone: cuBLASLt + epilogue against fp8_gemm with several tile settings.
 4. The harness: LoadGen Offline in fp8 (the fastest variant), its ratio to that variant's plain
    loop, and to TensorRT's 96,029 per H200.
 5. torch.profiler: GPU time per kernel of one fp8 batch, largest first.
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import functools
 import json
 import os
 import time
@@ -62,15 +63,16 @@ VARIANTS = {
     "all-triton": ("all", "1", "1", "off", "triton"),
 }
 DEFAULT_VARIANTS = ["1x1", "1x1-triton", "all-triton"]
-# ResNet-50's (v1.5: strides in the 3x3 convolutions and the projections) 1x1 convolutions as
-# GEMMs per image: (output pixels, N = output channels, K = input channels), the 15 distinct shapes
-# of its 36 per stage: the first block's conv1, conv3, the projection, the other blocks' conv1
-# (timed with the residual add where N > K: conv3, and the projections alike).
-GEMMS = [(3136, 64, 64), (3136, 256, 64), (3136, 64, 256),
-         (3136, 128, 256), (784, 512, 128), (784, 512, 256), (784, 128, 512),
-         (784, 256, 512), (196, 1024, 256), (196, 1024, 512), (196, 256, 1024),
-         (196, 512, 1024), (49, 2048, 512), (49, 2048, 1024), (49, 512, 2048)]  # fmt: skip
-TILES = ["128,256,128,8,3", "128,128,128,8,4", "128,128,64,4,4", "64,128,128,4,4", "256,128,64,8,3"]
+# ResNet-50's (v1.5: strides in the 3x3 convolutions and the projections) FP8-eligible convolutions,
+# the distinct shapes of its 52: (output side, output channels, input channels, kernel, stride) per
+# stage: the 1x1 ones (conv1, conv3, the projection) and the 3x3 ones (the first block's strided).
+CONVS = [(56, 64, 64, 1, 1), (56, 256, 64, 1, 1), (56, 64, 256, 1, 1), (56, 128, 256, 1, 1),
+         (28, 512, 128, 1, 1), (28, 512, 256, 1, 2), (28, 128, 512, 1, 1), (28, 256, 512, 1, 1),
+         (14, 1024, 256, 1, 1), (14, 1024, 512, 1, 2), (14, 256, 1024, 1, 1), (14, 512, 1024, 1, 1),
+         (7, 2048, 512, 1, 1), (7, 2048, 1024, 1, 2), (7, 512, 2048, 1, 1),
+         (56, 64, 64, 3, 1), (28, 128, 128, 3, 2), (28, 128, 128, 3, 1), (14, 256, 256, 3, 2),
+         (14, 256, 256, 3, 1), (7, 512, 512, 3, 2), (7, 512, 512, 3, 1)]  # fmt: skip
+TILES = ["128,256,128,8,3", "128,128,128,8,4", "128,128,64,4,4"]
 ACCURACY_COMMAND = (
     "with the real resnet50_v1.onnx and ImageNet (val_map.txt and cal_image_list_option_1.txt beside "
     "the images): mlperf run with precision fp8, backend pytorch, testModes [AccuracyOnly]; target 99 % "
@@ -111,53 +113,67 @@ def set_variant(name: str) -> str:
     return compile_mode
 
 
-def gemms(batch: int, tiles: list[str]) -> None:
-    """Each 1x1 convolution shape of ResNet-50 at ``batch`` as the model runs it (an ``Fp8Conv``:
-    E4M3 input, fp16 output plus the next layer's E4M3 copy, ReLU; the residual add where conv3
-    has one), timed with CUDA events: cuBLASLt's GEMM and the inductor epilogue against fp8_gemm's
-    one kernel with each tile setting. Prints microseconds per call and the best setting."""
+def gemms(batch: int, tiles: list[str], cpu: bool = False) -> None:
+    """Each FP8-eligible convolution shape of ResNet-50 at ``batch`` as the model runs it (an
+    ``Fp8Conv``: E4M3 input, fp16 output plus the next layer's E4M3 copy, ReLU; the residual add
+    where N > C, as conv3), timed with CUDA events: cuBLASLt's GEMM (over im2col patches for 3x3)
+    and the inductor epilogue against fp8_gemm's one kernel with each tile setting. Prints
+    microseconds per call and the best setting. With ``cpu`` (the dry run): two shapes, emulated
+    and interpreted, wall-clock timed."""
     import torch
     from mlperf_harness.backends import torch_fp8
 
-    dev = torch.device("cuda")
+    dev = torch.device("cpu" if cpu else "cuda")
+
+    def micros(call: Callable[[], Any], reps: int) -> float:
+        if cpu:
+            t = time.perf_counter()
+            for _ in range(reps):
+                call()
+            return (time.perf_counter() - t) / reps * 1e6
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            call()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1000 / reps
+
     rows = []
-    for hw, n, k in GEMMS:
-        side = int(hw**0.5)
-        conv = torch.nn.Conv2d(k, n, 1, bias=True).to(dev).eval()
-        x = torch_fp8.quantize(torch.randn(batch, side, side, k, device=dev), 1.0).permute(0, 3, 1, 2)
-        z = torch.randn(batch, side, side, n, device=dev, dtype=torch.float16).permute(0, 3, 1, 2)
-        add = k < n
+    for side, n, c, kernel, stride in CONVS[-2:] if cpu else CONVS:
+        conv = torch.nn.Conv2d(c, n, kernel, stride, kernel // 2, bias=True).to(dev).eval()
+        x = torch_fp8.quantize(torch.randn(batch, side * stride, side * stride, c, device=dev), 1.0)
+        x = x.permute(0, 3, 1, 2)  # NCHW in channels-last memory, as the model's activations
+        z = torch.randn(batch, side, side, n, device=dev).to(torch.float16).permute(0, 3, 1, 2)
+        add = c < n
         times = {}
         for label, gemm, tile in [("cublas", "cublas", None), *[(t, "triton", t) for t in tiles]]:
             os.environ["MLPERF_TORCH_FP8_GEMM"] = gemm
             os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
             if tile:
                 os.environ["MLPERF_TORCH_FP8_TILES"] = tile
-            mod = torch_fp8.Fp8Conv(conv, 1.0, True, add, torch.float16, compiled=True)
+            mod = torch_fp8.Fp8Conv(conv, 1.0, True, add, torch.float16, compiled=not cpu)
             mod.set_emit(1.0, keep=True)
             try:
                 with torch.inference_mode():
-                    for _ in range(3):
-                        mod(x, z if add else None)
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    for _ in range(10):
-                        mod(x, z if add else None)
-                    end.record()
-                    end.synchronize()
-                times[label] = start.elapsed_time(end) * 100  # microseconds per call
+                    call = functools.partial(mod, x, z if add else None)
+                    for _ in range(1 if cpu else 3):
+                        call()
+                    times[label] = micros(call, 1 if cpu else 10)
             except Exception as exc:  # a tile setting the compiler refuses: shown, the sweep goes on
                 times[label] = float("nan")
-                print(f"  {hw}x{n}x{k} {label}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+                print(f"  {side}x{side} {c}->{n} {kernel}x{kernel} {label}: {type(exc).__name__}: {str(exc)[:160]}")
         os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
         fused = {t: v for t, v in times.items() if t != "cublas" and v == v}
         best = min(fused, key=lambda t: fused[t]) if fused else "-"
-        rows.append((hw * batch, n, k, times, best))
+        rows.append((side, n, c, kernel, stride, times, best))
         say(
-            f"fp8 GEMM M={hw * batch} N={n} K={k}{' +residual' if add else ''}",
+            f"fp8 conv {kernel}x{kernel}/{stride} {side * stride}->{side} {c}->{n}{' +residual' if add else ''}",
             " ".join(f"{t} {v:.0f} us" for t, v in times.items()) + f"; best fused {best}",
         )
-    figures["gemms"] = [{"M": m, "N": n, "K": k, "us": t, "best": b} for m, n, k, t, b in rows]
+    figures["convs"] = [
+        {"side": o, "N": n, "C": c, "kernel": k, "stride": st, "us": t, "best": b} for o, n, c, k, st, t, b in rows
+    ]
 
 
 def outputs(b: Any, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +256,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument(
-        "--gemms", nargs="*", metavar="TILES", help="first time each 1x1 GEMM shape: cuBLASLt against fp8_gemm "
+        "--gemms", nargs="*", metavar="TILES", help="first time each FP8 convolution shape: cuBLASLt against fp8_gemm "
         f"with these tile settings (BM,BN,BK,warps,stages; none given: {' '.join(TILES)})",
     )  # fmt: skip
     ap.add_argument("--cpu", action="store_true", help="dry run on the CPU (emulated FP8 GEMMs)")
@@ -269,8 +285,8 @@ def main() -> None:
     say("calibration", f"SYNTHETIC: the synthetic set's first {n_cal} images (not MLPerf's calibration list)")
     batch = min(args.batch, len(data))
 
-    if args.gemms is not None and not args.cpu:
-        stage("fp8 GEMM shapes", args.budget, lambda: gemms(batch, args.gemms or TILES))
+    if args.gemms is not None:
+        stage("fp8 convolution shapes", args.budget, lambda: gemms(batch, args.gemms or TILES, args.cpu))
     stage("accuracy gate", args.budget, lambda: accuracy(model, data, batch, calibration))
     rates: dict[str, float] = {}
     fp16 = stage(

@@ -184,6 +184,38 @@ def test_fused_fp8_gemm_equals_cublas_and_the_epilogue(m: int, n: int, k: int) -
     assert ((got - ref).abs()[off] <= ref.abs()[off] * 2.0**-3 + 2.0**-9).all()
 
 
+@pytest.mark.parametrize("side,c,n,kernel,stride", [(56, 64, 64, 3, 1), (56, 128, 128, 3, 2), (14, 256, 1024, 1, 1)])
+def test_fused_fp8_conv_is_the_conv_of_its_quantised_tensors(
+    side: int, c: int, n: int, kernel: int, stride: int
+) -> None:
+    """fp8_gemm's implicit-GEMM convolution on the GPU (ResNet-50's 3x3 shapes, strided, and a 1x1)
+    against torch's fp32 convolution of the same E4M3 values: within fp16 rounding of the output
+    (the products are exact in fp32; only the summation order differs), padding included."""
+    _cuda()
+    import torch
+    from mlperf_harness.backends import fp8_gemm, torch_fp8
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability 8.9 or later")
+    gen = torch.Generator().manual_seed(side + c + n)
+    dev = torch.device("cuda")
+    x = torch_fp8.quantize(torch.randn(8, side, side, c, generator=gen) * 3, 1.0).to(dev)
+    w = torch_fp8.quantize(torch.randn(n, kernel, kernel, c, generator=gen), 1.0).to(dev)
+    scale = (torch.rand(n, generator=gen) + 0.5).to(dev)
+    y, _ = fp8_gemm.conv(
+        x, w.reshape(n, -1), scale, kernel=(kernel, kernel), stride=(stride, stride),
+        padding=(kernel // 2, kernel // 2), out_dtype=torch.float16,
+    )  # fmt: skip
+    want = (
+        torch.nn.functional.conv2d(
+            x.float().permute(0, 3, 1, 2), w.float().permute(0, 3, 1, 2), None, stride, kernel // 2
+        )
+        * scale[None, :, None, None]
+    )
+    want = want.permute(0, 2, 3, 1).reshape(-1, n)
+    assert torch.allclose(y.float(), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
+
+
 @pytest.mark.parametrize("gemm", ["cublas", "triton"])
 def test_fp8_pipeline_against_fp32_and_its_emulation(
     workspace: Any, monkeypatch: pytest.MonkeyPatch, gemm: str

@@ -70,13 +70,19 @@ def _conv(cin: int, cout: int, k: int, stride: int) -> Any:
     return conv.eval()
 
 
+@pytest.mark.parametrize("gemm", ["cublas", "triton"])
 @pytest.mark.parametrize(
-    "k,stride,relu,add", [(1, 1, True, False), (1, 2, False, False), (1, 1, True, True), (3, 2, True, False)]
+    "k,stride,relu,add",
+    [(1, 1, True, False), (1, 2, False, False), (1, 1, True, True), (3, 2, True, False), (3, 1, True, True)],
 )
-def test_fp8_conv_is_the_conv_of_its_quantised_tensors(k: int, stride: int, relu: bool, add: bool) -> None:
-    """The GEMM over channels-last rows (im2col for 3x3) is exactly the convolution of the E4M3
-    values; against the fp32 convolution it is within the rounding bound of each product:
+def test_fp8_conv_is_the_conv_of_its_quantised_tensors(
+    monkeypatch: pytest.MonkeyPatch, gemm: str, k: int, stride: int, relu: bool, add: bool
+) -> None:
+    """The GEMM over channels-last rows (im2col for 3x3; fp8_gemm's implicit GEMM, interpreted, for
+    ``triton``) is exactly the convolution of the E4M3 values, padding included; against the fp32
+    convolution it is within the rounding bound of each product:
     |x'w' - xw| <= |x' - x| |w'| + |x| |w' - w| summed over the kernel (no cancellation assumed)."""
+    monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", gemm)
     gen = torch.Generator().manual_seed(k * 10 + stride)
     conv = _conv(32, 48, k, stride)
     x = torch.relu(torch.randn(2, 32, 10, 10, generator=gen)).contiguous(memory_format=torch.channels_last)

@@ -1,16 +1,20 @@
-"""One Triton kernel for an FP8 convolution's GEMM and its whole epilogue.
+"""One Triton kernel for an FP8 convolution (any kernel size and stride) and its whole epilogue.
 
 ``Fp8Conv`` on cuBLASLt (``torch._scaled_mm``) writes the GEMM's fp16 result, then reads it again
 in an inductor kernel that adds the residual, applies ReLU and writes the E4M3 copy the next FP8
 layer reads: on an H200 that epilogue took 31.5 % of a batch's GPU time, more than the FP8 GEMMs
-saved (BENCHMARKS.md, "resnet50 in FP8, first try"). Here the product stays in registers until
-it is scaled (per output channel), biased, added to the residual, rectified and written, in the
-model's dtype and/or quantised to E4M3, once.
+saved (BENCHMARKS.md, "resnet50 in FP8, first try"); and its 3x3 convolutions went through an
+im2col copy (mode ``all``: 0.31 of fp16). Here the convolution is an implicit GEMM: each tile of
+output pixels reads its input pixels where the kernel window puts them (zero outside the image,
+which is the padding), straight from the channels-last E4M3 activations, with no patch matrix
+and no strided copy; the product stays in registers until it is scaled (per output channel),
+biased, added to the residual, rectified and written, in the model's dtype and/or quantised to
+E4M3, once. A plain GEMM is the 1x1 case over one-pixel images (``gemm``).
 
-``gemm`` runs the kernel compiled for a GPU, or through Triton's interpreter on CPU tensors, which
+``conv`` runs the kernel compiled for a GPU, or through Triton's interpreter on CPU tensors, which
 is how the CPU tests check it against the emulated ``scaled_mm`` path. UNTESTED ON A GPU: its
 speed and its tile choice (``tiles``) are for the next H200 run (``benchmarks/gpu_fp8.py``'s
-``-triton`` variants), so ``MLPERF_TORCH_FP8_GEMM`` defaults to ``cublas``.
+``-triton`` variants and ``--gemms``), so ``MLPERF_TORCH_FP8_GEMM`` defaults to ``cublas``.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ KINDS = ("cublas", "triton")
 
 
 def gemm_kind() -> str:
-    """MLPERF_TORCH_FP8_GEMM: ``cublas`` (default: ``torch._scaled_mm``, then the epilogue as its own
-    kernel) or ``triton`` (``gemm``: one kernel, the epilogue fused)."""
+    """MLPERF_TORCH_FP8_GEMM: ``cublas`` (default: ``torch._scaled_mm`` over im2col patches, then the
+    epilogue as its own kernel) or ``triton`` (``conv``: one kernel, the epilogue fused)."""
     kind = os.environ.get("MLPERF_TORCH_FP8_GEMM", "cublas")
     if kind not in KINDS:
         raise HarnessError(f"MLPERF_TORCH_FP8_GEMM: {kind!r} is not one of {', '.join(KINDS)}")
@@ -38,53 +42,66 @@ def gemm_kind() -> str:
 
 
 def _body(
-    a_ptr, b_ptr, scale_ptr, bias_ptr, z_ptr, y_ptr, q_ptr, q_inv_ptr,
-    M, N, K: tl.constexpr,
+    x_ptr, w_ptr, scale_ptr, bias_ptr, z_ptr, y_ptr, q_ptr, q_inv_ptr,
+    M, N,
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, RELU: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_Q: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    """C = A (M, K) x B, B given as (N, K) rows (K-major, as FP8 tensor cores read it); every
-    matrix is contiguous (K a compile-time constant: a network has few, and the loop's trip count
-    is then known). Then per column: times scale, plus bias; per element: plus Z, ReLU;
-    written to Y and/or, times q_inv saturated to E4M3 (448), to Q. Core builtins only: Triton's
-    interpreter cannot call its standard library's jit functions (cdiv, zeros) unless it was
-    switched on before triton was imported."""
+    """Y (M = images x HO x WO, N) = the convolution of X (images, H, W, C), E4M3, contiguous, with
+    the weight rows W (N, KH x KW x C, in that order: K-major, as FP8 tensor cores read it). Then
+    per column: times scale, plus bias; per element: plus Z, ReLU; written to Y and/or, times q_inv
+    saturated to E4M3 (448), to Q. The layer's shape is compile-time (a network has few; loops and
+    index arithmetic then fold), the batch is not. Core builtins only: Triton's interpreter cannot
+    call its standard library's jit functions (cdiv, zeros) unless it was switched on before
+    triton was imported."""
     pid = tl.program_id(0)
     grid_m, grid_n = (M + BM - 1) // BM, (N + BN - 1) // BN
-    # Tiles in groups of GROUP_M rows of tiles, so that neighbouring programs share A's rows in L2.
+    # Tiles in groups of GROUP_M rows of tiles, so that neighbouring programs share X's pixels in L2.
     in_group = GROUP_M * grid_n
     first_m = (pid // in_group) * GROUP_M
     group_m = tl.minimum(grid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % in_group) % group_m
     pid_n = (pid % in_group) // group_m
-    rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)  # rows x columns passes 2^31 at batch 2048
+    rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)  # pixels x channels passes 2^31 at batch 2048
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
-    a_ptrs = a_ptr + rm[:, None] * K + rk[None, :]
-    b_ptrs = b_ptr + rn[None, :] * K + rk[:, None]
-    acc = tl.full((BM, BN), 0.0, dtype=tl.float32)
-    for k in range(0, (K + BK - 1) // BK):
-        left = K - k * BK
-        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < left), other=0.0)
-        b = tl.load(b_ptrs, mask=(rk[:, None] < left) & (rn[None, :] < N), other=0.0)
-        acc = tl.dot(a, b, acc)
-        a_ptrs += BK
-        b_ptrs += BK
+    image, pixel = rm // (HO * WO), rm % (HO * WO)
+    top, left = (pixel // WO) * SH - PH, (pixel % WO) * SW - PW  # the window's corner in the input
+    row_in = rm < M
     col = rn < N
+    acc = tl.full((BM, BN), 0.0, dtype=tl.float32)
+    for step in range(KH * KW * ((C + BK - 1) // BK)):
+        tap, c0 = step // ((C + BK - 1) // BK), (step % ((C + BK - 1) // BK)) * BK
+        ih, iw = top + tap // KW, left + tap % KW
+        inside = row_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # outside: the zero padding
+        channel = c0 + rk < C
+        x = tl.load(
+            x_ptr + ((image * H + ih) * W + iw)[:, None] * C + (c0 + rk)[None, :],
+            mask=inside[:, None] & channel[None, :],
+            other=0.0,
+        )
+        w = tl.load(
+            w_ptr + rn[None, :] * (KH * KW * C) + (tap * C + c0 + rk)[:, None],
+            mask=channel[:, None] & col[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(x, w, acc)
     acc = acc * tl.load(scale_ptr + rn, mask=col, other=0.0)[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=col, other=0.0).to(tl.float32)[None, :]
     at = rm[:, None] * N + rn[None, :]
-    inside = (rm[:, None] < M) & col[None, :]
+    written = row_in[:, None] & col[None, :]
     if HAS_Z:
-        acc += tl.load(z_ptr + at, mask=inside, other=0.0).to(tl.float32)
+        acc += tl.load(z_ptr + at, mask=written, other=0.0).to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
     if WRITE_Y:
-        tl.store(y_ptr + at, acc.to(y_ptr.dtype.element_ty), mask=inside)
+        tl.store(y_ptr + at, acc.to(y_ptr.dtype.element_ty), mask=written)
     if WRITE_Q:
         q = tl.clamp(acc * tl.load(q_inv_ptr), -448.0, 448.0)
-        tl.store(q_ptr + at, q.to(q_ptr.dtype.element_ty), mask=inside)
+        tl.store(q_ptr + at, q.to(q_ptr.dtype.element_ty), mask=written)
 
 
 @functools.cache
@@ -100,9 +117,9 @@ def _kernel(interpret: bool) -> Any:
 TILE_KEYS = ("BM", "BN", "BK", "num_warps", "num_stages")
 
 
-def tiles(m: int, n: int, k: int) -> dict[str, int]:
-    """Tile sizes and launch settings for one product: 128-row tiles, columns as wide as N allows
-    up to 256, K steps of 128 (64 where K is that small). A first guess for Hopper's FP8 tensor
+def tiles(m: int, n: int, c: int) -> dict[str, int]:
+    """Tile sizes and launch settings for one convolution: 128-pixel tiles, columns as wide as N
+    allows up to 256, steps of 128 input channels (64 where C is that small). A first guess for Hopper's FP8 tensor
     cores, to be swept on an H200: ``MLPERF_TORCH_FP8_TILES=BM,BN,BK,warps,stages`` sets them all
     (BN capped at N's largest power-of-two divisor up to it)."""
     forced = os.environ.get("MLPERF_TORCH_FP8_TILES")
@@ -117,43 +134,59 @@ def tiles(m: int, n: int, k: int) -> dict[str, int]:
             cfg["BN"] //= 2
         return {**cfg, "GROUP_M": 8}
     bn = 256 if n % 256 == 0 else 128 if n % 128 == 0 else 64
-    bk = 128 if k >= 128 else 64
+    bk = 128 if c >= 128 else 64
     return {"BM": 128, "BN": bn, "BK": bk, "GROUP_M": 8, "num_warps": 8, "num_stages": 3 if bn == 256 else 4}
 
 
-def gemm(
-    a: Any,
-    b_rows: Any,
+def conv(
+    x: Any,
+    w_rows: Any,
     scale: Any,
     bias: Any = None,
     z: Any = None,
     *,
+    kernel: tuple[int, int] = (1, 1),
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
     relu: bool = False,
     out_dtype: Any = None,
     q_inv: Any = None,
 ) -> tuple[Any, Any]:
-    """``a`` (M, K) E4M3 times ``b_rows`` (N, K) E4M3 transposed, times ``scale`` (N,) fp32, plus
-    ``bias`` (N,), plus ``z`` (M, N), ReLU: returned in ``out_dtype`` (None: not written) and
-    quantised to E4M3 with ``q_inv`` (a 1-element fp32 tensor; None: not written)."""
+    """The convolution of ``x`` (images, H, W, C) E4M3 with ``w_rows`` (N, kh x kw x C) E4M3, times
+    ``scale`` (N,) fp32, plus ``bias`` (N,), plus ``z`` (images x Ho x Wo, N), ReLU: returned as
+    (images x Ho x Wo, N) rows in ``out_dtype`` (None: not written) and quantised to E4M3 with
+    ``q_inv`` (a 1-element fp32 tensor; None: not written)."""
     if out_dtype is None and q_inv is None:
-        raise HarnessError("fp8 gemm: neither an output dtype nor a quantised output asked for")
-    m, k = a.shape
-    n = b_rows.shape[0]
-    if b_rows.shape[1] != k or (z is not None and tuple(z.shape) != (m, n)):
-        raise HarnessError(f"fp8 gemm: shapes {tuple(a.shape)} x {tuple(b_rows.shape)}^T do not multiply")
-    a, b_rows = a.contiguous(), b_rows.contiguous()
+        raise HarnessError("fp8 conv: neither an output dtype nor a quantised output asked for")
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    images, h, w, c = x.shape
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    m, n = images * ho * wo, w_rows.shape[0]
+    if w_rows.shape[1] != kh * kw * c or (z is not None and tuple(z.shape) != (m, n)):
+        raise HarnessError(
+            f"fp8 conv: input {tuple(x.shape)}, weight rows {tuple(w_rows.shape)} and a {kh}x{kw} kernel do not fit"
+        )
+    x, w_rows = x.contiguous(), w_rows.contiguous()
     z = None if z is None else z.contiguous()
-    y = None if out_dtype is None else torch.empty((m, n), dtype=out_dtype, device=a.device)
-    q = None if q_inv is None else torch.empty((m, n), dtype=torch.float8_e4m3fn, device=a.device)
-    cfg = tiles(m, n, k)
+    y = None if out_dtype is None else torch.empty((m, n), dtype=out_dtype, device=x.device)
+    q = None if q_inv is None else torch.empty((m, n), dtype=torch.float8_e4m3fn, device=x.device)
+    cfg = tiles(m, n, c)
     launch = {key: cfg.pop(key) for key in ("num_warps", "num_stages")}
     grid = (-(-m // cfg["BM"]) * -(-n // cfg["BN"]),)
     # Pointers a flag turns off are never read: any tensor stands in for them.
-    _kernel(not a.is_cuda)[grid](
-        a, b_rows, scale, a if bias is None else bias, a if z is None else z,
-        a if y is None else y, a if q is None else q, scale if q_inv is None else q_inv,
-        m, n, k,
+    _kernel(not x.is_cuda)[grid](
+        x, w_rows, scale, x if bias is None else bias, x if z is None else z,
+        x if y is None else y, x if q is None else q, scale if q_inv is None else q_inv,
+        m, n, C=c, H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw,
         HAS_BIAS=bias is not None, HAS_Z=z is not None, RELU=relu, WRITE_Y=y is not None, WRITE_Q=q is not None,
-        **cfg, **({} if not a.is_cuda else launch),
+        **cfg, **({} if not x.is_cuda else launch),
     )  # fmt: skip
     return y, q
+
+
+def gemm(a: Any, b_rows: Any, scale: Any, bias: Any = None, z: Any = None, **epilogue: Any) -> tuple[Any, Any]:
+    """``a`` (M, K) E4M3 times ``b_rows`` (N, K) E4M3 transposed, then ``conv``'s epilogue: the 1x1
+    convolution of M one-pixel images."""
+    if a.dim() != 2 or b_rows.dim() != 2 or b_rows.shape[1] != a.shape[1]:
+        raise HarnessError(f"fp8 gemm: shapes {tuple(a.shape)} x {tuple(b_rows.shape)}^T do not multiply")
+    return conv(a.reshape(a.shape[0], 1, 1, a.shape[1]), b_rows, scale, bias, z, **epilogue)

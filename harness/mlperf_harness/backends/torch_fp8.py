@@ -15,8 +15,9 @@ multiplied in fp32), so the rewrite and its scales are tested here against the f
 
 On a GPU the ``_scaled_mm`` call's configuration is probed at load (``gemm_plan``), falling back
 from rowwise scales with an fp16 result to bf16 to tensorwise with an fp32 result. With
-``MLPERF_TORCH_FP8_GEMM=triton`` the GEMM and its whole epilogue are one Triton kernel instead
-(``fp8_gemm``; UNTESTED ON A GPU, checked here through Triton's interpreter).
+``MLPERF_TORCH_FP8_GEMM=triton`` the convolution (an implicit GEMM: no im2col) and its whole
+epilogue are one Triton kernel instead (``fp8_gemm``; UNTESTED ON A GPU, checked here through
+Triton's interpreter).
 """
 
 from __future__ import annotations
@@ -239,22 +240,26 @@ class Fp8Conv(nn.Module):
         xh = x.permute(0, 2, 3, 1)  # channels-last memory: (N, H, W, C) without a copy
         if xh.dtype != FP8:
             xh = self._quantize(xh, self.in_inv)
-        a = patches(xh, self.kernel, self.stride, self.padding)
-        n, ho, wo, k = a.shape
+        n, h, w, _ = xh.shape
+        ho = (h + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
 
         def nchw(t: Any) -> Any:
             return None if t is None else t.view(n, ho, wo, -1).permute(0, 3, 1, 2)
 
         zh = None if z is None or not self.add else z.permute(0, 2, 3, 1).reshape(-1, self.w_t.shape[1])
         emit = None if self.emit_scale is None else self.emit_inv
-        if self.fused:
-            from .fp8_gemm import gemm
+        if self.fused:  # one kernel reads the activations where the window puts them: no patches
+            from .fp8_gemm import conv
 
-            out, q = gemm(
-                a.reshape(-1, k), self.w_t.t(), self.scale_b.reshape(-1), self.bias, zh, relu=self.relu,
-                out_dtype=self.dtype if emit is None or self.keep else None, q_inv=emit,
+            out, q = conv(
+                xh, self.w_t.t(), self.scale_b.reshape(-1), self.bias, zh, kernel=self.kernel, stride=self.stride,
+                padding=self.padding, relu=self.relu, out_dtype=self.dtype if emit is None or self.keep else None,
+                q_inv=emit,
             )  # fmt: skip
             return nchw(out) if emit is None else (nchw(out), nchw(q))
+        a = patches(xh, self.kernel, self.stride, self.padding)
+        k = a.shape[-1]
         y = scaled_mm(a.reshape(-1, k), self.w_t, self.scale_b, self.bias, self.dtype, self.fast_accum)
         if not self.add and not self.relu and emit is None:
             out, q = y, None
