@@ -117,6 +117,13 @@ def test_model_and_labeller_get_the_spec_size(name: str, tmp_path: Path, monkeyp
     assert sizes == [expected, expected]
 
 
+def test_a_benchmarks_generator_version_is_in_its_synthetic_keys() -> None:
+    """dlrm's generator changed (float16 tables, the real row counts): its synthetic model and data
+    keys carry its version, so a cache made before is not reused for them."""
+    dlrm = make_spec(benchmark="dlrm", suite="v1.0", category="datacenter")
+    assert artifacts.model(dlrm).inputs["version"] == artifacts.dataset(dlrm).inputs["version"] == 2
+
+
 def _ssd_spec(data: Path, **over: Any) -> MLPerfRunSpec:
     spec: dict[str, Any] = {
         "benchmark": "ssd-resnet34",

@@ -173,6 +173,10 @@ def test_fused_gemm_names_bad_shapes_and_kinds(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", "cutlass")
     with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_GEMM"):
         fp8_gemm.gemm_kind()
+    for tiles, why in (("128,256", "five integers"), ("128,8,128,8,3", "at least 16"), ("128,96,64,4,4", "powers")):
+        monkeypatch.setenv("MLPERF_TORCH_FP8_TILES", tiles)
+        with pytest.raises(HarnessError, match=why):
+            fp8_gemm.tiles(1024, 256, 64)
 
 
 def _tiny_resnet(path: Path) -> Path:

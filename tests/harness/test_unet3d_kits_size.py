@@ -81,6 +81,11 @@ def test_the_dataset_key_carries_full_and_keeps_small_keys() -> None:
     small, full = artifacts.dataset(spec("small")), artifacts.dataset(spec("full"))
     assert "size" not in small.inputs and full.inputs["size"] == "full" and small.key != full.key
     assert artifacts.preprocessed(spec("small")).key != artifacts.preprocessed(spec("full")).key
+    # Another benchmark ignores a dataset's size: the same data, the same key (BraTS's included).
+    for bench, suite in (("resnet50", "v6.1"), ("3d-unet", "v1.0")):
+        keys = {artifacts.dataset(make_spec(benchmark=bench, suite=suite, dataset={"synthetic": {"size": s}})).key
+                for s in ("small", "full")}  # fmt: skip
+        assert len(keys) == 1, bench
 
 
 def test_pytorch_labels_as_onnxruntime_on_the_cpu(tmp_path: Path) -> None:

@@ -47,15 +47,16 @@ def _body(
     C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, RELU: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_Q: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, IMPRECISE: tl.constexpr,
 ):  # fmt: skip
     """Y (M = images x HO x WO, N) = the convolution of X (images, H, W, C), E4M3, contiguous, with
     the weight rows W (N, KH x KW x C, in that order: K-major, as FP8 tensor cores read it). Then
     per column: times scale, plus bias; per element: plus Z, ReLU; written to Y and/or, times q_inv
-    saturated to E4M3 (448), to Q. The layer's shape is compile-time (a network has few; loops and
-    index arithmetic then fold), the batch is not. Core builtins only: Triton's interpreter cannot
-    call its standard library's jit functions (cdiv, zeros) unless it was switched on before
-    triton was imported."""
+    saturated to E4M3 (448), to Q. IMPRECISE: the tensor cores' partial sums are promoted to fp32
+    every that many products (0: every one, slower; None: Triton's default, fast on Hopper). The
+    layer's shape is compile-time (a network has few; loops and index arithmetic then fold), the
+    batch is not. Core builtins only: Triton's interpreter cannot call its standard library's jit
+    functions (cdiv, zeros) unless it was switched on before triton was imported."""
     pid = tl.program_id(0)
     grid_m, grid_n = (M + BM - 1) // BM, (N + BN - 1) // BN
     # Tiles in groups of GROUP_M rows of tiles, so that neighbouring programs share X's pixels in L2.
@@ -87,7 +88,7 @@ def _body(
             mask=channel[:, None] & col[None, :],
             other=0.0,
         )
-        acc = tl.dot(x, w, acc)
+        acc = tl.dot(x, w, acc, max_num_imprecise_acc=IMPRECISE)
     acc = acc * tl.load(scale_ptr + rn, mask=col, other=0.0)[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=col, other=0.0).to(tl.float32)[None, :]
@@ -130,6 +131,12 @@ def tiles(m: int, n: int, c: int) -> dict[str, int]:
             raise HarnessError(
                 f"MLPERF_TORCH_FP8_TILES: {forced!r} is not five integers BM,BN,BK,warps,stages"
             ) from None
+        powers = all(v > 0 and v & (v - 1) == 0 for v in (cfg["BM"], cfg["BN"], cfg["BK"]))
+        if not powers or min(cfg["BM"], cfg["BN"]) < 16 or cfg["BK"] < 32:
+            raise HarnessError(
+                f"MLPERF_TORCH_FP8_TILES: {forced!r}: BM, BN and BK must be powers of two, BM and BN at least 16 "
+                "and BK at least 32 (FP8 tensor-core products)"
+            )
         while n % cfg["BN"] and cfg["BN"] > 16:
             cfg["BN"] //= 2
         return {**cfg, "GROUP_M": 8}
@@ -151,11 +158,13 @@ def conv(
     relu: bool = False,
     out_dtype: Any = None,
     q_inv: Any = None,
+    fast_accum: bool = True,
 ) -> tuple[Any, Any]:
     """The convolution of ``x`` (images, H, W, C) E4M3 with ``w_rows`` (N, kh x kw x C) E4M3, times
     ``scale`` (N,) fp32, plus ``bias`` (N,), plus ``z`` (images x Ho x Wo, N), ReLU: returned as
     (images x Ho x Wo, N) rows in ``out_dtype`` (None: not written) and quantised to E4M3 with
-    ``q_inv`` (a 1-element fp32 tensor; None: not written)."""
+    ``q_inv`` (a 1-element fp32 tensor; None: not written). ``fast_accum`` False: the partial sums
+    promoted to fp32 at every step (MLPERF_TORCH_FP8_FAST_ACCUM=0, as ``torch._scaled_mm``'s)."""
     if out_dtype is None and q_inv is None:
         raise HarnessError("fp8 conv: neither an output dtype nor a quantised output asked for")
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
@@ -179,7 +188,7 @@ def conv(
         x if y is None else y, x if q is None else q, scale if q_inv is None else q_inv,
         m, n, C=c, H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw,
         HAS_BIAS=bias is not None, HAS_Z=z is not None, RELU=relu, WRITE_Y=y is not None, WRITE_Q=q is not None,
-        **cfg, **({} if not x.is_cuda else launch),
+        IMPRECISE=None if fast_accum else 0, **cfg, **({} if not x.is_cuda else launch),
     )  # fmt: skip
     return y, q
 

@@ -255,7 +255,7 @@ class Fp8Conv(nn.Module):
             out, q = conv(
                 xh, self.w_t.t(), self.scale_b.reshape(-1), self.bias, zh, kernel=self.kernel, stride=self.stride,
                 padding=self.padding, relu=self.relu, out_dtype=self.dtype if emit is None or self.keep else None,
-                q_inv=emit,
+                q_inv=emit, fast_accum=self.fast_accum,
             )  # fmt: skip
             return nchw(out) if emit is None else (nchw(out), nchw(q))
         a = patches(xh, self.kernel, self.stride, self.padding)

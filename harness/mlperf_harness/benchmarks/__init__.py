@@ -17,17 +17,21 @@ from ..suites import load_suite
 if TYPE_CHECKING:
     from .base import Benchmark
 
-# implementation -> (module, class, preprocess version). Bump the version when a benchmark's
-# preprocessing or its synthetic generator changes what it writes: cached artifacts are then no longer reused.
+# implementation -> (module, class, version). Bump the version when a benchmark's preprocessing or
+# its synthetic generator changes what it writes: its cached artifacts (synthetic models and datasets,
+# preprocessed data) are then no longer reused. dlrm 2: float16 tables, full size at the real row counts.
 _REGISTRY: dict[str, tuple[str, str, int]] = {
     "resnet50": ("resnet50", "ResNet50", 2),
     "ssd-resnet34": ("ssd_resnet34", "SSDResNet34", 1),
     "bert": ("bert", "Bert", 1),
-    "dlrm": ("dlrm", "Dlrm", 1),
+    "dlrm": ("dlrm", "Dlrm", 2),
     "rnnt": ("rnnt", "Rnnt", 1),
     "3d-unet": ("unet3d", "Unet3D", 1),  # KiTS19, the current round's
     "3d-unet-brats19": ("unet3d.brats_benchmark", "Unet3DBraTS", 1),  # BraTS 2019, v1.0's
 }
+# The implementations whose synthetic datasets have a size of their own (dataset.synthetic.size):
+# KiTS19's full cases have the real cases' shapes; the others ignore the field (nor is it in their keys).
+SIZED_DATASETS = frozenset({"3d-unet"})
 
 
 def implementation(name: str, suite: str | None = None) -> str:
@@ -55,4 +59,4 @@ def preprocess_version(name: str, suite: str | None = None) -> int:
     return _entry(implementation(name, suite))[2]
 
 
-__all__ = ["get_benchmark", "implementation", "preprocess_version"]
+__all__ = ["SIZED_DATASETS", "get_benchmark", "implementation", "preprocess_version"]
