@@ -117,7 +117,8 @@ def test_any_graph_with_external_weights_answers_as_onnxruntime(tmp_path: Path) 
     table (mapped); a bfloat16 initializer, which numpy cannot map, is read in (as onnx reads it;
     onnx2torch itself has no bfloat16 tensors, so it is not in the graph run)."""
     import onnx
-    from mlperf_harness.backends.torch_graph import TorchGraphBackend, _map_external
+    from mlperf_harness.backends.torch_external import map_external
+    from mlperf_harness.backends.torch_graph import TorchGraphBackend
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)
@@ -153,10 +154,10 @@ def test_any_graph_with_external_weights_answers_as_onnxruntime(tmp_path: Path) 
         proto.ir_version = 7
         onnx.save(proto, str(tmp_path / name), save_as_external_data=True, location=f"{name}.data", size_threshold=0)
     path = tmp_path / "g.onnx"
-    mapped = _map_external(onnx.load(str(path), load_external_data=False), path).graph.initializer
+    mapped = map_external(onnx.load(str(path), load_external_data=False), path).graph.initializer
     assert all(Path(dict((e.key, e.value) for e in t.external_data)["location"]).is_absolute() for t in mapped)
     bf16_path = tmp_path / "bf16.onnx"
-    [shift] = _map_external(onnx.load(str(bf16_path), load_external_data=False), bf16_path).graph.initializer
+    [shift] = map_external(onnx.load(str(bf16_path), load_external_data=False), bf16_path).graph.initializer
     assert shift.data_location == TensorProto.DEFAULT and shift.raw_data == bf16.tobytes()
 
     ort, pt = get_backend("onnxruntime"), TorchGraphBackend()

@@ -1,5 +1,6 @@
-"""The pytorch backend's general path (backends/torch_graph.py) on every benchmark's small synthetic
-model, on the CPU: the same outputs as onnxruntime on the same feeds, and bert run through the SUT.
+"""The pytorch backend's general path (backends/torch_graph.py, with torch_ops, torch_rewrites and
+torch_split) on every benchmark's small synthetic model, on the CPU: the same outputs as onnxruntime
+on the same feeds, and bert run through the SUT.
 
 Needs torch and onnx2torch (``PYTHONPATH=$HOME/.cache/mlperf-operator/torch-site:...``); CI has
 neither, so there these tests skip. The GPU part (fp16/bf16, CUDA graphs, pinned buffers) cannot
@@ -131,7 +132,8 @@ def test_conv_layout_answers_as_the_graph(models: dict[str, Path], name: str) ->
     ReLU fused; on the CPU the fused module runs conv, add and ReLU) changes no answer: checked here
     on the CPU in fp32 against onnxruntime, as the GPU applies it."""
     import torch
-    from mlperf_harness.backends.torch_graph import conv_layout, convert
+    from mlperf_harness.backends.torch_graph import convert
+    from mlperf_harness.backends.torch_rewrites import conv_layout
 
     ort = get_backend("onnxruntime")
     ort.load(models[name], 2, "fp32")
@@ -158,7 +160,8 @@ def test_constant_gathers_select_as_the_graph(models: dict[str, Path]) -> None:
     """dlrm's per-table gathers at a constant index become selects with a Python int (no read-back
     on a GPU) and answer the same; bert's shape arithmetic is left to the host rewrite."""
     import torch
-    from mlperf_harness.backends.torch_graph import constant_gathers, convert
+    from mlperf_harness.backends.torch_graph import convert
+    from mlperf_harness.backends.torch_rewrites import constant_gathers
 
     def graph(name: str) -> Any:
         proto = onnx.load(str(models[name]))
@@ -269,7 +272,8 @@ def test_fused_attention_answers_as_the_graph(models: dict[str, Path]) -> None:
     """The GPU path's rewrite of BERT's attention into scaled_dot_product_attention, here on the
     CPU: it fires once per layer and answers as the unfused graph."""
     import torch
-    from mlperf_harness.backends.torch_graph import Attention, convert, fuse_attention
+    from mlperf_harness.backends.torch_graph import convert
+    from mlperf_harness.backends.torch_rewrites import Attention, fuse_attention
 
     path = models["bert"]
     outputs = ["output_start_logits", "output_end_logits"]
@@ -292,7 +296,8 @@ def test_shape_arithmetic_goes_to_the_host(models: dict[str, Path]) -> None:
     Shape -> Gather of the sequence length and its integer constants (reshapes, axes, the split),
     rnnt's slice bounds and axes; never a float tensor. The graph answers the same after."""
     import torch
-    from mlperf_harness.backends.torch_graph import HostShape, convert, host_shape_arithmetic, host_values
+    from mlperf_harness.backends.torch_graph import convert
+    from mlperf_harness.backends.torch_rewrites import HostShape, host_shape_arithmetic, host_values
 
     def graph(name: str) -> Any:
         path = models[name]
@@ -546,7 +551,8 @@ def test_batched_nms_selects_as_onnxruntime(most: int, tmp_path: Path) -> None:
     the limits fed (read at each call) or constants (read once at conversion: ``nms_limits``)."""
     import onnxruntime
     import torch
-    from mlperf_harness.backends.torch_graph import OnnxNMS, convert
+    from mlperf_harness.backends.torch_graph import convert
+    from mlperf_harness.backends.torch_ops import OnnxNMS
 
     case = _nms_case()
     limits = {
@@ -585,7 +591,8 @@ def test_split_graph_answers_as_the_whole(models: dict[str, Path]) -> None:
     as onnxruntime; on a batch padded to its bucket, the prefix's batch-led outputs cut to the real
     rows (``batch_rows``) give the unpadded batch's answers."""
     import torch
-    from mlperf_harness.backends.torch_graph import OnnxNMS, batch_rows, first_wait, split_at
+    from mlperf_harness.backends.torch_ops import OnnxNMS
+    from mlperf_harness.backends.torch_split import batch_rows, first_wait, split_at
 
     model = _ssd_graph(models)
     feeds = _feeds("ssd-resnet34")
@@ -623,7 +630,7 @@ def test_split_needs_a_padded_batch_to_change_nothing_else() -> None:
     """``batch_rows`` on a prefix whose outputs lead with the batch, stay the same, or depend on the
     batch size otherwise (a sum over the batch): the last would change with padding."""
     import torch
-    from mlperf_harness.backends.torch_graph import batch_rows
+    from mlperf_harness.backends.torch_split import batch_rows
 
     x = torch.ones(4, 3)
     assert batch_rows(lambda x: (x * 2, torch.tensor(3), 5), [x]) == (True, False, False)
@@ -635,13 +642,9 @@ def test_waits_per_batch_of_ssds_graph(models: dict[str, Path]) -> None:
     rewrites (``count_waits``): the same for 1 and 4 images (the NMS is one call for the batch), a
     handful in all, none in the prefix the split captures."""
     import torch
-    from mlperf_harness.backends.torch_graph import (
-        OnnxNMS,
-        constant_gathers,
-        count_waits,
-        host_shape_arithmetic,
-        split_at,
-    )
+    from mlperf_harness.backends.torch_ops import OnnxNMS
+    from mlperf_harness.backends.torch_rewrites import constant_gathers, host_shape_arithmetic
+    from mlperf_harness.backends.torch_split import count_waits, split_at
 
     model = _ssd_graph(models)
     constant_gathers(model)

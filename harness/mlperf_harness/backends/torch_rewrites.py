@@ -1,0 +1,278 @@
+"""Rewrites of a converted graph (an fx.GraphModule from ``torch_graph.convert``): on a GPU, a gather
+at a constant index as a select, the shape arithmetic kept on the host (onnx2torch reads shapes,
+axes and sizes back as Python values: ``host_shape_arithmetic``), BERT's attention fused
+(``fuse_attention``), convolutions channels-last (``conv_layout``); at fp16/bf16, the model in that
+dtype (``half``). The CPU tests compare each with the graph; which ran on an H200: torch_graph's
+docstring.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import TensorSpec
+from .torch_ops import ConstantOfShape, OnnxNMS
+
+
+def constant_gathers(model: Any) -> int:
+    """Gathers of device data at one constant index (dlrm takes each table's column of the index
+    matrix so) as ``select`` with a Python int: onnx2torch indexes with the 0-d tensor, which torch
+    reads back to the host, one wait for the GPU per gather (26 per dlrm batch on an H200). Shape
+    arithmetic is left to ``host_shape_arithmetic`` (run after this). Returns how many."""
+    from onnx2torch.node_converters.gather import OnnxGather
+
+    host = host_values(model)
+    done = 0
+    for node in list(model.graph.nodes):
+        if node.op != "call_module" or node in host or not isinstance(model.get_submodule(node.target), OnnxGather):
+            continue
+        data, index = node.args
+        if getattr(index, "op", "") != "get_attr":
+            continue
+        value = operator.attrgetter(index.target)(model)
+        if value.dim() != 0:
+            continue
+        axis = model.get_submodule(node.target)._axis
+        with model.graph.inserting_before(node):
+            new = model.graph.call_function(torch.select, (data, axis, int(value)))
+        node.replace_all_uses_with(new)
+        model.graph.erase_node(node)
+        done += 1
+    return done
+
+
+class Float32(nn.Module):
+    """A module run on float32 copies of its float inputs."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        def f32(a: Any) -> Any:
+            return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+        return self.inner(*map(f32, args), **{k: f32(v) for k, v in kwargs.items()})
+
+
+def half(model: Any, dtype: Any) -> Any:
+    """The model in ``dtype``: its casts to float32 too (an fp32 graph's casts mean 'to float'),
+    non-max suppression in float32 (torchvision has no bf16 kernel for it)."""
+    from onnx2torch.node_converters.cast import OnnxCast
+    from onnx2torch.node_converters.nms import OnnxNonMaxSuppression
+
+    for name, m in list(model.named_modules()):
+        if isinstance(m, OnnxCast) and m.torch_dtype == torch.float32:
+            m.torch_dtype = dtype
+        elif isinstance(m, OnnxNonMaxSuppression | OnnxNMS):
+            model.set_submodule(name, Float32(m))
+    return model.to(dtype)
+
+
+class Attention(nn.Module):
+    """softmax(q @ k^T * scale (+ mask)) @ v as one fused kernel (scaled_dot_product_attention),
+    from the graph's ``q``, ``k^T`` (as the ONNX graph transposes it), ``v`` and additive mask."""
+
+    def __init__(self, scale: float, four_d: bool) -> None:
+        super().__init__()
+        self.scale = scale
+        self.four_d = four_d  # the softmax was over axis 3: the last one of 4-D scores only
+
+    def forward(self, q: Any, k_t: Any, v: Any, mask: Any = None) -> Any:
+        if self.four_d and q.dim() != 4:
+            raise RuntimeError(f"fused attention: 4-D q expected, got {q.dim()}-D; set MLPERF_TORCH_ATTENTION=0")
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        k = k_t.transpose(-2, -1)
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
+
+def fuse_attention(model: Any) -> int:
+    """Rewrite each MatMul(q, k^T) -> Mul or Div by a constant -> (Add mask) -> Softmax over the
+    last axis -> MatMul(v) of an onnx2torch graph (BERT's self-attention) into one ``Attention``:
+    the (batch, heads, seq, seq) scores are then never written out. Returns how many."""
+    from onnx2torch.node_converters.activations import OnnxSoftmaxV1V11
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+
+    graph = model.graph
+
+    def module(node: Any) -> Any:
+        is_module = getattr(node, "op", None) == "call_module"
+        return model.get_submodule(str(node.target)) if is_module else None
+
+    def math(node: Any, *ops: str) -> bool:
+        fn = getattr(module(node), "math_op_function", None)
+        return fn is not None and any(fn.__name__ in (op, f"_onnx_{op}") for op in ops)
+
+    def only_user(node: Any) -> Any:
+        return next(iter(node.users)) if len(node.users) == 1 else None
+
+    def scalar(node: Any) -> float | None:
+        if getattr(node, "op", None) != "get_attr":
+            return None
+        value = model.get_buffer(str(node.target))
+        return float(value) if value.numel() == 1 and value.is_floating_point() else None
+
+    def softmax_axis(node: Any) -> int | None:
+        m = module(node)
+        if isinstance(m, OnnxSoftmaxV1V11) and not m.is_log:
+            return int(m.axis)  # opset < 13 flattens from the axis: the last one for -1, or 3 of 4-D
+        return int(m.dim) if isinstance(m, nn.Softmax) and m.dim is not None else None
+
+    fused = 0
+    for qk in list(graph.nodes):
+        if not isinstance(module(qk), OnnxMatMul):
+            continue
+        scaled = only_user(qk)
+        if scaled is None or not math(scaled, "mul", "div") or qk not in scaled.args:
+            continue
+        factor = scalar(scaled.args[1] if scaled.args[0] is qk else scaled.args[0])
+        if not factor or (math(scaled, "div") and scaled.args[0] is not qk):
+            continue
+        scale = factor if math(scaled, "mul") else 1.0 / factor
+        probs, mask = only_user(scaled), None
+        if probs is not None and math(probs, "add"):
+            a, b = probs.args
+            mask = b if a is scaled else a
+            probs = only_user(probs)
+        axis = None if probs is None else softmax_axis(probs)
+        if axis not in (-1, 3):
+            continue
+        ctx = only_user(probs)
+        if ctx is None or not isinstance(module(ctx), OnnxMatMul) or ctx.args[0] is not probs:
+            continue
+        name = f"attention_{fused}"
+        model.add_submodule(name, Attention(scale, four_d=axis == 3))
+        q, k_t = qk.args
+        with graph.inserting_before(ctx):
+            new = graph.call_module(name, (q, k_t, ctx.args[1], *([mask] if mask is not None else [])))
+        ctx.replace_all_uses_with(new)
+        for dead in (ctx, probs, *([probs.args[0]] if mask is not None else []), scaled, qk):
+            graph.erase_node(dead)
+        fused += 1
+    graph.lint()
+    model.delete_all_unused_submodules()
+    model.recompile()
+    return fused
+
+
+class HostShape(nn.Module):
+    """ONNX Shape answered on the host (onnx2torch makes a device tensor of it, read back later)."""
+
+    def __init__(self, shape: Any) -> None:
+        super().__init__()
+        self.start, self.end = shape._start, shape._end
+
+    def forward(self, x: Any) -> Any:
+        return torch.tensor(x.shape[self.start : self.end])
+
+
+def host_readers() -> dict[type, set[int | str]]:
+    """onnx2torch modules that read these arguments as Python values (``tolist``, ``item``,
+    iteration): a host tensor there costs nothing, a device one a wait for the GPU."""
+    from onnx2torch.node_converters import cumsum, pad, reshape, slice, split, squeeze, topk, unsqueeze
+    from onnx2torch.node_converters.range import OnnxRange
+
+    return {
+        topk.OnnxTopK: {1, "k"},
+        cumsum.OnnxCumSum: {1, "axis"},
+        ConstantOfShape: {0, "shape"},  # its output is on the device
+        reshape.OnnxReshape: {1, "shape"},
+        slice.OnnxSlice: {1, 2, 3, 4, "starts", "ends", "axes", "steps"},
+        squeeze.OnnxSqueezeDynamicAxes: {1, "axes"},
+        unsqueeze.OnnxUnsqueezeDynamicAxes: {1, "axes"},
+        split.OnnxSplit13: {1, "split"},
+        pad.OnnxPadDynamic: {1, "pads"},
+        OnnxRange: {0, 1, 2, "start", "limit", "delta"},  # its output is on the device
+    }
+
+
+def host_values(model: Any) -> set[Any]:
+    """The graph's shape arithmetic, to keep on the host for a model on a GPU: onnx2torch reads
+    shapes, axes, starts and sizes back as Python values (one wait for the GPU each, and no CUDA
+    graph capture). Shape's outputs and the small integer constants, and what is computed from
+    them alone, wherever every use of the value is another such value or an argument read as
+    Python values (``host_readers``); the rest stays on the device."""
+    from onnx2torch.node_converters import binary_math_operations, cast, concat, gather
+    from onnx2torch.node_converters.range import OnnxRange
+    from onnx2torch.node_converters.shape import OnnxShape
+
+    readers = host_readers()
+    # Computed on the host when every input is there (Range and ConstantOfShape make device tensors).
+    arithmetic = (gather.OnnxGather, concat.OnnxConcat, cast.OnnxCast, binary_math_operations.OnnxBinaryMathOperation)
+    arithmetic += tuple(c for c in readers if c not in (OnnxRange, ConstantOfShape))
+
+    def module(node: Any) -> Any:
+        return model.get_submodule(str(node.target)) if node.op == "call_module" else None
+
+    def attribute(node: Any) -> tuple[Any, str]:
+        owner, _, name = str(node.target).rpartition(".")
+        return model.get_submodule(owner), name
+
+    def inputs_there(node: Any) -> bool:  # Shape reads only its input's shape
+        return isinstance(module(node), OnnxShape | HostShape) or all(i in host for i in node.all_input_nodes)
+
+    host: set[Any] = set()
+    for node in model.graph.nodes:
+        if node.op == "get_attr":
+            value = getattr(*attribute(node))
+            if isinstance(value, torch.Tensor) and not value.is_floating_point() and value.numel() <= 64:
+                host.add(node)
+        elif isinstance(module(node), (OnnxShape, HostShape, *arithmetic)) and inputs_there(node):
+            host.add(node)
+
+    def read_on_host(value: Any, user: Any) -> bool:
+        wanted = readers.get(type(module(user)), set())
+        uses = [i for i, a in enumerate(user.args) if a is value] + [k for k, v in user.kwargs.items() if v is value]
+        return all(u in wanted for u in uses)
+
+    changed = True
+    while changed:  # drop values some use needs on the device, and what is computed from those
+        stays = {n for n in host if inputs_there(n)}
+        stays = {n for n in stays if all(u in stays or read_on_host(n, u) for u in n.users)}
+        changed, host = stays != host, stays
+    return host
+
+
+def host_shape_arithmetic(model: Any) -> int:
+    """Move ``host_values`` to the host (on the CPU: nothing changes); returns how many."""
+    from onnx2torch.node_converters.shape import OnnxShape
+
+    host = host_values(model)
+    for node in host:
+        if node.op == "get_attr":
+            owner, _, name = str(node.target).rpartition(".")
+            setattr(model.get_submodule(owner), name, getattr(model.get_submodule(owner), name).cpu())
+        elif node.op == "call_module" and isinstance(shape := model.get_submodule(str(node.target)), OnnxShape):
+            model.set_submodule(str(node.target), HostShape(shape))
+    return len(host)
+
+
+def conv_layout(model: Any, inputs: Sequence[TensorSpec]) -> tuple[int, dict[str, Any]]:
+    """A convolutional model on a GPU: channels-last weights (NHWC, or NDHWC for 3-D convolutions:
+    cuDNN's fast kernels are channels-last, and on NCHW tensors it transposes around each
+    convolution, 25 % of ssd-resnet34's GPU time on an H200), its 2-D conv + bias + ReLU fused into
+    one cuDNN call where the image path's rewrites allow (``MLPERF_TORCH_REWRITES``). Returns the
+    convolutions fused and the memory format of each float input of the convolutions' rank.
+    ``MLPERF_TORCH_CHANNELS_LAST=0`` leaves the layout as it is (to compare)."""
+    from .torch_backend import fuse_conv_activations, rewrites_from_env
+
+    ranks = {m.weight.dim() for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)}
+    rewrites = rewrites_from_env()
+    fused = 0
+    if ranks == {4} and "fuse" in rewrites and isinstance(model, torch.fx.GraphModule):
+        fused = fuse_conv_activations(model, fold_bias="fold" in rewrites)[0]
+    if len(ranks) != 1 or os.environ.get("MLPERF_TORCH_CHANNELS_LAST", "1") == "0":
+        return fused, {}
+    [rank] = ranks
+    fmt = torch.channels_last if rank == 4 else torch.channels_last_3d
+    model.to(memory_format=fmt)
+    formats = {s.name: fmt for s in inputs if len(s.shape) + 1 == rank and np.dtype(s.dtype).kind == "f"}
+    return fused, formats
