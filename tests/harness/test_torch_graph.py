@@ -565,8 +565,14 @@ def test_batched_nms_selects_as_onnxruntime(most: int, tmp_path: Path) -> None:
     [want] = session.run(None, {**case, **limits})
     assert 0 < len(want) < 3 * 4 * 40 and not (want[:, 0] == 1).any() and (want[:, 0] == 2).any()
     assert (most > 4 or len(want[want[:, 0] == 0]) == 4 * most) and ((want[:, :2] == [2, 1]).all(1).sum() == 1)
-    got = OnnxNMS()(*(torch.from_numpy(a) for a in (*case.values(), *limits.values()))).numpy()
-    np.testing.assert_array_equal(got, want)
+    feeds = [torch.from_numpy(a) for a in (*case.values(), *limits.values())]
+    np.testing.assert_array_equal(OnnxNMS()(*feeds).numpy(), want)
+    image = (torch.from_numpy(case["scores"]) > 0.2).nonzero(as_tuple=True)[0]
+    for chunk in (1, 100):  # fewer candidates a call than there are: images in chunks of whole images
+        nms = OnnxNMS()
+        nms.chunk = chunk
+        assert len(nms._chunks(image, 3)) == 2  # image 1 has no candidate
+        np.testing.assert_array_equal(nms(*feeds).numpy(), want)
     path = tmp_path / "nms.onnx"
     onnx.save(_onnx_nms(limits, constant=True), str(path))
     model = convert(onnx.load(str(path)), ["selected"], path)
@@ -660,6 +666,34 @@ def test_waits_per_batch_of_ssds_graph(models: dict[str, Path]) -> None:
     assert one[nms] == 3  # the boxes over the threshold, NMS's count, the per-class cap
     split = split_at(model, nms)
     assert split is not None and count_waits(split.prefix, [x]) == {}
+
+
+def test_a_batch_1_graph_that_waits_is_split_without_other_batches(tmp_path: Path) -> None:
+    """A graph of batch 1 (the official ssd-resnet34's inputs are [1, ...]) may hold batch-1
+    constants before its first wait (a Reshape to [1, 12]): its split never runs the prefix on
+    two rows; a prefix that fails on two rows of another graph means batches are not padded."""
+    import torch
+    from mlperf_harness.backends.torch_graph import TorchGraphBackend
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Neg", ["r"], ["a"]),
+        helper.make_node("Abs", ["a"], ["b"]), helper.make_node("Reshape", ["b", "shape"], ["c"]),
+        helper.make_node("NonZero", ["c"], ["y"]),
+    ]  # fmt: skip
+    shape = onnx.numpy_helper.from_array(np.array([1, 12], np.int64), "shape")
+    for batch in (1, "N"):
+        graph = helper.make_graph(
+            nodes, "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.INT64, [2, "n"])], [shape],
+        )  # fmt: skip
+        path = tmp_path / f"one-{batch}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+        pt = TorchGraphBackend()
+        pt.load(path, 1, "fp32")
+        with torch.inference_mode():
+            pt._check_waits([torch.ones(1, 3, 4)])
+        assert pt.split is not None and "nonzero" in pt.eager_reason.lower(), pt.eager_reason
+        assert pt._pad == (batch == 1) and not any(pt._rows), (batch, pt._rows)
 
 
 def test_the_backend_splits_where_a_call_waits(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -768,8 +802,8 @@ def test_split_capture_answers_as_eager_on_a_gpu(models: dict[str, Path], precis
         b.load(models["ssd-resnet34"], 4, precision)
     images = rng.standard_normal((4, 3, 400, 400)).astype(np.float32)
     split.warmup({"image": images})
+    print(f"pytorch {precision}: {split.eager_reason}")  # where the GPU's first wait cut the graph
     assert split.graphed and split.split is not None and len(split._graphs) == 3  # buckets 1, 2, 4
-    print(f"pytorch {precision}: {split.eager_reason}")
     padded = images.copy()
     padded[3] = 0  # as the backend pads a batch of 3 to its bucket
     for n, whole in ((4, images), (3, padded)):

@@ -415,8 +415,14 @@ class TorchGraphBackend(ModelBackend):
             self.eager_reason = wait if split is None else f"{wait} (after {split.ops[0]} of {sum(split.ops)} ops)"
             return
         for _ in range(3):  # the prefix alone: cuDNN's choices for the capture
-            split.prefix(*static_in)
-        rows = batch_rows(split.prefix, static_in)
+            outs = split.prefix(*static_in)
+        if self._one_row:  # calls of one row, graphs of batch 1: nothing padded, nothing to cut
+            rows: tuple[bool | None, ...] = (False,) * len(outs)
+        else:
+            try:
+                rows = batch_rows(split.prefix, static_in)
+            except RuntimeError:  # a prefix that takes no other batch (a Reshape to [1, ...]): never padded
+                rows = (None,) * len(outs)
         self.split, self._rows, self._pad = split, tuple(r is True for r in rows), None not in rows
         self.eager_reason = f"{split.describe()}: {wait}" + ("" if self._pad else "; batches not padded")
         sys.stderr.write(f"pytorch: {self._file}: {self.eager_reason}\n")

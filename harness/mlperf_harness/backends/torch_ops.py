@@ -67,8 +67,13 @@ class OnnxNMS(nn.Module):
     above ``score_threshold``. Each (image, class) group's boxes are moved apart by a whole offset,
     in float64 so that the moved coordinates stay exact (an IoU as from the float32 boxes; float32
     offsets would round them). Three waits for the GPU a call (the boxes over the threshold, NMS's
-    kept count, the per-class cut), whatever the batch; ``limits`` (max per class, IoU, threshold)
-    are the graph's constants read at conversion (``nms_limits``), else read at each call."""
+    kept count, the per-class cut), whatever the batch, while the candidates fit one call
+    (``chunk``); ``limits`` (max per class, IoU, threshold) are the graph's constants read at
+    conversion (``nms_limits``), else read at each call."""
+
+    # Candidates one NMS call takes: its overlap mask grows with their square (torchvision's own
+    # batched_nms stops offsetting groups past 20,000 on CUDA). Past it, images go in chunks, one wait more.
+    chunk = 20_000
 
     def __init__(self, limits: tuple[int, float, float] | None = None) -> None:
         super().__init__()
@@ -91,13 +96,30 @@ class OnnxNMS(nn.Module):
         corners = torch.cat([torch.minimum(low, high), torch.maximum(low, high)], 1)
         group = image * scores.shape[1] + cls
         span = (corners.max() - corners.min()).ceil() + 1  # on the device: no wait
-        kept = nms(corners + (group * span)[:, None], scores[image, cls, box].double(), iou_bound)  # falling score
-        kept = kept[torch.argsort(group[kept], stable=True)]  # by group, falling score within each
+        moved, score = corners + (group * span)[:, None], scores[image, cls, box].double()
+        parts = []
+        for start, end in self._chunks(image, scores.shape[0]):  # candidates are by image: chunks of whole images
+            kept = nms(moved[start:end], score[start:end], iou_bound) + start  # falling score
+            parts.append(kept[torch.argsort(group[kept], stable=True)])  # by group, falling score within each
+        kept = torch.cat(parts)
         if most < scores.shape[2]:  # a class can have more boxes kept than the cap
             in_group = group[kept]
             rank = torch.arange(len(kept), device=kept.device) - torch.searchsorted(in_group, in_group)
             kept = kept[rank < most]
         return torch.stack([image[kept], cls[kept], box[kept]], dim=1)
+
+    def _chunks(self, image: Any, images: int) -> list[tuple[int, int]]:
+        """Candidate ranges of whole images, each at most ``chunk`` candidates (an image over it alone)."""
+        if len(image) <= self.chunk:
+            return [(0, len(image))]
+        ends = torch.searchsorted(image, torch.arange(1, images + 1, device=image.device)).tolist()  # wait
+        ranges, start, end = [], 0, 0
+        for stop in ends:  # where each image's candidates end
+            if stop - start > self.chunk and end > start:  # this image would overflow the chunk: close it
+                ranges.append((start, end))
+                start = end
+            end = stop
+        return [*ranges, (start, end)] if end > start else ranges
 
 
 def _nms_limits(most: Any, iou: Any, threshold: Any) -> tuple[int, float, float]:
