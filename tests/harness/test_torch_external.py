@@ -112,6 +112,26 @@ def test_tables_go_to_the_gpu_one_at_a_time(tmp_path: Path) -> None:
     assert loaded - before < 0.6 * table_bytes, f"the load held {(loaded - before) / table_bytes:.2f} x the tables"
 
 
+def test_a_table_past_2_31_elements_answers_on_the_gpu(tmp_path: Path) -> None:
+    """On a GPU (untested: none here): one table of 20,000,000 rows (2.56 G elements, past 2^31,
+    as the full model's 40M-row ones are; 4M-row tables never were) answers as onnxruntime on the
+    CPU, its last rows looked up."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from mlperf_harness.backends.torch_graph import TorchGraphBackend
+
+    sizes = [*SIZES[:-1], 20_000_000]
+    path = model.build_model(tmp_path / "dlrm.onnx", 5, sizes=sizes, external=True)
+    feeds = batching.collate([criteo.transform(criteo.synthetic_rows(8, 0, 300, sizes))])
+    feeds[batching.INDICES][-1] = np.arange(sizes[-1] - 300, sizes[-1])  # the last table's far end
+    ort, pt = get_backend("onnxruntime"), TorchGraphBackend()
+    ort.load(path, 512, "fp32")
+    pt.load(path, 512, "fp32", outputs=["pred"])
+    np.testing.assert_allclose(pt.predict(feeds)["pred"], ort.predict(feeds)["pred"], rtol=1e-4, atol=1e-5)
+
+
 def test_any_graph_with_external_weights_answers_as_onnxruntime(tmp_path: Path) -> None:
     """Not dlrm only: a Gemm's external weights (copied into its Linear) and an external float16
     table (mapped); a bfloat16 initializer, which numpy cannot map, is read in (as onnx reads it;
