@@ -73,6 +73,26 @@ def offline_run(run: str, seconds: float, expected: float, **over: Any) -> tuple
     return r.samplesPerSecond or 0.0, r.resultValidity
 
 
+def tuned_server(ws: Workspace, probe_seconds: float, max_probes: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """The tuner's highest VALID Server target for ``ws`` (a spec with ``tune: true``; probes of
+    ``probe_seconds``, retuned from scratch), then a fresh Server run at its finding (0.9 of it)."""
+    from mlperf_harness import tune
+
+    shutil.rmtree(ws.run_dir, ignore_errors=True)
+    steps.build_engine(ws, "Server")
+    found = tune.tune(ws, "Server", retune=True, probe_ms=int(probe_seconds * 1000), max_probes=max_probes, say=say)
+    [r] = steps.run_harness(ws, "Server", "PerformanceOnly").results  # at the finding
+    p99 = (r.latencyNs.p99 or 0) / 1e6 if r.latencyNs else 0.0
+    say(f"Server tuned {found.value:,.1f} QPS (highest VALID probe {found.measured:,.1f})")
+    say(f"fresh Server run at it: {r.resultValidity}, {r.samplesPerSecond or 0:,.1f} samples/s, p99 {p99:.1f} ms")
+    return {
+        "serverTuned": found.value,
+        "serverMeasured": found.measured,
+        "serverValidity": r.resultValidity,
+        "serverP99Ms": p99,
+    }
+
+
 # CUDA runtime calls that show how the host drives the GPU: launches, graph replays, copies, waits.
 HOST_CALLS = (
     "cudaLaunchKernel",

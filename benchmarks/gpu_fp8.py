@@ -17,7 +17,8 @@
    epilogue as fp8_gemm's one kernel), in the same run. First, with ``--gemms``, each FP8
    convolution shape alone: cuBLASLt + epilogue against fp8_gemm with several tile settings.
 4. The harness: LoadGen Offline in fp8 (the fastest variant), its ratio to that variant's plain
-   loop, and to TensorRT's 96,029 per H200.
+   loop, and to TensorRT's 96,029 per H200; then Server at 15 ms: the tuner's highest VALID target
+   (probes of ``--probe-seconds``) and a fresh run at it (``--no-server`` skips it).
 5. torch.profiler: GPU time per kernel of one fp8 batch, largest first.
 
 Every stage runs in try/except (its error printed, the next stage runs) within a global time
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import images, machine, stamp, workspace
+from _common import images, machine, stamp, tuned_server, workspace
 from gpu_h200 import SOFTMAX, backend, harness, profile, release, replay_rate
 from mlperf_harness.backends.torch_fp8 import accuracy_gate
 from mlperf_harness.benchmarks.resnet50 import INPUT
@@ -255,6 +256,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=400.0, help="seconds: later stages are skipped past it")
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-server", action="store_true", help="skip the tuner's Server search in fp8")
+    ap.add_argument("--probe-seconds", type=float, default=5.0, help="the tuner's Server probes")
     ap.add_argument(
         "--gemms", nargs="*", metavar="TILES", help="first time each FP8 convolution shape: cuBLASLt against fp8_gemm "
         f"with these tile settings (BM,BN,BK,warps,stages; none given: {' '.join(TILES)})",
@@ -317,6 +320,26 @@ def main() -> None:
         figures.update(offline=got, offlineValidity=validity, variant=best)
 
     stage("harness Offline fp8", args.budget, offline)
+
+    def server() -> None:
+        import gpu_h200
+
+        ws = workspace(
+            "bench-fp8-server",
+            backend="pytorch",
+            precision="fp8",
+            category="datacenter",
+            scenarios=["Server"],
+            system={"gpuCount": 0} if args.cpu else gpu_h200.GPU,
+            tune=True,
+            dataset={"synthetic": {"samples": args.samples}},
+            loadgen={"minDurationMs": int(args.seconds * 1000), "minQueryCount": 1},
+        )
+        got = tuned_server(ws, args.probe_seconds, 6, lambda text: say(f"harness Server fp8 ({best}), 15 ms", text))
+        figures.update(server=got)
+
+    if not args.no_server:
+        stage("harness Server fp8, tuned", args.budget, server)
     if not args.cpu and not args.no_profile:
         stage("profile fp8", args.budget, lambda: profile(model, batch, "fp8", calibration, top=15))
     faulthandler.cancel_dump_traceback_later()

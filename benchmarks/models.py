@@ -34,8 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import gpu_profile, machine, print_profile, stamp, workspace
-from mlperf_harness import steps, tune
+from _common import gpu_profile, machine, print_profile, stamp, tuned_server, workspace
+from mlperf_harness import steps
 from mlperf_harness.backends import get_backend
 from mlperf_harness.benchmarks.base import MODEL
 
@@ -209,20 +209,8 @@ def server(name: str, args: argparse.Namespace, size: str, backend: str) -> dict
             "loadgen": {"minDurationMs": int(args.seconds * 1000), "minQueryCount": 1},
         },
     )
-    shutil.rmtree(ws.run_dir, ignore_errors=True)
-    steps.build_engine(ws, "Server")
     say(f"{name}: Server set up in {time.perf_counter() - t:.0f} s")
-    found = tune.tune(ws, "Server", retune=True, probe_ms=int(args.probe_seconds * 1000), max_probes=6, say=say)
-    [r] = steps.run_harness(ws, "Server", "PerformanceOnly").results  # at the finding
-    p99 = (r.latencyNs.p99 or 0) / 1e6 if r.latencyNs else 0.0
-    say(f"{name}: Server tuned {found.value:,.1f} QPS (highest VALID probe {found.measured:,.1f})")
-    say(f"{name}: fresh Server run {r.resultValidity}, p99 {p99:.1f} ms")
-    return {
-        "serverTuned": found.value,
-        "serverMeasured": found.measured,
-        "serverValidity": r.resultValidity,
-        "serverP99Ms": p99,
-    }
+    return tuned_server(ws, args.probe_seconds, 6, lambda text: say(f"{name}: {text}"))
 
 
 def main() -> None:
