@@ -190,14 +190,17 @@ def outputs(b: Any, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(soft).astype(np.float64), np.concatenate(feats).astype(np.float64)
 
 
-def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.ndarray]) -> None:
+def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.ndarray], gemms: set[str]) -> None:
+    """fp16, and fp8 with each GEMM kind of the run's variants (``gemms``), against FP32."""
     rng = np.random.default_rng(int(time.time()))
     sets = {"synthetic samples": data[:batch], "random inputs": (rng.standard_normal(data[:batch].shape) * 60)}
     sets = {k: v.astype(np.float32) for k, v in sets.items()}
     ref = backend(model, batch, "fp32", "off", SOFTMAX, use_graphs=False)
     want = {k: outputs(ref, x, batch) for k, x in sets.items()}
     release(ref)
-    for label, variant in (("fp16", "1x1"), ("fp8", "1x1"), ("fp8 triton", "1x1-triton")):
+    variant_of = {"cublas": "1x1", "triton": "1x1-triton"}
+    legs = [("fp16", "1x1"), *[(f"fp8 {kind}", variant_of[kind]) for kind in sorted(gemms)]]
+    for label, variant in legs:
         precision = label.split()[0]
         set_variant(variant)
         b = backend(model, batch, precision, "off", SOFTMAX, calibration=calibration, use_graphs=False)
@@ -290,7 +293,8 @@ def main() -> None:
 
     if args.gemms is not None:
         stage("fp8 convolution shapes", args.budget, lambda: gemms(batch, args.gemms or TILES, args.cpu))
-    stage("accuracy gate", args.budget, lambda: accuracy(model, data, batch, calibration))
+    kinds = {VARIANTS[v][4] for v in args.variants}
+    stage("accuracy gate", args.budget, lambda: accuracy(model, data, batch, calibration, kinds))
     rates: dict[str, float] = {}
     fp16 = stage(
         "plain loop fp16", args.budget, lambda: plain(model, data, batch, "fp16", calibration, args.cpu, "fp16")
