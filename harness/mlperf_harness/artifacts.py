@@ -85,8 +85,9 @@ def source_identity(source: Source, role: str, benchmark: str) -> dict[str, Any]
         "benchmark": benchmark,
         "seed": source.synthetic.seed,
     }
-    if preprocess_version(benchmark) > 1:  # the benchmark's own generator changed (1: the keys made before)
-        ident["version"] = preprocess_version(benchmark)
+    version = preprocess_version(benchmark)
+    if version > 1:  # the benchmark's own generator changed (1: the keys made before)
+        ident["version"] = version
     if role == "dataset":
         ident["samples"] = source.synthetic.samples
         if source.synthetic.size != "small" and benchmark in SIZED_DATASETS:  # the default keeps earlier keys

@@ -58,6 +58,18 @@ class WouldWait(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class _Tracker(torch.fx.Interpreter):
+    """Runs an fx graph, keeping in ``current[0]`` the node it is running (where a wait happened)."""
+
+    def __init__(self, model: Any, current: list[Any]) -> None:
+        super().__init__(model)
+        self.current = current
+
+    def run_node(self, n: Any) -> Any:
+        self.current[0] = n
+        return super().run_node(n)
+
+
 def _run_waiting(model: Any, inputs: Sequence[Any], on_wait: Callable[[Any, str], None]) -> None:
     """Run ``model`` on the CPU, ``on_wait(node, op)`` at each wait a GPU would have (``WouldWait``
     and ``tolist``) but for reads of the values a GPU keeps on the host (``host_values``): those
@@ -86,13 +98,8 @@ def _run_waiting(model: Any, inputs: Sequence[Any], on_wait: Callable[[Any, str]
                 wait("tolist", args)
             return func(*args, **(kwargs or {}))
 
-    class Tracker(torch.fx.Interpreter):
-        def run_node(self, n: Any) -> Any:
-            current[0] = n
-            return super().run_node(n)
-
     with torch.inference_mode(), Lists(), WouldWait(wait):
-        Tracker(model).run(*inputs)
+        _Tracker(model, current).run(*inputs)
 
 
 def count_waits(model: Any, inputs: Sequence[Any]) -> dict[str, int]:
@@ -113,25 +120,20 @@ def first_wait(model: Any, inputs: Sequence[Any], detect: Any = None) -> tuple[s
     """The node of ``model`` (an fx.GraphModule) during which a call on ``inputs`` first waits for
     the GPU, and the wait's message; ("", "") where none does. ``detect``: a context in which a wait
     raises (``gpu_waits()``); None: on the CPU, what would wait on a GPU (``_run_waiting``)."""
-    current = [""]
+    current: list[Any] = [None]
 
     def stop(node: Any, op: str) -> None:
-        current[0] = node.name
+        current[0] = node
         raise RuntimeError(f"{op} would wait for the GPU")
-
-    class Tracker(torch.fx.Interpreter):
-        def run_node(self, n: Any) -> Any:
-            current[0] = n.name
-            return super().run_node(n)
 
     try:
         if detect is None:
             _run_waiting(model, inputs, stop)
         else:
             with detect:
-                Tracker(model).run(*inputs)
+                _Tracker(model, current).run(*inputs)
     except RuntimeError as exc:
-        return current[0], str(exc).splitlines()[0][:160]
+        return getattr(current[0], "name", ""), str(exc).splitlines()[0][:160]
     return "", ""
 
 
