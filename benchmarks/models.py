@@ -3,7 +3,7 @@
     python3 benchmarks/models.py                       # on one NVIDIA GPU: full-size models, pytorch fp16
     python3 benchmarks/models.py --cpu                 # on this CPU: small models, onnxruntime fp32
     python3 benchmarks/models.py --cpu --backend pytorch   # the GPU path's code on this CPU (fp32)
-        [--benchmarks bert dlrm ...] [--samples 64] [--seconds 10] [--size small|full] [--server]
+        [--benchmarks bert dlrm ...] [--samples 64] [--seconds 10] [--size small|full] [--server [--max-probes 6]]
 
 Per benchmark:
 1. The work directory: the spec's synthetic data and synthetic model (`model.synthetic.size`), prepared
@@ -49,9 +49,19 @@ SETUP: dict[str, tuple[str, str, int, int]] = {
 }
 # 3d-unet's on a GPU with its full-size synthetic cases (below): KiTS19's 43 preprocessed shapes, 64.2
 # windows a case, so its cases/s compares with the published figure.
+# v1.0's three: NVIDIA's DGX-A100 (8x A100-SXM-80GB, TensorRT) in inference_results_v1.0, divided by 8.
 ANCHORS = {
     "bert": ("bert-99 Offline, H200 v4.1 per GPU", 9_224.0),
     "3d-unet": ("3d-unet-99 Offline, H200 v4.1 per GPU", 6.84),
+    "ssd-resnet34": ("ssd-resnet34 Offline, A100 v1.0 per GPU", 7_879.48 / 8),
+    "dlrm": ("dlrm-99 Offline, A100 v1.0 per GPU", 2.4623e6 / 8),
+    "rnnt": ("rnnt Offline, A100 v1.0 per GPU", 105_677 / 8),
+}
+# The same system's Server figures (scheduled samples/s), for the tuned Server targets.
+SERVER_ANCHORS = {
+    "ssd-resnet34": ("ssd-resnet34 Server, A100 v1.0 per GPU", 7_654.41 / 8),
+    "dlrm": ("dlrm-99 Server, A100 v1.0 per GPU", 2_302_572.02 / 8),
+    "rnnt": ("rnnt Server, A100 v1.0 per GPU", 103_985.94 / 8),
 }
 # The synthetic dataset on a GPU where it differs from --samples of the default size: 3d-unet's cases
 # have KiTS19's own shapes (16 of its 43 inference cases, spread so that they average the 43's 64.2
@@ -210,7 +220,11 @@ def server(name: str, args: argparse.Namespace, size: str, backend: str) -> dict
         },
     )
     say(f"{name}: Server set up in {time.perf_counter() - t:.0f} s")
-    return tuned_server(ws, args.probe_seconds, 6, lambda text: say(f"{name}: {text}"))
+    out = tuned_server(ws, args.probe_seconds, args.max_probes, lambda text: say(f"{name}: {text}"))
+    if name in SERVER_ANCHORS and not args.cpu:
+        label, anchor = SERVER_ANCHORS[name]
+        out["serverAnchor"], out["serverAnchorRatio"] = label, out["serverTuned"] / anchor
+    return out
 
 
 def main() -> None:
@@ -225,6 +239,7 @@ def main() -> None:
     server_help = "also the tuner's highest VALID Server target, v1.0 datacenter (not 3d-unet)"
     ap.add_argument("--server", action="store_true", help=server_help)
     ap.add_argument("--probe-seconds", type=float, default=5.0, help="the tuner's Server probes (with --server)")
+    ap.add_argument("--max-probes", type=int, default=6, help="the tuner's Server probes at most (with --server)")
     args = ap.parse_args()
     backend = args.backend or ("onnxruntime" if args.cpu else "pytorch")
     size = args.size or ("small" if args.cpu else "full")
@@ -261,6 +276,7 @@ def main() -> None:
             print(
                 f"{r['benchmark']}: Server (v1.0 datacenter) tuned {r['serverTuned']:,.1f} QPS, "
                 f"fresh run {r['serverValidity']} p99 {r['serverP99Ms']:.1f} ms"
+                + (f"; {r['serverAnchorRatio']:.3f} of {r['serverAnchor']}" if "serverAnchor" in r else "")
             )
     print("\n| benchmark | batch | null backend | plain loop | harness Offline | harness / plain | anchor |")
     for r in results:

@@ -101,6 +101,11 @@ class Backend(ABC):
         for _ in range(rounds):
             self.predict(feeds)
 
+    def graphs_per_shape(self) -> bool:
+        """Whether it captures a graph at each input shape's first call (the runner then runs the
+        benchmark's ``warm_batches`` at load)."""
+        return False
+
     def reserve_samples(self, capacity: int) -> bool:
         """Keep up to ``capacity`` loaded samples in device memory; False where the backend cannot
         (the SUT then gathers samples on the host and calls ``predict``). Called after ``load``."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..device_gate import GATE
 from ..errors import HarnessError
 from ..fsutil import atomic_write_bytes
 from .base import Backend, ModelBackend, Tensors, TensorSpec
@@ -72,6 +73,13 @@ def torch_device(index: int, precision: str) -> tuple[Any, Any]:
     half = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.float16}
     dtype = half.get(precision, torch.float32) if cuda else torch.float32
     return torch.device(f"cuda:{index}" if cuda else "cpu"), dtype
+
+
+def static_randn(shape: Any, device: Any) -> Any:
+    """Normal floats for a graph's static inputs, drawn on the host: the device's generator is
+    registered with every capture under way, and a draw from it in another thread then fails."""
+    torch = _torch()
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def batch_bucket(n: int, batch: int) -> int:
@@ -521,6 +529,9 @@ class PyTorchBackend(ModelBackend):
     def _bucket(self, n: int) -> int:
         return batch_bucket(n, self._batch)
 
+    def graphs_per_shape(self) -> bool:
+        return self._general is not None and self._general.graphs_per_shape()
+
     def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
         """Capture every bucket's CUDA graph now, on the loading thread: no capture during the
         timed run, and graphs are created and destroyed by the same thread."""
@@ -538,7 +549,7 @@ class PyTorchBackend(ModelBackend):
             return torch.arange(n, device=self._dev, dtype=torch.int64) % max(1, len(self._samples))
         assert self._in is not None
         shape = (n, *[d or 1 for d in self._in.shape[1:]])
-        x = torch.randn(shape, device=self._dev).to(self._dtype)  # not zeros: cuDNN picks on real data
+        x = static_randn(shape, self._dev).to(self._dtype)  # not zeros: cuDNN picks on real data
         return x.contiguous(memory_format=torch.channels_last)
 
     def _graph_for(self, n: int) -> tuple[Any, Any, Any]:
@@ -548,7 +559,7 @@ class PyTorchBackend(ModelBackend):
         compiled = n == self._batch and self._compiled is not None
         step = (lambda s: self._from_rows(s, compiled)) if self.resident else (lambda s: self._run(s, compiled))
         static_in = self._static_input(n)
-        with torch.cuda.device(self._dev), torch.inference_mode():
+        with GATE.capture(), torch.cuda.device(self._dev), torch.inference_mode():
             side = torch.cuda.Stream(device=self._dev)
             side.wait_stream(torch.cuda.current_stream(self._dev))
             with torch.cuda.stream(side):

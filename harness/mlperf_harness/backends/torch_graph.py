@@ -39,9 +39,10 @@ import onnx
 import torch
 from torch import nn
 
+from ..device_gate import GATE
 from ..errors import HarnessError
 from .base import ModelBackend, Tensors, TensorSpec, pick_outputs
-from .torch_backend import _numpy, _torch, batch_bucket, torch_device
+from .torch_backend import _numpy, _torch, batch_bucket, static_randn, torch_device
 from .torch_external import map_external, memory_figures, register_mapped_tensors
 from .torch_ops import (
     ConstantOfShape,
@@ -373,11 +374,12 @@ class TorchGraphBackend(ModelBackend):
         for s, shape in zip(self._ins, key, strict=True):
             dtype = np.dtype(s.dtype)
             # Random floats, not zeros: cuDNN picks its kernels on real data; ints 0 (a valid index).
-            x = torch.randn(shape, device=self._dev) if dtype.kind == "f" else torch.zeros(shape, device=self._dev)
+            x = static_randn(shape, self._dev) if dtype.kind == "f" else torch.zeros(shape, device=self._dev)
             x = x.to(self._dtype if dtype.kind == "f" else getattr(torch, dtype.name))
             fmt = self._formats.get(s.name)
             static_in.append(x if fmt is None else x.contiguous(memory_format=fmt))
-        with torch.cuda.device(self._dev), torch.inference_mode():
+        # Alone on the device (device_gate): a capture during the run waits for other instances' batches.
+        with GATE.capture(), torch.cuda.device(self._dev), torch.inference_mode():
             side = torch.cuda.Stream(device=self._dev)
             side.wait_stream(torch.cuda.current_stream(self._dev))
             with torch.cuda.stream(side):
@@ -444,6 +446,9 @@ class TorchGraphBackend(ModelBackend):
         with torch.inference_mode():
             outs = self._model(*ins)
         return dict(zip(self._names, outs, strict=True))
+
+    def graphs_per_shape(self) -> bool:
+        return self.on_gpu and self.graphed
 
     def warmup(self, feeds: Tensors, rounds: int = 2) -> None:
         """With CUDA graphs, capture the warm-up batch's shapes at every batch bucket now (on the

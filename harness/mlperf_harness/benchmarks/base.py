@@ -153,6 +153,12 @@ class Benchmark(ABC):
         batch is not a stack of samples, as dlrm's), else with zeros of the graph's inputs."""
         return {s.name: s.zeros(n) for s in self.inputs(variant)}
 
+    def warm_batches(self, variant: str, batch: int) -> list[dict[str, np.ndarray]]:
+        """Batches of every shape a run will form beyond the batch buckets (bert: one per sequence
+        length), run through ``infer`` at load: a backend that captures a CUDA graph per shape
+        captures them then, not during the timed run (where a capture stalls every instance)."""
+        return []
+
     def calibration_batches(self, dataset_dir: Path, store: SampleStore) -> list[np.ndarray]:
         """The preprocessed samples a calibrated precision (fp8) takes its activation ranges from,
         in batches of the model's input: the round's calibration list for real data."""

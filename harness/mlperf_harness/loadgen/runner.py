@@ -76,6 +76,9 @@ def _instance(
         b.warmup(
             bench.example(cfg.inputDtype, n) if own and part == MODEL else {s.name: s.zeros(m) for s in b.input_specs}
         )
+    if any(b.graphs_per_shape() for b in parts.values()):  # their graphs captured now, not in the run
+        for feeds in bench.warm_batches(cfg.inputDtype, cfg.batchSize):
+            bench.infer(parts, feeds)
     return parts
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..benchmarks.base import MODEL, Batch, Benchmark
+from ..device_gate import GATE
 from .qsl import SampleLibrary
 
 Parts = Mapping[str, Backend]
@@ -199,7 +200,8 @@ class HarnessSUT:
         batch = Batch(idx, self.qsl.costs(idx))
         try:
             if backend.resident:
-                outputs = backend.predict_rows(self.qsl.rows(idx))
+                with GATE.work():
+                    outputs = backend.predict_rows(self.qsl.rows(idx))
             elif not backend.consumes_input:  # null: a placeholder that only says the batch's rows
                 rows = batch.rows
                 if rows > len(inst.placeholder):
@@ -207,7 +209,8 @@ class HarnessSUT:
                 outputs = backend.predict({"": inst.placeholder[:rows]})
             else:
                 gathered = self.qsl.gather(idx, bufs) if bufs else self.bench.collate(self.qsl.samples(idx))
-                outputs = self.bench.infer(inst.parts, gathered)
+                with GATE.work():  # a capture in another instance's thread waits for it (device_gate)
+                    outputs = self.bench.infer(inst.parts, gathered)
             out = self.bench.responses(outputs, batch)
             if len(out) != n:
                 raise RuntimeError(f"{len(out)} responses for {n} samples")

@@ -41,6 +41,7 @@ from .pipeline import (
     preprocess,
     responses,
     to_model,
+    warm_batches,
 )
 from .squad import DEV_JSON, VOCAB, load_features, read_vocab
 from .synthetic import synthesize_dataset
@@ -142,6 +143,9 @@ class Bert(Benchmark):
         # is trimmed here, for a model that takes any length.
         model, specs = parts[MODEL], parts[MODEL].input_specs
         return infer(lambda batch: model.predict(to_model(batch, specs)), dict(feeds), dynamic_sequence(specs))
+
+    def warm_batches(self, variant: str, batch: int) -> list[dict[str, np.ndarray]]:
+        return warm_batches(batch)
 
     def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> np.ndarray:
         return responses(outputs, batch)

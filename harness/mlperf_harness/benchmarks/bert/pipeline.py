@@ -69,6 +69,19 @@ def seq_bucket(mask: np.ndarray) -> int:
     return min(MAX_SEQ_LENGTH, -(-longest // SEQ_BUCKET) * SEQ_BUCKET)
 
 
+def warm_batches(batch: int) -> list[dict[str, np.ndarray]]:
+    """One batch of zero tokens per trimmed length (``seq_bucket``) and per power of two up to
+    ``batch`` (and ``batch``): every shape ``trim`` gives a run's batches."""
+    sizes = sorted({*(1 << k for k in range(batch.bit_length()) if 1 << k <= batch), batch})
+    out = []
+    for width in range(SEQ_BUCKET, MAX_SEQ_LENGTH + 1, SEQ_BUCKET):
+        for n in sizes:
+            feeds = {s.name: s.zeros(n) for s in SAMPLE_SPECS}
+            feeds["input_mask"][:, :width] = 1
+            out.append(feeds)
+    return out
+
+
 def dynamic_sequence(model_inputs: Sequence[TensorSpec]) -> bool:
     """Whether the model takes any sequence length: every input (batch, seq) with seq dynamic (the
     synthetic models; a graph fixed at 384 gets the full batch)."""

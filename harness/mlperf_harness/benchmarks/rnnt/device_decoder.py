@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ...backends.base import Backend
+from ...device_gate import GATE
 from .decoder import BLANK_INDEX, MAX_SYMBOLS_PER_STEP
 from .model import SOS
 
@@ -150,18 +151,18 @@ class DeviceDecoder:
     def _capture(self, parts: Mapping[str, Backend], state: _State) -> Any:
         """One step as a CUDA graph; None (and eager from then on) where the capture fails."""
         joint, prediction = parts["joint"], parts["prediction"]
-        side = torch.cuda.Stream(device=self.dev)
-        side.wait_stream(torch.cuda.current_stream(self.dev))
-        with torch.cuda.stream(side):
-            for _ in range(3):  # cuDNN's choices and allocations happen outside the graph
-                state.step(joint, prediction)
-        torch.cuda.current_stream(self.dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            # Captured in a worker thread at a batch's first shape, while other instances' workers
-            # run: one capture at a time, and only this thread's calls bound by it.
-            with _lock, torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                state.step(joint, prediction)
+            # Captured in a worker thread at a batch's first shape: alone on the device (device_gate).
+            with GATE.capture():
+                side = torch.cuda.Stream(device=self.dev)
+                side.wait_stream(torch.cuda.current_stream(self.dev))
+                with torch.cuda.stream(side):
+                    for _ in range(3):  # cuDNN's choices and allocations happen outside the graph
+                        state.step(joint, prediction)
+                torch.cuda.current_stream(self.dev).wait_stream(side)
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    state.step(joint, prediction)
         except RuntimeError as exc:
             self.eager_reason = f"capture failed: {str(exc).splitlines()[0][:160]}"
             sys.stderr.write(f"rnnt: no CUDA graph for the decoder step ({self.eager_reason}); running eagerly\n")
@@ -204,7 +205,7 @@ def _prediction_state(prediction: Backend) -> tuple[int, int]:
 
 
 _decoders: weakref.WeakKeyDictionary[Backend, DeviceDecoder] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()  # the decoders' table, and one CUDA graph capture at a time
+_lock = threading.Lock()  # the decoders' table
 
 
 def decoder_for(parts: Mapping[str, Backend]) -> DeviceDecoder:
