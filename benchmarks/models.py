@@ -124,6 +124,7 @@ def plain_loop(ws: Any, batch: int, seconds: float, backend: str, precision: str
     rate = n / (time.perf_counter() - start)
     facts = {"graphed": getattr(general, "graphed", None), "eager": getattr(general, "eager_reason", "")}
     facts["attention"] = getattr(general, "attention", None)
+    facts["linears"], facts["gelus"] = getattr(general, "linears", None), getattr(general, "gelus", None)
     facts["memory"] = getattr(general, "memory", None)  # after its load: host peak RSS, GPU allocated and peak
     if prof:
         facts["profile"] = limits(bench, parts, batches[0], counts[0])

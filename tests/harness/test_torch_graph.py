@@ -291,6 +291,112 @@ def test_fused_attention_answers_as_the_graph(models: dict[str, Path]) -> None:
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4 * scale)
 
 
+def test_fused_dense_layers_answer_as_the_graph(models: dict[str, Path]) -> None:
+    """The GPU path's rewrites of BERT's dense layers, here on the CPU: each MatMul + bias as one
+    Linear (6 a layer and the QA head), each erf GELU as one gelu (1 a layer), the weights held once,
+    and the same answers as the unfused graph; the other GELU orders exports write are found too."""
+    import torch
+    from mlperf_harness.backends.torch_graph import convert
+    from mlperf_harness.backends.torch_rewrites import fuse_attention, fuse_gelu, fuse_linear
+    from onnx2torch.node_converters.activations import OnnxErf
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+
+    path = models["bert"]
+    outputs = ["output_start_logits", "output_end_logits"]
+    plain, fused = (convert(onnx.load(str(path)), outputs, path).eval() for _ in range(2))
+    weights = sum(t.numel() for t in plain.state_dict().values())
+    assert fuse_attention(fused) == 2
+    assert (fuse_linear(fused), fuse_gelu(fused)) == (2 * 6 + 1, 2)
+    assert not any(isinstance(m, OnnxMatMul | OnnxErf) for m in fused.modules())
+    assert sum(t.numel() for t in fused.state_dict().values()) <= weights  # no weight kept twice
+    feeds = [torch.from_numpy(a) for a in _feeds("bert").values()]
+    with torch.inference_mode():
+        want, got = plain(*feeds), fused(*feeds)
+    for w, g in zip(want, got, strict=True):
+        # fp32 both: the fused bias and gelu round in another order (~1e-6 of the largest logit); a
+        # dropped bias or a wrong GELU constant moves the logits by O(0.1) or more.
+        scale = float(w.abs().max())
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("name", ["ssd-resnet34", "dlrm", "3d-unet", "rnnt.encoder", "rnnt.prediction", "rnnt.joint"])
+def test_dense_rewrites_keep_the_other_graphs(models: dict[str, Path], name: str) -> None:
+    """The dense rewrites run on every graph on a GPU: the other benchmarks' write their dense layers
+    as ONNX Gemm (onnx2torch's Linear already) and have no erf GELU, so nothing matches and they
+    answer as before."""
+    import torch
+    from mlperf_harness.backends.torch_graph import convert, output_names
+    from mlperf_harness.backends.torch_rewrites import fuse_gelu, fuse_linear
+
+    path = models[name]
+    outputs = output_names(path)
+    plain, fused = (convert(onnx.load(str(path)), outputs, path).eval() for _ in range(2))
+    assert (fuse_linear(fused), fuse_gelu(fused)) == (0, 0)
+    feeds = [torch.from_numpy(np.asarray(a)) for a in _feeds(name).values()]
+    with torch.inference_mode():
+        want, got = plain(*feeds), fused(*feeds)
+    for w, g in zip(want, got, strict=True):
+        if name == "ssd-resnet34":
+            continue  # detections: the same boxes may come in another order; the backbone is convolutions
+        scale = float(w.abs().max()) if w.numel() and w.is_floating_point() else 1.0
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("order", ["div, x then half", "x half first", "mul, half then x"])
+def test_gelu_orders(order: str, tmp_path: Path) -> None:
+    """GELU as exporters write it: TensorFlow/HF (Div by sqrt 2, then * x, then * 0.5), (x * 0.5) *
+    (1 + erf), and the synthetic builder's; one gelu each, the same values; a wrong constant is left."""
+    import torch
+    from mlperf_harness.backends.torch_graph import convert
+    from mlperf_harness.backends.torch_rewrites import fuse_gelu
+    from onnx import TensorProto, helper, numpy_helper
+
+    def c(name: str, v: float) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(v, np.float32), name)
+
+    tail = {
+        "div, x then half": [
+            ("Div", ["x", "sqrt2"], "s"),
+            ("Erf", ["s"], "e"),
+            ("Add", ["e", "one"], "a"),
+            ("Mul", ["x", "a"], "m"),
+            ("Mul", ["m", "half"], "y"),
+        ],
+        "x half first": [
+            ("Div", ["x", "sqrt2"], "s"),
+            ("Erf", ["s"], "e"),
+            ("Add", ["one", "e"], "a"),
+            ("Mul", ["x", "half"], "xh"),
+            ("Mul", ["xh", "a"], "y"),
+        ],
+        "mul, half then x": [
+            ("Mul", ["x", "rsqrt2"], "s"),
+            ("Erf", ["s"], "e"),
+            ("Add", ["e", "one"], "a"),
+            ("Mul", ["a", "half"], "h"),
+            ("Mul", ["x", "h"], "y"),
+        ],
+    }[order]
+    consts = [c("sqrt2", 2**0.5), c("rsqrt2", 2**-0.5), c("one", 1.0), c("half", 0.5), c("wrong", 0.6)]
+    for half, fires in (("half", 1), ("wrong", 0)):
+        nodes = [helper.make_node(op, [half if i == "half" else i for i in ins], [out]) for op, ins, out in tail]
+        graph = helper.make_graph(
+            nodes,
+            "gelu",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+            consts,
+        )
+        path = tmp_path / f"gelu-{half}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+        plain, fused = (convert(onnx.load(str(path)), ["y"], path).eval() for _ in range(2))
+        assert fuse_gelu(fused) == fires, (order, half)
+        x = torch.linspace(-4, 4, 32).reshape(4, 8)
+        with torch.inference_mode():
+            (want,), (got,) = plain(x), fused(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_shape_arithmetic_goes_to_the_host(models: dict[str, Path]) -> None:
     """What the GPU path keeps on the host (onnx2torch reads it back as Python values): bert's
     Shape -> Gather of the sequence length and its integer constants (reshapes, axes, the split),

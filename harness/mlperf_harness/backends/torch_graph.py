@@ -14,7 +14,8 @@ reads its lengths back) is cut before its first wait (``torch_split.split_at``):
 captured, the rest run eagerly on its outputs, where the part before has at least as many ops as
 the rest; ``eager_reason`` says where and why (onnx2torch reads shapes, axes and sizes back as
 Python values: ``torch_rewrites.host_shape_arithmetic`` keeps those on the host first). BERT's
-attention is fused on a GPU (``torch_rewrites.fuse_attention``). The GPU part ran on H200s
+attention is fused on a GPU (``torch_rewrites.fuse_attention``), its dense layers' bias adds
+into the GEMMs and its erf GELUs into one kernel (``fuse_linear``, ``fuse_gelu``). The GPU part ran on H200s
 (BENCHMARKS.md), except what came after the last run there (2026-12-04): capture per signature
 rather than per batch bucket of fixed shapes (bert's trimmed lengths), whose bookkeeping only the
 CPU tests cover, and the split capture and batched NMS (session 8: their parts tested on the CPU,
@@ -54,7 +55,15 @@ from .torch_ops import (
     register_converters,
     share_conditions,
 )
-from .torch_rewrites import constant_gathers, conv_layout, fuse_attention, half, host_shape_arithmetic
+from .torch_rewrites import (
+    constant_gathers,
+    conv_layout,
+    fuse_attention,
+    fuse_gelu,
+    fuse_linear,
+    half,
+    host_shape_arithmetic,
+)
 from .torch_split import Split, batch_rows, first_wait, gpu_waits, split_at
 
 MAX_GRAPHS = 64  # CUDA graphs per instance: bert's 6 lengths x 8 batch buckets fit; a shape past them runs eagerly
@@ -197,10 +206,14 @@ class TorchGraphBackend(ModelBackend):
     name = "pytorch"
 
     def __init__(self, use_graphs: bool | None = None) -> None:
-        # MLPERF_TORCH_GRAPHS=0: no CUDA graphs; MLPERF_TORCH_ATTENTION=0: attention unfused (to compare).
+        # MLPERF_TORCH_GRAPHS=0: no CUDA graphs; MLPERF_TORCH_ATTENTION=0: attention unfused,
+        # MLPERF_TORCH_DENSE=0: dense layers' bias adds and erf GELUs unfused (to compare).
         self.use_graphs = use_graphs if use_graphs is not None else os.environ.get("MLPERF_TORCH_GRAPHS", "1") != "0"
         self.fuse_attention = os.environ.get("MLPERF_TORCH_ATTENTION", "1") != "0"
+        self.fuse_dense = os.environ.get("MLPERF_TORCH_DENSE", "1") != "0"
         self.attention = 0  # attention blocks fused (on a GPU)
+        self.linears = 0  # MatMul + bias made Linear layers (on a GPU)
+        self.gelus = 0  # erf GELUs made one gelu (on a GPU)
         self.on_host = 0  # values of the shape arithmetic kept on the host (on a GPU)
         self.eager_reason = ""  # why the graph, or its part from its first wait (``split``), runs eagerly on a GPU
         # MLPERF_TORCH_SPLIT=0: a graph that waits for the GPU runs wholly eagerly (no split capture).
@@ -253,6 +266,8 @@ class TorchGraphBackend(ModelBackend):
             self.on_host = host_shape_arithmetic(model)
             if self.fuse_attention:
                 self.attention = fuse_attention(model)
+            if self.fuse_dense:
+                self.linears, self.gelus = fuse_linear(model), fuse_gelu(model)
         if self._dtype != torch.float32:
             model = half(model, self._dtype)
         if self.on_gpu:

@@ -94,6 +94,54 @@ class Attention(nn.Module):
         return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
 
 
+class _Nodes:
+    """Questions the fusing rewrites ask of an onnx2torch graph's nodes."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def module(self, node: Any) -> Any:
+        is_module = getattr(node, "op", None) == "call_module"
+        return self.model.get_submodule(str(node.target)) if is_module else None
+
+    def math(self, node: Any, *ops: str) -> bool:
+        """An elementwise binary op (onnx2torch's ``OnnxBinaryMathOperation``) of one of ``ops``."""
+        fn = getattr(self.module(node), "math_op_function", None)
+        return fn is not None and any(fn.__name__ in (op, f"_onnx_{op}") for op in ops)
+
+    def constant(self, node: Any) -> Any:
+        """The tensor a ``get_attr`` node reads (an initializer), else None."""
+        if getattr(node, "op", None) != "get_attr":
+            return None
+        value = operator.attrgetter(str(node.target))(self.model)
+        return value if isinstance(value, torch.Tensor) else None
+
+    def scalar(self, node: Any) -> float | None:
+        value = self.constant(node)
+        ok = value is not None and value.numel() == 1 and value.is_floating_point()
+        return float(value) if ok else None
+
+    @staticmethod
+    def only_user(node: Any) -> Any:
+        return next(iter(node.users)) if len(node.users) == 1 else None
+
+    @staticmethod
+    def other(node: Any, one: Any) -> Any:
+        """A binary node's argument beside ``one``."""
+        a, b = node.args[:2]
+        return b if a is one else a if b is one else None
+
+    def drop_unused_constants(self) -> None:
+        """The initializers no node reads any more (what a fusion replaced), removed from the model."""
+        graph = self.model.graph
+        for node in list(graph.nodes):
+            if node.op == "get_attr" and not node.users:
+                owner, _, name = str(node.target).rpartition(".")
+                graph.erase_node(node)
+                if not any(n.op == "get_attr" and n.target == node.target for n in graph.nodes):
+                    delattr(self.model.get_submodule(owner), name)
+
+
 def fuse_attention(model: Any) -> int:
     """Rewrite each MatMul(q, k^T) -> Mul or Div by a constant -> (Add mask) -> Softmax over the
     last axis -> MatMul(v) of an onnx2torch graph (BERT's self-attention) into one ``Attention``:
@@ -102,51 +150,34 @@ def fuse_attention(model: Any) -> int:
     from onnx2torch.node_converters.matmul import OnnxMatMul
 
     graph = model.graph
-
-    def module(node: Any) -> Any:
-        is_module = getattr(node, "op", None) == "call_module"
-        return model.get_submodule(str(node.target)) if is_module else None
-
-    def math(node: Any, *ops: str) -> bool:
-        fn = getattr(module(node), "math_op_function", None)
-        return fn is not None and any(fn.__name__ in (op, f"_onnx_{op}") for op in ops)
-
-    def only_user(node: Any) -> Any:
-        return next(iter(node.users)) if len(node.users) == 1 else None
-
-    def scalar(node: Any) -> float | None:
-        if getattr(node, "op", None) != "get_attr":
-            return None
-        value = model.get_buffer(str(node.target))
-        return float(value) if value.numel() == 1 and value.is_floating_point() else None
+    g = _Nodes(model)
 
     def softmax_axis(node: Any) -> int | None:
-        m = module(node)
+        m = g.module(node)
         if isinstance(m, OnnxSoftmaxV1V11) and not m.is_log:
             return int(m.axis)  # opset < 13 flattens from the axis: the last one for -1, or 3 of 4-D
         return int(m.dim) if isinstance(m, nn.Softmax) and m.dim is not None else None
 
     fused = 0
     for qk in list(graph.nodes):
-        if not isinstance(module(qk), OnnxMatMul):
+        if not isinstance(g.module(qk), OnnxMatMul):
             continue
-        scaled = only_user(qk)
-        if scaled is None or not math(scaled, "mul", "div") or qk not in scaled.args:
+        scaled = g.only_user(qk)
+        if scaled is None or not g.math(scaled, "mul", "div") or qk not in scaled.args:
             continue
-        factor = scalar(scaled.args[1] if scaled.args[0] is qk else scaled.args[0])
-        if not factor or (math(scaled, "div") and scaled.args[0] is not qk):
+        factor = g.scalar(g.other(scaled, qk))
+        if not factor or (g.math(scaled, "div") and scaled.args[0] is not qk):
             continue
-        scale = factor if math(scaled, "mul") else 1.0 / factor
-        probs, mask = only_user(scaled), None
-        if probs is not None and math(probs, "add"):
-            a, b = probs.args
-            mask = b if a is scaled else a
-            probs = only_user(probs)
+        scale = factor if g.math(scaled, "mul") else 1.0 / factor
+        probs, mask = g.only_user(scaled), None
+        if probs is not None and g.math(probs, "add"):
+            mask = g.other(probs, scaled)
+            probs = g.only_user(probs)
         axis = None if probs is None else softmax_axis(probs)
         if axis not in (-1, 3):
             continue
-        ctx = only_user(probs)
-        if ctx is None or not isinstance(module(ctx), OnnxMatMul) or ctx.args[0] is not probs:
+        ctx = g.only_user(probs)
+        if ctx is None or not isinstance(g.module(ctx), OnnxMatMul) or ctx.args[0] is not probs:
             continue
         name = f"attention_{fused}"
         model.add_submodule(name, Attention(scale, four_d=axis == 3))
@@ -157,6 +188,101 @@ def fuse_attention(model: Any) -> int:
         for dead in (ctx, probs, *([probs.args[0]] if mask is not None else []), scaled, qk):
             graph.erase_node(dead)
         fused += 1
+    graph.lint()
+    model.delete_all_unused_submodules()
+    model.recompile()
+    return fused
+
+
+def fuse_linear(model: Any) -> int:
+    """Each MatMul by a constant 2-D weight whose one use adds a constant bias (BERT's dense layers,
+    as TensorFlow's export and the synthetic builder write them) as one ``nn.Linear``: cuBLASLt adds
+    the bias in the GEMM's epilogue instead of a pass of its own over the output (those adds were
+    29 % of bert's GPU time on an H200). Returns how many."""
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+
+    graph = model.graph
+    g = _Nodes(model)
+    fused = 0
+    for mm in list(graph.nodes):
+        if not isinstance(g.module(mm), OnnxMatMul):
+            continue
+        x, w = mm.args[0], g.constant(mm.args[1])
+        add = g.only_user(mm)
+        if w is None or w.dim() != 2 or not w.is_floating_point() or add is None or not g.math(add, "add"):
+            continue
+        b = g.constant(g.other(add, mm))
+        if b is None or tuple(b.shape) != (w.shape[1],) or b.dtype != w.dtype:
+            continue
+        linear = nn.Linear(w.shape[0], w.shape[1], device=w.device, dtype=w.dtype).requires_grad_(False)
+        linear.weight.copy_(w.t())  # (out, in): x @ w = linear(x)
+        linear.bias.copy_(b)
+        name = f"linear_{fused}"
+        model.add_submodule(name, linear)
+        with graph.inserting_before(add):
+            new = graph.call_module(name, (x,))
+        add.replace_all_uses_with(new)
+        graph.erase_node(add)
+        graph.erase_node(mm)
+        fused += 1
+    g.drop_unused_constants()  # the weights now held transposed by the Linear layers, not twice
+    graph.lint()
+    model.delete_all_unused_submodules()
+    model.recompile()
+    return fused
+
+
+def fuse_gelu(model: Any) -> int:
+    """Each GELU written out in its erf form, x * 0.5 * (1 + erf(x / sqrt(2))) in any of the orders
+    exports give it (BERT's feed-forward layers), as one ``gelu`` kernel instead of five passes over
+    the layer's widest activations. Returns how many."""
+    from onnx2torch.node_converters.activations import OnnxErf
+
+    graph = model.graph
+    g = _Nodes(model)
+
+    def near(node: Any, value: float) -> bool:
+        c = g.scalar(node)
+        return c is not None and abs(c - value) < 1e-3 * value
+
+    def erf_input(erf: Any) -> Any:
+        """x, where erf's argument is x / sqrt(2) (a Mul by 1/sqrt(2) or a Div by sqrt(2))."""
+        s = erf.args[0]
+        if g.math(s, "mul"):
+            x = s.args[1] if near(s.args[0], 2**-0.5) else s.args[0] if near(s.args[1], 2**-0.5) else None
+            return x
+        return s.args[0] if g.math(s, "div") and near(s.args[1], 2**0.5) else None
+
+    def product_end(one_plus: Any, x: Any) -> Any:
+        """The node whose value is x * 0.5 * one_plus (two Muls, in either order), else None."""
+        m1 = g.only_user(one_plus)
+        if m1 is None or not g.math(m1, "mul"):
+            return None
+        f1 = g.other(m1, one_plus)
+        if g.math(f1, "mul") and x in f1.args and near(g.other(f1, x), 0.5) and len(f1.users) == 1:
+            return m1  # (x * 0.5) * (1 + erf)
+        m2 = g.only_user(m1)
+        if m2 is None or not g.math(m2, "mul") or not (f1 is x or near(f1, 0.5)):
+            return None
+        f2 = g.other(m2, m1)
+        return m2 if (f2 is x and near(f1, 0.5)) or (f1 is x and near(f2, 0.5)) else None
+
+    fused = 0
+    for erf in list(graph.nodes):
+        if not isinstance(g.module(erf), OnnxErf) or (x := erf_input(erf)) is None:
+            continue
+        one_plus = g.only_user(erf)
+        if one_plus is None or not g.math(one_plus, "add") or not near(g.other(one_plus, erf), 1.0):
+            continue
+        end = product_end(one_plus, x)
+        if end is None:
+            continue
+        with graph.inserting_before(end):
+            new = graph.call_function(nn.functional.gelu, (x,))
+        end.replace_all_uses_with(new)
+        fused += 1
+    graph.eliminate_dead_code()  # the erf chains, now without a use
+    _Nodes(model).drop_unused_constants()
     graph.lint()
     model.delete_all_unused_submodules()
     model.recompile()
