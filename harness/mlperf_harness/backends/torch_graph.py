@@ -15,11 +15,9 @@ captured, the rest run eagerly on its outputs, where the part before has at leas
 the rest; ``eager_reason`` says where and why (onnx2torch reads shapes, axes and sizes back as
 Python values: ``torch_rewrites.host_shape_arithmetic`` keeps those on the host first). BERT's
 attention is fused on a GPU (``torch_rewrites.fuse_attention``), its dense layers' bias adds
-into the GEMMs and its erf GELUs into one kernel (``fuse_linear``, ``fuse_gelu``). The GPU part ran on H200s
-(BENCHMARKS.md), except what came after the last run there (2026-12-04): capture per signature
-rather than per batch bucket of fixed shapes (bert's trimmed lengths), whose bookkeeping only the
-CPU tests cover, and the split capture and batched NMS (session 8: their parts tested on the CPU,
-the capture not yet on a GPU).
+into the GEMMs and its erf GELUs into one kernel (``fuse_linear``, ``fuse_gelu``). All of it ran on
+H200s (BENCHMARKS.md; the capture per signature, the split capture and the dense fusions on
+2026-12-05), except dlrm's external tables at full size (``torch_external``).
 
 ``convert`` registers the ops onnx2torch lacks and replaces those it gets wrong (``torch_ops``),
 maps external initializers (``torch_external``), and corrects onnx2torch's CumSum, which reverses
@@ -383,8 +381,8 @@ class TorchGraphBackend(ModelBackend):
         instance's own stream. The first capture checks whether a call waits for the GPU: if it does,
         the graph is cut before the first wait (``split``: its prefix captured, the rest run eagerly
         on the prefix's outputs), or, with ``MLPERF_TORCH_SPLIT=0`` or too little before the wait,
-        None from now on, ``eager_reason`` set. Untested on a GPU: shapes other than a batch bucket of
-        fixed shapes, and the split capture (its parts are tested on the CPU)."""
+        None from now on, ``eager_reason`` set. Both ran on an H200 (2026-12-05): bert's shapes per
+        length and batch bucket, ssd's split capture."""
         static_in = []
         for s, shape in zip(self._ins, key, strict=True):
             dtype = np.dtype(s.dtype)

@@ -5,7 +5,7 @@ registered here (LSTM forward, one direction, the sequence lengths through a pac
 NonMaxSuppression, a Python loop over images and classes reading each kept box back on its own,
 is replaced by one NMS for the whole batch (``OnnxNMS``), and its ConstantOfShape and ScatterND,
 which read values back, by ``ConstantOfShape`` and ``ScatterND``; its instance norm by one
-reduction (``InstanceNorm``). The batched NMS (session 8) is tested on the CPU, not yet on a GPU.
+reduction (``InstanceNorm``). The batched NMS ran on an H200 with ssd (2026-12-05).
 """
 
 from __future__ import annotations
