@@ -12,7 +12,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from . import artifacts, audits
 from .backends import Backend, backend_class, get_backend
@@ -35,6 +35,9 @@ from .results import (
 from .samples import SampleStore
 from .suites import Scenario, load_suite
 from .workspace import Workspace
+
+if TYPE_CHECKING:
+    from .loadgen.runner import InstancePool  # imports LoadGen
 
 SUMMARY, DETAIL, ACC_LOG = "mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json"
 SYNTHETIC_NOTE = "SYNTHETIC: generated data and/or a random-weight model; not an MLPerf result"
@@ -175,9 +178,11 @@ def _execute(
     log_dir: Path,
     audit: str | None = None,
     engine_scenario: str | None = None,
+    pool: InstancePool | None = None,
 ) -> tuple[Summary | None, list[str], str, str]:
     """One LoadGen run of ``cfg``; ``engine_scenario``: whose engine runs it (a tuner's Offline probe
-    runs the Server's), by default the config's own scenario."""
+    runs the Server's), by default the config's own scenario; ``pool``: instances kept loaded
+    between runs (the tuner's)."""
     from .loadgen.runner import run_loadgen
 
     if ws.spec.backend != "null":
@@ -188,7 +193,8 @@ def _execute(
     engine = engine_scenario or cfg.scenario
     models = ws.model_paths(engine) if ws.spec.backend != "null" else {MODEL: Path("/dev/null")}
     _clean(log_dir)
-    out = run_loadgen(cfg, mode, log_dir, ws.bench, ws.preprocessed_dir, models, _backend_factory(ws, mode), audit)
+    factory = _backend_factory(ws, mode)
+    out = run_loadgen(cfg, mode, log_dir, ws.bench, ws.preprocessed_dir, models, factory, audit, pool)
     errors = out.errors + detail_errors(log_dir / DETAIL)
     summary = parse_summary(log_dir / SUMMARY) if mode == "PerformanceOnly" else None
     return summary, errors, out.device, out.backend

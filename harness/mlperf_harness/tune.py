@@ -13,6 +13,7 @@
 
 Probes are real LoadGen PerformanceOnly runs of ``probe_ms`` (default: the run's min duration,
 at most 10 s), logged under ``runs/<run>/<scenario>/tuning/``: they are never the run's results.
+They share their model instances (``runner.InstancePool``: loaded and warmed once, not per probe).
 A finding is cached under ``cache/tuning/<key>/`` (key: ``artifacts.tuning``); the next tune of
 the same key reuses it without probing, unless ``retune``.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from . import steps
 from .config import HarnessConfig, build_config
@@ -33,6 +34,9 @@ from .results import Tuning, TuningProbe
 from .spec import LoadGenOverrides, MLPerfRunSpec
 from .suites import Scenario
 from .workspace import Workspace
+
+if TYPE_CHECKING:
+    from .loadgen.runner import InstancePool
 
 DEFAULT_MARGIN = 0.9  # of the highest VALID Server probe: a full run varies more than a short probe shows
 DEFAULT_RESOLUTION = 0.05  # bisection stops when the VALID / INVALID bracket is within 5 % of its top
@@ -87,19 +91,24 @@ def tune(
     if not retune and (hit := cached(ws, scenario)) is not None:
         say(f"tune {scenario}: {hit.describe()}: cache/tuning/{artifact.key} (--retune probes again)")
         return hit
+    from .loadgen.runner import InstancePool
+
     base = build_config(ws.spec, cast(Scenario, scenario))
     shutil.rmtree(ws.tuning_dir(scenario), ignore_errors=True)  # no earlier tuning's probes beside these
-    prober = _Prober(ws, scenario, probe_ms or min(MAX_PROBE_MS, base.loadgen.minDurationMs), say)
-    if scenario == "Server":
-        measured = _server(prober, base, resolution, max_probes)
-        found = Tuning(parameter="targetQps", value=round(measured * margin, 3), measured=measured, margin=margin)
-    elif scenario == "Offline":
-        measured = _offline(prober, ws.spec, base)
-        # A run faster than its expected QPS ends before its min duration (INVALID): the margin goes up.
-        found = Tuning(parameter="expectedQps", value=round(measured / margin, 3), measured=measured, margin=margin)
-    else:
-        measured = _stream(prober, base)
-        found = Tuning(parameter="targetLatencyMs", value=measured, measured=measured)
+    prober = _Prober(ws, scenario, probe_ms or min(MAX_PROBE_MS, base.loadgen.minDurationMs), say, InstancePool())
+    try:
+        if scenario == "Server":
+            measured = _server(prober, base, resolution, max_probes)
+            found = Tuning(parameter="targetQps", value=round(measured * margin, 3), measured=measured, margin=margin)
+        elif scenario == "Offline":
+            measured = _offline(prober, ws.spec, base)
+            # A run faster than its expected QPS ends before its min duration (INVALID): the margin goes up.
+            found = Tuning(parameter="expectedQps", value=round(measured / margin, 3), measured=measured, margin=margin)
+        else:
+            measured = _stream(prober, base)
+            found = Tuning(parameter="targetLatencyMs", value=measured, measured=measured)
+    finally:
+        prober.pool.close()
     found = found.model_copy(update={"key": artifact.key, "probes": prober.probes})
     directory = ws.workdir.artifact(artifact)
     directory.mkdir(parents=True, exist_ok=True)
@@ -143,10 +152,11 @@ class _RanOut(HarnessError):
 
 
 class _Prober:
-    """Runs probes with the scenario's engine; each in its own log dir, each said in one line."""
+    """Runs probes with the scenario's engine, its instances loaded once for all of them (``pool``);
+    each probe in its own log dir, each said in one line."""
 
-    def __init__(self, ws: Workspace, scenario: str, probe_ms: int, say: Say) -> None:
-        self.ws, self.scenario, self.probe_ms, self.say = ws, scenario, probe_ms, say
+    def __init__(self, ws: Workspace, scenario: str, probe_ms: int, say: Say, pool: InstancePool) -> None:
+        self.ws, self.scenario, self.probe_ms, self.say, self.pool = ws, scenario, probe_ms, say, pool
         self.probes: list[TuningProbe] = []
 
     def run(self, spec: MLPerfRunSpec, scenario: str, target: LoadGenOverrides) -> tuple[TuningProbe, Summary]:
@@ -155,7 +165,9 @@ class _Prober:
         short = target.model_copy(update={"minDurationMs": self.probe_ms, "minQueryCount": 1})
         cfg = build_config(spec, cast(Scenario, scenario), short)
         log_dir = self.ws.tuning_dir(self.scenario) / f"probe-{len(self.probes) + 1:02d}-{scenario}"
-        summary, errors, _, _ = steps._execute(self.ws, cfg, "PerformanceOnly", log_dir, engine_scenario=self.scenario)
+        summary, errors, _, _ = steps._execute(
+            self.ws, cfg, "PerformanceOnly", log_dir, engine_scenario=self.scenario, pool=self.pool
+        )
         if any(RAN_OUT in e for e in errors):
             raise _RanOut(f"{log_dir}: LoadGen ran out of queries at {_target(target):g}")
         if errors or summary is None:

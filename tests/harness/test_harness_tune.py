@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from harness_support import make_spec
 from mlperf_harness import steps, tune
+from mlperf_harness.backends.base import Backend
 from mlperf_harness.backends.faulty import Paced
 from mlperf_harness.results import ScenarioResult, StepOutcome, Tuning, TuningProbe
 from mlperf_harness.workspace import Workspace
@@ -124,6 +125,29 @@ def test_single_stream_tunes_its_expected_latency(root: Path) -> None:
     assert tune.tuned_config(ws.spec, "SingleStream", tuning).loadgen.singleStreamExpectedLatencyNs == int(
         tuning.value * 1e6
     )
+
+
+def test_the_probes_load_their_instances_once(root: Path) -> None:
+    """Every probe of a tuning (the Offline bracket at the Server's batch and instances, then the
+    Server's) runs on the same instances, loaded once and closed at its end: a GPU model's load and
+    captures are paid once, not per probe."""
+    made: list[Backend] = []
+    closed: list[Backend] = []
+
+    class Counted(Paced):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    def wrap(b: Backend) -> Backend:
+        made.append(Counted(b, PACE_S))
+        return made[-1]
+
+    ws = _server(root, "tune-pool")
+    ws.perf_backend_wrapper = wrap
+    found = tune.tune(ws, "Server", retune=True, probe_ms=1000, max_probes=2, say=lambda _: None)
+    assert {p.scenario for p in found.probes} == {"Offline", "Server"} and len(found.probes) >= 3
+    assert len(made) == INSTANCES and sorted(map(id, closed)) == sorted(map(id, made))
 
 
 def test_the_most_probes_fit_the_termination_message() -> None:

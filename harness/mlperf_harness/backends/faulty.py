@@ -60,6 +60,9 @@ class _Wrapper(Backend):
     def describe(self) -> str:
         return f"{self.inner.describe()} ({type(self).__name__})"
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 class Paced(_Wrapper):
     """Real outputs, but every batch takes at least ``seconds``: performance that a busy shared

@@ -24,6 +24,47 @@ from .sut import HarnessSUT
 
 AUDIT_CONFIG = "audit.config"
 BackendFactory = Callable[[], Backend]
+Instance = dict[str, Backend]  # a backend per model part
+# The config fields a run changes without changing what its instances load (the tuner's probes).
+NOT_LOADED = {"loadgen", "scenario", "batchTimeoutUs", "latencyBoundNs", "userConfNotes", "notSubmittable", "shortened"}
+
+
+class InstancePool:
+    """Model instances kept loaded from one LoadGen run to the next that loads the same (the tuner's
+    probes): each run otherwise loads and warms its own, which on an H200 took bert about 30 s a
+    probe (42 shapes captured in each of 2 instances) and would take dlrm its 45 GiB of tables.
+    The owner closes it; a run with a pool leaves its instances open."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, list[Instance]] = {}
+        self.loads = 0  # instances loaded (not reused)
+
+    def take(self, key: str, build: Callable[[], list[Instance]]) -> list[Instance]:
+        if key not in self._held:
+            for instances in self._held.values():  # another load: the earlier one's memory back first
+                _close(instances)
+            self._held = {key: build()}
+            self.loads += len(self._held[key])
+        return self._held[key]
+
+    def close(self) -> None:
+        for instances in self._held.values():
+            _close(instances)
+        self._held = {}
+
+
+def _close(instances: list[Instance]) -> None:
+    for parts in instances:
+        for b in parts.values():
+            b.close()
+
+
+def _load_key(cfg: HarnessConfig, mode: str, model_paths: dict[str, Path]) -> str:
+    """What an instance's load depends on: the model files, the mode (an audit's backend differs)
+    and the config's load settings; not the LoadGen settings a probe changes."""
+    load = cfg.model_dump(mode="json", exclude=NOT_LOADED)
+    sizes = (cfg.loadgen.performanceSampleCount,)
+    return repr((mode, sorted((k, str(v)) for k, v in model_paths.items()), sorted(load.items()), sizes))
 
 
 @dataclass
@@ -55,8 +96,8 @@ def _instance(
     model_paths: dict[str, Path],
     qsl_lib: SampleLibrary,
 ) -> dict[str, Backend]:
-    """One instance of the model on ``device``: a backend per part, loaded and warmed up, its
-    samples device-resident when the config asks and the backend can."""
+    """One instance of the model on ``device``: a backend per part, loaded and warmed up, room for
+    its samples on the device when the config asks and the backend can (``resident``)."""
     parts: dict[str, Backend] = {}
     for part, path in model_paths.items():
         b = make_backend()
@@ -65,8 +106,8 @@ def _instance(
         b.load(path, cfg.batchSize, cfg.precision, outputs=[s.name for s in bench.outputs] if part == MODEL else ())
         parts[part] = b
     single = parts.get(MODEL) if len(parts) == 1 else None
-    if single and cfg.startFromDevice and bench.device_resident and single.reserve_samples(qsl_lib.performance_count):
-        qsl_lib.on_load.append(single.stage_samples)
+    if single and cfg.startFromDevice and bench.device_resident:
+        single.reserve_samples(qsl_lib.performance_count)
     n = min(cfg.batchSize, 8)
     # A model whose batch is not a stack of samples (dlrm's (26, rows) offsets) is warmed up with
     # the benchmark's own example batch; others with zeros of the graph's inputs, at its batch where fixed.
@@ -108,13 +149,15 @@ def run_loadgen(
     model_paths: dict[str, Path],
     make_backend: BackendFactory,
     audit: str | None = None,
+    pool: InstancePool | None = None,
 ) -> RunOutput:
     """Run LoadGen once with logs in ``log_dir``.
 
     For an audit, ``audit.config`` is written into ``log_dir`` and LoadGen runs with that as its
     working directory (it reads audit.config from the CWD), then the file is removed, as the
     compliance procedure prescribes. Without an audit, LoadGen is pointed at a file that does not
-    exist, so a stray audit.config in the CWD can never change a normal run.
+    exist, so a stray audit.config in the CWD can never change a normal run. With ``pool``, the
+    instances come from it (loaded once for the runs that load the same) and stay open.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     conf_path = log_dir / "user.conf"
@@ -124,11 +167,18 @@ def run_loadgen(
 
     store = SampleStore(samples_dir, bench.inputs(cfg.inputDtype))
     qsl_lib = SampleLibrary(store, cfg.loadgen.performanceSampleCount, bench.cost_tensor, bench.sort_tensor)
-    models = [
-        _instance(make_backend, cfg, device, bench, model_paths, qsl_lib)
-        for device in range(max(1, cfg.devices))
-        for _ in range(max(1, cfg.workers))
-    ]
+
+    def load() -> list[Instance]:
+        return [
+            _instance(make_backend, cfg, device, bench, model_paths, qsl_lib)
+            for device in range(max(1, cfg.devices))
+            for _ in range(max(1, cfg.workers))
+        ]
+
+    models = pool.take(_load_key(cfg, mode, model_paths), load) if pool else load()
+    for parts in models:  # each run's sample set staged on the device of the instances that keep it
+        if len(parts) == 1 and parts.get(MODEL) is not None and parts[MODEL].resident:
+            qsl_lib.on_load.append(parts[MODEL].stage_samples)
     backends = [b for parts in models for b in parts.values()]
     batch_note = fixed_batch_note(bench, models[0], cfg.batchSize)  # refused before LoadGen starts
     ts = settings.test_settings(cfg, mode, conf_path, qsl_lib.total, audit)
@@ -160,7 +210,7 @@ def run_loadgen(
     names = list(dict.fromkeys(b.device() for b in backends))
     device = names[0] if len(models) == 1 else f"{len(models)} instances on {', '.join(names)}"
     described = backends[0].describe() + batch_note
-    for b in backends:
-        b.close()
+    if pool is None:
+        _close(models)
     errors = [f"{type(e).__name__}: {e}" for e in sut.errors[:3]]
     return RunOutput(log_dir, sut.completed, wall, device, described, errors, sut.instance_samples)
