@@ -77,11 +77,14 @@ def tuned_server(ws: Workspace, probe_seconds: float, max_probes: int, say: Call
     """The tuner's highest VALID Server target for ``ws`` (a spec with ``tune: true``; probes of
     ``probe_seconds``, retuned from scratch), then a fresh Server run at its finding (0.9 of it)."""
     from mlperf_harness import tune
+    from mlperf_harness.loadgen.runner import InstancePool
 
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     steps.build_engine(ws, "Server")
-    found = tune.tune(ws, "Server", retune=True, probe_ms=int(probe_seconds * 1000), max_probes=max_probes, say=say)
-    [r] = steps.run_harness(ws, "Server", "PerformanceOnly").results  # at the finding
+    with InstancePool() as pool:  # the probes' instances run the fresh run too: loaded once
+        ms = int(probe_seconds * 1000)
+        found = tune.tune(ws, "Server", retune=True, probe_ms=ms, max_probes=max_probes, say=say, pool=pool)
+        [r] = steps.run_harness(ws, "Server", "PerformanceOnly", pool=pool).results  # at the finding
     p99 = (r.latencyNs.p99 or 0) / 1e6 if r.latencyNs else 0.0
     say(f"Server tuned {found.value:,.1f} QPS (highest VALID probe {found.measured:,.1f})")
     say(f"fresh Server run at it: {r.resultValidity}, {r.samplesPerSecond or 0:,.1f} samples/s, p99 {p99:.1f} ms")

@@ -8,6 +8,7 @@ as the termination message (MLPERF_TERMINATION_LOG or /dev/termination-log) for 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Callable
@@ -200,18 +201,34 @@ def _execute(
     return summary, errors, out.device, out.backend
 
 
-def _config(ws: Workspace, scenario: str, probe: bool, retune: bool = False) -> tuple[HarnessConfig, Tuning | None]:
+def _pool(wanted: bool) -> contextlib.AbstractContextManager[InstancePool | None]:
+    """Model instances shared by the runs inside a ``with`` (closed after), or None."""
+    if not wanted:
+        return contextlib.nullcontext()
+    from .loadgen.runner import InstancePool
+
+    return InstancePool()
+
+
+def _config(
+    ws: Workspace, scenario: str, probe: bool, retune: bool = False, pool: InstancePool | None = None
+) -> tuple[HarnessConfig, Tuning | None]:
     """The scenario's config; with spec.tune, the tuner's finding in it: found now (``probe``: a
-    performance run) or the cached one (an accuracy run or audit never probes)."""
+    performance run, its probes on ``pool``'s instances) or the cached one (an accuracy run or
+    audit never probes)."""
     if not ws.spec.tune:
         return build_config(ws.spec, scenario), None  # type: ignore[arg-type]
     from . import tune
 
-    found = tune.tune(ws, scenario, retune=retune) if probe else tune.cached(ws, scenario)
+    found = tune.tune(ws, scenario, retune=retune, pool=pool) if probe else tune.cached(ws, scenario)
     return tune.tuned_config(ws.spec, scenario, found), found
 
 
-def run_harness(ws: Workspace, scenario: str, mode: str, retune: bool = False) -> StepOutcome:
+def run_harness(
+    ws: Workspace, scenario: str, mode: str, retune: bool = False, pool: InstancePool | None = None
+) -> StepOutcome:
+    """One scenario and mode through LoadGen, its result judged and stored; with spec.tune, the
+    tuner's probes first, on the instances the run then uses (``pool``'s, or its own)."""
     name = f"{scenario}-{mode}"
     log_dir = ws.harness_dir(scenario, mode)
     if read_marker(log_dir) is not None and (ws.results_dir / f"{name}.json").is_file():
@@ -221,8 +238,10 @@ def run_harness(ws: Workspace, scenario: str, mode: str, retune: bool = False) -
         return hit
     if scenario not in ws.spec.scenarios:
         raise HarnessError(f"scenario {scenario} is not in the spec's scenarios ({', '.join(ws.spec.scenarios)})")
-    cfg, tuning = _config(ws, scenario, mode == "PerformanceOnly", retune)
-    summary, errors, device, backend = _execute(ws, cfg, mode, log_dir)
+    probe = mode == "PerformanceOnly"
+    with contextlib.nullcontext(pool) if pool else _pool(ws.spec.tune and probe) as shared:
+        cfg, tuning = _config(ws, scenario, probe, retune, shared)
+        summary, errors, device, backend = _execute(ws, cfg, mode, log_dir, pool=shared)
     result = ScenarioResult(
         scenario=scenario,
         testMode=mode,

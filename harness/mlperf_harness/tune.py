@@ -13,7 +13,8 @@
 
 Probes are real LoadGen PerformanceOnly runs of ``probe_ms`` (default: the run's min duration,
 at most 10 s), logged under ``runs/<run>/<scenario>/tuning/``: they are never the run's results.
-They share their model instances (``runner.InstancePool``: loaded and warmed once, not per probe).
+They share their model instances (``runner.InstancePool``: loaded and warmed once, not per probe),
+and a tuned run goes on them too (``steps.run_harness``).
 A finding is cached under ``cache/tuning/<key>/`` (key: ``artifacts.tuning``); the next tune of
 the same key reuses it without probing, unless ``retune``.
 """
@@ -77,12 +78,14 @@ def tune(
     probe_ms: int | None = None,
     max_probes: int = MAX_PROBES,
     say: Say = print,
+    pool: InstancePool | None = None,
 ) -> Tuning:
     """Find (or reuse) the scenario's LoadGen target on this system; see the module's docstring.
 
     ``margin`` scales the highest VALID Server target (0 < margin <= 1); ``resolution`` is the relative
     width at which the Server bisection stops; ``probe_ms`` the probes' min duration. A cached finding
-    is reused as it was made (its own margin): ``retune`` to change it."""
+    is reused as it was made (its own margin): ``retune`` to change it. The probes share their model
+    instances: ``pool``'s, left open for the caller's run, or a pool of their own, closed at the end."""
     if scenario not in PARAMETER:
         raise HarnessError(f"tune: unknown scenario {scenario!r} (use {', '.join(PARAMETER)})")
     if not 0 < margin <= 1:
@@ -95,7 +98,9 @@ def tune(
 
     base = build_config(ws.spec, cast(Scenario, scenario))
     shutil.rmtree(ws.tuning_dir(scenario), ignore_errors=True)  # no earlier tuning's probes beside these
-    prober = _Prober(ws, scenario, probe_ms or min(MAX_PROBE_MS, base.loadgen.minDurationMs), say, InstancePool())
+    prober = _Prober(
+        ws, scenario, probe_ms or min(MAX_PROBE_MS, base.loadgen.minDurationMs), say, pool or InstancePool()
+    )
     try:
         if scenario == "Server":
             measured = _server(prober, base, resolution, max_probes)
@@ -108,7 +113,8 @@ def tune(
             measured = _stream(prober, base)
             found = Tuning(parameter="targetLatencyMs", value=measured, measured=measured)
     finally:
-        prober.pool.close()
+        if pool is None:
+            prober.pool.close()
     found = found.model_copy(update={"key": artifact.key, "probes": prober.probes})
     directory = ws.workdir.artifact(artifact)
     directory.mkdir(parents=True, exist_ok=True)

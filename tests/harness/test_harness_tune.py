@@ -127,10 +127,8 @@ def test_single_stream_tunes_its_expected_latency(root: Path) -> None:
     )
 
 
-def test_the_probes_load_their_instances_once(root: Path) -> None:
-    """Every probe of a tuning (the Offline bracket at the Server's batch and instances, then the
-    Server's) runs on the same instances, loaded once and closed at its end: a GPU model's load and
-    captures are paid once, not per probe."""
+def _counted(ws: Workspace) -> tuple[list[Backend], list[Backend]]:
+    """The paced backends ``ws``'s performance runs make, and those closed."""
     made: list[Backend] = []
     closed: list[Backend] = []
 
@@ -143,10 +141,24 @@ def test_the_probes_load_their_instances_once(root: Path) -> None:
         made.append(Counted(b, PACE_S))
         return made[-1]
 
-    ws = _server(root, "tune-pool")
     ws.perf_backend_wrapper = wrap
+    return made, closed
+
+
+def test_the_probes_and_the_tuned_run_load_their_instances_once(root: Path, _termination_log: Path) -> None:
+    """Every probe of a tuning (the Offline bracket at the Server's batch and instances, then the
+    Server's) runs on the same instances, loaded once and closed at its end, and a tuned run goes on
+    its probes' instances: a GPU model's load and captures are paid once, not per probe and run."""
+    ws = _server(root, "tune-pool")
+    made, closed = _counted(ws)
     found = tune.tune(ws, "Server", retune=True, probe_ms=1000, max_probes=2, say=lambda _: None)
     assert {p.scenario for p in found.probes} == {"Offline", "Server"} and len(found.probes) >= 3
+    assert len(made) == INSTANCES and sorted(map(id, closed)) == sorted(map(id, made))
+
+    ws = _ws(root, "tuned-run", scenarios=["Offline"], tune=True, loadgen={"minDurationMs": 1000, "minQueryCount": 1})
+    made, closed = _counted(ws)
+    [r] = steps.run_harness(ws, "Offline", "PerformanceOnly", retune=True).results
+    assert r.tuning is not None and len(r.tuning.probes) >= 1 and r.valid
     assert len(made) == INSTANCES and sorted(map(id, closed)) == sorted(map(id, made))
 
 

@@ -33,7 +33,7 @@ class InstancePool:
     """Model instances kept loaded from one LoadGen run to the next that loads the same (the tuner's
     probes): each run otherwise loads and warms its own, which on an H200 took bert about 30 s a
     probe (42 shapes captured in each of 2 instances) and would take dlrm its 45 GiB of tables.
-    The owner closes it; a run with a pool leaves its instances open."""
+    Its owner closes it (or leaves a ``with`` block); a run with a pool leaves its instances open."""
 
     def __init__(self) -> None:
         self._held: dict[str, list[Instance]] = {}
@@ -51,6 +51,12 @@ class InstancePool:
         for instances in self._held.values():
             _close(instances)
         self._held = {}
+
+    def __enter__(self) -> InstancePool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def _close(instances: list[Instance]) -> None:
