@@ -342,10 +342,12 @@ def test_dense_rewrites_keep_the_other_graphs(models: dict[str, Path], name: str
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * scale)
 
 
+@pytest.mark.parametrize("constants", ["initializers", "Constant nodes"])
 @pytest.mark.parametrize("order", ["div, x then half", "x half first", "mul, half then x"])
-def test_gelu_orders(order: str, tmp_path: Path) -> None:
+def test_gelu_orders(order: str, constants: str, tmp_path: Path) -> None:
     """GELU as exporters write it: TensorFlow/HF (Div by sqrt 2, then * x, then * 0.5), (x * 0.5) *
-    (1 + erf), and the synthetic builder's; one gelu each, the same values; a wrong constant is left."""
+    (1 + erf), and the synthetic builder's, its scalars as initializers or as Constant nodes (as
+    PyTorch's exporter writes them); one gelu each, the same values; a wrong constant is left."""
     import torch
     from mlperf_harness.backends.torch_graph import convert
     from mlperf_harness.backends.torch_rewrites import fuse_gelu
@@ -380,14 +382,18 @@ def test_gelu_orders(order: str, tmp_path: Path) -> None:
     consts = [c("sqrt2", 2**0.5), c("rsqrt2", 2**-0.5), c("one", 1.0), c("half", 0.5), c("wrong", 0.6)]
     for half, fires in (("half", 1), ("wrong", 0)):
         nodes = [helper.make_node(op, [half if i == "half" else i for i in ins], [out]) for op, ins, out in tail]
+        inits = consts
+        if constants == "Constant nodes":
+            nodes = [helper.make_node("Constant", [], [k.name], value=k) for k in consts] + nodes
+            inits = []
         graph = helper.make_graph(
             nodes,
             "gelu",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
-            consts,
+            inits,
         )
-        path = tmp_path / f"gelu-{half}.onnx"
+        path = tmp_path / f"gelu-{half}-{constants[0]}.onnx"
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
         plain, fused = (convert(onnx.load(str(path)), ["y"], path).eval() for _ in range(2))
         assert fuse_gelu(fused) == fires, (order, half)

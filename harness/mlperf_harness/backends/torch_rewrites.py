@@ -110,10 +110,14 @@ class _Nodes:
         return fn is not None and any(fn.__name__ in (op, f"_onnx_{op}") for op in ops)
 
     def constant(self, node: Any) -> Any:
-        """The tensor a ``get_attr`` node reads (an initializer), else None."""
-        if getattr(node, "op", None) != "get_attr":
-            return None
-        value = operator.attrgetter(str(node.target))(self.model)
+        """The tensor an initializer (``get_attr``) or a Constant node (PyTorch's exports write
+        scalars so) gives, else None."""
+        from onnx2torch.node_converters.constant import OnnxConstant
+
+        if getattr(node, "op", None) == "get_attr":
+            value = operator.attrgetter(str(node.target))(self.model)
+        else:
+            value = getattr(self.module(node), "value", None) if isinstance(self.module(node), OnnxConstant) else None
         return value if isinstance(value, torch.Tensor) else None
 
     def scalar(self, node: Any) -> float | None:
