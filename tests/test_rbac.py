@@ -16,6 +16,7 @@ from cluster import Cluster, PodExecutor, wait_for
 from cluster.operator_process import OperatorProcess
 from kubernetes import client
 from test_helm import install, service_account, token_kubeconfig, uninstall
+from test_leader import holder
 from test_operator_e2e import EXAMPLE, get_run, make_claim, run_jobs, wait_phase
 
 RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
@@ -208,13 +209,9 @@ def test_namespace_scope_resync_and_leader_election_need_no_cluster_wide_rights(
 ) -> None:
     log_path = tmp_path / "operator.log"
     with OperatorProcess(namespaced_identity, [namespace], log_path, resync_seconds=0.5, leader="sa") as op:
-        # It takes the Lease (create, then get and update: the chart's lease name is the release's) and leads.
-        lease = client.CoordinationV1Api(api)
-        wait_for(
-            lambda: lease.read_namespaced_lease("mlperf-operator", namespace).spec.holder_identity == op.identity,
-            timeout=60,
-            what="the operator to lead",
-        )
+        # It takes the Lease (create, then get and update: the chart's lease name is the release's) and
+        # leads; the Lease is absent until then (a loaded machine's operator can take seconds to start).
+        wait_for(lambda: holder(api, namespace) == op.identity, timeout=60, what="the operator to lead")
         time.sleep(2)  # a few resyncs and renewals
         log = op.log_path.read_text(errors="replace")
     assert not denials(log), sorted(denials(log))
