@@ -77,7 +77,7 @@ def tuned_server(ws: Workspace, probe_seconds: float, max_probes: int, say: Call
     """The tuner's highest VALID Server target for ``ws`` (a spec with ``tune: true``; probes of
     ``probe_seconds``, retuned from scratch), then a fresh Server run at its finding (0.9 of it)."""
     from mlperf_harness import tune
-    from mlperf_harness.loadgen.runner import InstancePool
+    from mlperf_harness.loadgen.pool import InstancePool
 
     shutil.rmtree(ws.run_dir, ignore_errors=True)
     steps.build_engine(ws, "Server")

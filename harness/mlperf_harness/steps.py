@@ -8,12 +8,11 @@ as the termination message (MLPERF_TERMINATION_LOG or /dev/termination-log) for 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from . import artifacts, audits
 from .backends import Backend, backend_class, get_backend
@@ -23,6 +22,7 @@ from .config import HarnessConfig, build_config
 from .errors import HarnessError
 from .fsutil import atomic_write_json, atomic_write_text, read_marker, write_marker
 from .loadgen.logs import Summary, detail_errors, parse_summary
+from .loadgen.pool import InstancePool, shared
 from .results import (
     AuditResult,
     AuditVerdict,
@@ -36,9 +36,6 @@ from .results import (
 from .samples import SampleStore
 from .suites import Scenario, load_suite
 from .workspace import Workspace
-
-if TYPE_CHECKING:
-    from .loadgen.runner import InstancePool  # imports LoadGen
 
 SUMMARY, DETAIL, ACC_LOG = "mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json"
 SYNTHETIC_NOTE = "SYNTHETIC: generated data and/or a random-weight model; not an MLPerf result"
@@ -201,15 +198,6 @@ def _execute(
     return summary, errors, out.device, out.backend
 
 
-def _pool(wanted: bool) -> contextlib.AbstractContextManager[InstancePool | None]:
-    """Model instances shared by the runs inside a ``with`` (closed after), or None."""
-    if not wanted:
-        return contextlib.nullcontext()
-    from .loadgen.runner import InstancePool
-
-    return InstancePool()
-
-
 def _config(
     ws: Workspace, scenario: str, probe: bool, retune: bool = False, pool: InstancePool | None = None
 ) -> tuple[HarnessConfig, Tuning | None]:
@@ -239,9 +227,9 @@ def run_harness(
     if scenario not in ws.spec.scenarios:
         raise HarnessError(f"scenario {scenario} is not in the spec's scenarios ({', '.join(ws.spec.scenarios)})")
     probe = mode == "PerformanceOnly"
-    with contextlib.nullcontext(pool) if pool else _pool(ws.spec.tune and probe) as shared:
-        cfg, tuning = _config(ws, scenario, probe, retune, shared)
-        summary, errors, device, backend = _execute(ws, cfg, mode, log_dir, pool=shared)
+    with shared(pool, ws.spec.tune and probe) as instances:
+        cfg, tuning = _config(ws, scenario, probe, retune, instances)
+        summary, errors, device, backend = _execute(ws, cfg, mode, log_dir, pool=instances)
     result = ScenarioResult(
         scenario=scenario,
         testMode=mode,

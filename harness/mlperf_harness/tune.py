@@ -13,7 +13,7 @@
 
 Probes are real LoadGen PerformanceOnly runs of ``probe_ms`` (default: the run's min duration,
 at most 10 s), logged under ``runs/<run>/<scenario>/tuning/``: they are never the run's results.
-They share their model instances (``runner.InstancePool``: loaded and warmed once, not per probe),
+They share their model instances (``loadgen.pool``: loaded and warmed once, not per probe),
 and a tuned run goes on them too (``steps.run_harness``).
 A finding is cached under ``cache/tuning/<key>/`` (key: ``artifacts.tuning``); the next tune of
 the same key reuses it without probing, unless ``retune``.
@@ -24,20 +24,18 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from . import steps
 from .config import HarnessConfig, build_config
 from .errors import HarnessError
 from .fsutil import atomic_write_text, read_marker, write_marker
 from .loadgen.logs import Summary
+from .loadgen.pool import InstancePool, shared
 from .results import Tuning, TuningProbe
 from .spec import LoadGenOverrides, MLPerfRunSpec
 from .suites import Scenario
 from .workspace import Workspace
-
-if TYPE_CHECKING:
-    from .loadgen.runner import InstancePool
 
 DEFAULT_MARGIN = 0.9  # of the highest VALID Server probe: a full run varies more than a short probe shows
 DEFAULT_RESOLUTION = 0.05  # bisection stops when the VALID / INVALID bracket is within 5 % of its top
@@ -94,14 +92,11 @@ def tune(
     if not retune and (hit := cached(ws, scenario)) is not None:
         say(f"tune {scenario}: {hit.describe()}: cache/tuning/{artifact.key} (--retune probes again)")
         return hit
-    from .loadgen.runner import InstancePool
-
     base = build_config(ws.spec, cast(Scenario, scenario))
     shutil.rmtree(ws.tuning_dir(scenario), ignore_errors=True)  # no earlier tuning's probes beside these
-    prober = _Prober(
-        ws, scenario, probe_ms or min(MAX_PROBE_MS, base.loadgen.minDurationMs), say, pool or InstancePool()
-    )
-    try:
+    probe_ms = probe_ms or min(MAX_PROBE_MS, base.loadgen.minDurationMs)
+    with shared(pool) as instances:
+        prober = _Prober(ws, scenario, probe_ms, say, instances)
         if scenario == "Server":
             measured = _server(prober, base, resolution, max_probes)
             found = Tuning(parameter="targetQps", value=round(measured * margin, 3), measured=measured, margin=margin)
@@ -112,9 +107,6 @@ def tune(
         else:
             measured = _stream(prober, base)
             found = Tuning(parameter="targetLatencyMs", value=measured, measured=measured)
-    finally:
-        if pool is None:
-            prober.pool.close()
     found = found.model_copy(update={"key": artifact.key, "probes": prober.probes})
     directory = ws.workdir.artifact(artifact)
     directory.mkdir(parents=True, exist_ok=True)
@@ -161,7 +153,7 @@ class _Prober:
     """Runs probes with the scenario's engine, its instances loaded once for all of them (``pool``);
     each probe in its own log dir, each said in one line."""
 
-    def __init__(self, ws: Workspace, scenario: str, probe_ms: int, say: Say, pool: InstancePool) -> None:
+    def __init__(self, ws: Workspace, scenario: str, probe_ms: int, say: Say, pool: InstancePool | None) -> None:
         self.ws, self.scenario, self.probe_ms, self.say, self.pool = ws, scenario, probe_ms, say, pool
         self.probes: list[TuningProbe] = []
 

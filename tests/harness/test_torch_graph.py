@@ -294,7 +294,7 @@ def test_fused_attention_answers_as_the_graph(models: dict[str, Path]) -> None:
 def test_fused_dense_layers_answer_as_the_graph(models: dict[str, Path]) -> None:
     """The GPU path's rewrites of BERT's dense layers, here on the CPU: each MatMul + bias as one
     Linear (6 a layer and the QA head), each erf GELU as one gelu (1 a layer), the weights held once,
-    and the same answers as the unfused graph; the other GELU orders exports write are found too."""
+    and the same answers as the unfused graph (other exporters' GELUs: ``test_gelu_orders``)."""
     import torch
     from mlperf_harness.backends.torch_graph import convert
     from mlperf_harness.backends.torch_rewrites import fuse_attention, fuse_gelu, fuse_linear

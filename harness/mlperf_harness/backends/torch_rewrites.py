@@ -145,6 +145,13 @@ class _Nodes:
                 if not any(n.op == "get_attr" and n.target == node.target for n in graph.nodes):
                     delattr(self.model.get_submodule(owner), name)
 
+    def finish(self) -> None:
+        """After a fusion: the constants it left unread dropped, the graph checked and recompiled."""
+        self.drop_unused_constants()
+        self.model.graph.lint()
+        self.model.delete_all_unused_submodules()
+        self.model.recompile()
+
 
 def fuse_attention(model: Any) -> int:
     """Rewrite each MatMul(q, k^T) -> Mul or Div by a constant -> (Add mask) -> Softmax over the
@@ -192,9 +199,7 @@ def fuse_attention(model: Any) -> int:
         for dead in (ctx, probs, *([probs.args[0]] if mask is not None else []), scaled, qk):
             graph.erase_node(dead)
         fused += 1
-    graph.lint()
-    model.delete_all_unused_submodules()
-    model.recompile()
+    g.finish()
     return fused
 
 
@@ -229,10 +234,7 @@ def fuse_linear(model: Any) -> int:
         graph.erase_node(add)
         graph.erase_node(mm)
         fused += 1
-    g.drop_unused_constants()  # the weights now held transposed by the Linear layers, not twice
-    graph.lint()
-    model.delete_all_unused_submodules()
-    model.recompile()
+    g.finish()  # the weights now held transposed by the Linear layers, not twice
     return fused
 
 
@@ -253,8 +255,7 @@ def fuse_gelu(model: Any) -> int:
         """x, where erf's argument is x / sqrt(2) (a Mul by 1/sqrt(2) or a Div by sqrt(2))."""
         s = erf.args[0]
         if g.math(s, "mul"):
-            x = s.args[1] if near(s.args[0], 2**-0.5) else s.args[0] if near(s.args[1], 2**-0.5) else None
-            return x
+            return s.args[1] if near(s.args[0], 2**-0.5) else s.args[0] if near(s.args[1], 2**-0.5) else None
         return s.args[0] if g.math(s, "div") and near(s.args[1], 2**0.5) else None
 
     def product_end(one_plus: Any, x: Any) -> Any:
@@ -286,10 +287,7 @@ def fuse_gelu(model: Any) -> int:
         end.replace_all_uses_with(new)
         fused += 1
     graph.eliminate_dead_code()  # the erf chains, now without a use
-    _Nodes(model).drop_unused_constants()
-    graph.lint()
-    model.delete_all_unused_submodules()
-    model.recompile()
+    g.finish()
     return fused
 
 

@@ -19,58 +19,12 @@ from ..fsutil import atomic_write_text
 from ..samples import SampleStore
 from ..suites import load_suite
 from . import settings
+from .pool import Instance, InstancePool, close_instances, load_key
 from .qsl import SampleLibrary
 from .sut import HarnessSUT
 
 AUDIT_CONFIG = "audit.config"
 BackendFactory = Callable[[], Backend]
-Instance = dict[str, Backend]  # a backend per model part
-# The config fields a run changes without changing what its instances load (the tuner's probes).
-NOT_LOADED = {"loadgen", "scenario", "batchTimeoutUs", "latencyBoundNs", "userConfNotes", "notSubmittable", "shortened"}
-
-
-class InstancePool:
-    """Model instances kept loaded from one LoadGen run to the next that loads the same (the tuner's
-    probes): each run otherwise loads and warms its own, which on an H200 took bert about 30 s a
-    probe (42 shapes captured in each of 2 instances) and would take dlrm its 45 GiB of tables.
-    Its owner closes it (or leaves a ``with`` block); a run with a pool leaves its instances open."""
-
-    def __init__(self) -> None:
-        self._held: dict[str, list[Instance]] = {}
-        self.loads = 0  # instances loaded (not reused)
-
-    def take(self, key: str, build: Callable[[], list[Instance]]) -> list[Instance]:
-        if key not in self._held:
-            for instances in self._held.values():  # another load: the earlier one's memory back first
-                _close(instances)
-            self._held = {key: build()}
-            self.loads += len(self._held[key])
-        return self._held[key]
-
-    def close(self) -> None:
-        for instances in self._held.values():
-            _close(instances)
-        self._held = {}
-
-    def __enter__(self) -> InstancePool:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-def _close(instances: list[Instance]) -> None:
-    for parts in instances:
-        for b in parts.values():
-            b.close()
-
-
-def _load_key(cfg: HarnessConfig, mode: str, model_paths: dict[str, Path]) -> str:
-    """What an instance's load depends on: the model files, the mode (an audit's backend differs)
-    and the config's load settings; not the LoadGen settings a probe changes."""
-    load = cfg.model_dump(mode="json", exclude=NOT_LOADED)
-    sizes = (cfg.loadgen.performanceSampleCount,)
-    return repr((mode, sorted((k, str(v)) for k, v in model_paths.items()), sorted(load.items()), sizes))
 
 
 @dataclass
@@ -181,7 +135,7 @@ def run_loadgen(
             for _ in range(max(1, cfg.workers))
         ]
 
-    models = pool.take(_load_key(cfg, mode, model_paths), load) if pool else load()
+    models = pool.take(load_key(cfg, mode, model_paths), load) if pool else load()
     for parts in models:  # each run's sample set staged on the device of the instances that keep it
         if len(parts) == 1 and parts.get(MODEL) is not None and parts[MODEL].resident:
             qsl_lib.on_load.append(parts[MODEL].stage_samples)
@@ -217,6 +171,6 @@ def run_loadgen(
     device = names[0] if len(models) == 1 else f"{len(models)} instances on {', '.join(names)}"
     described = backends[0].describe() + batch_note
     if pool is None:
-        _close(models)
+        close_instances(models)
     errors = [f"{type(e).__name__}: {e}" for e in sut.errors[:3]]
     return RunOutput(log_dir, sut.completed, wall, device, described, errors, sut.instance_samples)
