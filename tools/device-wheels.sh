@@ -3,7 +3,7 @@
 # onnxruntime, numpy, scipy, scikit-learn, numba, tokenizers, requests, rich, typer, pyyaml; see the
 # device tool's KINDS.md), fetched here from PyPI into folders the repo ignores, to travel with a
 # device call (`carry: [".whl", ".whlaud", ".whlcv"]`, 60 MiB of the 64 allowed) and be installed
-# there first:
+# there first (tools/device-session.sh does, then runs the measurements):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whlaud/*.whl .whlcv/*.whl
 #   export PYTHONPATH=/tmp/site:harness:benchmarks
 # Each package is named with the ones it needs that the image lacks (pip runs with --no-deps there):

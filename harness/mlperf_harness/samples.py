@@ -5,6 +5,7 @@ A store is a directory with ``samples.json`` (written last: what the store holds
 - fixed shape (every sample the same): ``<tensor>.npy``, (N, *shape), memory-mapped;
 - ragged (a dimension varies): ``<tensor>.bin``, every sample's elements one after the other,
   with ``<tensor>.offsets.npy`` (N + 1 element offsets) and ``<tensor>.shapes.npy`` (N, ndim).
+  A reader takes a ragged tensor whose samples all have one shape as a fixed one.
 
 So bert's three (384,) int32 tensors, dlrm's (rows, 13) and (rows, 26) row blocks, rnnt's
 (frames, 240) features and 3d-unet's volumes of any size are all stored without padding.
@@ -153,17 +154,22 @@ class SampleStore:
         self._flat: dict[str, np.ndarray] = {}
         self._offsets: dict[str, np.ndarray] = {}
         self.shapes: dict[str, np.ndarray] = {}
-        for spec in self.specs:
-            stem = directory / _stem(spec.name)
-            if spec.ragged:
-                self._offsets[spec.name] = _load(Path(f"{stem}.offsets.npy"), (self.count + 1,), "int64")
-                self.shapes[spec.name] = _load(Path(f"{stem}.shapes.npy"), (self.count, len(spec.shape)), "int64")
-                total = int(self._offsets[spec.name][-1])
-                self._flat[spec.name] = _raw(Path(f"{stem}.bin"), spec.dtype, total)
-            else:
-                self.fixed[spec.name] = _load(Path(f"{stem}.npy"), (self.count, *spec.concrete()), spec.dtype)
         if self.count == 0:
             raise HarnessError(f"{manifest}: holds no samples")
+        for spec in self.specs:
+            stem = directory / _stem(spec.name)
+            if not spec.ragged:
+                self.fixed[spec.name] = _load(Path(f"{stem}.npy"), (self.count, *spec.concrete()), spec.dtype)
+                continue
+            offsets = _load(Path(f"{stem}.offsets.npy"), (self.count + 1,), "int64")
+            shapes = _load(Path(f"{stem}.shapes.npy"), (self.count, len(spec.shape)), "int64")
+            flat = _raw(Path(f"{stem}.bin"), spec.dtype, int(offsets[-1]))
+            if (shapes == shapes[0]).all():
+                # Every sample one shape (ssd-resnet34's images, whose side the model sets): read as a
+                # fixed tensor, so runs gather its batches into buffers and can keep it on the device.
+                self.fixed[spec.name] = flat.reshape(self.count, *shapes[0].tolist())
+            else:
+                self._offsets[spec.name], self.shapes[spec.name], self._flat[spec.name] = offsets, shapes, flat
 
     def _check(self, expected: Sequence[TensorSpec]) -> None:
         have = {s.name: s for s in self.specs}
@@ -179,7 +185,8 @@ class SampleStore:
 
     @property
     def ragged(self) -> bool:
-        return any(s.ragged for s in self.specs)
+        """Whether a tensor's samples differ in shape (a ragged spec whose samples share one is fixed)."""
+        return bool(self._flat)
 
     def sample(self, i: int) -> dict[str, np.ndarray]:
         out = {name: arr[i] for name, arr in self.fixed.items()}

@@ -44,6 +44,28 @@ def test_ragged_samples_round_trip_without_padding(tmp_path: Path) -> None:
     assert list(store.leading("rows")) == [i % 4 + 1 for i in range(10)]
 
 
+def test_a_ragged_tensor_of_one_shape_reads_as_fixed(tmp_path: Path) -> None:
+    """ssd-resnet34's images: the spec leaves the side open, every sample of a store has one. The
+    store reads them as a fixed tensor (a view of its file), so the QSL keeps them in one array and
+    the SUT gathers batches into buffers; a tensor whose shapes differ stays ragged beside it."""
+    image = TensorSpec("image", (3, None, None), "float32")
+    samples = [{"image": np.full((3, 4, 4), i, np.float32), "rows": np.full((i + 1, 2), i, np.int32)} for i in range(5)]
+    write_samples(tmp_path, [image, ROWS], iter(samples), 5, synthetic=True)
+    store = SampleStore(tmp_path, [image, ROWS])
+    assert store.ragged and list(store.fixed) == ["image"] and store.fixed["image"].shape == (5, 3, 4, 4)
+    assert all(np.array_equal(store.sample(i)["image"], samples[i]["image"]) for i in range(5))
+    assert list(store.leading("image")) == [3] * 5 and list(store.leading("rows")) == [1, 2, 3, 4, 5]
+    lib = SampleLibrary(store, 5)
+    lib.load([4, 1])
+    assert lib.ram["image"].shape == (2, 3, 4, 4) and [r["rows"].shape for r in lib.ragged] == [(5, 2), (2, 2)]
+    out = lib.gather(np.array([1, 4, 1]), lib.buffers(4))
+    assert [float(x[0, 0, 0]) for x in out["image"]] == [1.0, 4.0, 1.0]
+
+    alone = tmp_path / "alone"
+    write_samples(alone, [image], iter({"image": s["image"]} for s in samples), 5, synthetic=True)
+    assert not SampleStore(alone, [image]).ragged
+
+
 def test_store_errors_name_the_file(tmp_path: Path) -> None:
     _store(tmp_path)
     with pytest.raises(HarnessError, match=r"samples\.json: x is float32\[3\], expected int8\[3\]"):

@@ -44,7 +44,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray
     rows: list[np.ndarray] = []
     for start in range(0, len(samples), 3):  # batches of 3, the last one short
         batch = samples[start : start + 3]
-        rows += ssd.responses(ssd.infer(run_model, ssd.collate(batch)), range(start, start + len(batch)))
+        images = {model.INPUT: np.stack([s[model.INPUT] for s in batch])}
+        rows += ssd.responses(ssd.infer(run_model, images), range(start, start + len(batch)))
     return dataset, rows
 
 

@@ -116,7 +116,7 @@ def test_an_image_without_detections(small_model: Path) -> None:
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(model.OUTPUTS, sess.run(list(model.OUTPUTS), feed), strict=True))
 
-    out = pipeline.infer(run, pipeline.collate([{"image": photo}]))
+    out = pipeline.infer(run, {"image": photo[None]})
     assert out["bboxes"].shape == (1, 0, 4) and out["scores"].shape == (1, 0)
     assert pipeline.responses(out, [0])[0].size == 0  # the reference logs no bytes for it
 

@@ -930,3 +930,106 @@ def test_split_capture_answers_as_eager_on_a_gpu(models: dict[str, Path], precis
         waits = {name: _host_waits(lambda b=b, f=feeds: b.predict(f)) for name, b in pair}
         print(f"{n} images: host waits a batch {waits}")
         assert waits["split"] <= waits["eager"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_staged_samples_answer_as_host_batches(models: dict[str, Path], device: str) -> None:
+    """start_from_device on the general path (the GPU half written without one): ssd's images staged
+    once, a batch picked by its rows there, gives each image the detections of the same images
+    handed over as a host batch, for a full batch and a short one (on a GPU: replayed graphs, the
+    short one padded in its bucket); graphs whose inputs vary in shape keep no samples."""
+    from mlperf_harness.backends.torch_graph import TorchGraphBackend
+
+    if device == "gpu":
+        _gpu()
+    rng = np.random.default_rng(SEED)
+    b = TorchGraphBackend()
+    b.load(models["ssd-resnet34"], 4, "fp32")
+    images = rng.standard_normal((6, 3, 400, 400)).astype(np.float32)
+    b.warmup({"image": images[:4]})
+    assert b.graphed == (device == "gpu")
+    assert b.reserve_samples(8) and b.resident
+    b.stage_samples({"image": images})
+    for rows in ([5, 0, 2, 3], [4, 1, 5]):
+        got, want = b.predict_rows(np.array(rows)), b.predict({"image": images[rows]})
+        assert sorted(got) == sorted(want) and len(got["scores"]) == len(rows)
+        for i in range(len(rows)):
+            w, g = _detections(want, i), _detections(got, i)
+            assert len(w) and g.shape == w.shape, (rows, i)
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, err_msg=f"rows {rows}, image {i}")
+    with pytest.raises(RuntimeError, match="9 samples loaded, 8 reserved"):
+        b.stage_samples({"image": np.zeros((9, 3, 400, 400), np.float32)})
+    for ragged in ("rnnt.encoder", "dlrm"):
+        other = TorchGraphBackend()
+        other.load(models[ragged], 4, "fp32")
+        assert not other.reserve_samples(8) and not other.resident, ragged
+
+
+def test_instances_of_a_model_share_it(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instances that load one file on one device in one dtype share its converted model (dlrm's
+    tables once, not per instance) and answer alike; another dtype (bf16 as a GPU runs it, here on
+    the CPU) is a model of its own; the model goes with its last instance."""
+    import gc
+
+    import torch
+    from mlperf_harness.backends import torch_graph
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(
+        torch_graph, "torch_device", lambda i, p: (cpu, torch.bfloat16 if p == "bf16" else torch.float32)
+    )
+    path = models["dlrm"]
+    a, b, half = (torch_graph.TorchGraphBackend() for _ in range(3))
+    for backend, precision in ((a, "fp32"), (b, "fp32"), (half, "bf16")):
+        backend.load(path, 4, precision)
+    assert a._model is b._model and half._model is not a._model
+    feeds = _feeds("dlrm")
+    want = a.predict(feeds)
+    assert all(np.array_equal(b.predict(feeds)[k], v) for k, v in want.items())
+
+    def held() -> list[str]:
+        gc.collect()
+        return sorted(key[5] for key in torch_graph._PREPARED if key[0] == path.resolve())
+
+    assert held() == ["torch.bfloat16", "torch.float32"]
+    a.close()
+    assert held() == ["torch.bfloat16", "torch.float32"] and b.predict(feeds).keys() == want.keys()
+    b.close()
+    half.close()
+    assert held() == []
+
+
+def test_ssd_runs_from_staged_samples_through_the_sut(tmp_path: Path) -> None:
+    """ssd small, ``backend: pytorch`` on the CPU, AccuracyOnly, two instances (one model): with
+    start_from_device the runner stages the loaded images once an instance and the SUT hands the
+    backends rows, and every image's answer is the bytes of the run that hands them host batches."""
+    from harness_support import answers, run_direct
+
+    spec = make_spec(
+        benchmark="ssd-resnet34",
+        suite="v1.0",
+        backend="pytorch",
+        dataset={"synthetic": {"samples": 6, "seed": SEED}},
+        model={"synthetic": {"seed": SEED}},
+        audits=[],
+        batchSize=4,
+        instancesPerDevice=2,
+    )
+    ws = Workspace(spec, tmp_path, "pytorch", quiet=True)
+    for step in (steps.download_model, steps.download_data, steps.preprocess):
+        assert step(ws).ok
+    assert not ws.samples().ragged  # one image size: read as a fixed tensor
+    made: list[Backend] = []
+
+    def factory() -> Backend:
+        made.append(get_backend("pytorch"))
+        return made[-1]
+
+    staged = run_direct(ws, "Offline", "AccuracyOnly", factory, startFromDevice=True)
+    assert not staged.errors and staged.completed == 6 and all(b.resident for b in made)
+    assert len(made) == 2 and made[0]._general._model is made[1]._general._model  # type: ignore[attr-defined]
+    staged_answers = answers(staged.log_dir)
+    made.clear()
+    host = run_direct(ws, "Offline", "AccuracyOnly", factory, startFromDevice=False)
+    assert not host.errors and not any(b.resident for b in made)
+    assert answers(host.log_dir) == staged_answers and len(staged_answers) == 6

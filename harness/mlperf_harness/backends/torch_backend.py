@@ -579,6 +579,9 @@ class PyTorchBackend(ModelBackend):
     # --- device-resident samples (start_from_device) -------------------------------------------
     def reserve_samples(self, capacity: int) -> bool:
         torch = _torch()
+        if self._general is not None:
+            self.resident = self._general.reserve_samples(capacity)
+            return self.resident
         if not self.on_gpu or self._in is None or len(self._in.shape) != 4:
             return False
         c, h, w = (d or 1 for d in self._in.shape[1:])
@@ -588,6 +591,8 @@ class PyTorchBackend(ModelBackend):
 
     def stage_samples(self, tensors: Tensors) -> None:
         torch = _torch()
+        if self._general is not None:
+            return self._general.stage_samples(tensors)
         assert self._in is not None
         samples = tensors[self._in.name]
         n = len(samples)
@@ -636,6 +641,8 @@ class PyTorchBackend(ModelBackend):
 
     def predict_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         torch = _torch()
+        if self._general is not None:
+            return self._general.predict_rows(rows)
         if self.use_graphs:
             return self._named(self._replay(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))))
         with torch.inference_mode(), torch.cuda.device(self._dev):

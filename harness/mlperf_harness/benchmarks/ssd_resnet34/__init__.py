@@ -2,7 +2,7 @@
 
 ``SSDResNet34`` (benchmark.py) is the benchmark on the contract; its parts: ``model.build_model``
 (the synthetic model), ``coco.synthesize_dataset`` / ``coco.preprocess`` (the dataset and the
-reference's preprocessing), ``pipeline.collate`` / ``infer`` / ``responses`` (what LoadGen logs) and
+reference's preprocessing), ``pipeline.infer`` / ``responses`` (what LoadGen logs) and
 ``accuracy.score`` (accuracy-coco.py --use-inv-map).
 """
 
@@ -12,12 +12,11 @@ from .accuracy import score
 from .benchmark import SSDResNet34
 from .coco import preprocess, preprocess_image, synthesize_dataset
 from .model import build_model
-from .pipeline import collate, infer, responses
+from .pipeline import infer, responses
 
 __all__ = [
     "SSDResNet34",
     "build_model",
-    "collate",
     "infer",
     "preprocess",
     "preprocess_image",

@@ -5,7 +5,8 @@ The image is the sample's one tensor, ``image`` (3, S, S) float32, with S the mo
 1200 for the official resnet34-ssd1200.onnx and the synthetic ``size: full`` model (a GPU's work),
 400 for the small synthetic one (``size: small``, the default). Preprocessing follows the run's
 model size (``artifacts.model_size``); because S depends on it, the spec leaves it open
-(``(3, None, None)``) and the store records each image's shape.
+(``(3, None, None)``) and the store records each image's shape (one for all: the store reads them
+as a fixed tensor, and batches are stacks of them).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ DATASET_JSON = "dataset.json"
 class SSDResNet34(Benchmark):
     name = "ssd-resnet34"
     capabilities = {"dataset": True, "model": True, "preprocess": True, "accuracy": True, "synthetic": True}
-    # The official graph takes one image: a batch is as many model calls (the synthetic graph takes
-    # the batch in one), so samples stay on the host.
-    device_resident = False
+    # Batches are stacks of the images (one shape a store: the store reads them as fixed), so a
+    # backend can keep them on the device; the official graph takes one image per call, and a
+    # backend keeps no samples for a graph whose batch is fixed below the run's (runner).
     splits_batches = True
 
     def inputs(self, variant: str) -> tuple[TensorSpec, ...]:
@@ -126,9 +127,6 @@ class SSDResNet34(Benchmark):
             return [*store.close(), annotations]
 
     # --- batching, inference, responses -------------------------------------------------------
-    def collate(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return pipeline.collate(samples)
-
     def infer(self, parts: Mapping[str, Backend], feeds: Tensors) -> dict[str, np.ndarray]:
         model = parts[MODEL]
         return pipeline.infer(model.predict, feeds, model.fixed_batch)

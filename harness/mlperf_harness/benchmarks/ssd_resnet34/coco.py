@@ -170,7 +170,7 @@ def synthesize_dataset(
     import onnxruntime as ort
 
     from .accuracy import coco_detections
-    from .pipeline import collate, infer, responses
+    from .pipeline import infer, responses
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -196,7 +196,7 @@ def synthesize_dataset(
         h, w = bgr.shape[:2]
         info = {"license": 1, "file_name": name, "coco_url": f"synthetic:{IMAGES}/{name}", "height": h, "width": w}
         images.append({**info, "date_captured": "2017-09-01 00:00:00", "flickr_url": "", "id": image_id})
-        outputs = infer(run, collate([{ssd_model.INPUT: preprocess_image(bgr, size)}]))
+        outputs = infer(run, {ssd_model.INPUT: preprocess_image(bgr, size)[None]})
         (response,) = responses(outputs, [idx])
         dets = coco_detections(response, images[-1], inv_map)
         # pycocotools' mAP counts at most 100 detections per image and class, by score.

@@ -33,11 +33,6 @@ def output_specs() -> tuple[TensorSpec, ...]:
     )
 
 
-def collate(samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Stack samples into a batch: ``image`` (N, 3, S, S)."""
-    return {ssd_model.INPUT: np.stack([s[ssd_model.INPUT] for s in samples]).astype(np.float32, copy=False)}
-
-
 def infer(run: Run, batch: Mapping[str, np.ndarray], per_call: int | None = None) -> dict[str, np.ndarray]:
     """The detections of a batch of images: one model call, or calls of ``per_call`` images for a
     graph of fixed batch (the official one's 1), padded with zero scores to the batch's largest

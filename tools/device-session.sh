@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# A measuring session on a lent GPU machine, across device calls of at most 10 minutes each. Here
+# first: `bash tools/device-wheels.sh`; then each device call (the device tool's `run`, from the repo
+# root, carry [".whl", ".whlaud", ".whlcv"], timeout 600):
+#
+#   WAIT=520 bash tools/device-session.sh [STAGE ...]     # default: every stage, in the order below
+#
+# The first call copies the tree to /tmp/repo, installs the wheels into /tmp/site, writes what the
+# machine is (gpu.txt) and starts the stages detached (setsid): they go on between calls. Every call
+# waits up to $WAIT s (or until the last stage ends), brings /tmp/res back as $OUT/res.tgz and prints
+# each stage's key lines. Call again at once: a machine idle for 30 s is given back, and its work with it.
+# Each stage is a process of its own (a failed CUDA capture leaves the next stage's state clean),
+# under its own time limit, its work directory removed after it (dlrm's tables take 44.8 GiB of 64).
+set -uo pipefail
+RES=/tmp/res
+STAGES=(rnnt ssd bert unet dlrm tests fp8)
+M="python3 benchmarks/models.py --samples 16 --seconds 10"
+
+run_stage() {  # name -> limit (s) and command
+    case $1 in
+        rnnt) echo 260 "$M --server --max-probes 4 --no-profile --benchmarks rnnt" ;;
+        ssd) echo 300 "$M --server --max-probes 4 --benchmarks ssd-resnet34" ;;
+        bert) echo 360 "$M --server --max-probes 4 --benchmarks bert" ;;
+        unet) echo 240 "$M --benchmarks 3d-unet" ;;
+        dlrm) echo 540 "$M --server --max-probes 4 --benchmarks dlrm" ;;
+        tests) echo 300 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_harness_gpu.py tests/harness/test_torch_graph.py tests/harness/test_torch_external.py" ;;
+        fp8) echo 420 "python3 benchmarks/gpu_fp8.py --gemms --variants 1x1 1x1-triton all-triton --seconds 12" ;;
+        *) return 1 ;;
+    esac
+}
+
+if [ "${1:-}" = --stages ]; then  # the detached part, in /tmp/repo
+    shift
+    export PYTHONPATH=/tmp/site:harness:benchmarks:tests/harness MLPERF_BENCH_WORKDIR=/tmp/mb
+    for name in "$@"; do
+        read -r limit cmd <<< "$(run_stage "$name")"
+        mkdir -p "$RES/$name"
+        echo "$(date -u +%T) start $name: $cmd"
+        OUT=$RES/$name timeout "$limit" $cmd > "$RES/$name/log.txt" 2>&1
+        rc=$?  # before anything else runs
+        echo "$(date -u +%T) end $name rc=$rc"
+        rm -rf /tmp/mb
+    done
+    touch "$RES/DONE"
+    exit 0
+fi
+
+WAIT=${WAIT:-520}
+t0=$(date +%s)
+if [ ! -f $RES/started ]; then
+    wanted=("${@:-${STAGES[@]}}")
+    for name in "${wanted[@]}"; do run_stage "$name" > /dev/null || { echo "unknown stage $name (stages: ${STAGES[*]})"; exit 2; }; done
+    mkdir -p $RES && touch $RES/started
+    rm -rf /tmp/repo && cp -r . /tmp/repo
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl .whlaud/*.whl .whlcv/*.whl > $RES/pip.txt 2>&1 || { cat $RES/pip.txt; exit 1; }
+    { nvidia-smi; df -h /tmp; nproc; free -g; git log -1 --format='commit %H' 2>/dev/null
+      python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } > $RES/gpu.txt 2>&1
+    (cd /tmp/repo && setsid nohup bash tools/device-session.sh --stages "${wanted[@]}" > $RES/stages.txt 2>&1 < /dev/null &)
+fi
+while [ ! -f $RES/DONE ] && [ $(( $(date +%s) - t0 )) -lt "$WAIT" ]; do sleep 5; done
+tar czf "$OUT/res.tgz" -C /tmp res 2>/dev/null
+cat $RES/stages.txt
+for f in $RES/*/log.txt; do
+    echo "== $f"
+    grep -E "\] |FAILED|Error|error|VALID|ratio|Server|passed|failed" "$f" | tail -40
+done
