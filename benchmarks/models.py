@@ -4,6 +4,7 @@
     python3 benchmarks/models.py --cpu                 # on this CPU: small models, onnxruntime fp32
     python3 benchmarks/models.py --cpu --backend pytorch   # the GPU path's code on this CPU (fp32)
         [--benchmarks bert dlrm ...] [--samples 64] [--seconds 10] [--size small|full] [--server [--max-probes 6]]
+        [--batch rnnt=2048 ...]
 
 Per benchmark:
 1. The work directory: the spec's synthetic data and synthetic model (`model.synthetic.size`), prepared
@@ -46,7 +47,9 @@ SETUP: dict[str, tuple[str, str, int, int]] = {
     "bert": ("v6.1", "edge", 64, 8),
     "3d-unet": ("v6.1", "edge", 1, 1),
     "ssd-resnet34": ("v1.0", "datacenter", 16, 4),
-    "rnnt": ("v1.0", "datacenter", 64, 8),
+    # rnnt's greedy decoder steps are launch-bound at 64 (2026-12-05: 909 step replays of ~40 small
+    # kernels a batch), so a batch's cost grows little with its size; NVIDIA's A100 harness runs 2048.
+    "rnnt": ("v1.0", "datacenter", 512, 8),
     "dlrm": ("v1.0", "datacenter", 2048, 2048),
 }
 # 3d-unet's on a GPU with its full-size synthetic cases (below): KiTS19's 43 preprocessed shapes, 64.2
@@ -70,6 +73,7 @@ SERVER_ANCHORS = {
 # windows a case; all 43 would take the device machine minutes more to generate; the CI-small ones
 # have 2.4 windows a case).
 GPU_DATASET: dict[str, dict[str, Any]] = {"3d-unet": {"size": "full", "samples": 16}}
+BATCH: dict[str, int] = {}  # --batch NAME=N: this run's batch where it is not SETUP's
 GPU = {"gpuProduct": "NVIDIA-H200", "gpuCount": 1}
 CPU = {"gpuCount": 0}
 T0 = time.perf_counter()
@@ -169,7 +173,8 @@ def harness_offline(ws: Any) -> tuple[float, str]:
 
 
 def _spec(name: str, samples: int, size: str, cpu: bool, backend: str) -> dict[str, Any]:
-    """The benchmark's run spec on this machine: its SETUP round and batch, the synthetic data and model."""
+    """The benchmark's run spec on this machine: its SETUP round and batch (or --batch's), the
+    synthetic data and model."""
     suite, category, gpu_batch, cpu_batch = SETUP[name]
     return {
         "benchmark": name,
@@ -177,7 +182,7 @@ def _spec(name: str, samples: int, size: str, cpu: bool, backend: str) -> dict[s
         "category": category,
         "backend": backend,
         "precision": "fp16" if backend == "pytorch" and not cpu else "fp32",
-        "batchSize": cpu_batch if cpu else gpu_batch,
+        "batchSize": BATCH.get(name) or (cpu_batch if cpu else gpu_batch),
         "system": CPU if cpu else GPU,
         # On the CPU one instance, as the loop (two would split the two cores' threads between them).
         "instancesPerDevice": 1 if cpu else None,
@@ -253,7 +258,13 @@ def main() -> None:
     ap.add_argument("--server", action="store_true", help=server_help)
     ap.add_argument("--probe-seconds", type=float, default=5.0, help="the tuner's Server probes (with --server)")
     ap.add_argument("--max-probes", type=int, default=6, help="the tuner's Server probes at most (with --server)")
+    ap.add_argument("--batch", nargs="*", default=[], metavar="NAME=N", help="a batch size (default: SETUP's)")
     args = ap.parse_args()
+    for item in args.batch:
+        name, _, n = item.partition("=")
+        if name not in SETUP or not n.isdigit() or int(n) < 1:
+            ap.error(f"--batch {item}: expected NAME=N with NAME one of {', '.join(SETUP)} and N a positive integer")
+        BATCH[name] = int(n)
     backend = args.backend or ("onnxruntime" if args.cpu else "pytorch")
     size = args.size or ("small" if args.cpu else "full")
     print(f"models: {stamp()}, {machine()}, {backend}, {'cpu fp32' if args.cpu else 'gpu fp16'}, {size}")
