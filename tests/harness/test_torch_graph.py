@@ -950,6 +950,7 @@ def test_staged_samples_answer_as_host_batches(models: dict[str, Path], device: 
     assert b.graphed == (device == "gpu")
     assert b.reserve_samples(8) and b.resident
     b.stage_samples({"image": images})
+    graphs = dict(b._graphs)
     for rows in ([5, 0, 2, 3], [4, 1, 5]):
         got, want = b.predict_rows(np.array(rows)), b.predict({"image": images[rows]})
         assert sorted(got) == sorted(want) and len(got["scores"]) == len(rows)
@@ -957,6 +958,7 @@ def test_staged_samples_answer_as_host_batches(models: dict[str, Path], device: 
             w, g = _detections(want, i), _detections(got, i)
             assert len(w) and g.shape == w.shape, (rows, i)
             np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, err_msg=f"rows {rows}, image {i}")
+    assert b._graphs == graphs  # the staged rows replay the graphs the warm-up captured (on a GPU: 3)
     with pytest.raises(RuntimeError, match="9 samples loaded, 8 reserved"):
         b.stage_samples({"image": np.zeros((9, 3, 400, 400), np.float32)})
     for ragged in ("rnnt.encoder", "dlrm"):

@@ -526,10 +526,8 @@ class TorchGraphBackend(ModelBackend):
             if len(samples) > len(into):
                 raise RuntimeError(f"pytorch: {len(samples)} samples loaded, {len(into)} reserved")
             step = max(1, (256 << 20) // max(1, samples[:1].nbytes))  # in slices of 256 MB: no full copy on the device
-            for start in range(0, len(samples), step):
-                part = torch.from_numpy(
-                    np.require(samples[start : start + step], requirements=["C", "W"])
-                )  # a map: copied
+            for start in range(0, len(samples), step):  # a read-only map (models.py's store) is copied
+                part = torch.from_numpy(np.require(samples[start : start + step], requirements=["C", "W"]))
                 into[start : start + len(part)].copy_(part.to(self._dev))
         if self.on_gpu:
             torch.cuda.synchronize(self._dev)  # staged (on the loading thread) before any batch reads them

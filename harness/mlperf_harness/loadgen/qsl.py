@@ -80,7 +80,9 @@ class SampleLibrary:
         rows = self.rows(indices)
         n = len(indices)
         for name, ram in self.ram.items():
-            np.take(ram, rows, axis=0, out=out[name][:n])
+            # mode="clip": the rows are checked above; numpy's default ("raise") gathers into a
+            # temporary and copies it into ``out`` (3x the time for ssd's 400x400 images here).
+            np.take(ram, rows, axis=0, out=out[name][:n], mode="clip")
         return {name: buf[:n] for name, buf in out.items()}
 
     def samples(self, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
