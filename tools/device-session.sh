@@ -21,7 +21,7 @@ run_stage() {  # name -> limit (s) and command
         rnnt) echo 260 "$M --server --max-probes 4 --no-profile --benchmarks rnnt" ;;
         ssd) echo 300 "$M --server --max-probes 4 --benchmarks ssd-resnet34" ;;
         bert) echo 360 "$M --server --max-probes 4 --benchmarks bert" ;;
-        unet) echo 240 "$M --benchmarks 3d-unet" ;;
+        unet) echo 420 "$M --benchmarks 3d-unet" ;;  # 16 full-size cases made on the host first: minutes
         dlrm) echo 540 "$M --server --max-probes 4 --benchmarks dlrm" ;;
         tests) echo 300 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_harness_gpu.py tests/harness/test_torch_graph.py tests/harness/test_torch_external.py" ;;
         fp8) echo 420 "python3 benchmarks/gpu_fp8.py --gemms --variants 1x1 1x1-triton all-triton --seconds 12" ;;

@@ -1035,3 +1035,32 @@ def test_ssd_runs_from_staged_samples_through_the_sut(tmp_path: Path) -> None:
     host = run_direct(ws, "Offline", "AccuracyOnly", factory, startFromDevice=False)
     assert not host.errors and not any(b.resident for b in made)
     assert answers(host.log_dir) == staged_answers and len(staged_answers) == 6
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_unet3d_windows_on_the_device_label_as_the_host(models: dict[str, Path], device: str) -> None:
+    """3d-unet's sliding window on the backend's device (``device_window``: the case copied once, its
+    patches, weighted sums, summed weights and argmax there; written without a GPU) labels a case as
+    the host path over the same backend's ``predict``: every voxel on the CPU (the same logits, the
+    same float32 steps); on a GPU in fp16 (the host path replays CUDA graphs, the device path calls
+    the model eagerly) all but a few in 10,000. ``segmenter`` picks it on a GPU only."""
+    from mlperf_harness.benchmarks.unet3d import device_window, kits19, sliding_window
+    from mlperf_harness.benchmarks.unet3d.model import patch_size
+
+    if device == "gpu":
+        _gpu()
+    backend = get_backend("pytorch")
+    backend.load(models["3d-unet"], 1, "fp32" if device == "cpu" else "fp16", outputs=["output"])
+    patch = patch_size(models["3d-unet"])
+    rng = np.random.default_rng(SEED)
+    case = {"input": rng.standard_normal((1, 2 * patch, 3 * patch // 2, 5 * patch // 2)).astype(np.float32)}
+    backend.warmup({"input": case["input"][None, :, :patch, :patch, :patch]})
+    for batch in (1, 4):
+        want = sliding_window.infer(backend.predict, case, patch, batch)[kits19.PREDICTION]
+        got = device_window.infer(backend, case, patch, batch)[kits19.PREDICTION]
+        assert got.dtype == np.uint8 and got.shape == want.shape == case["input"].shape[1:]
+        assert len(np.unique(want)) > 1  # not a trivial volume
+        agree = float(np.mean(got == want))
+        assert agree == 1.0 if device == "cpu" else agree > 0.9995, (batch, agree)
+    picked = sliding_window.segmenter(backend)
+    assert getattr(picked, "func", None) is (device_window.infer if device == "gpu" else sliding_window.infer)

@@ -35,7 +35,7 @@ from ..base import MODEL, AccuracyReport, Batch, Benchmark
 from . import kits19
 from .kits19 import INPUT, preprocess, score
 from .model import OUTPUT, build_model
-from .sliding_window import collate, infer, responses
+from .sliding_window import collate, infer, responses, segmenter
 from .synthetic import synthesize_dataset
 
 MODEL_FILE = "3dunet_kits19_128x128x128_dynbatch.onnx"
@@ -162,8 +162,8 @@ class Unet3D(Benchmark):
 
     def infer(self, parts: Mapping[str, Backend], feeds: Tensors) -> dict[str, np.ndarray]:
         backend = parts[MODEL]
-        patch = _patch_of(backend)
-        labels = [infer(backend.predict, {INPUT: v}, patch, PATCH_BATCH)[kits19.PREDICTION] for v in feeds[INPUT]]
+        patch, segment = _patch_of(backend), segmenter(backend)
+        labels = [segment({INPUT: v}, patch, PATCH_BATCH)[kits19.PREDICTION] for v in feeds[INPUT]]
         return {OUTPUT: _objects(labels)}
 
     def responses(self, outputs: Mapping[str, np.ndarray], batch: Batch) -> list[np.ndarray]:

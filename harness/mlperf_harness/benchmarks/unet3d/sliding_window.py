@@ -11,15 +11,31 @@ order, so the result is the same for any batch size.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ...backends.base import Backend
 from ...errors import HarnessError
 from .kits19 import INPUT, OVERLAP, PREDICTION, ROI
 from .model import OUTPUT
 
 Run = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+# One sample, the patch and the patches per model call -> {"prediction": labels}.
+Segment = Callable[[Mapping[str, np.ndarray], int, int], dict[str, np.ndarray]]
+
+
+def segmenter(backend: Backend) -> Segment:
+    """How a case is segmented with ``backend``: on its GPU (``device_window``) where it is the
+    pytorch backend on one, unless MLPERF_UNET_DEVICE_WINDOW=0 (to compare), else on the host with
+    the backend's ``predict``."""
+    place = backend.tensor_device()
+    if place is not None and place[0].type == "cuda" and os.environ.get("MLPERF_UNET_DEVICE_WINDOW", "1") != "0":
+        from .device_window import infer as on_device
+
+        return functools.partial(on_device, backend)
+    return functools.partial(infer, backend.predict)
 
 
 @functools.cache
@@ -47,6 +63,20 @@ def importance_sum(shape: tuple[int, ...], patch: int) -> np.ndarray:
     return norm
 
 
+def volume_shape(image: np.ndarray) -> tuple[int, ...]:
+    """A sample's (D, H, W), from its input (1, D, H, W)."""
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise HarnessError(f"3d-unet sample input of shape {image.shape}: expected (1, D, H, W)")
+    return tuple(image.shape[1:])
+
+
+def check_logits(shape: Sequence[int], patches: int, patch: int) -> None:
+    """The model's output for ``patches`` patches is (patches, 3, P, P, P)."""
+    want = (patches, 3, patch, patch, patch)
+    if tuple(shape) != want:
+        raise HarnessError(f"3d-unet model output {OUTPUT!r} of shape {tuple(shape)}: expected {want}")
+
+
 def window_origins(shape: Sequence[int], patch: int, overlap: float = OVERLAP) -> list[tuple[int, int, int]]:
     """Patch corners in the reference's order (z outermost); edges must fit whole strides."""
     stride = int(patch * (1 - overlap))
@@ -69,9 +99,7 @@ def collate(patches: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
 def infer(run: Run, sample: Mapping[str, np.ndarray], patch: int = ROI, batch_size: int = 1) -> dict[str, np.ndarray]:
     """One sample ``{"input": (1, D, H, W)}`` -> ``{"prediction": (D, H, W) uint8}``."""
     image = sample[INPUT]
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise HarnessError(f"3d-unet sample input of shape {image.shape}: expected (1, D, H, W)")
-    shape = image.shape[1:]
+    shape = volume_shape(image)
     origins = window_origins(shape, patch)
     weight = gaussian_importance(patch)
     result = np.zeros((3, *shape), dtype=np.float32)
@@ -80,9 +108,7 @@ def infer(run: Run, sample: Mapping[str, np.ndarray], patch: int = ROI, batch_si
         chunk = origins[start : start + batch_size]
         views = [(slice(i, i + patch), slice(j, j + patch), slice(k, k + patch)) for i, j, k in chunk]
         logits = np.asarray(run(collate([image[(slice(None), *v)] for v in views]))[OUTPUT], dtype=np.float32)
-        if logits.shape != (len(chunk), 3, patch, patch, patch):
-            want = (len(chunk), 3, patch, patch, patch)
-            raise HarnessError(f"3d-unet model output {OUTPUT!r} of shape {logits.shape}: expected {want}")
+        check_logits(logits.shape, len(chunk), patch)
         for out, view in zip(logits, views, strict=True):
             result[(slice(None), *view)] += np.multiply(out, weight, out=weighted)
     # The reference keeps one norm map per class; the three are equal, so one is enough.

@@ -19,15 +19,19 @@ At 128^3 a case is 31-257 MB of float32 (5.7 GB for the 43) and costs 8-144 mode
 about 1.07 TFLOP each with the full model (2.95 PFLOP for the 43). On this project's 2-core CPU,
 onnxruntime took 18 s a window (about 14 hours for the 43); an H200 in fp32 should take minutes
 (estimated, not measured). So full cases are labelled by the harness's pytorch backend in fp32
-(TF32 off) where torch sees a GPU, else by onnxruntime on the CPU (download-data's Job in a cluster
-has no GPU: hours). The rest (CT, gzip, the read-back, the sliding-window sums) took 24 s for the
-largest case on that CPU, peak RSS 1.9 GB, one case in memory at a time: about 9 minutes for the 43
-(scaled by voxels).
+(TF32 off) where torch sees a GPU, its sliding window on the device (``device_window``), else by
+onnxruntime on the CPU (download-data's Job in a cluster has no GPU: hours). The rest (CT, gzip,
+the read-back, the sliding-window sums) took 24 s for the largest case on that CPU, peak RSS 1.9 GB,
+one case in memory at a time: about 9 minutes for the 43 (scaled by voxels). On this project's
+later CPU (2026-12-05) a 256x448x448 case took 21.4 s, 15.0 s of it the host's sliding window (the
+patches, the weighted sums, the norm map, the argmax; cProfile, an all-background model), which
+a GPU labeller now does on the device.
 The pytorch labeller has run on a CPU only (tests); it is untested on a GPU.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Iterator
@@ -42,7 +46,7 @@ from ...fsutil import atomic_write_text, temp_path_for
 from ...spec import ModelSize
 from . import kits19
 from .model import OUTPUT
-from .sliding_window import Run, importance_sum, infer, window_origins
+from .sliding_window import Segment, importance_sum, infer, segmenter, window_origins
 
 Plan = tuple[list[int], list[int], list[bool]]  # (preprocessed shape, crop per axis, half-spacing per axis)
 
@@ -129,9 +133,9 @@ def gpu_labeller() -> str | None:
 
 
 @contextmanager
-def fp32_model(model_path: Path, backend: str | None, batch_size: int) -> Iterator[tuple[Run, str]]:
-    """The FP32 model the labels come from, and what runs it: onnxruntime on the CPU, or the
-    harness's ``backend`` in fp32."""
+def fp32_model(model_path: Path, backend: str | None, batch_size: int) -> Iterator[tuple[Segment, str]]:
+    """How the FP32 model the labels come from segments a case, and what runs it: onnxruntime on
+    the CPU, or the harness's ``backend`` in fp32 (on a GPU, the sliding window there too)."""
     if backend is None:
         import onnxruntime as ort
 
@@ -140,14 +144,14 @@ def fp32_model(model_path: Path, backend: str | None, batch_size: int) -> Iterat
         def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return {OUTPUT: np.asarray(sess.run([OUTPUT], feed)[0])}
 
-        yield run, "onnxruntime CPU fp32"
+        yield functools.partial(infer, run), "onnxruntime CPU fp32"
         return
     from ...backends import get_backend
 
     model = get_backend(backend)
     model.load(model_path, batch_size, "fp32", outputs=[OUTPUT])
     try:
-        yield model.predict, f"{backend} {model.device()} fp32"
+        yield segmenter(model), f"{backend} {model.device()} fp32"
     finally:
         model.close()
 
@@ -182,7 +186,9 @@ def raw_label(prediction: np.ndarray, shape: list[int], crop: list[int], half: l
     return zoomed
 
 
-def _write_case(case_dir: Path, seed: int, index: int, plan: Plan, run: Run, patch: int, batch_size: int) -> None:
+def _write_case(
+    case_dir: Path, seed: int, index: int, plan: Plan, segment: Segment, patch: int, batch_size: int
+) -> None:
     """One case's imaging and labels (its arrays freed on return: one case in memory at a time)."""
     shape, crop, half = plan
     spacing = [t / 2 if h else t for t, h in zip(kits19.TARGET_SPACING, half, strict=True)]
@@ -190,7 +196,7 @@ def _write_case(case_dir: Path, seed: int, index: int, plan: Plan, run: Run, pat
     affine = kits_affine(spacing)
     _save(synthetic_ct(np.random.default_rng([seed, index, 1]), raw_shape), affine, case_dir / kits19.IMAGING)
     image = kits19.preprocess_case(case_dir, with_label=False, roi=patch).image  # what preprocess reads back
-    prediction = infer(run, {kits19.INPUT: image}, patch, batch_size)[kits19.PREDICTION]
+    prediction = segment({kits19.INPUT: image}, patch, batch_size)[kits19.PREDICTION]
     del image
     _save(raw_label(prediction, shape, crop, half), affine, case_dir / kits19.SEGMENTATION)
     raw, read_spacing, _ = kits19.read_nifti(case_dir / kits19.SEGMENTATION, np.uint8)
@@ -229,7 +235,7 @@ def synthesize_dataset(
     plans = [kits19_plan(c, patch) for c in mirrored] or [case_plan(seed, i, patch) for i in range(n)]
     cases = [f"case_{i:05d}" for i in range(n)]
     windows = [len(window_origins(plan[0], patch)) for plan in plans]
-    with fp32_model(model_path, labeller, batch_size) as (run, labelled_by), _progress() as bar:
+    with fp32_model(model_path, labeller, batch_size) as (segment, labelled_by), _progress() as bar:
         if mirrored and labeller is None and patch == kits19.ROI:  # the full model: hours, say so first
             print(
                 f"3d-unet: labelling {n} full-size SYNTHETIC cases ({sum(windows):,} windows) with the full model on "
@@ -240,7 +246,7 @@ def synthesize_dataset(
             )
         task = bar.add_task(f"SYNTHETIC KiTS19 cases, labelled by {labelled_by}", total=sum(windows))
         for i, (case, plan) in enumerate(zip(cases, plans, strict=True)):
-            _write_case(out_dir / case, seed, i, plan, run, patch, batch_size)
+            _write_case(out_dir / case, seed, i, plan, segment, patch, batch_size)
             bar.advance(task, windows[i])
     importance_sum.cache_clear()  # full-size norm maps are up to 257 MB each
     facts: dict[str, object] = {
