@@ -36,7 +36,7 @@ if [ "${1:-}" = --stages ]; then  # the detached part, in /tmp/repo
         read -r limit cmd <<< "$(run_stage "$name")"
         mkdir -p "$RES/$name"
         echo "$(date -u +%T) start $name: $cmd"
-        OUT=$RES/$name timeout "$limit" $cmd > "$RES/$name/log.txt" 2>&1
+        OUT=$RES/$name timeout -k 30 "$limit" $cmd > "$RES/$name/log.txt" 2>&1  # -k: a hung CUDA process is killed
         rc=$?  # before anything else runs
         echo "$(date -u +%T) end $name rc=$rc"
         rm -rf /tmp/mb
