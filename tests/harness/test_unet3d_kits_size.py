@@ -104,6 +104,23 @@ def test_pytorch_labels_as_onnxruntime_on_the_cpu(tmp_path: Path) -> None:
     assert np.mean(labels[None] == labels["pytorch"]) > 0.999
 
 
+def test_cases_made_in_threads_are_the_cases_made_one_by_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a torch labeller (a GPU's, here on the CPU) cases are made in threads: the same files,
+    byte for byte, as one at a time."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx2torch")
+    from mlperf_harness.benchmarks.unet3d import synthetic
+
+    model = build_model(tmp_path / "m.onnx", 5, "small")
+    made = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(synthetic, "CASE_THREADS", threads)
+        out = tmp_path / f"threads-{threads}"
+        synthesize_dataset(out, 5, 3, model, batch_size=1, size="small", labeller="pytorch")
+        made[threads] = {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*.nii.gz"))}
+    assert len(made[1]) == 6 and made[1] == made[3]
+
+
 @pytest.mark.parametrize("order", [0, 1])
 def test_resampling_that_keeps_the_shape_is_zooms_identity(order: int) -> None:
     """A header spacing of float32 targets (every synthetic case, some real ones on an axis) gives

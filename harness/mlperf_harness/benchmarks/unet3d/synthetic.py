@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from . import kits19
 from .model import OUTPUT
 from .sliding_window import Segment, importance_sum, infer, segmenter, window_origins
 
+CASE_THREADS = 4  # cases made at once with a GPU labeller
 Plan = tuple[list[int], list[int], list[bool]]  # (preprocessed shape, crop per axis, half-spacing per axis)
 
 
@@ -245,9 +248,17 @@ def synthesize_dataset(
                 flush=True,
             )
         task = bar.add_task(f"SYNTHETIC KiTS19 cases, labelled by {labelled_by}", total=sum(windows))
-        for i, (case, plan) in enumerate(zip(cases, plans, strict=True)):
-            _write_case(out_dir / case, seed, i, plan, segment, patch, batch_size)
+
+        def make(i: int) -> None:
+            _write_case(out_dir / cases[i], seed, i, plans[i], segment, patch, batch_size)
             bar.advance(task, windows[i])
+
+        # With a GPU labeller the host's part of a case (CT, gzip, read-backs: about 6 s of a full-size
+        # case's here) is most of it: cases in threads (numpy, scipy and zlib let go of the GIL; about
+        # 2 GB a thread at the largest). onnxruntime's labelling takes every core itself: one at a time.
+        threads = min(CASE_THREADS, len(os.sched_getaffinity(0))) if labeller else 1
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(make, range(n)))  # each case seeded by its index: the same set in any order
     importance_sum.cache_clear()  # full-size norm maps are up to 257 MB each
     facts: dict[str, object] = {
         "synthetic": True,
