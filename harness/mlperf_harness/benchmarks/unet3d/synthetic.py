@@ -22,10 +22,10 @@ onnxruntime took 18 s a window (about 14 hours for the 43); an H200 in fp32 shou
 (TF32 off) where torch sees a GPU, its sliding window on the device (``device_window``), else by
 onnxruntime on the CPU (download-data's Job in a cluster has no GPU: hours). The rest (CT, gzip,
 the read-back, the sliding-window sums) took 24 s for the largest case on that CPU, peak RSS 1.9 GB,
-one case in memory at a time: about 9 minutes for the 43 (scaled by voxels). On this project's
-later CPU (2026-12-05) a 256x448x448 case took 21.4 s, 15.0 s of it the host's sliding window (the
-patches, the weighted sums, the norm map, the argmax; cProfile, an all-background model), which
-a GPU labeller now does on the device.
+one case in memory at a time (with a GPU labeller, one a thread: ``CASE_THREADS``): about 9
+minutes for the 43 (scaled by voxels). On this project's later CPU (2026-12-05) a 256x448x448 case
+took 21.4 s, 15.0 s of it the host's sliding window (the patches, the weighted sums, the norm map,
+the argmax; cProfile, an all-background model), which a GPU labeller now does on the device.
 The pytorch labeller has run on a CPU only (tests); it is untested on a GPU.
 """
 
@@ -192,7 +192,7 @@ def raw_label(prediction: np.ndarray, shape: list[int], crop: list[int], half: l
 def _write_case(
     case_dir: Path, seed: int, index: int, plan: Plan, segment: Segment, patch: int, batch_size: int
 ) -> None:
-    """One case's imaging and labels (its arrays freed on return: one case in memory at a time)."""
+    """One case's imaging and labels (its arrays freed on return: one case in memory a thread)."""
     shape, crop, half = plan
     spacing = [t / 2 if h else t for t, h in zip(kits19.TARGET_SPACING, half, strict=True)]
     raw_shape = tuple(2 * (s + c) - 1 if h else s + c for s, c, h in zip(shape, crop, half, strict=True))
