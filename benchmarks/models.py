@@ -41,6 +41,7 @@ from mlperf_harness import steps
 from mlperf_harness.backends import get_backend
 from mlperf_harness.benchmarks.base import MODEL
 from mlperf_harness.config import build_config
+from mlperf_harness.loadgen.runner import keep_samples
 
 # (suite, category, GPU batch, CPU batch); the anchor: the best published per-GPU Offline figure of the round.
 SETUP: dict[str, tuple[str, str, int, int]] = {
@@ -116,14 +117,11 @@ def plain_loop(ws: Any, batch: int, seconds: float, backend: str, precision: str
         parts[part] = b
     groups = _groups(bench, store, batch)  # full batches, samples in turn (3d-unet's cases differ in size)
     counts = [len(group) for group in groups]
-    # The samples on the device where the harness keeps them there (its runner's condition): batches are rows.
-    single = parts.get(MODEL) if len(parts) == 1 else None
-    staged = bool(
-        single and build_config(ws.spec, "Offline").startFromDevice and bench.device_resident
-    ) and single.reserve_samples(store.count)
+    # The samples on the device where the harness keeps them there: batches are rows.
+    staged = keep_samples(build_config(ws.spec, "Offline"), bench, parts, store.count)
     if staged:
-        single.stage_samples(store.fixed)
-        calls = [functools.partial(single.predict_rows, np.asarray(group)) for group in groups]
+        parts[MODEL].stage_samples(store.fixed)
+        calls = [functools.partial(parts[MODEL].predict_rows, np.asarray(group)) for group in groups]
     else:
         batches = [bench.collate([store.sample(i) for i in group]) for group in groups]
         calls = [functools.partial(bench.infer, parts, feeds) for feeds in batches]

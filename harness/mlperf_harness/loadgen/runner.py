@@ -48,6 +48,16 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
+def keep_samples(cfg: HarnessConfig, bench: Benchmark, parts: dict[str, Backend], capacity: int) -> bool:
+    """Whether an instance keeps its loaded samples on its device (start_from_device): a model of one
+    part, the config asks, the benchmark's batches are its samples stacked, and the backend
+    reserves room for ``capacity`` of them (it can). Its batches are then rows (``predict_rows``)."""
+    single = parts.get(MODEL) if len(parts) == 1 else None
+    if single is None or not (cfg.startFromDevice and bench.device_resident):
+        return False
+    return single.reserve_samples(capacity)
+
+
 def _instance(
     make_backend: BackendFactory,
     cfg: HarnessConfig,
@@ -65,9 +75,7 @@ def _instance(
         b.configure(cfg)
         b.load(path, cfg.batchSize, cfg.precision, outputs=[s.name for s in bench.outputs] if part == MODEL else ())
         parts[part] = b
-    single = parts.get(MODEL) if len(parts) == 1 else None
-    if single and cfg.startFromDevice and bench.device_resident:
-        single.reserve_samples(qsl_lib.performance_count)
+    keep_samples(cfg, bench, parts, qsl_lib.performance_count)
     n = min(cfg.batchSize, 8)
     # A model whose batch is not a stack of samples (dlrm's (26, rows) offsets) is warmed up with
     # the benchmark's own example batch; others with zeros of the graph's inputs, at its batch where fixed.

@@ -41,8 +41,8 @@ class SSDResNet34(Benchmark):
     name = "ssd-resnet34"
     capabilities = {"dataset": True, "model": True, "preprocess": True, "accuracy": True, "synthetic": True}
     # Batches are stacks of the images (one shape a store: the store reads them as fixed), so a
-    # backend can keep them on the device; the official graph takes one image per call, and a
-    # backend keeps no samples for a graph whose batch is fixed below the run's (runner).
+    # backend can keep them on the device (device_resident, the default); none keeps them for the
+    # official graph, which takes one image a call (TorchGraphBackend.reserve_samples refuses it).
     splits_batches = True
 
     def inputs(self, variant: str) -> tuple[TensorSpec, ...]:
