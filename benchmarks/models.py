@@ -4,7 +4,7 @@
     python3 benchmarks/models.py --cpu                 # on this CPU: small models, onnxruntime fp32
     python3 benchmarks/models.py --cpu --backend pytorch   # the GPU path's code on this CPU (fp32)
         [--benchmarks bert dlrm ...] [--samples 64] [--seconds 10] [--size small|full] [--server [--max-probes 6]]
-        [--batch rnnt=2048 ...]
+        [--batch rnnt=2048 ...] [--server-only]
 
 Per benchmark:
 1. The work directory: the spec's synthetic data and synthetic model (`model.synthetic.size`), prepared
@@ -254,10 +254,13 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true", help="on a GPU: skip the profile of one batch")
     server_help = "also the tuner's highest VALID Server target, v1.0 datacenter (not 3d-unet)"
     ap.add_argument("--server", action="store_true", help=server_help)
+    only_help = "the Server search alone, without the null backend, plain loop, profile and Offline run"
+    ap.add_argument("--server-only", action="store_true", help=only_help)
     ap.add_argument("--probe-seconds", type=float, default=5.0, help="the tuner's Server probes (with --server)")
     ap.add_argument("--max-probes", type=int, default=6, help="the tuner's Server probes at most (with --server)")
     ap.add_argument("--batch", nargs="*", default=[], metavar="NAME=N", help="a batch size (default: SETUP's)")
     args = ap.parse_args()
+    args.server = args.server or args.server_only
     for item in args.batch:
         name, _, n = item.partition("=")
         if name not in SETUP or not n.isdigit() or int(n) < 1:
@@ -279,7 +282,7 @@ def main() -> None:
     prof = not args.cpu and not args.no_profile
     for name in args.benchmarks:
         work = functools.partial(measure, name, args.samples, args.seconds, size, args.cpu, backend, prof)
-        results.append({"benchmark": name, **attempt(name, "error", work)})
+        results.append({"benchmark": name, **({} if args.server_only else attempt(name, "error", work))})
         if args.server and name != "3d-unet" and "error" not in results[-1]:  # 3d-unet has no Server in any round
             results[-1].update(attempt(name, "serverError", functools.partial(server, name, args, size, backend)))
         if os.environ.get("OUT"):
@@ -304,6 +307,8 @@ def main() -> None:
     for r in results:
         if "error" in r:
             print(f"| {r['benchmark']} | | | failed: {r['error'][:80]} | | | |")
+            continue
+        if "validity" not in r:  # --server-only
             continue
         anchor = f"{r['anchorRatio']:.3f} of {r['anchor']}" if "anchor" in r else "-"
         head = f"| {r['benchmark']} | {r['batch']} | {r['nullSamplesPerSecond']:,.0f} | "
