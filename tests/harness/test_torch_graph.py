@@ -780,7 +780,9 @@ def test_waits_per_batch_of_ssds_graph(models: dict[str, Path]) -> None:
     assert split is not None and count_waits(split.prefix, [x]) == {}
 
 
-def test_a_batch_1_graph_that_waits_is_split_without_other_batches(tmp_path: Path) -> None:
+def test_a_batch_1_graph_that_waits_is_split_without_other_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A graph of batch 1 (the official ssd-resnet34's inputs are [1, ...]) may hold batch-1
     constants before its first wait (a Reshape to [1, 12]): its split never runs the prefix on
     two rows; a prefix that fails on two rows of another graph means batches are not padded."""
@@ -792,6 +794,7 @@ def test_a_batch_1_graph_that_waits_is_split_without_other_batches(tmp_path: Pat
         helper.make_node("Abs", ["a"], ["b"]), helper.make_node("Reshape", ["b", "shape"], ["c"]),
         helper.make_node("NonZero", ["c"], ["y"]),
     ]  # fmt: skip
+    _cpu(monkeypatch)
     shape = onnx.numpy_helper.from_array(np.array([1, 12], np.int64), "shape")
     for batch in (1, "N"):
         graph = helper.make_graph(
@@ -816,6 +819,7 @@ def test_the_backend_splits_where_a_call_waits(models: dict[str, Path], monkeypa
     import torch
     from mlperf_harness.backends.torch_graph import TorchGraphBackend
 
+    _cpu(monkeypatch)
     x = torch.from_numpy(_feeds("ssd-resnet34")["image"])
     pt = TorchGraphBackend()
     pt.load(models["ssd-resnet34"], 4, "fp32")
@@ -838,7 +842,7 @@ def test_the_backend_splits_where_a_call_waits(models: dict[str, Path], monkeypa
     assert bert.split is None and not bert.eager_reason
 
 
-def test_an_early_wait_leaves_the_graph_eager(tmp_path: Path) -> None:
+def test_an_early_wait_leaves_the_graph_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A graph whose first wait comes after fewer ops than follow it (1 before, 4 from it on) is not
     split: its captures, one per shape, would cost more than the prefix saves."""
     import torch
@@ -859,11 +863,20 @@ def test_an_early_wait_leaves_the_graph_eager(tmp_path: Path) -> None:
     )
     path = tmp_path / "early.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    _cpu(monkeypatch)
     pt = TorchGraphBackend()
     pt.load(path, 2, "fp32")
     with torch.inference_mode():
         pt._check_waits([torch.ones(2, 4)])
     assert pt.split is None and pt.eager_reason.endswith("would wait for the GPU (after 1 of 5 ops)")
+
+
+def _cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backends the test makes load on the CPU even where a GPU is visible: what it checks is
+    the CPU's (on a GPU machine they would otherwise load on cuda:0)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 def _gpu() -> Any:
@@ -933,7 +946,9 @@ def test_split_capture_answers_as_eager_on_a_gpu(models: dict[str, Path], precis
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
-def test_staged_samples_answer_as_host_batches(models: dict[str, Path], device: str) -> None:
+def test_staged_samples_answer_as_host_batches(
+    models: dict[str, Path], device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """start_from_device on the general path (the GPU half written without one): ssd's images staged
     once, a batch picked by its rows there, gives each image the detections of the same images
     handed over as a host batch, for a full batch and a short one (on a GPU: replayed graphs, the
@@ -942,6 +957,8 @@ def test_staged_samples_answer_as_host_batches(models: dict[str, Path], device: 
 
     if device == "gpu":
         _gpu()
+    else:
+        _cpu(monkeypatch)
     rng = np.random.default_rng(SEED)
     b = TorchGraphBackend()
     b.load(models["ssd-resnet34"], 4, "fp32")
@@ -1039,7 +1056,9 @@ def test_ssd_runs_from_staged_samples_through_the_sut(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
-def test_unet3d_windows_on_the_device_label_as_the_host(models: dict[str, Path], device: str) -> None:
+def test_unet3d_windows_on_the_device_label_as_the_host(
+    models: dict[str, Path], device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """3d-unet's sliding window on the backend's device (``device_window``: the case copied once, its
     patches, weighted sums, summed weights and argmax there; written without a GPU) labels a case as
     the host path over the same backend's ``predict``: every voxel on the CPU (the same logits, the
@@ -1050,6 +1069,8 @@ def test_unet3d_windows_on_the_device_label_as_the_host(models: dict[str, Path],
 
     if device == "gpu":
         _gpu()
+    else:
+        _cpu(monkeypatch)
     backend = get_backend("pytorch")
     backend.load(models["3d-unet"], 4, "fp32" if device == "cpu" else "fp16", outputs=["output"])
     patch = patch_size(models["3d-unet"])

@@ -119,6 +119,9 @@ PLANS: dict[tuple[Any, Any, bool], Callable[..., Any]] = {}  # (device, out dtyp
 def gemm_plan(device: Any, out_dtype: Any, with_bias: bool) -> None:
     """Probe once (eagerly, outside any CUDA graph capture or compile) the ``_scaled_mm`` call
     ``scaled_mm`` makes for this device, output dtype and bias."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # scaled_mm looks plans up by a tensor's device: indexed
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (device, out_dtype, with_bias)
     if key not in PLANS:
         PLANS[key] = _gemm_plan(device, out_dtype, with_bias)
