@@ -29,6 +29,7 @@ a sum whose ``reverse`` attribute is absent.
 
 from __future__ import annotations
 
+import gc
 import operator
 import os
 import sys
@@ -591,7 +592,12 @@ class TorchGraphBackend(ModelBackend):
         self._pinned.clear()
         self._staged = []
         self.split = None
+        prepared = weakref.ref(self._prepared) if self._prepared is not None else None
         self._model = self._prepared = None  # the shared model goes with its last instance
+        if prepared is not None and prepared() is None:
+            # An fx module and its graph refer to each other: only a collection frees its weights, and
+            # the device memory with them, before the next model loads (dlrm's 44.8 GiB on an H100).
+            gc.collect()
 
     def device(self) -> str:
         if self.on_gpu:
