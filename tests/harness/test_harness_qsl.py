@@ -121,3 +121,24 @@ def test_load_exactly_the_requested_samples(tmp_path: Path) -> None:
 
 def test_performance_count_is_capped_by_the_dataset(tmp_path: Path) -> None:
     assert SampleLibrary(_store(tmp_path, 5), 1024).performance_count == 5
+
+
+def test_a_query_in_runs_of_rows_gathers_slices_of_the_loaded_set(tmp_path: Path) -> None:
+    """Offline's query repeats the loaded samples in LoadGen's order; ``in_runs`` orders it as runs
+    of consecutive loaded rows, so a batch of a run is that slice of the loaded set, read-only and
+    not copied, and any other batch is copied as before. Every sample keeps its place in the count."""
+    store = _store(tmp_path)
+    lib = SampleLibrary(store, performance_sample_count=6)
+    loaded = [7, 2, 5, 0, 9, 4]
+    lib.load(loaded)
+    rng = np.random.default_rng(0)
+    query = rng.permutation(np.repeat(loaded, 3))  # each loaded sample three times, shuffled
+    order = lib.in_runs(query)
+    assert sorted(order) == list(range(len(query)))
+    assert list(lib.rows(query[order])) == list(range(6)) * 3  # 0..5, then again, then again
+    bufs = lib.buffers(4)
+    run = lib.gather(query[order][:4], bufs)
+    assert np.shares_memory(run["x"], lib.ram["x"]) and not run["x"].flags.writeable
+    assert np.array_equal(run["x"], store.fixed["x"][[7, 2, 5, 0]])
+    across = lib.gather(query[order][4:8], bufs)  # rows 4, 5, 0, 1: not one slice, copied
+    assert np.shares_memory(across["x"], bufs["x"]) and np.array_equal(across["x"], store.fixed["x"][[9, 4, 7, 2]])

@@ -1,6 +1,7 @@
 """The query sample library: a sample store on disk, and a RAM copy of exactly the samples
 LoadGen asks to load (the performance sample set). Fixed-shape tensors are copied into one array
-per tensor (a batch is then one ``np.take`` per tensor into a preallocated buffer); ragged ones
+per tensor (a batch is then a slice of it, or one ``np.take`` per tensor into a preallocated
+buffer); ragged ones
 are kept as one array per sample. Backends that keep samples in device memory subscribe to
 ``on_load`` and get each loaded set of fixed-shape tensors once, to copy it over."""
 
@@ -75,10 +76,28 @@ class SampleLibrary:
             name: np.empty((batch_size, *data.shape[1:]), dtype=data.dtype) for name, data in self.store.fixed.items()
         }
 
+    def in_runs(self, indices: np.ndarray) -> np.ndarray:
+        """An order of ``indices`` (a query that repeats the loaded samples) in which they come as
+        runs of consecutive rows: each row's first occurrence in row order, then each second one,
+        and so on. Cut in batches, most batches are then a slice of the loaded set (``gather``)."""
+        rows = self.rows(indices)
+        by_row = np.argsort(rows, kind="stable")
+        sorted_rows = rows[by_row]
+        starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
+        occurrence = np.empty(len(rows), dtype=np.int64)
+        occurrence[by_row] = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+        return np.lexsort((rows, occurrence))
+
     def gather(self, indices: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The fixed-shape tensors of ``indices`` copied into ``out[...][:n]``."""
+        """The fixed-shape tensors of ``indices``: copied into ``out[...][:n]``, or, where they are
+        consecutive rows of the loaded set (``in_runs``), that slice of it, read-only (no copy)."""
         rows = self.rows(indices)
         n = len(indices)
+        if n > 1 and rows[-1] - rows[0] == n - 1 and (np.diff(rows) == 1).all():
+            views = {name: ram[rows[0] : rows[0] + n] for name, ram in self.ram.items()}
+            for view in views.values():
+                view.flags.writeable = False  # the loaded set itself: a backend must not write into it
+            return views
         for name, ram in self.ram.items():
             # mode="clip": the rows are checked above; numpy's default ("raise") gathers into a
             # temporary and copies it into ``out`` (3x the time for ssd's 400x400 images here).

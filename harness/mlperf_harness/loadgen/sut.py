@@ -98,6 +98,11 @@ class HarnessSUT:
             # little more than its own samples. LoadGen takes the responses by id, in any order.
             order = np.argsort(self.qsl.length[a_idx], kind="stable")
             a_ids, a_idx = a_ids[order], a_idx[order]
+        elif self.qsl.cost is None and not self.qsl.store.ragged and len(a_idx) > self.batch_size:
+            # Offline's one query in runs of consecutive loaded rows: a batch is then a slice of
+            # the loaded set, not a copy (ssd's 4 images of 400x400 took 5 % of a CPU run to copy).
+            order = self.qsl.in_runs(a_idx)
+            a_ids, a_idx = a_ids[order], a_idx[order]
         for part in self._cut(a_idx):
             self._dispatch((a_ids[part], a_idx[part]))
 
