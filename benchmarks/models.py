@@ -63,6 +63,11 @@ ANCHORS = {
     "dlrm": ("dlrm-99 Offline, A100 v1.0 per GPU", 2.4623e6 / 8),
     "rnnt": ("rnnt Offline, A100 v1.0 per GPU", 105_677 / 8),
 }
+# On an H100 (the device tool lends one where no H200 comes), the same benchmarks' 1x H100 figures (v4.0).
+H100_ANCHORS = {
+    "bert": ("bert-99 Offline, H100 v4.0 per GPU", 9_082.0),
+    "3d-unet": ("3d-unet-99 Offline, H100 v4.0 per GPU", 6.44),
+}
 # The same system's Server figures (scheduled samples/s), for the tuned Server targets.
 SERVER_ANCHORS = {
     "ssd-resnet34": ("ssd-resnet34 Server, A100 v1.0 per GPU", 7_654.41 / 8),
@@ -189,6 +194,12 @@ def _spec(name: str, samples: int, size: str, cpu: bool, backend: str) -> dict[s
     }
 
 
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+
+
 def measure(
     name: str, samples: int, seconds: float, size: str, cpu: bool, backend: str, prof: bool = False
 ) -> dict[str, Any]:
@@ -212,8 +223,9 @@ def measure(
     loadgen = {"minDurationMs": int(seconds * 1000), "minQueryCount": 1, "expectedQps": expected}
     out["harnessSamplesPerSecond"], out["validity"] = harness_offline(workspace(f"gpu-{name}", **spec, loadgen=loadgen))
     out["ratio"] = out["harnessSamplesPerSecond"] / out["plainSamplesPerSecond"]
-    if name in ANCHORS and not cpu:
-        label, anchor = ANCHORS[name]
+    anchors = {**ANCHORS, **H100_ANCHORS} if not cpu and "H100" in _gpu_name() else ANCHORS
+    if name in anchors and not cpu:
+        label, anchor = anchors[name]
         out["anchor"], out["anchorRatio"] = label, out["harnessSamplesPerSecond"] / anchor
     rate = out["harnessSamplesPerSecond"]
     say(f"{name}: harness Offline {rate:,.1f} samples/s {out['validity']}, ratio {out['ratio']:.3f}")
@@ -268,7 +280,8 @@ def main() -> None:
         BATCH[name] = int(n)
     backend = args.backend or ("onnxruntime" if args.cpu else "pytorch")
     size = args.size or ("small" if args.cpu else "full")
-    print(f"models: {stamp()}, {machine()}, {backend}, {'cpu fp32' if args.cpu else 'gpu fp16'}, {size}")
+    where = machine() if args.cpu else f"{_gpu_name()}, {machine()}"
+    print(f"models: {stamp()}, {where}, {backend}, {'cpu fp32' if args.cpu else 'gpu fp16'}, {size}")
     results = []
 
     def attempt(name: str, what: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
