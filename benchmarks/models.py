@@ -95,12 +95,14 @@ def _groups(bench: Any, store: Any, batch: int, most: int = 8) -> list[list[int]
     ``batch`` samples, or samples up to ``batch`` rows of the benchmark's cost tensor (dlrm's users
     of many rows), the store's samples taken in turn and again (LoadGen repeats its performance
     set likewise), so the loop's batches are as full as the harness's however few samples there are.
-    Unsorted: where the SUT sorts a query by length (``sort_tensor``: rnnt's frames), the harness's
-    batches pad less than these."""
+    In order of length where the SUT sorts a query so (``Benchmark.lengths``: rnnt's frames, bert's
+    real tokens), so the loop's batches pad about as little as the harness's."""
+    lengths = bench.lengths(store)
+    order = np.argsort(lengths, kind="stable") if lengths is not None else np.arange(store.count)
     groups: list[list[int]] = [[]]
     rows = 0
     for k in range(most * max(batch, 1) + store.count):
-        i = k % store.count
+        i = int(order[k % store.count])
         cost = len(store.sample(i)[bench.cost_tensor]) if bench.cost_tensor else 1
         if groups[-1] and rows + cost > batch:
             if len(groups) >= most and k >= store.count:

@@ -112,6 +112,27 @@ def test_a_batch_is_trimmed_to_its_longest_sequence_in_steps_of_64() -> None:
     assert rows[1, :5].tolist() == [[1.0, 1.0]] * 5 and (rows[1, 5:] == -10000).all()
 
 
+def test_offline_batches_samples_of_like_real_length(run: Path, tmp_path: Path) -> None:
+    """A sample's length is one past its last real token (``real_lengths``, what ``trim`` keeps of
+    it), so the SUT cuts Offline's query into batches of like length (``Benchmark.lengths``): a
+    batch of short features trims to a short sequence."""
+    from mlperf_harness.benchmarks import get_benchmark
+    from mlperf_harness.samples import SampleStore, write_samples
+
+    seq = np.arange(384)
+    mask = np.stack([seq < n for n in (0, 1, 70, 384)]).astype(np.int32)
+    mask[1, 10] = 1  # a gap: the length runs to the last real token
+    assert pipeline.real_lengths(mask).tolist() == [0, 11, 70, 384]
+    bench = get_benchmark("bert")
+    specs, samples = bench.inputs("float32"), bert.preprocess(run / "data")
+    write_samples(tmp_path, specs, iter(samples), len(samples), synthetic=True)
+    store = SampleStore(tmp_path, specs)
+    lengths = bench.lengths(store)
+    want = [pipeline.seq_bucket(store.sample(i)["input_mask"][None]) for i in range(store.count)]
+    assert lengths is not None and len(lengths) == store.count and len(set(lengths.tolist())) > 1
+    assert [-(-int(n) // pipeline.SEQ_BUCKET) * pipeline.SEQ_BUCKET for n in lengths] == want
+
+
 def test_one_token_shift_fails_the_target(run: Path) -> None:
     shifted = _rewrite(run, "shifted.json", lambda x: np.roll(x, 1, axis=0))
     metrics, _ = bert.score(shifted, run / "data")

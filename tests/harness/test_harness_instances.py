@@ -100,7 +100,7 @@ def test_instances_are_spread_over_the_devices(workspace: Any) -> None:
 
 
 def test_a_query_is_batched_in_order_of_the_benchmarks_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``Benchmark.sort_tensor``: Offline's one query cut into batches of like length (shortest
+    """``Benchmark.lengths``: Offline's one query cut into batches of like length (shortest
     first), each sample still answered under its own id."""
     import numpy as np
     from mlperf_harness.benchmarks.base import PendingBenchmark

@@ -11,7 +11,7 @@ A benchmark owns:
 - its data: ``prepare_dataset``, ``prepare_model`` and ``preprocess`` (which writes a sample
   store: fixed-shape or ragged named tensors, see ``samples.py``);
 - its batching: ``cost_tensor`` (a sample that is many rows, as dlrm's, is batched by rows),
-  ``sort_tensor`` (a query's samples batched in order of its length, as rnnt's frames),
+  ``lengths`` (a query's samples batched in order of length: rnnt's frames, bert's real tokens),
   ``collate`` (samples -> the model's batch; the default stacks fixed-shape tensors, gathered
   straight into preallocated buffers) and ``infer`` (the model calls for one batch; the default
   is one call, a decoder or a sliding window calls more);
@@ -76,8 +76,7 @@ class Benchmark(ABC):
     capabilities: dict[str, bool] = {}
     # The tensor whose leading dimension counts a sample's rows when one sample is many model rows.
     cost_tensor: str | None = None
-    # The tensor whose leading dimension orders a query's samples before they are cut into batches,
-    # shortest first: a batch padded to its longest sample then pads little (rnnt's frames).
+    # The tensor whose leading dimension is a sample's length (``lengths``: rnnt's frames).
     sort_tensor: str | None = None
     # False where ``infer`` is more than one call on the sample tensors (no device-resident samples).
     device_resident: bool = True
@@ -134,6 +133,12 @@ class Benchmark(ABC):
         return size
 
     # --- batching, inference, responses ------------------------------------------------------------
+    def lengths(self, store: SampleStore) -> np.ndarray | None:
+        """Each sample's length, which orders an Offline query's samples before they are cut into
+        batches, shortest first: a batch cut to its longest sample then carries little padding.
+        None: no order (the default without ``sort_tensor``)."""
+        return store.leading(self.sort_tensor) if self.sort_tensor else None
+
     def collate(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Samples (ragged tensors included) -> the model's batch. Fixed-shape benchmarks never
         get here: the SUT gathers their tensors straight into buffers."""

@@ -21,15 +21,15 @@ class SampleLibrary:
         store: SampleStore,
         performance_sample_count: int,
         cost_tensor: str | None = None,
-        sort_tensor: str | None = None,
+        lengths: np.ndarray | None = None,
     ) -> None:
         self.store = store
         self.total = store.count
         self.performance_count = min(performance_sample_count, self.total)
         # What one sample costs in a batch: 1, or its rows (the leading dimension of ``cost_tensor``).
         self.cost = store.leading(cost_tensor) if cost_tensor else None
-        # What orders a query's samples before batching (``Benchmark.sort_tensor``), or None.
-        self.length = store.leading(sort_tensor) if sort_tensor else None
+        # What orders a query's samples before batching (``Benchmark.lengths``), or None.
+        self.length = lengths
         # qsl index -> row of the loaded set; -1 when not loaded.
         self.row = np.full(self.total, -1, dtype=np.int64)
         self.ram: dict[str, np.ndarray] = {}

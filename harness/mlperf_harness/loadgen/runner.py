@@ -134,7 +134,7 @@ def run_loadgen(
         atomic_write_text(log_dir / "mlperf.conf", settings.round_mlperf_conf(load_suite(cfg.suite), cfg.benchmark))
 
     store = SampleStore(samples_dir, bench.inputs(cfg.inputDtype))
-    qsl_lib = SampleLibrary(store, cfg.loadgen.performanceSampleCount, bench.cost_tensor, bench.sort_tensor)
+    qsl_lib = SampleLibrary(store, cfg.loadgen.performanceSampleCount, bench.cost_tensor, bench.lengths(store))
 
     def load() -> list[Instance]:
         return [

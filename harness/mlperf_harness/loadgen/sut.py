@@ -10,8 +10,8 @@ answers every sample exactly once with its real output bytes, in one QuerySample
 batch, as soon as that batch completes (responses come back in order of completion).
 
 What a batch is belongs to the benchmark: its size counts samples, or rows where one sample
-is many (``Benchmark.cost_tensor``), in order of length where the benchmark names one
-(``Benchmark.sort_tensor``); fixed-shape tensors are gathered straight into
+is many (``Benchmark.cost_tensor``), in order of length where the benchmark has one
+(``Benchmark.lengths``); fixed-shape tensors are gathered straight into
 preallocated buffers, ragged ones are collated by the benchmark; ``Benchmark.infer`` runs the
 model's parts and ``Benchmark.responses`` turns the outputs into each sample's bytes.
 

@@ -26,7 +26,7 @@ from ... import download
 from ...backends.base import Backend, Tensors, TensorSpec
 from ...errors import HarnessError
 from ...fsutil import atomic_write_text, temp_path_for
-from ...samples import SampleWriter
+from ...samples import SampleStore, SampleWriter
 from ...spec import ModelSize, Source
 from ..base import MODEL, AccuracyReport, Batch, Benchmark
 from .accuracy import RESPONSE_DESCRIPTION, accuracy_command, score
@@ -39,6 +39,7 @@ from .pipeline import (
     dynamic_sequence,
     infer,
     preprocess,
+    real_lengths,
     responses,
     to_model,
     warm_batches,
@@ -143,6 +144,10 @@ class Bert(Benchmark):
         # is trimmed here, for a model that takes any length.
         model, specs = parts[MODEL], parts[MODEL].input_specs
         return infer(lambda batch: model.predict(to_model(batch, specs)), dict(feeds), dynamic_sequence(specs))
+
+    def lengths(self, store: SampleStore) -> np.ndarray | None:
+        # Stored padded to 384, trimmed per batch (``infer``): batches of like length trim most.
+        return real_lengths(np.asarray(store.fixed["input_mask"]))
 
     def warm_batches(self, variant: str, batch: int) -> list[dict[str, np.ndarray]]:
         return warm_batches(batch)

@@ -69,6 +69,12 @@ def seq_bucket(mask: np.ndarray) -> int:
     return min(MAX_SEQ_LENGTH, -(-longest // SEQ_BUCKET) * SEQ_BUCKET)
 
 
+def real_lengths(mask: np.ndarray) -> np.ndarray:
+    """Each sample's real sequence: one past its last unmasked token (``input_mask`` (n, 384))."""
+    used = mask != 0
+    return np.where(used.any(axis=1), mask.shape[1] - np.argmax(used[:, ::-1], axis=1), 0)
+
+
 def warm_batches(batch: int) -> list[dict[str, np.ndarray]]:
     """One batch of zero tokens per trimmed length (``seq_bucket``) and per power of two up to
     ``batch`` (and ``batch``): every shape ``trim`` gives a run's batches."""
