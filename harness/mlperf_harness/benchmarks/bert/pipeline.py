@@ -61,18 +61,17 @@ def to_model(batch: Mapping[str, np.ndarray], model_inputs: Sequence[TensorSpec]
     return feeds
 
 
-def seq_bucket(mask: np.ndarray) -> int:
-    """The batch's longest real sequence (``input_mask`` (batch, 384)) rounded up to a multiple of
-    SEQ_BUCKET, at most 384."""
-    used = np.flatnonzero(mask.any(axis=0))
-    longest = int(used[-1]) + 1 if used.size else 1
-    return min(MAX_SEQ_LENGTH, -(-longest // SEQ_BUCKET) * SEQ_BUCKET)
-
-
 def real_lengths(mask: np.ndarray) -> np.ndarray:
     """Each sample's real sequence: one past its last unmasked token (``input_mask`` (n, 384))."""
     used = mask != 0
     return np.where(used.any(axis=1), mask.shape[1] - np.argmax(used[:, ::-1], axis=1), 0)
+
+
+def seq_bucket(mask: np.ndarray) -> int:
+    """The batch's longest real sequence (``input_mask`` (batch, 384)) rounded up to a multiple of
+    SEQ_BUCKET, at most 384."""
+    longest = max(int(real_lengths(mask).max(initial=0)), 1)
+    return min(MAX_SEQ_LENGTH, -(-longest // SEQ_BUCKET) * SEQ_BUCKET)
 
 
 def warm_batches(batch: int) -> list[dict[str, np.ndarray]]:
