@@ -49,21 +49,23 @@ from mlperf_harness.benchmarks.resnet50 import INPUT
 
 TENSORRT_H200 = 96_029.0  # best published resnet50 Offline per H200 (v4.1, 8x H200 closed, INT8)
 # variant -> (MLPERF_TORCH_FP8_CONVS, MLPERF_TORCH_FP8_EMIT, MLPERF_TORCH_FP8_FAST_ACCUM, torch.compile of
-# the whole model at the full batch, MLPERF_TORCH_FP8_GEMM). The compiled ones take minutes to compile: not
-# in the default run.
+# the whole model at the full batch, MLPERF_TORCH_FP8_GEMM, MLPERF_TORCH_FP8_RESIDUAL). The compiled
+# ones take minutes to compile: not in the default run.
 VARIANTS = {
-    "1x1": ("1x1", "1", "1", "off", "cublas"),
-    "1x1-noemit": ("1x1", "0", "1", "off", "cublas"),
-    "all": ("all", "1", "1", "off", "cublas"),
-    "1x1-exactacc": ("1x1", "1", "0", "off", "cublas"),  # the tensor cores' accumulation promoted to fp32
-    "1x1-compile": ("1x1", "1", "1", "default", "cublas"),
+    "1x1": ("1x1", "1", "1", "off", "cublas", "fp16"),
+    "1x1-noemit": ("1x1", "0", "1", "off", "cublas", "fp16"),
+    "all": ("all", "1", "1", "off", "cublas", "fp16"),
+    "1x1-exactacc": ("1x1", "1", "0", "off", "cublas", "fp16"),  # the tensor cores' accumulation promoted to fp32
+    "1x1-compile": ("1x1", "1", "1", "default", "cublas", "fp16"),
     # inductor may then pick Triton GEMM templates with the epilogue (add, ReLU, quantise) fused in
-    "1x1-autotune": ("1x1", "1", "1", "max-autotune", "cublas"),
+    "1x1-autotune": ("1x1", "1", "1", "max-autotune", "cublas", "fp16"),
     # fp8_gemm: the GEMM and its epilogue as one Triton kernel
-    "1x1-triton": ("1x1", "1", "1", "off", "triton"),
-    "all-triton": ("all", "1", "1", "off", "triton"),
+    "1x1-triton": ("1x1", "1", "1", "off", "triton", "fp16"),
+    "all-triton": ("all", "1", "1", "off", "triton", "fp16"),
+    # and the residuals read as E4M3: a block output written once, in E4M3 (half the bytes of a batch)
+    "all-triton-r8": ("all", "1", "1", "off", "triton", "fp8"),
 }
-DEFAULT_VARIANTS = ["1x1", "1x1-triton", "all-triton"]
+DEFAULT_VARIANTS = ["1x1", "all-triton", "all-triton-r8"]
 # ResNet-50's (v1.5: strides in the 3x3 convolutions and the projections) FP8-eligible convolutions,
 # the distinct shapes of its 52: (output side, output channels, input channels, kernel, stride) per
 # stage: the 1x1 ones (conv1, conv3, the projection) and the 3x3 ones (the first block's strided).
@@ -74,6 +76,8 @@ CONVS = [(56, 64, 64, 1, 1), (56, 256, 64, 1, 1), (56, 64, 256, 1, 1), (56, 128,
          (56, 64, 64, 3, 1), (28, 128, 128, 3, 2), (28, 128, 128, 3, 1), (14, 256, 256, 3, 2),
          (14, 256, 256, 3, 1), (7, 512, 512, 3, 2), (7, 512, 512, 3, 1)]  # fmt: skip
 TILES = ["128,256,128,8,3", "128,128,128,8,4", "128,128,64,4,4"]
+# A wider search (--gemms with these): larger row tiles for the narrow memory-bound shapes, 4 warps.
+MORE_TILES = [*TILES, "256,128,64,8,3", "256,64,64,8,4", "128,64,128,4,4", "128,128,128,4,3"]
 ACCURACY_COMMAND = (
     "with the real resnet50_v1.onnx and ImageNet (val_map.txt and cal_image_list_option_1.txt beside "
     "the images): mlperf run with precision fp8, backend pytorch, testModes [AccuracyOnly]; target 99 % "
@@ -106,8 +110,9 @@ def stage(name: str, budget: float, fn: Callable[[], Any]) -> Any:
 
 def set_variant(name: str) -> str:
     """Set the variant's environment; returns its torch.compile mode."""
-    convs, emit, fast, compile_mode, gemm = VARIANTS[name]
+    convs, emit, fast, compile_mode, gemm, residual = VARIANTS[name]
     os.environ["MLPERF_TORCH_FP8_CONVS"] = convs
+    os.environ["MLPERF_TORCH_FP8_RESIDUAL"] = residual
     os.environ["MLPERF_TORCH_FP8_EMIT"] = emit
     os.environ["MLPERF_TORCH_FP8_FAST_ACCUM"] = fast
     os.environ["MLPERF_TORCH_FP8_GEMM"] = gemm
@@ -116,11 +121,13 @@ def set_variant(name: str) -> str:
 
 def gemms(batch: int, tiles: list[str], cpu: bool = False) -> None:
     """Each FP8-eligible convolution shape of ResNet-50 at ``batch`` as the model runs it (an
-    ``Fp8Conv``: E4M3 input, fp16 output plus the next layer's E4M3 copy, ReLU; the residual add
-    where N > C, as conv3), timed with CUDA events: cuBLASLt's GEMM (over im2col patches for 3x3)
-    and the inductor epilogue against fp8_gemm's one kernel with each tile setting. Prints
-    microseconds per call and the best setting. With ``cpu`` (the dry run): two shapes, emulated
-    and interpreted, wall-clock timed."""
+    ``Fp8Conv``: E4M3 input, ReLU, the next layer's E4M3 copy; where N > C, as conv3 and the
+    projections, the fp16 residual added and the fp16 output kept for the next block's), timed
+    with CUDA events: cuBLASLt's GEMM (over im2col patches for 3x3) and the inductor epilogue
+    against fp8_gemm's one kernel with each tile setting; then, for the residual shapes, the best
+    tile with the residual E4M3 and only the E4M3 output (``r8``: MLPERF_TORCH_FP8_RESIDUAL=fp8).
+    Prints microseconds per call and the best setting. With ``cpu`` (the dry run): two shapes,
+    emulated and interpreted, wall-clock timed."""
     import torch
     from mlperf_harness.backends import torch_fp8
 
@@ -140,6 +147,26 @@ def gemms(batch: int, tiles: list[str], cpu: bool = False) -> None:
         end.synchronize()
         return start.elapsed_time(end) * 1000 / reps
 
+    def one(conv: Any, x: Any, z: Any, add: bool, gemm: str, tile: str | None, r8: bool, shape: str) -> float:
+        """Microseconds a call of one setting (NaN where the compiler refuses it: shown, the sweep goes on)."""
+        os.environ["MLPERF_TORCH_FP8_GEMM"] = gemm
+        os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
+        if tile:
+            os.environ["MLPERF_TORCH_FP8_TILES"] = tile
+        mod = torch_fp8.Fp8Conv(conv, 1.0, True, add, torch.float16, compiled=not cpu)
+        mod.set_emit(1.0, keep=add and not r8)
+        if r8:
+            mod.set_residual(1.0)
+        try:
+            with torch.inference_mode():
+                call = functools.partial(mod, x, (torch_fp8.quantize(z, 1.0) if r8 else z) if add else None)
+                for _ in range(1 if cpu else 3):
+                    call()
+                return micros(call, 1 if cpu else 10)
+        except Exception as exc:
+            print(f"  {shape} {tile or gemm}: {type(exc).__name__}: {str(exc)[:160]}")
+            return float("nan")
+
     rows = []
     for side, n, c, kernel, stride in CONVS[-2:] if cpu else CONVS:
         conv = torch.nn.Conv2d(c, n, kernel, stride, kernel // 2, bias=True).to(dev).eval()
@@ -147,26 +174,15 @@ def gemms(batch: int, tiles: list[str], cpu: bool = False) -> None:
         x = x.permute(0, 3, 1, 2)  # NCHW in channels-last memory, as the model's activations
         z = torch.randn(batch, side, side, n, device=dev).to(torch.float16).permute(0, 3, 1, 2)
         add = c < n
-        times = {}
-        for label, gemm, tile in [("cublas", "cublas", None), *[(t, "triton", t) for t in tiles]]:
-            os.environ["MLPERF_TORCH_FP8_GEMM"] = gemm
-            os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
-            if tile:
-                os.environ["MLPERF_TORCH_FP8_TILES"] = tile
-            mod = torch_fp8.Fp8Conv(conv, 1.0, True, add, torch.float16, compiled=not cpu)
-            mod.set_emit(1.0, keep=True)
-            try:
-                with torch.inference_mode():
-                    call = functools.partial(mod, x, z if add else None)
-                    for _ in range(1 if cpu else 3):
-                        call()
-                    times[label] = micros(call, 1 if cpu else 10)
-            except Exception as exc:  # a tile setting the compiler refuses: shown, the sweep goes on
-                times[label] = float("nan")
-                print(f"  {side}x{side} {c}->{n} {kernel}x{kernel} {label}: {type(exc).__name__}: {str(exc)[:160]}")
-        os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
+        shape = f"{side}x{side} {c}->{n} {kernel}x{kernel}"
+        times = {"cublas": one(conv, x, z, add, "cublas", None, False, shape)}
+        for tile in tiles:
+            times[tile] = one(conv, x, z, add, "triton", tile, False, shape)
         fused = {t: v for t, v in times.items() if t != "cublas" and v == v}
         best = min(fused, key=lambda t: fused[t]) if fused else "-"
+        if add and fused:
+            times["r8"] = one(conv, x, z, add, "triton", best, True, shape)
+        os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
         rows.append((side, n, c, kernel, stride, times, best))
         say(
             f"fp8 conv {kernel}x{kernel}/{stride} {side * stride}->{side} {c}->{n}{' +residual' if add else ''}",
@@ -190,16 +206,17 @@ def outputs(b: Any, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(soft).astype(np.float64), np.concatenate(feats).astype(np.float64)
 
 
-def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.ndarray], gemms: set[str]) -> None:
-    """fp16, and fp8 with each GEMM kind of the run's variants (``gemms``), against FP32."""
+def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.ndarray], variants: list[str]) -> None:
+    """fp16, and fp8 with each GEMM kind and residual dtype of the run's ``variants``, against FP32."""
     rng = np.random.default_rng(int(time.time()))
     sets = {"synthetic samples": data[:batch], "random inputs": (rng.standard_normal(data[:batch].shape) * 60)}
     sets = {k: v.astype(np.float32) for k, v in sets.items()}
     ref = backend(model, batch, "fp32", "off", SOFTMAX, use_graphs=False)
     want = {k: outputs(ref, x, batch) for k, x in sets.items()}
     release(ref)
-    variant_of = {"cublas": "1x1", "triton": "1x1-triton"}
-    legs = [("fp16", "1x1"), *[(f"fp8 {kind}", variant_of[kind]) for kind in sorted(gemms)]]
+    # One variant per (GEMM kind, residual): the convolutions' mode changes which layers, not their rounding.
+    kinds = {f"fp8 {VARIANTS[v][4]}" + (", E4M3 residuals" if VARIANTS[v][5] == "fp8" else ""): v for v in variants}
+    legs = [("fp16", "1x1"), *sorted(kinds.items())]
     for label, variant in legs:
         precision = label.split()[0]
         set_variant(variant)
@@ -263,7 +280,8 @@ def main() -> None:
     ap.add_argument("--probe-seconds", type=float, default=5.0, help="the tuner's Server probes")
     ap.add_argument(
         "--gemms", nargs="*", metavar="TILES", help="first time each FP8 convolution shape: cuBLASLt against fp8_gemm "
-        f"with these tile settings (BM,BN,BK,warps,stages; none given: {' '.join(TILES)})",
+        f"with these tile settings (BM,BN,BK,warps,stages; none given: {' '.join(TILES)}; "
+        f"wide: {' '.join(MORE_TILES)})",
     )  # fmt: skip
     ap.add_argument("--cpu", action="store_true", help="dry run on the CPU (emulated FP8 GEMMs)")
     ap.add_argument("--tiny", action="store_true", help="batch 4, 16 samples, 2 s: checks every stage runs")
@@ -292,9 +310,9 @@ def main() -> None:
     batch = min(args.batch, len(data))
 
     if args.gemms is not None:
-        stage("fp8 convolution shapes", args.budget, lambda: gemms(batch, args.gemms or TILES, args.cpu))
-    kinds = {VARIANTS[v][4] for v in args.variants}
-    stage("accuracy gate", args.budget, lambda: accuracy(model, data, batch, calibration, kinds))
+        tiles = MORE_TILES if args.gemms == ["wide"] else args.gemms or TILES
+        stage("fp8 convolution shapes", args.budget, lambda: gemms(batch, tiles, args.cpu))
+    stage("accuracy gate", args.budget, lambda: accuracy(model, data, batch, calibration, args.variants))
     rates: dict[str, float] = {}
     fp16 = stage(
         "plain loop fp16", args.budget, lambda: plain(model, data, batch, "fp16", calibration, args.cpu, "fp16")

@@ -13,7 +13,7 @@
 # under its own time limit, its work directory removed after it (dlrm's tables take 44.8 GiB of 64).
 set -uo pipefail
 RES=/tmp/res
-STAGES=(rnnt ssd bert unet dlrm tests fp8)
+STAGES=(rnnt ssd bert unet dlrm tests fp8 bertoff)
 M="python3 benchmarks/models.py --samples 16 --seconds 10"
 
 run_stage() {  # name -> limit (s) and command
@@ -22,9 +22,11 @@ run_stage() {  # name -> limit (s) and command
         ssd) echo 300 "$M --server --max-probes 4 --benchmarks ssd-resnet34" ;;
         bert) echo 300 "$M --server-only --max-probes 4 --benchmarks bert" ;;  # Offline: 1,744.8/s at 03:04
         unet) echo 420 "$M --benchmarks 3d-unet" ;;  # 16 full-size cases made on the host first: minutes
-        dlrm) echo 540 "$M --server --max-probes 4 --benchmarks dlrm" ;;
+        # 512 users (about 138,000 rows): ids spread over the tables, not a few thousand rows in L2
+        dlrm) echo 540 "$M --samples 512 --server --max-probes 4 --benchmarks dlrm" ;;
+        bertoff) echo 240 "$M --benchmarks bert" ;;  # Offline in order of length
         tests) echo 300 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_harness_gpu.py tests/harness/test_torch_graph.py tests/harness/test_torch_external.py" ;;
-        fp8) echo 420 "python3 benchmarks/gpu_fp8.py --gemms --variants 1x1 1x1-triton all-triton --seconds 12" ;;
+        fp8) echo 580 "python3 benchmarks/gpu_fp8.py --gemms wide --variants all-triton all-triton-r8 --seconds 12 --budget 480" ;;
         *) return 1 ;;
     esac
 }

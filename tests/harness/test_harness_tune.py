@@ -22,8 +22,10 @@ CAPACITY = INSTANCES / PACE_S  # samples/s: every batch of 1 takes at least PACE
 PROBE_MS = 2000
 FULL_RUNS = 3  # 10 would take over a minute here: benchmarks/tune_repeat.py does 10
 # Below the default 0.9: this 2-core machine's load (other jobs) changes between the probes and the
-# full runs more than a GPU's does, and pacing bounds a batch's time from below only.
-MARGIN = 0.8
+# full runs more than a GPU's does, and pacing bounds a batch's time from below only. At 0.8 a full
+# run under CI's load once missed the 130 ms bound by 2.5 ms (2026-12-05): a 2 s probe a little past
+# the capacity can still be VALID (its queue has not grown 130 ms yet), so the margin covers that too.
+MARGIN = 0.7
 BERT: dict[str, Any] = {
     "benchmark": "bert",
     "backend": "null",
@@ -65,7 +67,7 @@ def found(root: Path) -> tuple[Tuning, list[str]]:
 
 def test_server_target_is_under_the_capacity_and_over_half_of_it(found: tuple[Tuning, list[str]]) -> None:
     tuning, said = found
-    assert CAPACITY / 2 < tuning.value < CAPACITY
+    assert tuning.measured > CAPACITY / 2 and tuning.value < CAPACITY
     assert tuning.value == pytest.approx(MARGIN * tuning.measured, rel=1e-3)
     assert tuning.parameter == "targetQps" and not tuning.reused
     # The bracket: Offline probes first, then Server probes no higher than the Offline throughput.

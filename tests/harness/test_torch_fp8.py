@@ -134,13 +134,15 @@ def _interpreter_carry_only(got: Any, want: Any) -> None:
 @pytest.mark.parametrize(
     "m,n,k,bias,add,relu,keep,emit",
     [(200, 64, 64, True, False, True, True, True), (130, 256, 192, False, True, True, True, False),
-     (64, 128, 80, True, True, False, False, True), (40, 16, 16, False, False, False, True, False)],
+     (64, 128, 80, True, True, False, False, True), (40, 16, 16, False, False, False, True, False),
+     (96, 64, 64, False, "fp8", True, True, True)],
 )  # fmt: skip
 def test_fused_gemm_is_the_gemm_and_its_epilogue(
-    m: int, n: int, k: int, bias: bool, add: bool, relu: bool, keep: bool, emit: bool
+    m: int, n: int, k: int, bias: bool, add: bool | str, relu: bool, keep: bool, emit: bool
 ) -> None:
     """fp8_gemm's one kernel (run by Triton's interpreter here) against the emulated
-    ``_scaled_mm`` and the epilogue in fp32: partial tiles in every dimension, each flag."""
+    ``_scaled_mm`` and the epilogue in fp32: partial tiles in every dimension, each flag; the
+    residual in fp16, or E4M3 with its scale (``add`` "fp8")."""
     from mlperf_harness.backends import fp8_gemm
 
     gen = torch.Generator().manual_seed(m + n + k)
@@ -148,11 +150,16 @@ def test_fused_gemm_is_the_gemm_and_its_epilogue(
     scale = torch.rand(n, generator=gen) + 0.5
     bias_t = torch.randn(n, generator=gen).half() if bias else None
     z = torch.randn(m, n, generator=gen).half() if add else None
+    z_scale = torch.tensor([3.0]) if add == "fp8" else None
+    if z_scale is not None:
+        z = _fp8(z)
     q_inv = torch.tensor(0.25)
     y, q = fp8_gemm.gemm(
-        a, b, scale, bias_t, z, relu=relu, out_dtype=torch.float16 if keep else None, q_inv=q_inv if emit else None
-    )
-    want = torch_fp8.scaled_mm(a, b.t(), scale[None], bias_t, torch.float32) + (0 if z is None else z.float())
+        a, b, scale, bias_t, z, relu=relu, out_dtype=torch.float16 if keep else None, q_inv=q_inv if emit else None,
+        z_scale=z_scale,
+    )  # fmt: skip
+    residual = 0 if z is None else z.float() * (1 if z_scale is None else z_scale)
+    want = torch_fp8.scaled_mm(a, b.t(), scale[None], bias_t, torch.float32) + residual
     want = torch.relu(want) if relu else want
     assert (y is None) == (not keep) and (q is None) == (not emit)
     if keep:
@@ -170,6 +177,8 @@ def test_fused_gemm_names_bad_shapes_and_kinds(monkeypatch: pytest.MonkeyPatch) 
         fp8_gemm.gemm(a, _fp8(torch.ones(16, 48)), torch.ones(16), out_dtype=torch.float16)
     with pytest.raises(HarnessError, match="neither"):
         fp8_gemm.gemm(a, _fp8(torch.ones(16, 32)), torch.ones(16))
+    with pytest.raises(HarnessError, match="E4M3 residual comes with its scale"):
+        fp8_gemm.gemm(a, _fp8(torch.ones(16, 32)), torch.ones(16), z=_fp8(torch.ones(4, 16)), out_dtype=torch.float16)
     monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", "cutlass")
     with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_GEMM"):
         fp8_gemm.gemm_kind()
@@ -201,11 +210,12 @@ def _tiny_resnet(path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "mode,emit,gemm",
-    [("1x1", True, "cublas"), ("1x1", False, "cublas"), ("all", True, "cublas"), ("all", False, "triton")],
-)
+    "mode,emit,gemm,residual",
+    [("1x1", True, "cublas", "fp16"), ("1x1", False, "cublas", "fp16"), ("all", True, "cublas", "fp16"),
+     ("all", False, "triton", "fp16"), ("1x1", True, "cublas", "fp8"), ("all", True, "cublas", "fp8")],
+)  # fmt: skip
 def test_rewritten_model_matches_fp32(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, emit: bool, gemm: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, emit: bool, gemm: str, residual: str
 ) -> None:
     """The whole rewrite (fusion, calibration, FP8 GEMMs, quantised copies written by the
     producer; ``_scaled_mm`` emulated, or fp8_gemm's fused kernel interpreted, whose quantised
@@ -213,29 +223,37 @@ def test_rewritten_model_matches_fp32(
     them) against the fp32 model. Bound: E4M3 rounds each operand within 2^-4 relative (RMS
     about 2^-4/sqrt(3) = 3.6 %), so one layer's output is off by a few per cent; eleven
     layers through residual blocks measured 5.6 % (1x1) and 5.9 % (all) here: 0.12 leaves
-    room for other seeds, and a wrong scale or a dropped residual is far beyond it."""
+    room for other seeds, and a wrong scale or a dropped residual is far beyond it. With the
+    residuals in E4M3 too (``residual`` fp8) the three residual adds round once more."""
     from onnx2torch import convert
 
     monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", gemm)
+    monkeypatch.setenv("MLPERF_TORCH_FP8_RESIDUAL", residual)
     proto = onnx.load(_tiny_resnet(tmp_path / "tiny.onnx"))
     ref, model = convert(proto).eval(), convert(proto).eval()
     assert fuse_conv_activations(model) == (10, 2)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 60
     amax = torch_fp8.calibrate(model, [x], "all")
-    assert len(amax) == 11  # every convolution but the 3-channel stem
+    assert len(amax) == 11 + 3  # every convolution but the 3-channel stem; the residuals of the 3 blocks
     n = torch_fp8.quantize_model(model, amax, mode, torch.float32, compiled=False, emit=emit)
     assert n == (8 if mode == "1x1" else 11)  # 2 per block and 2 projections; + the 3 3x3 ones
     emitted = [m for m in model.modules() if isinstance(m, torch_fp8.Fp8Conv) and m.emit_scale is not None]
-    # Block outputs read by the next conv1 (and projection); in mode all also conv1 -> 3x3 -> conv3.
-    assert len(emitted) == ((2 if mode == "1x1" else 8) if emit else 0)
+    # Block outputs read by the next conv1 (and projection); in mode all also conv1 -> 3x3 -> conv3;
+    # with E4M3 residuals also the 2 projections, read only as residuals.
+    assert len(emitted) == ((2 if mode == "1x1" else 8) + (2 if residual == "fp8" else 0) if emit else 0)
+    adders = [m for m in model.modules() if isinstance(m, torch_fp8.Fp8Conv) and m.z_scale is not None]
+    assert len(adders) == (3 if residual == "fp8" else 0)
+    # In E4M3 residuals, a block output only FP8 layers read is written once, in E4M3.
+    kept = sum(m.keep for m in emitted)
+    assert kept == (1 if emit and residual == "fp16" else 0)  # block 1's output, read as block 2's residual
     with torch.inference_mode():
         got, want = model(x), ref(x)
     gate = torch_fp8.accuracy_gate(got.reshape(4, -1).numpy(), want.reshape(4, -1).numpy())
-    print(mode, emit, gemm, gate)
+    print(mode, emit, gemm, residual, gate)
     assert gate["finite"] and gate["relErr"] < 0.12
 
 
-def test_missing_range_names_the_fix(tmp_path: Path) -> None:
+def test_missing_range_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlperf_harness.errors import HarnessError
     from onnx2torch import convert
 
@@ -243,6 +261,17 @@ def test_missing_range_names_the_fix(tmp_path: Path) -> None:
     fuse_conv_activations(model)
     with pytest.raises(HarnessError, match="build-engine"):
         torch_fp8.quantize_model(model, {}, "1x1", torch.float32, compiled=False)
+    # An engine calibrated before the residual ranges were: E4M3 residuals ask for a rebuild, fp16 ones run.
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 60
+    amax = {k: v for k, v in torch_fp8.calibrate(model, [x], "all").items() if not k.endswith(torch_fp8.RESIDUAL)}
+    monkeypatch.setenv("MLPERF_TORCH_FP8_RESIDUAL", "fp8")
+    with pytest.raises(HarnessError, match=r"residual range .*MLPERF_TORCH_FP8_RESIDUAL=fp8.*build-engine"):
+        torch_fp8.quantize_model(model, amax, "1x1", torch.float32, compiled=False)
+    monkeypatch.setenv("MLPERF_TORCH_FP8_RESIDUAL", "int8")
+    with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_RESIDUAL: 'int8' is not one of fp16, fp8"):
+        torch_fp8.residual_mode()
+    monkeypatch.setenv("MLPERF_TORCH_FP8_RESIDUAL", "fp16")
+    assert torch_fp8.quantize_model(model, amax, "1x1", torch.float32, compiled=False) == 8
 
 
 def test_resnet50_convolutions_chosen_by_shape(workspace: Any) -> None:
@@ -280,7 +309,9 @@ def test_build_engine_calibrates_and_keys_the_scales(workspace: Any) -> None:
     assert steps.build_engine(ws, "Offline").ok
     out = ws.workdir.artifact(engine)
     scales = (out / FP8_SCALES).read_text()
-    assert '"samples": 32' in scales and scales.count("fused_") + scales.count("Conv_") == 52
+    # The 52 convolutions' input ranges and the 16 residual adds' ranges (MLPERF_TORCH_FP8_RESIDUAL=fp8).
+    assert '"samples": 32' in scales and scales.count("fused_") + scales.count("Conv_") == 52 + 16
+    assert scales.count(torch_fp8.RESIDUAL) == 16
 
     data = np.asarray(ws.samples().fixed["input_tensor:0"][:8])
     fp8, fp32 = get_backend("pytorch"), get_backend("pytorch")

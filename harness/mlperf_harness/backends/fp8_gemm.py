@@ -43,16 +43,18 @@ def gemm_kind() -> str:
 
 
 def _body(
-    x_ptr, w_ptr, scale_ptr, bias_ptr, z_ptr, y_ptr, q_ptr, q_inv_ptr,
+    x_ptr, w_ptr, scale_ptr, bias_ptr, z_ptr, z_scale_ptr, y_ptr, q_ptr, q_inv_ptr,
     M, N,
     C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, RELU: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_Q: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, Z_SCALED: tl.constexpr, RELU: tl.constexpr,
+    WRITE_Y: tl.constexpr, WRITE_Q: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, IMPRECISE: tl.constexpr,
 ):  # fmt: skip
     """Y (M = images x HO x WO, N) = the convolution of X (images, H, W, C), E4M3, contiguous, with
     the weight rows W (N, KH x KW x C, in that order: K-major, as FP8 tensor cores read it). Then
-    per column: times scale, plus bias; per element: plus Z, ReLU; written to Y and/or, times q_inv
+    per column: times scale, plus bias; per element: plus Z (an E4M3 Z times its scale where
+    Z_SCALED), ReLU; written to Y and/or, times q_inv
     saturated to E4M3 (448), to Q. IMPRECISE: the tensor cores' partial sums are promoted to fp32
     every that many products (0: every one, slower; None: Triton's default, fast on Hopper). The
     layer's shape is compile-time (a network has few; loops and index arithmetic then fold), the
@@ -96,7 +98,10 @@ def _body(
     at = rm[:, None] * N + rn[None, :]
     written = row_in[:, None] & col[None, :]
     if HAS_Z:
-        acc += tl.load(z_ptr + at, mask=written, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + at, mask=written, other=0.0).to(tl.float32)
+        if Z_SCALED:
+            z = z * tl.load(z_scale_ptr)
+        acc += z
     if RELU:
         acc = tl.maximum(acc, 0.0)
     if WRITE_Y:
@@ -159,12 +164,14 @@ def conv(
     relu: bool = False,
     out_dtype: Any = None,
     q_inv: Any = None,
+    z_scale: Any = None,
     fast_accum: bool = True,
 ) -> tuple[Any, Any]:
     """The convolution of ``x`` (images, H, W, C) E4M3 with ``w_rows`` (N, kh x kw x C) E4M3, times
     ``scale`` (N,) fp32, plus ``bias`` (N,), plus ``z`` (images x Ho x Wo, N), ReLU: returned as
     (images x Ho x Wo, N) rows in ``out_dtype`` (None: not written) and quantised to E4M3 with
-    ``q_inv`` (a 1-element fp32 tensor; None: not written). ``fast_accum`` False: the partial sums
+    ``q_inv`` (a 1-element fp32 tensor; None: not written). ``z`` may be E4M3, the residual as its
+    producer quantised it, with ``z_scale`` (1-element fp32). ``fast_accum`` False: the partial sums
     promoted to fp32 at every step (MLPERF_TORCH_FP8_FAST_ACCUM=0, as ``torch._scaled_mm``'s)."""
     if out_dtype is None and q_inv is None:
         raise HarnessError("fp8 conv: neither an output dtype nor a quantised output asked for")
@@ -172,6 +179,8 @@ def conv(
     images, h, w, c = x.shape
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     m, n = images * ho * wo, w_rows.shape[0]
+    if (z is not None and z.dtype == torch.float8_e4m3fn) != (z_scale is not None):
+        raise HarnessError("fp8 conv: an E4M3 residual comes with its scale, and only an E4M3 one")
     if w_rows.shape[1] != kh * kw * c or (z is not None and tuple(z.shape) != (m, n)):
         raise HarnessError(
             f"fp8 conv: input {tuple(x.shape)}, weight rows {tuple(w_rows.shape)} and a {kh}x{kw} kernel do not fit"
@@ -185,10 +194,11 @@ def conv(
     grid = (-(-m // cfg["BM"]) * -(-n // cfg["BN"]),)
     # Pointers a flag turns off are never read: any tensor stands in for them.
     _kernel(not x.is_cuda)[grid](
-        x, w_rows, scale, x if bias is None else bias, x if z is None else z,
+        x, w_rows, scale, x if bias is None else bias, x if z is None else z, scale if z_scale is None else z_scale,
         x if y is None else y, x if q is None else q, scale if q_inv is None else q_inv,
         m, n, C=c, H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw,
-        HAS_BIAS=bias is not None, HAS_Z=z is not None, RELU=relu, WRITE_Y=y is not None, WRITE_Q=q is not None,
+        HAS_BIAS=bias is not None, HAS_Z=z is not None, Z_SCALED=z_scale is not None, RELU=relu,
+        WRITE_Y=y is not None, WRITE_Q=q is not None,
         IMPRECISE=None if fast_accum else 0, **cfg, **({} if not x.is_cuda else launch),
     )  # fmt: skip
     return y, q

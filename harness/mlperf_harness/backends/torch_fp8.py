@@ -41,6 +41,8 @@ E4M3_MAX = 448.0  # the largest finite E4M3 value
 E4M3_REL = 2.0**-4
 E4M3_SUBNORMAL_ABS = 2.0**-10
 MODES = ("1x1", "all")
+RESIDUALS = ("fp16", "fp8")
+RESIDUAL = ".residual"  # calibration: the residual's range of an add-fused convolution, under its name + this
 ALIGN = 16  # cuBLASLt's FP8 GEMMs want K and N multiples of 16
 
 
@@ -50,6 +52,17 @@ def conv_mode() -> str:
     mode = os.environ.get("MLPERF_TORCH_FP8_CONVS", "1x1")
     if mode not in MODES:
         raise HarnessError(f"MLPERF_TORCH_FP8_CONVS: {mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def residual_mode() -> str:
+    """MLPERF_TORCH_FP8_RESIDUAL: ``fp16`` (default: a residual an FP8 convolution adds is read
+    in the model's dtype) or ``fp8`` (read as the E4M3 copy its producer writes, with the
+    residual's calibrated scale: a block output then is written once, in E4M3, where only FP8
+    convolutions read it; ResNet-50's residual adds move about half the bytes of a batch)."""
+    mode = os.environ.get("MLPERF_TORCH_FP8_RESIDUAL", "fp16")
+    if mode not in RESIDUALS:
+        raise HarnessError(f"MLPERF_TORCH_FP8_RESIDUAL: {mode!r} is not one of {', '.join(RESIDUALS)}")
     return mode
 
 
@@ -182,8 +195,13 @@ def flat_weight(w: Any) -> Any:
 
 
 # --- the FP8 convolution ---------------------------------------------------------------------------------
-def _epilogue(y: Any, z: Any, relu: bool, dtype: Any, emit_inv: Any, keep: bool) -> tuple[Any, Any]:
-    """GEMM result (+ residual) (ReLU) in ``dtype``, and its E4M3 copy for the next FP8 layer."""
+def _epilogue(
+    y: Any, z: Any, relu: bool, dtype: Any, emit_inv: Any, keep: bool, z_scale: Any = None
+) -> tuple[Any, Any]:
+    """GEMM result (+ residual, times ``z_scale`` where it is E4M3) (ReLU) in ``dtype``, and its
+    E4M3 copy for the next FP8 layer."""
+    if z is not None and z_scale is not None:
+        z = z.float() * z_scale
     y = y.float() if z is None else y.float() + z.float()
     if relu:
         y = torch.relu(y)
@@ -231,6 +249,7 @@ class Fp8Conv(nn.Module):
             gemm_plan(w.device, dtype, bias is not None)
         self.emit_scale: float | None = None
         self.keep = True  # whether anything but FP8 layers reads the output
+        self.register_buffer("z_scale", None, persistent=False)  # where the residual comes E4M3: ``set_residual``
         self.fast_accum = os.environ.get("MLPERF_TORCH_FP8_FAST_ACCUM", "1") != "0"
         self._epilogue = _compiled(_epilogue) if compiled else _epilogue
         self._quantize = _compiled(quantize) if compiled else quantize
@@ -238,6 +257,10 @@ class Fp8Conv(nn.Module):
     def set_emit(self, scale: float, keep: bool) -> None:
         self.emit_scale, self.keep = scale, keep
         self.register_buffer("emit_inv", torch.tensor(1.0 / scale, device=self.w_t.device), persistent=False)
+
+    def set_residual(self, scale: float) -> None:
+        """The residual comes as an E4M3 copy made with ``scale``."""
+        self.register_buffer("z_scale", torch.tensor([scale], device=self.w_t.device), persistent=False)
 
     def forward(self, x: Any, z: Any = None) -> Any:
         xh = x.permute(0, 2, 3, 1)  # channels-last memory: (N, H, W, C) without a copy
@@ -258,7 +281,7 @@ class Fp8Conv(nn.Module):
             out, q = conv(
                 xh, self.w_t.t(), self.scale_b.reshape(-1), self.bias, zh, kernel=self.kernel, stride=self.stride,
                 padding=self.padding, relu=self.relu, out_dtype=self.dtype if emit is None or self.keep else None,
-                q_inv=emit, fast_accum=self.fast_accum,
+                q_inv=emit, z_scale=None if zh is None else self.z_scale, fast_accum=self.fast_accum,
             )  # fmt: skip
             return nchw(out) if emit is None else (nchw(out), nchw(q))
         a = patches(xh, self.kernel, self.stride, self.padding)
@@ -267,7 +290,7 @@ class Fp8Conv(nn.Module):
         if not self.add and not self.relu and emit is None:
             out, q = y, None
         else:
-            out, q = self._epilogue(y, zh, self.relu, self.dtype, emit, self.keep)
+            out, q = self._epilogue(y, zh, self.relu, self.dtype, emit, self.keep, self.z_scale)
         return nchw(out) if emit is None else (nchw(out), nchw(q))
 
 
@@ -311,14 +334,16 @@ def candidates(model: Any, mode: str) -> list[Any]:
 
 def calibrate(model: Any, batches: Iterable[Any], mode: str) -> dict[str, float]:
     """The largest |input| each FP8 candidate sees over ``batches`` (NCHW tensors on the model's
-    device, in its dtype), by module name: the activation ranges the scales come from."""
+    device, in its dtype), by module name: the activation ranges the scales come from; and of
+    the residual an add-fused candidate adds, under its name + ``RESIDUAL``."""
     amax: dict[str, float] = {}
     hooks = []
     for node in candidates(model, mode):
         name = str(node.target)
 
         def record(mod: Any, args: Any, name: str = name) -> None:
-            amax[name] = max(amax.get(name, 0.0), float(args[0].detach().abs().max()))
+            for key, value in zip((name, name + RESIDUAL), args, strict=False):
+                amax[key] = max(amax.get(key, 0.0), float(value.detach().abs().max()))
 
         hooks.append(model.get_submodule(name).register_forward_pre_hook(record))
     try:
@@ -333,38 +358,54 @@ def calibrate(model: Any, batches: Iterable[Any], mode: str) -> dict[str, float]
 
 def quantize_model(model: Any, amax: dict[str, float], mode: str, dtype: Any, compiled: bool, emit: bool = True) -> int:
     """Replace each FP8 candidate with ``amax`` by an ``Fp8Conv``; with ``emit``, an FP8 layer
-    whose output an FP8 layer reads writes that layer's E4M3 input in its epilogue. Returns how
-    many convolutions became FP8."""
+    whose output an FP8 layer reads writes that layer's E4M3 input in its epilogue (and, in
+    ``residual_mode`` fp8, the E4M3 residual an FP8 layer adds). Returns how many convolutions
+    became FP8."""
     graph: fx.Graph = model.graph
     nodes = [n for n in candidates(model, mode) if str(n.target) in amax]
     missing = [str(n.target) for n in candidates(model, mode) if str(n.target) not in amax]
     if missing:
         raise HarnessError(f"fp8: no calibrated range for {', '.join(missing[:3])}; rebuild the engine (build-engine)")
+    residual = emit and residual_mode() == "fp8"
+    adds = [str(n.target) + RESIDUAL for n in nodes if conv_facts(model.get_submodule(str(n.target)))[2]]  # type: ignore[index]
+    if residual and any(key not in amax for key in adds):
+        raise HarnessError(
+            f"fp8: no calibrated residual range for {', '.join(k for k in adds if k not in amax)[:200]} "
+            "(MLPERF_TORCH_FP8_RESIDUAL=fp8); rebuild the engine (build-engine)"
+        )
     for node in nodes:
         conv, relu, add = conv_facts(model.get_submodule(str(node.target)))  # type: ignore[misc]
         scale = float(amax_scale(torch.tensor(amax[str(node.target)])))
         model.set_submodule(str(node.target), Fp8Conv(conv, scale, relu, add, dtype, compiled))
     if emit:
-        _emit_quantized(model, set(nodes))
+        _emit_quantized(model, set(nodes), amax, residual)
     graph.lint()
     model.recompile()
     return len(nodes)
 
 
-def _emit_quantized(model: Any, fp8_nodes: set[Any]) -> None:
-    """Where an FP8 layer's output is an FP8 layer's input (x, not the residual), the producer
-    writes it quantised with that consumer's scale (consumers of one tensor share its range)."""
+def _emit_quantized(model: Any, fp8_nodes: set[Any], amax: dict[str, float], residual: bool) -> None:
+    """Where an FP8 layer's output is an FP8 layer's input (x), or with ``residual`` the residual
+    it adds (z), the producer writes it quantised with one scale: the largest of its readers'
+    (the inputs' calibrated ranges, the residuals' their own)."""
     graph: fx.Graph = model.graph
     for producer in list(fp8_nodes):
         readers = [u for u in producer.users if u in fp8_nodes and u.args[0] is producer]
-        if not readers:
+        adders = [u for u in producer.users if residual and u in fp8_nodes and u not in readers]
+        adders = [u for u in adders if model.get_submodule(str(u.target)).add and u.args[1:2] == (producer,)]
+        if not readers and not adders:
             continue
-        scale = max(model.get_submodule(str(r.target)).in_scale for r in readers)
-        for r in readers:  # one quantised copy: every reader takes the largest of their scales
+        scales = [model.get_submodule(str(r.target)).in_scale for r in readers]
+        scales += [float(amax_scale(torch.tensor(amax[str(u.target) + RESIDUAL]))) for u in adders]
+        scale = max(scales)
+        for r in readers:  # one quantised copy: every reader takes the largest of the scales
             mod = model.get_submodule(str(r.target))
             mod.scale_b.mul_(scale / mod.in_scale)
             mod.in_inv.fill_(1.0 / scale)
             mod.in_scale = scale
+        for u in adders:
+            model.get_submodule(str(u.target)).set_residual(scale)
+        readers += adders
         others = [u for u in producer.users if u not in readers]
         model.get_submodule(str(producer.target)).set_emit(scale, keep=bool(others))
         with graph.inserting_after(producer):
