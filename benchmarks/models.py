@@ -4,7 +4,7 @@
     python3 benchmarks/models.py --cpu                 # on this CPU: small models, onnxruntime fp32
     python3 benchmarks/models.py --cpu --backend pytorch   # the GPU path's code on this CPU (fp32)
         [--benchmarks bert dlrm ...] [--samples 64] [--seconds 10] [--size small|full] [--server [--max-probes 6]]
-        [--batch rnnt=2048 ...] [--server-only]
+        [--batch rnnt=2048 ...] [--server-batch dlrm=16384 ...] [--server-only]
 
 Per benchmark:
 1. The work directory: the spec's synthetic data and synthetic model (`model.synthetic.size`), prepared
@@ -82,6 +82,7 @@ SERVER_ANCHORS = {
 # have 2.4 windows a case).
 GPU_DATASET: dict[str, dict[str, Any]] = {"3d-unet": {"size": "full", "samples": 16}}
 BATCH: dict[str, int] = {}  # --batch NAME=N: this run's batch where it is not SETUP's
+SERVER_BATCH: dict[str, int] = {}  # --server-batch NAME=N: the Server search's batch where it is not the above
 GPU = {"gpuProduct": "NVIDIA-H200", "gpuCount": 1}
 CPU = {"gpuCount": 0}
 T0 = time.perf_counter()
@@ -148,6 +149,7 @@ def plain_loop(ws: Any, batch: int, seconds: float, backend: str, precision: str
     facts["staged"] = staged
     facts["attention"] = getattr(general, "attention", None)
     facts["linears"], facts["gelus"] = getattr(general, "linears", None), getattr(general, "gelus", None)
+    facts["lookups"] = getattr(general, "lookups", None)
     facts["memory"] = getattr(general, "memory", None)  # after its load: host peak RSS, GPU allocated and peak
     if prof:
         facts["profile"] = limits(calls[0], counts[0])
@@ -244,6 +246,7 @@ def server(name: str, args: argparse.Namespace, size: str, backend: str) -> dict
         f"server-{name}",
         **{
             **_spec(name, args.samples, size, args.cpu, backend),
+            **({"batchSize": SERVER_BATCH[name]} if name in SERVER_BATCH else {}),
             "suite": "v1.0",
             "category": "datacenter",
             "scenarios": ["Server"],
@@ -275,13 +278,16 @@ def main() -> None:
     ap.add_argument("--probe-seconds", type=float, default=5.0, help="the tuner's Server probes (with --server)")
     ap.add_argument("--max-probes", type=int, default=6, help="the tuner's Server probes at most (with --server)")
     ap.add_argument("--batch", nargs="*", default=[], metavar="NAME=N", help="a batch size (default: SETUP's)")
+    batch_help = "the Server search's batch size (default: --batch's or SETUP's)"
+    ap.add_argument("--server-batch", nargs="*", default=[], metavar="NAME=N", help=batch_help)
     args = ap.parse_args()
     args.server = args.server or args.server_only
-    for item in args.batch:
-        name, _, n = item.partition("=")
-        if name not in SETUP or not n.isdigit() or int(n) < 1:
-            ap.error(f"--batch {item}: expected NAME=N with NAME one of {', '.join(SETUP)} and N a positive integer")
-        BATCH[name] = int(n)
+    for flag, items, table in (("--batch", args.batch, BATCH), ("--server-batch", args.server_batch, SERVER_BATCH)):
+        for item in items:
+            name, _, n = item.partition("=")
+            if name not in SETUP or not n.isdigit() or int(n) < 1:
+                ap.error(f"{flag} {item}: expected NAME=N with NAME one of {', '.join(SETUP)} and N a positive integer")
+            table[name] = int(n)
     backend = args.backend or ("onnxruntime" if args.cpu else "pytorch")
     size = args.size or ("small" if args.cpu else "full")
     where = machine() if args.cpu else f"{_gpu_name()}, {machine()}"

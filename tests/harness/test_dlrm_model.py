@@ -176,3 +176,22 @@ def test_a_labeller_with_the_used_rows_labels_as_the_whole_model(tmp_path: Path)
     assert (tmp_path / "a" / criteo.TEST_FILE).read_bytes() == (tmp_path / "b" / criteo.TEST_FILE).read_bytes()
     with pytest.raises(HarnessError, match="table 0 lacks rows the samples use"):
         synthetic.synthesize_dataset(tmp_path / "c", 5, 3, part, kept=kept)
+
+
+def test_collate_concatenates_rows_and_transposes_ids() -> None:
+    """Several samples' rows in order, as the reference's get_samples stacks them: dense (R, 13),
+    indices (26, R) int64 (each sample's ids transposed into place), offsets 0..R-1 per table; a
+    sample of the wrong width is named."""
+    rng = np.random.default_rng(1)
+    samples = [
+        {"dense_x": rng.random((n, 13), dtype=np.float32), "indices": rng.integers(0, 1 << 30, (n, 26), dtype=np.int32)}
+        for n in (3, 1, 7)
+    ]
+    got = collate(samples)
+    ids = np.concatenate([s["indices"] for s in samples])
+    assert np.array_equal(got["dense_x"], np.concatenate([s["dense_x"] for s in samples]))
+    assert got["indices"].dtype == np.int64 and np.array_equal(got["indices"], ids.T)
+    assert got["offsets"].shape == (26, 11) and (got["offsets"] == np.arange(11)).all()
+    bad = {"dense_x": np.zeros((2, 13), np.float32), "indices": np.zeros((2, 25), np.int32)}
+    with pytest.raises(HarnessError, match=r"ids \(2, 25\).*\(rows, 26\)"):
+        collate([samples[0], bad])

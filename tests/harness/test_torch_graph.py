@@ -1093,3 +1093,35 @@ def test_unet3d_windows_on_the_device_label_as_the_host(
         assert agree == 1.0 if device == "cpu" else agree > 0.9995, (batch, agree)
     picked = sliding_window.segmenter(backend)
     assert getattr(picked, "func", None) is (device_window.infer if device == "gpu" else sliding_window.infer)
+
+
+def test_dlrm_lookups_fused_answer_as_the_graph(models: dict[str, Path]) -> None:
+    """dlrm's 26 table lookups as one gather from the tables laid end to end (``fuse_lookups``):
+    the same outputs, one table tensor left instead of 26, and the index matrix's rows picked in
+    the tables' order however the graph lists them."""
+    import torch
+    from mlperf_harness.backends.torch_graph import convert
+    from mlperf_harness.backends.torch_rewrites import Lookups, constant_gathers, fuse_lookups
+
+    proto = onnx.load(str(models["dlrm"]))
+    model = convert(proto, [o.name for o in proto.graph.output], models["dlrm"]).eval()
+    feeds = [torch.from_numpy(a) for a in _feeds("dlrm").values()]
+    tables = [b for b in model.buffers() if b.dim() == 2 and b.shape[1] == 128]
+    rows = sum(len(t) for t in tables)
+    with torch.inference_mode():
+        want = model(*feeds)
+        assert fuse_lookups(model, torch.device("cpu")) == 26
+        assert constant_gathers(model) == 0  # the per-table index rows went with the lookups
+        got = model(*feeds)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    [lookups] = [m for m in model.modules() if isinstance(m, Lookups)]
+    assert lookups.picks is None and len(lookups.table) == rows
+    assert [b for b in model.buffers() if b.dim() == 2 and b.shape[1] == 128] == [lookups.table]
+    assert fuse_lookups(model, torch.device("cpu")) == 0  # done once
+
+    # Rows picked out of order: the lookups of a matrix whose rows the tables take reversed.
+    rng = np.random.default_rng(0)
+    table = torch.from_numpy(rng.random((10, 4), dtype=np.float32))
+    starts, ids = torch.tensor([0, 6]), torch.tensor([[1, 2], [0, 3]])
+    out = Lookups(table, starts, torch.tensor([1, 0]))(ids)
+    assert torch.equal(out[0], table[[0, 3]]) and torch.equal(out[1], table[[7, 8]])

@@ -66,6 +66,7 @@ from .torch_rewrites import (
     fuse_attention,
     fuse_gelu,
     fuse_linear,
+    fuse_lookups,
     half,
     host_shape_arithmetic,
 )
@@ -245,6 +246,7 @@ class TorchGraphBackend(ModelBackend):
         self._pad = True  # batches padded to their bucket (not where a prefix output depends on the batch size)
         self.fused = 0  # convolutions fused with their bias and ReLU (on a GPU)
         self.gathers = 0  # gathers at a constant index made selects (on a GPU)
+        self.lookups = 0  # table lookups fused into one gather (on a GPU: dlrm's 26)
         self._formats: dict[str, Any] = {}  # input -> its memory format on the GPU (channels-last)
         self._file = ""
         self._model: Any = None
@@ -307,8 +309,11 @@ class TorchGraphBackend(ModelBackend):
 
     def _prepare(self, proto: onnx.ModelProto, model_path: Path) -> Prepared:
         """The graph converted, moved to the device, rewritten for it and cast to the run's dtype."""
-        model = convert(proto, self._names, model_path).eval().to(self._dev)
+        model = convert(proto, self._names, model_path).eval()
         facts: dict[str, Any] = {}
+        if self.on_gpu:  # before the move: the tables go to the device once, laid end to end
+            facts["lookups"] = fuse_lookups(model, self._dev)
+        model = model.to(self._dev)
         if self.on_gpu:
             facts["gathers"] = constant_gathers(model)
             facts["on_host"] = host_shape_arithmetic(model)

@@ -48,6 +48,82 @@ def constant_gathers(model: Any) -> int:
     return done
 
 
+class Lookups(nn.Module):
+    """Several tables' row lookups as one gather: the tables as one (rows, width) tensor, each
+    table's first row in ``starts``; called with the index matrix (indices, N), it returns
+    (tables, N, width), table k's rows looked up with row ``picks[k]`` of the matrix."""
+
+    def __init__(self, table: Any, starts: Any, picks: Any) -> None:
+        super().__init__()
+        self.register_buffer("table", table)
+        self.register_buffer("starts", starts.reshape(-1, 1))
+        self.register_buffer("picks", picks)  # None: the matrix's rows in order, one per table
+        self.width = int(table.shape[1])
+
+    def forward(self, ids: Any) -> Any:
+        rows = ids if self.picks is None else ids.index_select(0, self.picks)
+        found = self.table.index_select(0, (rows + self.starts).reshape(-1))
+        return found.view(len(self.starts), -1, self.width)
+
+
+def fuse_lookups(model: Any, device: Any) -> int:
+    """dlrm's 26 table lookups (a gather of each table at the ids its row of the index matrix
+    holds, each a kernel of its own: 26 % of a batch's GPU time on an H200) as one gather from
+    the tables laid end to end (``Lookups``), built on ``device`` a table at a time, each table's
+    own tensor dropped as it is copied: run before the model moves to the device, the tables
+    (memory-mapped there) are read once and held once. Returns how many lookups were fused."""
+    from onnx2torch.node_converters.gather import OnnxGather
+
+    graph = model.graph
+
+    def gather(node: Any) -> bool:
+        return (
+            getattr(node, "op", "") == "call_module"
+            and isinstance(model.get_submodule(node.target), OnnxGather)
+            and model.get_submodule(node.target)._axis == 0
+        )
+
+    groups: dict[Any, list[tuple[Any, Any, int]]] = {}  # the index matrix -> (lookup, table, its row)
+    for node in graph.nodes:
+        if not gather(node) or getattr(node.args[0], "op", "") != "get_attr" or not gather(node.args[1]):
+            continue
+        table, (matrix, row) = operator.attrgetter(node.args[0].target)(model), node.args[1].args
+        if table.dim() == 2 and getattr(row, "op", "") == "get_attr":
+            pick = operator.attrgetter(row.target)(model)
+            if pick.dim() == 0:
+                groups.setdefault(matrix, []).append((node, node.args[0], int(pick)))
+    done = 0
+    for matrix, found in groups.items():
+        tables = [operator.attrgetter(t.target)(model) for _, t, _ in found]
+        if len(found) < 2 or len({(t.dtype, t.shape[1]) for t in tables}) != 1:
+            continue
+        sizes, (dtype, width) = [len(t) for t in tables], (tables[0].dtype, int(tables[0].shape[1]))
+        del tables
+        big = torch.empty((sum(sizes), width), dtype=dtype, device=device)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        for (_, table_node, _), start, rows in zip(found, starts.tolist(), sizes, strict=True):
+            owner, _, name = str(table_node.target).rpartition(".")
+            big[start : start + rows].copy_(getattr(model.get_submodule(owner), name))
+            delattr(model.get_submodule(owner), name)  # the table's own tensor (a file map on the host) goes
+        picks = [pick for _, _, pick in found]
+        order = None if picks == list(range(len(picks))) else torch.tensor(picks, device=device)
+        name = f"lookups_{done}"
+        model.add_submodule(name, Lookups(big, torch.tensor(starts, device=device), order))
+        with graph.inserting_after(matrix):
+            call = graph.call_module(name, (matrix,))
+        for k, (node, table_node, _) in enumerate(found):
+            with graph.inserting_before(node):
+                node.replace_all_uses_with(graph.call_function(torch.select, (call, 0, k)))
+            graph.erase_node(node)
+            if not table_node.users:
+                graph.erase_node(table_node)
+        done += len(found)
+    if done:
+        graph.eliminate_dead_code()
+        model.recompile()
+    return done
+
+
 class Float32(nn.Module):
     """A module run on float32 copies of its float inputs."""
 
