@@ -13,7 +13,7 @@
 # under its own time limit, its work directory removed after it (dlrm's tables take 44.8 GiB of 64).
 set -uo pipefail
 RES=/tmp/res
-STAGES=(rnnt ssd bert unet dlrm tests fp8 bertoff dlrm-spy dlrm-server tests-dlrm)
+STAGES=(rnnt ssd bert unet dlrm tests fp8 bertoff dlrm-spy dlrm-server tests-dlrm fp8short)
 M="python3 benchmarks/models.py --samples 16 --seconds 10"
 
 run_stage() {  # name -> limit (s) and command
@@ -28,7 +28,9 @@ run_stage() {  # name -> limit (s) and command
         # dlrm's Offline again, its host side sampled by py-spy (collapsed stacks, a count each)
         dlrm-spy) echo 400 "/tmp/site/bin/py-spy record --threads --idle -r 50 -f raw -o $RES/dlrm-spy/pyspy.txt -- \
 $M --samples 512 --benchmarks dlrm" ;;
-        tests-dlrm) echo 120 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_torch_external.py" ;;
+        tests-dlrm) echo 150 "python3 -m pytest -q --confcutdir=tests/harness tests/harness/test_torch_external.py tests/harness/test_harness_gpu.py::test_fused_fp8_gemm_equals_cublas_and_the_epilogue" ;;
+        # resnet50 fp8 with E4M3 residuals and the swept tiles: the gate, plain loops (fp16 beside), Offline
+        fp8short) echo 300 "python3 benchmarks/gpu_fp8.py --variants all-triton-r8 --seconds 12 --no-server --no-profile --budget 220" ;;
         # dlrm's Server at the harness config's H200 batch (at 65,536 rows a batch waits past the 30 ms bound to fill)
         dlrm-server) echo 400 "$M --samples 512 --server-only --max-probes 5 --server-batch dlrm=16384 --benchmarks dlrm" ;;
         tests) echo 300 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_harness_gpu.py tests/harness/test_torch_graph.py tests/harness/test_torch_external.py" ;;

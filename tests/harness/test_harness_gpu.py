@@ -1,7 +1,9 @@
 """The pytorch backend's GPU path (fused convolutions, CUDA graphs, samples resident on the GPU,
 several instances on one GPU; fp8 on sm_89+): runs where torch sees a CUDA GPU, is skipped (with
 the reason) elsewhere. CI has no GPU: these ran on the lent H200 and H100 (see BENCHMARKS.md); the
-fused FP8 kernel's test failed there before its comparison (the plan lookup, fixed since)."""
+fused FP8 kernel's test failed there before its comparison (the plan lookup, fixed since); on an H200
+(2026-12-05) its comparison ran, and its E4M3 bounds, tighter than its own fp16 tolerance allows, were
+widened to match that tolerance."""
 
 from __future__ import annotations
 
@@ -186,11 +188,17 @@ def test_fused_fp8_gemm_equals_cublas_and_the_epilogue(m: int, n: int, k: int, z
     torch_fp8.gemm_plan(dev, torch.float32, True)
     residual = z.float() * (1.0 if z_scale is None else z_scale)
     want = torch.relu(torch_fp8.scaled_mm(a, b.t(), scale[None], bias.float(), torch.float32) + residual)
-    assert torch.allclose(y.float(), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
+    tol = 2e-3 * float(want.abs().max())
+    assert torch.allclose(y.float(), want, rtol=2e-3, atol=tol)
     got, ref = q.float(), torch_fp8.quantize(want, q_inv).float()
     off = got != ref
-    assert float(off.float().mean()) <= 1e-2
-    assert ((got - ref).abs()[off] <= ref.abs()[off] * 2.0**-3 + 2.0**-9).all()
+    # The two products (Triton's and cuBLASLt's fast accumulations) may differ by y's tolerance, which
+    # moves a value across an E4M3 rounding boundary (steps of 2^-4 to 2^-3 of it) for at most about
+    # 2e-3 / 2^-4 = 3 % of them (an H200 measured 1.5 %, 2026-12-05); each then differs by one step
+    # plus that tolerance. A wrong scale or layout moves nearly all, by far more.
+    assert float(off.float().mean()) <= 3e-2
+    slack = float(q_inv) * (2e-3 * want.abs() + tol)
+    assert ((got - ref).abs() <= ref.abs() * 2.0**-3 + 2.0**-9 + slack)[off].all()
 
 
 @pytest.mark.parametrize("side,c,n,kernel,stride", [(56, 64, 64, 3, 1), (56, 128, 128, 3, 2), (14, 256, 1024, 1, 1)])

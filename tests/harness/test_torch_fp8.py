@@ -168,6 +168,24 @@ def test_fused_gemm_is_the_gemm_and_its_epilogue(
         _interpreter_carry_only(q, torch_fp8.quantize(want, q_inv))
 
 
+def test_tiles_follow_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default tiles of ResNet-50's shapes, as the H200 sweep chose them; BN fits N."""
+    from mlperf_harness.backends import fp8_gemm
+
+    monkeypatch.delenv("MLPERF_TORCH_FP8_TILES", raising=False)
+
+    def pick(n: int, c: int, taps: int) -> tuple[int, ...]:
+        return tuple(fp8_gemm.tiles(1 << 20, n, c, taps)[k] for k in fp8_gemm.TILE_KEYS)
+
+    assert pick(512, 512, 9) == pick(256, 1024, 1) == (128, 256, 128, 8, 3)
+    assert pick(128, 512, 1) == (128, 128, 128, 8, 3)  # BN capped at N
+    assert pick(256, 64, 1) == (128, 128, 64, 4, 4)
+    assert pick(64, 64, 9) == pick(64, 64, 1) == (128, 64, 64, 4, 4)
+    assert pick(128, 128, 9) == pick(1024, 256, 1) == pick(2048, 512, 1) == (128, 128, 128, 4, 3)
+    monkeypatch.setenv("MLPERF_TORCH_FP8_TILES", "64,256,64,4,2")
+    assert pick(64, 512, 9) == (64, 64, 64, 4, 2)
+
+
 def test_fused_gemm_names_bad_shapes_and_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
     from mlperf_harness.backends import fp8_gemm
     from mlperf_harness.errors import HarnessError

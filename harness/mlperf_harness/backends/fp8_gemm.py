@@ -124,11 +124,15 @@ def _kernel(interpret: bool) -> Any:
 TILE_KEYS = ("BM", "BN", "BK", "num_warps", "num_stages")
 
 
-def tiles(m: int, n: int, c: int) -> dict[str, int]:
-    """Tile sizes and launch settings for one convolution: 128-pixel tiles, columns as wide as N
-    allows up to 256, steps of 128 input channels (64 where C is that small). A first guess for Hopper's FP8 tensor
-    cores, to be swept on an H200: ``MLPERF_TORCH_FP8_TILES=BM,BN,BK,warps,stages`` sets them all
-    (BN capped at N's largest power-of-two divisor up to it)."""
+def tiles(m: int, n: int, c: int, taps: int = 1) -> dict[str, int]:
+    """Tile sizes and launch settings for one convolution (``c`` input channels, ``taps`` kernel
+    positions, ``n`` output channels), from the sweep of ResNet-50's 22 shapes at batch 1024 on
+    an H200 (2026-12-05, ``benchmarks/gpu_fp8.py --gemms wide``, BENCHMARKS.md): deep products
+    (3x3 over 256 or more channels, 1x1 over 512 or more into at most 512) take 128x256 tiles of
+    K 128 in 8 warps; 64-channel inputs 128x128 tiles of K 64 in 4 warps, 4 stages; the rest
+    128x128 tiles of K 128 in 4 warps, 3 stages (BN never past N's largest power-of-two divisor).
+    The rule picks the sweep's best, or within 12 %, on each of the 22.
+    ``MLPERF_TORCH_FP8_TILES=BM,BN,BK,warps,stages`` sets them all instead."""
     forced = os.environ.get("MLPERF_TORCH_FP8_TILES")
     if forced:
         try:
@@ -143,12 +147,15 @@ def tiles(m: int, n: int, c: int) -> dict[str, int]:
                 f"MLPERF_TORCH_FP8_TILES: {forced!r}: BM, BN and BK must be powers of two, BM and BN at least 16 "
                 "and BK at least 32 (FP8 tensor-core products)"
             )
-        while n % cfg["BN"] and cfg["BN"] > 16:
-            cfg["BN"] //= 2
-        return {**cfg, "GROUP_M": 8}
-    bn = 256 if n % 256 == 0 else 128 if n % 128 == 0 else 64
-    bk = 128 if c >= 128 else 64
-    return {"BM": 128, "BN": bn, "BK": bk, "GROUP_M": 8, "num_warps": 8, "num_stages": 3 if bn == 256 else 4}
+    elif (taps > 1 and c >= 256) or (taps == 1 and c >= 512 and n <= 512):
+        cfg = {"BM": 128, "BN": 256, "BK": 128, "num_warps": 8, "num_stages": 3}
+    elif c <= 64:
+        cfg = {"BM": 128, "BN": 128, "BK": 64, "num_warps": 4, "num_stages": 4}
+    else:
+        cfg = {"BM": 128, "BN": 128, "BK": 128, "num_warps": 4, "num_stages": 3}
+    while n % cfg["BN"] and cfg["BN"] > 16:
+        cfg["BN"] //= 2
+    return {**cfg, "GROUP_M": 8}
 
 
 def conv(
@@ -189,7 +196,7 @@ def conv(
     z = None if z is None else z.contiguous()
     y = None if out_dtype is None else torch.empty((m, n), dtype=out_dtype, device=x.device)
     q = None if q_inv is None else torch.empty((m, n), dtype=torch.float8_e4m3fn, device=x.device)
-    cfg = tiles(m, n, c)
+    cfg = tiles(m, n, c, kh * kw)
     launch = {key: cfg.pop(key) for key in ("num_warps", "num_stages")}
     grid = (-(-m // cfg["BM"]) * -(-n // cfg["BN"]),)
     # Pointers a flag turns off are never read: any tensor stands in for them.
