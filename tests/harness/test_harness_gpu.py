@@ -194,11 +194,12 @@ def test_fused_fp8_gemm_equals_cublas_and_the_epilogue(m: int, n: int, k: int, z
     off = got != ref
     # The two products (Triton's and cuBLASLt's fast accumulations) may differ by y's tolerance, which
     # moves a value across an E4M3 rounding boundary (steps of 2^-4 to 2^-3 of it) for at most about
-    # 2e-3 / 2^-4 = 3 % of them (an H200 measured 1.5 %, 2026-12-05); each then differs by one step
-    # plus that tolerance. A wrong scale or layout moves nearly all, by far more.
+    # 2e-3 / 2^-4 = 3 % of them (an H200 measured 1.5 %, 2026-12-05); each then differs by that
+    # tolerance plus the two roundings (a step each, 2^-3 of the value at most, or 2^-9 below 2^-6).
+    # A wrong scale or layout moves nearly all, by far more.
     assert float(off.float().mean()) <= 3e-2
     slack = float(q_inv) * (2e-3 * want.abs() + tol)
-    assert ((got - ref).abs() <= ref.abs() * 2.0**-3 + 2.0**-9 + slack)[off].all()
+    assert ((got - ref).abs() <= ref.abs() * 2.0**-2 + 2.0**-8 + slack)[off].all()
 
 
 @pytest.mark.parametrize("side,c,n,kernel,stride", [(56, 64, 64, 3, 1), (56, 128, 128, 3, 2), (14, 256, 1024, 1, 1)])
