@@ -1,4 +1,5 @@
-"""Rewrites of a converted graph (an fx.GraphModule from ``torch_graph.convert``): on a GPU, a gather
+"""Rewrites of a converted graph (an fx.GraphModule from ``torch_graph.convert``): on a GPU, dlrm's
+table lookups as one gather (``fuse_lookups``, before the model moves there), a gather
 at a constant index as a select, the shape arithmetic kept on the host (onnx2torch reads shapes,
 axes and sizes back as Python values: ``host_shape_arithmetic``), BERT's attention fused
 (``fuse_attention``), convolutions channels-last (``conv_layout``); at fp16/bf16, the model in that
