@@ -3,7 +3,7 @@
 # first: `bash tools/device-wheels.sh`; then each device call (the device tool's `run`, from the repo
 # root, carry [".whl", ".whlaud", ".whlcv"], timeout 600):
 #
-#   WAIT=520 bash tools/device-session.sh [STAGE ...]     # default: every stage, in the order below
+#   WAIT=520 bash tools/device-session.sh [STAGE ...]     # default: STAGES; the others below by name
 #
 # The first call copies the tree to /tmp/repo, installs the wheels into /tmp/site, writes what the
 # machine is (gpu.txt) and starts the stages detached (setsid): they go on between calls. Every call
@@ -13,7 +13,8 @@
 # under its own time limit, its work directory removed after it (dlrm's tables take 44.8 GiB of 64).
 set -uo pipefail
 RES=/tmp/res
-STAGES=(rnnt ssd bert unet dlrm tests fp8 bertoff dlrm-spy dlrm-server tests-dlrm fp8short)
+STAGES=(rnnt ssd bert unet dlrm tests fp8)
+EXTRA=(bertoff dlrm-spy dlrm-server tests-dlrm fp8short)  # by name only
 M="python3 benchmarks/models.py --samples 16 --seconds 10"
 
 run_stage() {  # name -> limit (s) and command
@@ -22,7 +23,7 @@ run_stage() {  # name -> limit (s) and command
         ssd) echo 300 "$M --server --max-probes 4 --benchmarks ssd-resnet34" ;;
         bert) echo 300 "$M --server-only --max-probes 4 --benchmarks bert" ;;  # Offline: 1,744.8/s at 03:04
         unet) echo 420 "$M --benchmarks 3d-unet" ;;  # 16 full-size cases made on the host first: minutes
-        # 512 users (about 138,000 rows): ids spread over the tables, not a few thousand rows in L2
+        # 512 users (about 135,000 rows): ids spread over the tables, not a few thousand rows in L2
         dlrm) echo 540 "$M --samples 512 --server --max-probes 4 --benchmarks dlrm" ;;
         bertoff) echo 240 "$M --benchmarks bert" ;;  # Offline in order of length
         # dlrm's Offline again, its host side sampled by py-spy (collapsed stacks, a count each)
@@ -59,7 +60,7 @@ WAIT=${WAIT:-520}
 t0=$(date +%s)
 if [ ! -f $RES/started ]; then
     wanted=("${@:-${STAGES[@]}}")
-    for name in "${wanted[@]}"; do run_stage "$name" > /dev/null || { echo "unknown stage $name (stages: ${STAGES[*]})"; exit 2; }; done
+    for name in "${wanted[@]}"; do run_stage "$name" > /dev/null || { echo "unknown stage $name (stages: ${STAGES[*]} ${EXTRA[*]})"; exit 2; }; done
     mkdir -p $RES && touch $RES/started
     rm -rf /tmp/repo && cp -r . /tmp/repo
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \

@@ -82,6 +82,11 @@ def amax_scale(amax: Any) -> Any:
     return torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
 
 
+def calibrated_scale(amax: dict[str, float], key: str) -> float:
+    """The per-tensor scale of a calibrated range (``calibrate``'s ``key``)."""
+    return float(amax_scale(torch.tensor(amax[key])))
+
+
 def weight_scales(w: Any) -> Any:
     """Per-output-channel scales of a (K, ...) weight."""
     return amax_scale(w.detach().float().reshape(len(w), -1).abs().amax(dim=1))
@@ -375,8 +380,9 @@ def quantize_model(model: Any, amax: dict[str, float], mode: str, dtype: Any, co
         )
     for node in nodes:
         conv, relu, add = conv_facts(model.get_submodule(str(node.target)))  # type: ignore[misc]
-        scale = float(amax_scale(torch.tensor(amax[str(node.target)])))
-        model.set_submodule(str(node.target), Fp8Conv(conv, scale, relu, add, dtype, compiled))
+        model.set_submodule(
+            str(node.target), Fp8Conv(conv, calibrated_scale(amax, str(node.target)), relu, add, dtype, compiled)
+        )
     if emit:
         _emit_quantized(model, set(nodes), amax, residual)
     graph.lint()
@@ -396,7 +402,7 @@ def _emit_quantized(model: Any, fp8_nodes: set[Any], amax: dict[str, float], res
         if not readers and not adders:
             continue
         scales = [model.get_submodule(str(r.target)).in_scale for r in readers]
-        scales += [float(amax_scale(torch.tensor(amax[str(u.target) + RESIDUAL]))) for u in adders]
+        scales += [calibrated_scale(amax, str(u.target) + RESIDUAL) for u in adders]
         scale = max(scales)
         for r in readers:  # one quantised copy: every reader takes the largest of the scales
             mod = model.get_submodule(str(r.target))

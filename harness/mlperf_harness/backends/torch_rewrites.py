@@ -88,6 +88,8 @@ def fuse_lookups(model: Any, device: Any) -> int:
     for node in graph.nodes:
         if not gather(node) or getattr(node.args[0], "op", "") != "get_attr" or not gather(node.args[1]):
             continue
+        if len(node.args[0].users) != 1:  # a table read elsewhere too keeps its own tensor
+            continue
         table, (matrix, row) = operator.attrgetter(node.args[0].target)(model), node.args[1].args
         if table.dim() == 2 and getattr(row, "op", "") == "get_attr":
             pick = operator.attrgetter(row.target)(model)
@@ -116,8 +118,7 @@ def fuse_lookups(model: Any, device: Any) -> int:
             with graph.inserting_before(node):
                 node.replace_all_uses_with(graph.call_function(torch.select, (call, 0, k)))
             graph.erase_node(node)
-            if not table_node.users:
-                graph.erase_node(table_node)
+            graph.erase_node(table_node)  # its one reader gone (above), as its tensor
         done += len(found)
     if done:
         graph.eliminate_dead_code()

@@ -57,8 +57,9 @@ def batches_by_rows(row_counts: Sequence[int], max_rows: int) -> list[list[int]]
 def collate(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
     """The model inputs for several samples, rows concatenated in order. The ids are transposed
     a sample at a time, into one array: a sample's (rows, 26) block stays in cache, where
-    transposing the whole batch at once strides through memory (a GPU batch of 65,536 rows: 12 ms
-    -> 6 ms here, and the harness's host work is what holds dlrm back on a GPU, BENCHMARKS.md)."""
+    transposing the whole batch at once strides through memory (a GPU batch of 65,536 rows in 0.59
+    of the time, ``benchmarks/dlrm_collate.py``; the harness's host work is what holds dlrm back on
+    a GPU, BENCHMARKS.md)."""
     if not samples:
         raise HarnessError("dlrm: collate needs at least one sample")
     for s in samples:
