@@ -14,7 +14,7 @@
 set -uo pipefail
 RES=/tmp/res
 STAGES=(rnnt ssd bert unet dlrm tests fp8)
-EXTRA=(bertoff dlrm-spy dlrm-server tests-dlrm fp8short)  # by name only
+EXTRA=(bertoff dlrm-spy dlrm-w4 dlrm-server tests-dlrm fp8short)  # by name only
 M="python3 benchmarks/models.py --samples 16 --seconds 10"
 
 run_stage() {  # name -> limit (s) and command
@@ -29,6 +29,7 @@ run_stage() {  # name -> limit (s) and command
         # dlrm's Offline again, its host side sampled by py-spy (collapsed stacks, a count each)
         dlrm-spy) echo 400 "/tmp/site/bin/py-spy record --threads --idle -r 50 -f raw -o $RES/dlrm-spy/pyspy.txt -- \
 $M --samples 512 --benchmarks dlrm" ;;
+        dlrm-w4) echo 400 "$M --samples 512 --no-profile --workers dlrm=4 --benchmarks dlrm" ;;  # 4 instances on 16 cores
         tests-dlrm) echo 150 "python3 -m pytest -q --confcutdir=tests/harness tests/harness/test_torch_external.py tests/harness/test_harness_gpu.py::test_fused_fp8_gemm_equals_cublas_and_the_epilogue" ;;
         # resnet50 fp8 with E4M3 residuals and the swept tiles: the gate, plain loops (fp16 beside), Offline
         fp8short) echo 300 "python3 benchmarks/gpu_fp8.py --variants all-triton-r8 --seconds 12 --no-server --no-profile --budget 220" ;;
