@@ -16,6 +16,7 @@ import pytest
 from mlperf_harness.benchmarks.dlrm import criteo, model, synthetic
 from mlperf_harness.benchmarks.dlrm.batching import collate
 from mlperf_harness.errors import HarnessError
+from mlperf_harness.samples import Packed, SampleList
 from onnx import numpy_helper
 
 
@@ -192,6 +193,26 @@ def test_collate_concatenates_rows_and_transposes_ids() -> None:
     assert np.array_equal(got["dense_x"], np.concatenate([s["dense_x"] for s in samples]))
     assert got["indices"].dtype == np.int64 and np.array_equal(got["indices"], ids.T)
     assert got["offsets"].shape == (26, 11) and (got["offsets"] == np.arange(11)).all()
+    assert got["offsets"].strides[0] == 0  # one row, viewed 26 times: no bytes written per batch
     bad = {"dense_x": np.zeros((2, 13), np.float32), "indices": np.zeros((2, 25), np.int32)}
     with pytest.raises(HarnessError, match=r"ids \(2, 25\).*\(rows, 26\)"):
         collate([samples[0], bad])
+
+
+def test_collate_of_packed_samples_equals_collate_of_their_arrays() -> None:
+    """The SUT's samples (views of the loaded set's packed rows, with the worker's scratch) give
+    the batch a list of the same arrays gives, across blocks of the transpose and batch after
+    batch in the same buffers."""
+    rng = np.random.default_rng(2)
+    loaded = [
+        {"dense_x": rng.random((n, 13), dtype=np.float32), "indices": rng.integers(0, 1 << 30, (n, 26), dtype=np.int32)}
+        for n in rng.integers(1, 3000, 12).tolist()
+    ]
+    packed = {k: Packed.of([s[k] for s in loaded]) for k in loaded[0]}
+    scratch: dict[str, np.ndarray] = {}
+    for at in (np.array([3, 0, 3, 11, 7]), np.array([5]), np.arange(12)[::-1]):
+        views = [{k: p.sample(int(i)) for k, p in packed.items()} for i in at]
+        got = {k: v.copy() for k, v in collate(SampleList(views, packed, at, scratch)).items()}
+        want = collate([loaded[i] for i in at])
+        assert sum(len(loaded[i]["dense_x"]) for i in at) > 4096 or len(at) == 1
+        assert all(np.array_equal(got[k], want[k]) for k in want)

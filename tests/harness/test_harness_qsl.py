@@ -10,7 +10,7 @@ import pytest
 from mlperf_harness.backends.base import TensorSpec
 from mlperf_harness.errors import HarnessError
 from mlperf_harness.loadgen.qsl import SampleLibrary
-from mlperf_harness.samples import MANIFEST, SampleStore, write_samples
+from mlperf_harness.samples import MANIFEST, SampleList, SampleStore, write_samples
 
 FIXED = TensorSpec("x", (3,), "float32")
 ROWS = TensorSpec("rows", (None, 2), "int32")  # a sample of several rows (dlrm's shape)
@@ -112,11 +112,33 @@ def test_load_exactly_the_requested_samples(tmp_path: Path) -> None:
     assert np.array_equal(got["x"], store.fixed["x"][[5, 7, 5]])
     samples = lib.samples(np.array([7, 0]))
     assert samples[0]["vol"].shape == (1, 8, 15) and np.array_equal(samples[1]["rows"], [[0, 0]])
+    # rows (varying only in the first dimension) are packed in one array, vol (in two) are not
+    assert set(lib.packed) == {"rows"} and np.shares_memory(samples[0]["rows"], lib.packed["rows"].data)
     assert list(lib.costs(np.array([7, 2, 5]))) == [4, 3, 2]
     with pytest.raises(RuntimeError, match="sample 3 was issued but not loaded"):
         lib.gather(np.array([3]), bufs)
     lib.unload([7, 2, 5, 0])
-    assert lib.ram == {} and lib.ragged == []
+    assert lib.ram == {} and lib.ragged == [] and lib.packed == {}
+
+
+def test_a_batch_of_packed_samples_is_one_take_into_reused_buffers(tmp_path: Path) -> None:
+    """``SampleList.rows`` of the QSL's samples gives what concatenating them gives, in any order
+    and with repeats; ``buffer`` hands back the caller's scratch array (grown when too small), and
+    a new array without scratch."""
+    store = _store(tmp_path)
+    lib = SampleLibrary(store, performance_sample_count=6, cost_tensor="rows")
+    lib.load([7, 2, 5, 0, 9, 4])
+    scratch: dict[str, np.ndarray] = {}
+    for query in ([9, 2, 9, 0], [4], [5, 7, 2, 0, 9, 4]):
+        batch = lib.samples(np.array(query), scratch)
+        want = np.concatenate([store.sample(i)["rows"] for i in query])
+        out = batch.buffer("rows", want.shape, want.dtype)
+        got = batch.rows("rows", out=out)
+        assert np.array_equal(got, want) and np.shares_memory(got, scratch["rows"])
+        assert np.array_equal(SampleList(list(batch)).rows("rows"), want)  # a plain list: concatenated
+    first = scratch["rows"]
+    assert np.shares_memory(lib.samples(np.array([0]), scratch).buffer("rows", (1, 2), np.int32), first)
+    assert not np.shares_memory(SampleList([]).buffer("rows", (1, 2), np.int32), first)
 
 
 def test_performance_count_is_capped_by_the_dataset(tmp_path: Path) -> None:

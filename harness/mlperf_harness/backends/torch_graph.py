@@ -345,7 +345,10 @@ class TorchGraphBackend(ModelBackend):
     def _upload(self, spec: TensorSpec, batch: np.ndarray, into: Any = None) -> Any:
         """One input on the device (via a pinned buffer, copied on this stream), float ones in the
         run's dtype; into ``into`` (a graph's static input, rows past the batch zeroed) if given."""
-        x = torch.from_numpy(np.ascontiguousarray(batch))
+        try:  # a view where torch can take one: dlrm's offsets are one row repeated (a stride of 0)
+            x = torch.from_numpy(batch)
+        except (ValueError, TypeError):  # negative strides, or not an ndarray
+            x = torch.from_numpy(np.ascontiguousarray(batch))
         dtype = self._dtype if x.is_floating_point() else x.dtype
         if not self.on_gpu:
             return x.to(dtype)

@@ -141,7 +141,8 @@ class Benchmark(ABC):
 
     def collate(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Samples (ragged tensors included) -> the model's batch. Fixed-shape benchmarks never
-        get here: the SUT gathers their tensors straight into buffers."""
+        get here: the SUT gathers their tensors straight into buffers. The SUT's samples are a
+        ``SampleList``, whose ``rows`` and ``buffer`` build a batch in a few numpy calls."""
         names = samples[0].keys()
         return {name: np.stack([s[name] for s in samples]) for name in names}
 

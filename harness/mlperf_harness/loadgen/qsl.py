@@ -1,8 +1,9 @@
 """The query sample library: a sample store on disk, and a RAM copy of exactly the samples
 LoadGen asks to load (the performance sample set). Fixed-shape tensors are copied into one array
 per tensor (a batch is then a slice of it, or one ``np.take`` per tensor into a preallocated
-buffer); ragged ones
-are kept as one array per sample. Backends that keep samples in device memory subscribe to
+buffer); ragged ones whose samples differ only in their first dimension are packed one array
+per tensor as well (``Packed``: a batch's rows are one ``np.take``), any other as one array per
+sample. Backends that keep samples in device memory subscribe to
 ``on_load`` and get each loaded set of fixed-shape tensors once, to copy it over."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..backends.base import Tensors
-from ..samples import SampleStore
+from ..samples import Packed, SampleList, SampleStore
 
 
 class SampleLibrary:
@@ -33,7 +34,8 @@ class SampleLibrary:
         # qsl index -> row of the loaded set; -1 when not loaded.
         self.row = np.full(self.total, -1, dtype=np.int64)
         self.ram: dict[str, np.ndarray] = {}
-        self.ragged: list[dict[str, np.ndarray]] = []  # per loaded row: its ragged tensors
+        self.packed: dict[str, Packed] = {}  # ragged tensors of the loaded set, one array each
+        self.ragged: list[dict[str, np.ndarray]] = []  # per loaded row: its ragged tensors (views of packed ones)
         self.loads = 0
         self.on_load: list[Callable[[Tensors], None]] = []
 
@@ -47,8 +49,12 @@ class SampleLibrary:
             ram[name] = rows
         if self.store.ragged:
             fixed = set(ram)
+            read = [{k: v for k, v in self.store.sample(int(i)).items() if k not in fixed} for i in idx]
+            packs = {name: Packed.of([r[name] for r in read]) for name in read[0]}
+            self.packed = {name: p for name, p in packs.items() if p is not None}
             self.ragged = [
-                {k: np.array(v) for k, v in self.store.sample(int(i)).items() if k not in fixed} for i in idx
+                {k: self.packed[k].sample(row) if k in self.packed else np.array(v) for k, v in r.items()}
+                for row, r in enumerate(read)
             ]
         self.ram = ram
         self.row[:] = -1
@@ -62,6 +68,7 @@ class SampleLibrary:
         if not (self.row >= 0).any():
             self.ram = {}
             self.ragged = []
+            self.packed = {}
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """Rows of the loaded set that hold the samples of ``indices``."""
@@ -104,10 +111,12 @@ class SampleLibrary:
             np.take(ram, rows, axis=0, out=out[name][:n], mode="clip")
         return {name: buf[:n] for name, buf in out.items()}
 
-    def samples(self, indices: np.ndarray) -> list[dict[str, np.ndarray]]:
-        """Every tensor of each sample of ``indices`` (loaded copies), for ragged batching."""
+    def samples(self, indices: np.ndarray, scratch: dict[str, np.ndarray] | None = None) -> SampleList:
+        """Every tensor of each sample of ``indices`` (loaded copies), for ragged batching, with
+        the packed tensors they come from and the caller's ``scratch`` (``SampleList``)."""
         rows = self.rows(indices)
-        return [{**{k: v[r] for k, v in self.ram.items()}, **(self.ragged[r] if self.ragged else {})} for r in rows]
+        samples = [{**{k: v[r] for k, v in self.ram.items()}, **(self.ragged[r] if self.ragged else {})} for r in rows]
+        return SampleList(samples, self.packed, rows, scratch)
 
     def costs(self, indices: np.ndarray) -> np.ndarray | None:
         return None if self.cost is None else self.cost[indices]
