@@ -122,7 +122,7 @@ def test_a_query_is_batched_in_order_of_the_benchmarks_length(monkeypatch: pytes
 
     qsl = SimpleNamespace(
         length=lengths, cost=None, costs=lambda idx: None, store=SimpleNamespace(ragged=True),
-        samples=lambda idx: [{"length": lengths[i]} for i in idx],
+        samples=lambda idx, scratch=None: [{"length": lengths[i]} for i in idx],
     )  # fmt: skip
     backend = SimpleNamespace(consumes_input=True, resident=False)  # infer above is the model
     sut = sut_module.HarnessSUT([{"model": backend}], qsl, ByLength(), batch_size=3)  # type: ignore[arg-type, list-item]
