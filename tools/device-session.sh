@@ -33,7 +33,7 @@ $M --samples 512 --benchmarks dlrm" ;;
         tests-dlrm) echo 150 "python3 -m pytest -q --confcutdir=tests/harness tests/harness/test_torch_external.py tests/harness/test_harness_gpu.py::test_fused_fp8_gemm_equals_cublas_and_the_epilogue" ;;
         # resnet50 fp8 with E4M3 residuals and the swept tiles: the gate, plain loops (fp16 beside), Offline
         fp8short) echo 300 "python3 benchmarks/gpu_fp8.py --variants all-triton-r8 --seconds 12 --no-server --no-profile --budget 220" ;;
-        # dlrm's Server at the harness config's H200 batch (at 65,536 rows a batch waits past the 30 ms bound to fill)
+        # dlrm's Server at 16,384 rows: no VALID target on an H100 before the SUT's switch interval (BENCHMARKS.md)
         dlrm-server) echo 400 "$M --samples 512 --server-only --max-probes 5 --server-batch dlrm=16384 --benchmarks dlrm" ;;
         tests) echo 300 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_harness_gpu.py tests/harness/test_torch_graph.py tests/harness/test_torch_external.py" ;;
         fp8) echo 580 "python3 benchmarks/gpu_fp8.py --gemms wide --variants all-triton all-triton-r8 --seconds 12 --budget 480" ;;
