@@ -4,6 +4,7 @@ them, and a slow instance holding up nobody."""
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -125,9 +126,12 @@ def test_a_query_is_batched_in_order_of_the_benchmarks_length(monkeypatch: pytes
         samples=lambda idx, scratch=None: [{"length": lengths[i]} for i in idx],
     )  # fmt: skip
     backend = SimpleNamespace(consumes_input=True, resident=False)  # infer above is the model
+    before = sys.getswitchinterval()
     sut = sut_module.HarnessSUT([{"model": backend}], qsl, ByLength(), batch_size=3)  # type: ignore[arg-type, list-item]
+    assert sys.getswitchinterval() == min(before, sut_module.SWITCH_INTERVAL_S)  # while its threads run
     sut.issue([100 + i for i in range(len(lengths))], list(range(len(lengths))))
     sut.stop()
+    assert sys.getswitchinterval() == before
     assert not sut.errors
     assert [got for _, got in answered] == [[0, 10, 20], [30, 40, 50], [60]]
     assert all(lengths[i - 100] == n for ids, got in answered for i, n in zip(ids, got, strict=True))
