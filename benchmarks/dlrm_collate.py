@@ -5,7 +5,7 @@ of its plain loop (BENCHMARKS.md).
 
 Times ``batching.collate`` of ``--users`` synthetic users (100 to 429 rows each: a batch of about
 65,000 rows) taken from a loaded set of 512 (the QSL's packed rows, ``SampleList``), against the
-collate before 2026-12-05 16:00 UTC (each sample's ids transposed into the batch, one numpy call per
+collate before 926efd2 (each sample's ids transposed into the batch, one numpy call per
 sample: written out here as the baseline), checks they give the same arrays, and times both
 again while another thread runs Python (as the SUT's other workers and LoadGen do), at Python's
 default GIL switch interval (5 ms) and at the SUT's (``sut.SWITCH_INTERVAL_S``).

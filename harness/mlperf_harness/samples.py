@@ -259,9 +259,9 @@ class SampleList(list[dict[str, np.ndarray]]):
     - ``buffer(key, shape, dtype)``: an array for the batch, from ``scratch`` where the caller
       gives one (a SUT worker's own, which its previous batch is done with), else a new one.
 
-    Both matter in the SUT: each numpy call on a piece of a sample lets go of the GIL and waits to
-    get it back from the other workers' threads, and a fresh array of tens of MB a batch is
-    page-faulted in again (dlrm on a GPU: its collate was half its workers' time, 2026-12-05)."""
+    In the SUT each numpy call on a piece of a sample lets go of the GIL and waits to get it back
+    from the other threads (dlrm on a GPU: its collate was half its workers' time, 2026-12-05;
+    ``benchmarks/dlrm_collate.py``); the scratch spares a worker tens of MB of new arrays a batch."""
 
     def __init__(
         self,
@@ -274,6 +274,11 @@ class SampleList(list[dict[str, np.ndarray]]):
         self.packed = packed or {}
         self.at = at
         self.scratch = scratch
+
+    @classmethod
+    def of(cls, samples: Sequence[dict[str, np.ndarray]]) -> SampleList:
+        """``samples`` as a SampleList: itself where it is one (the SUT's), else a plain one."""
+        return samples if isinstance(samples, SampleList) else cls(samples)
 
     def rows(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
         """Tensor ``name`` of every sample, concatenated along the first axis (into ``out``)."""

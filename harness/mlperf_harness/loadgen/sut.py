@@ -42,9 +42,9 @@ _STOP = None
 _NOTHING = np.empty(0, dtype=np.uint8)  # the response of a sample whose batch failed
 # The GIL's switch interval while the SUT runs (Python's default: 5 ms). A worker's numpy call
 # lets go of the GIL and then waits for it while another thread runs Python, up to the interval:
-# with one thread running Python beside it, dlrm's collate of a 65,536-row batch took 654 ms at
-# 5 ms, 138 at 1 ms, 37 at 0.2 (125, 32 and 13 with its packed rows), against 2.6 alone (here,
-# 2026-12-05). The workers, LoadGen's thread and the backends' Python all share the one GIL.
+# with one thread running Python beside it, dlrm's collate of a 67,356-row batch took 125 ms at
+# 5 ms and 21 at 0.5, against 3.2 alone (benchmarks/dlrm_collate.py, BENCHMARKS.md, 2026-12-05).
+# The workers, LoadGen's thread and the backends' Python all share the one GIL.
 SWITCH_INTERVAL_S = 0.0005
 
 
