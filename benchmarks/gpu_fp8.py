@@ -49,21 +49,24 @@ from mlperf_harness.benchmarks.resnet50 import INPUT
 
 TENSORRT_H200 = 96_029.0  # best published resnet50 Offline per H200 (v4.1, 8x H200 closed, INT8)
 # variant -> (MLPERF_TORCH_FP8_CONVS, MLPERF_TORCH_FP8_EMIT, MLPERF_TORCH_FP8_FAST_ACCUM, torch.compile of
-# the whole model at the full batch, MLPERF_TORCH_FP8_GEMM, MLPERF_TORCH_FP8_RESIDUAL). The compiled
-# ones take minutes to compile: not in the default run.
+# the whole model at the full batch, MLPERF_TORCH_FP8_GEMM, MLPERF_TORCH_FP8_RESIDUAL,
+# MLPERF_TORCH_FP8_KERNEL). The compiled ones take minutes to compile: not in the default run.
 VARIANTS = {
-    "1x1": ("1x1", "1", "1", "off", "cublas", "fp16"),
-    "1x1-noemit": ("1x1", "0", "1", "off", "cublas", "fp16"),
-    "all": ("all", "1", "1", "off", "cublas", "fp16"),
-    "1x1-exactacc": ("1x1", "1", "0", "off", "cublas", "fp16"),  # the tensor cores' accumulation promoted to fp32
-    "1x1-compile": ("1x1", "1", "1", "default", "cublas", "fp16"),
+    "1x1": ("1x1", "1", "1", "off", "cublas", "fp16", "none"),
+    "1x1-noemit": ("1x1", "0", "1", "off", "cublas", "fp16", "none"),
+    "all": ("all", "1", "1", "off", "cublas", "fp16", "none"),
+    "1x1-exactacc": ("1x1", "1", "0", "off", "cublas", "fp16", "none"),  # the tensor cores' sums promoted to fp32
+    "1x1-compile": ("1x1", "1", "1", "default", "cublas", "fp16", "none"),
     # inductor may then pick Triton GEMM templates with the epilogue (add, ReLU, quantise) fused in
-    "1x1-autotune": ("1x1", "1", "1", "max-autotune", "cublas", "fp16"),
+    "1x1-autotune": ("1x1", "1", "1", "max-autotune", "cublas", "fp16", "none"),
     # fp8_gemm: the GEMM and its epilogue as one Triton kernel
-    "1x1-triton": ("1x1", "1", "1", "off", "triton", "fp16"),
-    "all-triton": ("all", "1", "1", "off", "triton", "fp16"),
+    "1x1-triton": ("1x1", "1", "1", "off", "triton", "fp16", "none"),
+    "all-triton": ("all", "1", "1", "off", "triton", "fp16", "none"),
     # and the residuals read as E4M3: a block output written once, in E4M3 (half the bytes of a batch)
-    "all-triton-r8": ("all", "1", "1", "off", "triton", "fp8"),
+    "all-triton-r8": ("all", "1", "1", "off", "triton", "fp8", "none"),
+    # and the residual's tile read before the products; and the 1x1 stride-1 ones through TMA
+    "all-triton-r8-z": ("all", "1", "1", "off", "triton", "fp8", "zearly"),
+    "all-triton-r8-tma": ("all", "1", "1", "off", "triton", "fp8", "tma,zearly"),
 }
 DEFAULT_VARIANTS = ["1x1", "all-triton", "all-triton-r8"]
 # ResNet-50's (v1.5: strides in the 3x3 convolutions and the projections) FP8-eligible convolutions,
@@ -75,9 +78,14 @@ CONVS = [(56, 64, 64, 1, 1), (56, 256, 64, 1, 1), (56, 64, 256, 1, 1), (56, 128,
          (7, 2048, 512, 1, 1), (7, 2048, 1024, 1, 2), (7, 512, 2048, 1, 1),
          (56, 64, 64, 3, 1), (28, 128, 128, 3, 2), (28, 128, 128, 3, 1), (14, 256, 256, 3, 2),
          (14, 256, 256, 3, 1), (7, 512, 512, 3, 2), (7, 512, 512, 3, 1)]  # fmt: skip
-TILES = ["128,256,128,8,3", "128,128,128,8,4", "128,128,64,4,4"]
-# A wider search (--gemms with these): larger row tiles for the narrow memory-bound shapes, 4 warps.
-MORE_TILES = [*TILES, "256,128,64,8,3", "256,64,64,8,4", "128,64,128,4,4", "128,128,128,4,3"]
+# --gemms settings: TILES (fp8_gemm.tiles' choice: "default", or BM,BN,BK,warps,stages) and
+# MLPERF_TORCH_FP8_KERNEL options after "+"; "cublas": cuBLASLt and the inductor epilogue.
+TILES = ["default", "default+zearly", "default+tma+zearly"]
+# A wider search (--gemms wide): TMA tiles for the 1x1 stride-1 shapes (the others skip TMA settings).
+MORE_TILES = [
+    *TILES, "128,256,64,8,3+tma+zearly", "256,128,64,8,3+tma+zearly", "128,256,128,8,3+tma+zearly",
+    "128,128,128,4,3+tma+zearly", "128,128,64,4,2+tma+zearly",
+]  # fmt: skip
 ACCURACY_COMMAND = (
     "with the real resnet50_v1.onnx and ImageNet (val_map.txt and cal_image_list_option_1.txt beside "
     "the images): mlperf run with precision fp8, backend pytorch, testModes [AccuracyOnly]; target 99 % "
@@ -110,8 +118,9 @@ def stage(name: str, budget: float, fn: Callable[[], Any]) -> Any:
 
 def set_variant(name: str) -> str:
     """Set the variant's environment; returns its torch.compile mode."""
-    convs, emit, fast, compile_mode, gemm, residual = VARIANTS[name]
+    convs, emit, fast, compile_mode, gemm, residual, kernel = VARIANTS[name]
     os.environ["MLPERF_TORCH_FP8_CONVS"] = convs
+    os.environ["MLPERF_TORCH_FP8_KERNEL"] = kernel
     os.environ["MLPERF_TORCH_FP8_RESIDUAL"] = residual
     os.environ["MLPERF_TORCH_FP8_EMIT"] = emit
     os.environ["MLPERF_TORCH_FP8_FAST_ACCUM"] = fast
@@ -119,15 +128,15 @@ def set_variant(name: str) -> str:
     return compile_mode
 
 
-def gemms(batch: int, tiles: list[str], cpu: bool = False) -> None:
-    """Each FP8-eligible convolution shape of ResNet-50 at ``batch`` as the model runs it (an
-    ``Fp8Conv``: E4M3 input, ReLU, the next layer's E4M3 copy; where N > C, as conv3 and the
-    projections, the fp16 residual added and the fp16 output kept for the next block's), timed
-    with CUDA events: cuBLASLt's GEMM (over im2col patches for 3x3) and the inductor epilogue
-    against fp8_gemm's one kernel with each tile setting; then, for the residual shapes, the best
-    tile with the residual E4M3 and only the E4M3 output (``r8``: MLPERF_TORCH_FP8_RESIDUAL=fp8).
-    Prints microseconds per call and the best setting. With ``cpu`` (the dry run): two shapes,
-    emulated and interpreted, wall-clock timed."""
+def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
+    """Each FP8-eligible convolution shape of ResNet-50 at ``batch`` as the all-triton-r8 model
+    runs it (an ``Fp8Conv``: E4M3 input, ReLU, the next layer's E4M3 copy; where N > C, as conv3
+    and the projections, the E4M3 residual added and only the E4M3 output written), timed with
+    CUDA events, for each setting (``TILES``): fp8_gemm's kernel with a tile and kernel options,
+    or cuBLASLt's GEMM (over im2col patches for 3x3) and the inductor epilogue. TMA settings run
+    on the 1x1 stride-1 shapes only (the others read through pointers either way). Prints
+    microseconds per call, the best setting and the bytes a microsecond it moved. With ``cpu``
+    (the dry run): two shapes, emulated and interpreted, wall-clock timed."""
     import torch
     from mlperf_harness.backends import torch_fp8
 
@@ -147,24 +156,26 @@ def gemms(batch: int, tiles: list[str], cpu: bool = False) -> None:
         end.synchronize()
         return start.elapsed_time(end) * 1000 / reps
 
-    def one(conv: Any, x: Any, z: Any, add: bool, gemm: str, tile: str | None, r8: bool, shape: str) -> float:
+    def one(conv: Any, x: Any, z: Any, add: bool, setting: str, shape: str) -> float:
         """Microseconds a call of one setting (NaN where the compiler refuses it: shown, the sweep goes on)."""
-        os.environ["MLPERF_TORCH_FP8_GEMM"] = gemm
+        tile, *options = setting.split("+")
+        os.environ["MLPERF_TORCH_FP8_GEMM"] = "cublas" if tile == "cublas" else "triton"
+        os.environ["MLPERF_TORCH_FP8_KERNEL"] = ",".join(options) or "none"
         os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
-        if tile:
+        if tile not in ("default", "cublas"):
             os.environ["MLPERF_TORCH_FP8_TILES"] = tile
         mod = torch_fp8.Fp8Conv(conv, 1.0, True, add, torch.float16, compiled=not cpu)
-        mod.set_emit(1.0, keep=add and not r8)
-        if r8:
+        mod.set_emit(1.0, keep=False)
+        if add:
             mod.set_residual(1.0)
         try:
             with torch.inference_mode():
-                call = functools.partial(mod, x, (torch_fp8.quantize(z, 1.0) if r8 else z) if add else None)
+                call = functools.partial(mod, x, z if add else None)
                 for _ in range(1 if cpu else 3):
                     call()
                 return micros(call, 1 if cpu else 10)
         except Exception as exc:
-            print(f"  {shape} {tile or gemm}: {type(exc).__name__}: {str(exc)[:160]}")
+            print(f"  {shape} {setting}: {type(exc).__name__}: {str(exc)[:160]}")
             return float("nan")
 
     rows = []
@@ -172,22 +183,21 @@ def gemms(batch: int, tiles: list[str], cpu: bool = False) -> None:
         conv = torch.nn.Conv2d(c, n, kernel, stride, kernel // 2, bias=True).to(dev).eval()
         x = torch_fp8.quantize(torch.randn(batch, side * stride, side * stride, c, device=dev), 1.0)
         x = x.permute(0, 3, 1, 2)  # NCHW in channels-last memory, as the model's activations
-        z = torch.randn(batch, side, side, n, device=dev).to(torch.float16).permute(0, 3, 1, 2)
+        z = torch_fp8.quantize(torch.randn(batch, side, side, n, device=dev), 1.0).permute(0, 3, 1, 2)
         add = c < n
         shape = f"{side}x{side} {c}->{n} {kernel}x{kernel}"
-        times = {"cublas": one(conv, x, z, add, "cublas", None, False, shape)}
-        for tile in tiles:
-            times[tile] = one(conv, x, z, add, "triton", tile, False, shape)
-        fused = {t: v for t, v in times.items() if t != "cublas" and v == v}
-        best = min(fused, key=lambda t: fused[t]) if fused else "-"
-        if add and fused:
-            times["r8"] = one(conv, x, z, add, "triton", best, True, shape)
-        os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
+        flat = (kernel, stride) == (1, 1)
+        times = {t: one(conv, x, z, add, t, shape) for t in settings if flat or "tma" not in t.split("+")}
+        ok = {t: v for t, v in times.items() if v == v}
+        best = min(ok, key=lambda t: ok[t]) if ok else "-"
+        moved = batch * side * side * ((stride * stride * c) + n * (2 if add else 1))  # E4M3 bytes in and out
         rows.append((side, n, c, kernel, stride, times, best))
         say(
             f"fp8 conv {kernel}x{kernel}/{stride} {side * stride}->{side} {c}->{n}{' +residual' if add else ''}",
-            " ".join(f"{t} {v:.0f} us" for t, v in times.items()) + f"; best fused {best}",
+            " ".join(f"{t} {v:.0f} us" for t, v in times.items())
+            + (f"; best {best}, {moved / ok[best] / 1e6:.2f} TB/s" if ok else ""),
         )
+    os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
     figures["convs"] = [
         {"side": o, "N": n, "C": c, "kernel": k, "stride": st, "us": t, "best": b} for o, n, c, k, st, t, b in rows
     ]
@@ -215,7 +225,12 @@ def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.nda
     want = {k: outputs(ref, x, batch) for k, x in sets.items()}
     release(ref)
     # One variant per (GEMM kind, residual): the convolutions' mode changes which layers, not their rounding.
-    kinds = {f"fp8 {VARIANTS[v][4]}" + (", E4M3 residuals" if VARIANTS[v][5] == "fp8" else ""): v for v in variants}
+    kinds = {
+        f"fp8 {VARIANTS[v][4]}"
+        + (", E4M3 residuals" if VARIANTS[v][5] == "fp8" else "")
+        + (f", {VARIANTS[v][6]}" if VARIANTS[v][6] != "none" else ""): v
+        for v in variants
+    }
     legs = [("fp16", "1x1"), *sorted(kinds.items())]
     for label, variant in legs:
         precision = label.split()[0]
@@ -279,9 +294,9 @@ def main() -> None:
     ap.add_argument("--no-server", action="store_true", help="skip the tuner's Server search in fp8")
     ap.add_argument("--probe-seconds", type=float, default=5.0, help="the tuner's Server probes")
     ap.add_argument(
-        "--gemms", nargs="*", metavar="TILES", help="first time each FP8 convolution shape: cuBLASLt against fp8_gemm "
-        f"with these tile settings (BM,BN,BK,warps,stages; none given: {' '.join(TILES)}; "
-        f"wide: {' '.join(MORE_TILES)})",
+        "--gemms", nargs="*", metavar="SETTING", help="first time each FP8 convolution shape with these settings "
+        f"(BM,BN,BK,warps,stages or default, + MLPERF_TORCH_FP8_KERNEL options, or cublas; none given: "
+        f"{' '.join(TILES)}; wide: {' '.join(MORE_TILES)})",
     )  # fmt: skip
     ap.add_argument("--cpu", action="store_true", help="dry run on the CPU (emulated FP8 GEMMs)")
     ap.add_argument("--tiny", action="store_true", help="batch 4, 16 samples, 2 s: checks every stage runs")

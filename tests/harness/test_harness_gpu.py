@@ -160,14 +160,19 @@ def test_two_instances_on_one_gpu_answer_as_onnxruntime(workspace: Any) -> None:
     [(3136 * 8, 64, 64, False), (784 * 8 + 5, 512, 128, False), (49 * 8, 2048, 512, False), (100, 1024, 2048, False),
      (3136 * 8 + 3, 256, 64, True)],
 )  # fmt: skip
-def test_fused_fp8_gemm_equals_cublas_and_the_epilogue(m: int, n: int, k: int, z_fp8: bool) -> None:
+@pytest.mark.parametrize("options", ["none", "tma,zearly"])
+def test_fused_fp8_gemm_equals_cublas_and_the_epilogue(
+    monkeypatch: pytest.MonkeyPatch, options: str, m: int, n: int, k: int, z_fp8: bool
+) -> None:
     """fp8_gemm's one Triton kernel against torch._scaled_mm (through ``scaled_mm``'s plan) and
     the epilogue in fp32, on ResNet-50's GEMM shapes (batch 8) and ragged ones, the residual in fp16
     or E4M3 with its scale (``z_fp8``, MLPERF_TORCH_FP8_RESIDUAL=fp8): the fp16 output
     within fp16 rounding of the fp32 epilogue, the E4M3 copy equal to torch's rounding of it but
     where the two products round apart (different summation order and accumulation precision):
-    at most 1 element in 100, each within one E4M3 step."""
+    at most 1 element in 100, each within one E4M3 step. Read through pointers, or through TMA
+    descriptors with the residual read early (MLPERF_TORCH_FP8_KERNEL)."""
     _cuda()
+    monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", options)
     import torch
     from mlperf_harness.backends import fp8_gemm, torch_fp8
 
@@ -202,14 +207,21 @@ def test_fused_fp8_gemm_equals_cublas_and_the_epilogue(m: int, n: int, k: int, z
     assert ((got - ref).abs() <= ref.abs() * 2.0**-2 + 2.0**-8 + slack)[off].all()
 
 
-@pytest.mark.parametrize("side,c,n,kernel,stride", [(56, 64, 64, 3, 1), (56, 128, 128, 3, 2), (14, 256, 1024, 1, 1)])
+@pytest.mark.parametrize(
+    "side,c,n,kernel,stride,options",
+    [(56, 64, 64, 3, 1, "none"), (56, 128, 128, 3, 2, "none"), (14, 256, 1024, 1, 1, "none"),
+     (14, 256, 1024, 1, 1, "tma"), (56, 64, 256, 1, 1, "tma")],
+)  # fmt: skip
 def test_fused_fp8_conv_is_the_conv_of_its_quantised_tensors(
-    side: int, c: int, n: int, kernel: int, stride: int
+    monkeypatch: pytest.MonkeyPatch, side: int, c: int, n: int, kernel: int, stride: int, options: str
 ) -> None:
-    """fp8_gemm's implicit-GEMM convolution on the GPU (ResNet-50's 3x3 shapes, strided, and a 1x1)
-    against torch's fp32 convolution of the same E4M3 values: within fp16 rounding of the output
-    (the products are exact in fp32; only the summation order differs), padding included."""
+    """fp8_gemm's implicit-GEMM convolution on the GPU (ResNet-50's 3x3 shapes, strided, and 1x1
+    ones, through pointers or TMA) against torch's fp32 convolution of the same E4M3 values: within
+    fp16 rounding of the output (the products are exact in fp32; only the summation order
+    differs), padding included. Then the input in fp16 with ``x_inv``: the kernel's own rounding
+    to E4M3 (the hardware's) gives the output of torch's E4M3 copy, to the bit."""
     _cuda()
+    monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", options)
     import torch
     from mlperf_harness.backends import fp8_gemm, torch_fp8
 
@@ -232,6 +244,12 @@ def test_fused_fp8_conv_is_the_conv_of_its_quantised_tensors(
     )
     want = want.permute(0, 2, 3, 1).reshape(-1, n)
     assert torch.allclose(y.float(), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
+    x16 = (torch.randn(8, side * stride, side * stride, c, generator=gen) * 3).to(dev, torch.float16)
+    inv = torch.tensor([0.7], device=dev)
+    shape = {"kernel": (kernel, kernel), "stride": (stride, stride), "padding": (kernel // 2, kernel // 2)}
+    fused, _ = fp8_gemm.conv(x16, w.reshape(n, -1), scale, x_inv=inv, out_dtype=torch.float16, **shape)
+    copied, _ = fp8_gemm.conv(torch_fp8.quantize(x16, inv), w.reshape(n, -1), scale, out_dtype=torch.float16, **shape)
+    assert torch.equal(fused, copied)
 
 
 @pytest.mark.parametrize("gemm,residual", [("cublas", "fp16"), ("triton", "fp16"), ("triton", "fp8")])

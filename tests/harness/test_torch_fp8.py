@@ -137,13 +137,26 @@ def _interpreter_carry_only(got: Any, want: Any) -> None:
      (64, 128, 80, True, True, False, False, True), (40, 16, 16, False, False, False, True, False),
      (96, 64, 64, False, "fp8", True, True, True)],
 )  # fmt: skip
+@pytest.mark.parametrize("options", ["none", "tma,zearly"])
 def test_fused_gemm_is_the_gemm_and_its_epilogue(
-    m: int, n: int, k: int, bias: bool, add: bool | str, relu: bool, keep: bool, emit: bool
+    monkeypatch: pytest.MonkeyPatch,
+    options: str,
+    m: int,
+    n: int,
+    k: int,
+    bias: bool,
+    add: bool | str,
+    relu: bool,
+    keep: bool,
+    emit: bool,
 ) -> None:
     """fp8_gemm's one kernel (run by Triton's interpreter here) against the emulated
     ``_scaled_mm`` and the epilogue in fp32: partial tiles in every dimension, each flag; the
-    residual in fp16, or E4M3 with its scale (``add`` "fp8")."""
+    residual in fp16, or E4M3 with its scale (``add`` "fp8"); read through pointers or through
+    tensor descriptors (TMA, the tile edges their zero fill and clipping), the residual early."""
     from mlperf_harness.backends import fp8_gemm
+
+    monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", options)
 
     gen = torch.Generator().manual_seed(m + n + k)
     a, b = _fp8(torch.randn(m, k, generator=gen) * 3), _fp8(torch.randn(n, k, generator=gen))
@@ -166,6 +179,33 @@ def test_fused_gemm_is_the_gemm_and_its_epilogue(
         assert y.dtype == torch.float16 and torch.allclose(y.float(), want, rtol=1e-3, atol=1e-3)
     if emit:
         _interpreter_carry_only(q, torch_fp8.quantize(want, q_inv))
+
+
+@pytest.mark.parametrize("kernel,stride,options", [(1, 1, "tma"), (1, 1, "none"), (3, 2, "none"), (1, 2, "tma")])
+def test_fused_conv_quantises_its_input_as_it_reads_it(
+    monkeypatch: pytest.MonkeyPatch, kernel: int, stride: int, options: str
+) -> None:
+    """An fp16 input with ``x_inv``: the kernel's own E4M3 copy of it, the same convolution as of
+    torch's copy, to the bit. The values are E4M3's times 2 with ``x_inv`` 1/2, and some far past
+    448 x 2: the quantisation is exact or saturates, so the interpreter's rounding (see
+    ``_interpreter_carry_only``) cannot enter; the GPU test checks the hardware's rounding."""
+    from mlperf_harness.backends import fp8_gemm
+    from mlperf_harness.errors import HarnessError
+
+    monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", options)
+    gen = torch.Generator().manual_seed(kernel + stride)
+    x = _fp8(torch.randn(2, 9, 9, 32, generator=gen) * 40).float() * 2
+    x.view(-1)[::97] = 5000.0
+    x = x.half()
+    w = _fp8(torch.randn(48, kernel * kernel * 32, generator=gen))
+    scale = torch.rand(48, generator=gen) + 0.5
+    shape = {"kernel": (kernel, kernel), "stride": (stride, stride), "padding": (kernel // 2, kernel // 2)}
+    half = torch.tensor([0.5])
+    got, _ = fp8_gemm.conv(x, w, scale, x_inv=half, out_dtype=torch.float32, **shape)
+    want, _ = fp8_gemm.conv(torch_fp8.quantize(x, half), w, scale, out_dtype=torch.float32, **shape)
+    assert torch.equal(got, want)
+    with pytest.raises(HarnessError, match="x_inv"):
+        fp8_gemm.conv(x, w, scale, out_dtype=torch.float32, **shape)
 
 
 def test_tiles_follow_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,6 +240,9 @@ def test_fused_gemm_names_bad_shapes_and_kinds(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", "cutlass")
     with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_GEMM"):
         fp8_gemm.gemm_kind()
+    monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", "tma,wgmma")
+    with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_KERNEL: 'tma,wgmma': wgmma is not one of tma, zearly"):
+        fp8_gemm.kernel_options()
     for tiles, why in (("128,256", "five integers"), ("128,8,128,8,3", "at least 16"), ("128,96,64,4,4", "powers")):
         monkeypatch.setenv("MLPERF_TORCH_FP8_TILES", tiles)
         with pytest.raises(HarnessError, match=why):

@@ -43,24 +43,47 @@ def gemm_kind() -> str:
     return kind
 
 
+OPTIONS = ("tma", "zearly")
+
+
+def kernel_options() -> frozenset[str]:
+    """MLPERF_TORCH_FP8_KERNEL: a comma-separated subset of ``tma`` (1x1 stride-1 convolutions
+    read and written through Hopper's tensor memory accelerator) and ``zearly`` (the residual's
+    tile read before the products); ``none`` or empty: neither."""
+    raw = os.environ.get("MLPERF_TORCH_FP8_KERNEL", "none")
+    chosen = frozenset(v.strip() for v in raw.split(",") if v.strip() and v.strip() != "none")
+    if chosen - set(OPTIONS):
+        raise HarnessError(
+            f"MLPERF_TORCH_FP8_KERNEL: {raw!r}: {', '.join(sorted(chosen - set(OPTIONS)))} is not one of "
+            f"{', '.join(OPTIONS)} (comma-separated), or none"
+        )
+    return chosen
+
+
 def _body(
-    x_ptr, w_ptr, scale_ptr, bias_ptr, z_ptr, z_scale_ptr, y_ptr, q_ptr, q_inv_ptr,
+    x_ptr, w_ptr, scale_ptr, bias_ptr, z_ptr, z_scale_ptr, y_ptr, q_ptr, q_inv_ptr, x_inv_ptr,
+    x_desc, w_desc, z_desc, y_desc, q_desc,
     M, N,
     C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, Z_SCALED: tl.constexpr, RELU: tl.constexpr,
-    WRITE_Y: tl.constexpr, WRITE_Q: tl.constexpr,
+    WRITE_Y: tl.constexpr, WRITE_Q: tl.constexpr, X_QUANT: tl.constexpr, TMA: tl.constexpr, Z_EARLY: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, IMPRECISE: tl.constexpr,
 ):  # fmt: skip
     """Y (M = images x HO x WO, N) = the convolution of X (images, H, W, C), E4M3, contiguous, with
     the weight rows W (N, KH x KW x C, in that order: K-major, as FP8 tensor cores read it). Then
     per column: times scale, plus bias; per element: plus Z (an E4M3 Z times its scale where
     Z_SCALED), ReLU; written to Y and/or, times q_inv
-    saturated to E4M3 (448), to Q. IMPRECISE: the tensor cores' partial sums are promoted to fp32
-    every that many products (0: every one, slower; None: Triton's default, fast on Hopper). The
-    layer's shape is compile-time (a network has few; loops and index arithmetic then fold), the
-    batch is not. Core builtins only: Triton's interpreter cannot call its standard library's jit
-    functions (cdiv, zeros) unless it was switched on before triton was imported."""
+    saturated to E4M3 (448), to Q. X_QUANT: X comes in the model's dtype and is quantised here,
+    times x_inv, as it is read (no E4M3 copy of it written first). TMA (1x1, stride 1: X is the
+    (M, C) matrix): X, W and Z read and Y, Q written by Hopper's tensor memory accelerator through
+    the ``*_desc`` descriptors, the tile edges its zero fill and clipping. Z_EARLY: Z's tile is
+    read before the products, its latency under theirs. IMPRECISE: the tensor cores' partial sums
+    are promoted to fp32 every that many products (0: every one, slower; None: Triton's default,
+    fast on Hopper). The layer's shape is compile-time (a network has few; loops and index
+    arithmetic then fold), the batch is not. Core builtins only: Triton's interpreter cannot call
+    its standard library's jit functions (cdiv, zeros) unless it was switched on before triton
+    was imported."""
     pid = tl.program_id(0)
     grid_m, grid_n = (M + BM - 1) // BM, (N + BN - 1) // BN
     # Tiles in groups of GROUP_M rows of tiles, so that neighbouring programs share X's pixels in L2.
@@ -76,40 +99,59 @@ def _body(
     top, left = (pixel // WO) * SH - PH, (pixel % WO) * SW - PW  # the window's corner in the input
     row_in = rm < M
     col = rn < N
+    at = rm[:, None] * N + rn[None, :]
+    written = row_in[:, None] & col[None, :]
+    if HAS_Z and Z_EARLY:
+        z = z_desc.load([pid_m * BM, pid_n * BN]) if TMA else tl.load(z_ptr + at, mask=written, other=0.0)
+    if X_QUANT:
+        x_inv = tl.load(x_inv_ptr)
     acc = tl.full((BM, BN), 0.0, dtype=tl.float32)
     for step in range(KH * KW * ((C + BK - 1) // BK)):
         tap, c0 = step // ((C + BK - 1) // BK), (step % ((C + BK - 1) // BK)) * BK
-        ih, iw = top + tap // KW, left + tap % KW
-        inside = row_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # outside: the zero padding
-        channel = c0 + rk < C
-        x = tl.load(
-            x_ptr + ((image * H + ih) * W + iw)[:, None] * C + (c0 + rk)[None, :],
-            mask=inside[:, None] & channel[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            w_ptr + rn[None, :] * (KH * KW * C) + (tap * C + c0 + rk)[:, None],
-            mask=channel[:, None] & col[None, :],
-            other=0.0,
-        )
+        if TMA:
+            x = x_desc.load([pid_m * BM, c0])
+            w = tl.trans(w_desc.load([pid_n * BN, c0]))
+        else:
+            ih, iw = top + tap // KW, left + tap % KW
+            inside = row_in & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # outside: the zero padding
+            channel = c0 + rk < C
+            x = tl.load(
+                x_ptr + ((image * H + ih) * W + iw)[:, None] * C + (c0 + rk)[None, :],
+                mask=inside[:, None] & channel[None, :],
+                other=0.0,
+            )
+            w = tl.load(
+                w_ptr + rn[None, :] * (KH * KW * C) + (tap * C + c0 + rk)[:, None],
+                mask=channel[:, None] & col[None, :],
+                other=0.0,
+            )
+        if X_QUANT:
+            x = tl.clamp(x.to(tl.float32) * x_inv, -448.0, 448.0).to(w.dtype)
         acc = tl.dot(x, w, acc, max_num_imprecise_acc=IMPRECISE)
     acc = acc * tl.load(scale_ptr + rn, mask=col, other=0.0)[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=col, other=0.0).to(tl.float32)[None, :]
-    at = rm[:, None] * N + rn[None, :]
-    written = row_in[:, None] & col[None, :]
     if HAS_Z:
-        z = tl.load(z_ptr + at, mask=written, other=0.0).to(tl.float32)
+        if not Z_EARLY:
+            z = z_desc.load([pid_m * BM, pid_n * BN]) if TMA else tl.load(z_ptr + at, mask=written, other=0.0)
+        z = z.to(tl.float32)
         if Z_SCALED:
             z = z * tl.load(z_scale_ptr)
         acc += z
     if RELU:
         acc = tl.maximum(acc, 0.0)
     if WRITE_Y:
-        tl.store(y_ptr + at, acc.to(y_ptr.dtype.element_ty), mask=written)
+        y = acc.to(y_ptr.dtype.element_ty)
+        if TMA:
+            y_desc.store([pid_m * BM, pid_n * BN], y)
+        else:
+            tl.store(y_ptr + at, y, mask=written)
     if WRITE_Q:
-        q = tl.clamp(acc * tl.load(q_inv_ptr), -448.0, 448.0)
-        tl.store(q_ptr + at, q.to(q_ptr.dtype.element_ty), mask=written)
+        q = tl.clamp(acc * tl.load(q_inv_ptr), -448.0, 448.0).to(q_ptr.dtype.element_ty)
+        if TMA:
+            q_desc.store([pid_m * BM, pid_n * BN], q)
+        else:
+            tl.store(q_ptr + at, q, mask=written)
 
 
 @functools.cache
@@ -173,14 +215,17 @@ def conv(
     out_dtype: Any = None,
     q_inv: Any = None,
     z_scale: Any = None,
+    x_inv: Any = None,
     fast_accum: bool = True,
 ) -> tuple[Any, Any]:
     """The convolution of ``x`` (images, H, W, C) E4M3 with ``w_rows`` (N, kh x kw x C) E4M3, times
     ``scale`` (N,) fp32, plus ``bias`` (N,), plus ``z`` (images x Ho x Wo, N), ReLU: returned as
     (images x Ho x Wo, N) rows in ``out_dtype`` (None: not written) and quantised to E4M3 with
     ``q_inv`` (a 1-element fp32 tensor; None: not written). ``z`` may be E4M3, the residual as its
-    producer quantised it, with ``z_scale`` (1-element fp32). ``fast_accum`` False: the partial sums
-    promoted to fp32 at every step (MLPERF_TORCH_FP8_FAST_ACCUM=0, as ``torch._scaled_mm``'s)."""
+    producer quantised it, with ``z_scale`` (1-element fp32). ``x`` may come in the model's dtype
+    with ``x_inv`` (1-element fp32): quantised to E4M3 as the kernel reads it. ``fast_accum``
+    False: the partial sums promoted to fp32 at every step (MLPERF_TORCH_FP8_FAST_ACCUM=0, as
+    ``torch._scaled_mm``'s). ``kernel_options`` (MLPERF_TORCH_FP8_KERNEL) say how it reads."""
     if out_dtype is None and q_inv is None:
         raise HarnessError("fp8 conv: neither an output dtype nor a quantised output asked for")
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
@@ -189,6 +234,8 @@ def conv(
     m, n = images * ho * wo, w_rows.shape[0]
     if (z is not None and z.dtype == torch.float8_e4m3fn) != (z_scale is not None):
         raise HarnessError("fp8 conv: an E4M3 residual comes with its scale, and only an E4M3 one")
+    if (x.dtype == torch.float8_e4m3fn) == (x_inv is not None):
+        raise HarnessError("fp8 conv: an input in the model's dtype comes with its x_inv, and only such an input")
     if w_rows.shape[1] != kh * kw * c or (z is not None and tuple(z.shape) != (m, n)):
         raise HarnessError(
             f"fp8 conv: input {tuple(x.shape)}, weight rows {tuple(w_rows.shape)} and a {kh}x{kw} kernel do not fit"
@@ -200,14 +247,25 @@ def conv(
     cfg = tiles(m, n, c, kh * kw)
     launch = {key: cfg.pop(key) for key in ("num_warps", "num_stages")}
     grid = (-(-m // cfg["BM"]) * -(-n // cfg["BN"]),)
+    options = kernel_options()
+    # TMA: a 1x1 stride-1 convolution's operands are plain matrices, rows 16-byte aligned.
+    tma = "tma" in options and (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and c % 16 == 0 and n % 16 == 0
+    descs: list[Any] = [None] * 5
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        bm, bn, bk = cfg["BM"], cfg["BN"], cfg["BK"]
+        blocks = ((x.view(m, c), [bm, bk]), (w_rows, [bn, bk]), (z, [bm, bn]), (y, [bm, bn]), (q, [bm, bn]))
+        descs = [None if t is None else TensorDescriptor.from_tensor(t, block) for t, block in blocks]
     # Pointers a flag turns off are never read: any tensor stands in for them.
     _kernel(not x.is_cuda)[grid](
         x, w_rows, scale, x if bias is None else bias, x if z is None else z, scale if z_scale is None else z_scale,
         x if y is None else y, x if q is None else q, scale if q_inv is None else q_inv,
+        scale if x_inv is None else x_inv, *descs,
         m, n, C=c, H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw,
         HAS_BIAS=bias is not None, HAS_Z=z is not None, Z_SCALED=z_scale is not None, RELU=relu,
-        WRITE_Y=y is not None, WRITE_Q=q is not None,
-        IMPRECISE=None if fast_accum else 0, **cfg, **({} if not x.is_cuda else launch),
+        WRITE_Y=y is not None, WRITE_Q=q is not None, X_QUANT=x_inv is not None, TMA=tma,
+        Z_EARLY="zearly" in options, IMPRECISE=None if fast_accum else 0, **cfg, **({} if not x.is_cuda else launch),
     )  # fmt: skip
     return y, q
 
