@@ -35,6 +35,7 @@ import faulthandler
 import functools
 import json
 import os
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -67,7 +68,13 @@ VARIANTS = {
     # and the residual's tile read before the products; and the 1x1 stride-1 ones through TMA
     "all-triton-r8-z": ("all", "1", "1", "off", "triton", "fp8", "zearly"),
     "all-triton-r8-tma": ("all", "1", "1", "off", "triton", "fp8", "tma,zearly"),
+    # the harness's own defaults (none of the variables set): what a run with precision fp8 gets
+    "default": (None, None, None, "off", None, None, None),
+    # the same, with tiles.rule's tiles for every shape: no tile table (the packaged one nor --gemms')
+    "default-rule": (None, None, None, "off", None, None, None),
 }
+RUN_TABLE: list[str] = []  # the tile table --gemms wrote: the variants but default-rule take it
+ENV = ("CONVS", "EMIT", "FAST_ACCUM", None, "GEMM", "RESIDUAL", "KERNEL")  # VARIANTS' MLPERF_TORCH_FP8_*
 DEFAULT_VARIANTS = ["1x1", "all-triton", "all-triton-r8"]
 # ResNet-50's (v1.5: strides in the 3x3 convolutions and the projections) FP8-eligible convolutions,
 # the distinct shapes of its 52: (output side, output channels, input channels, kernel, stride) per
@@ -78,13 +85,14 @@ CONVS = [(56, 64, 64, 1, 1), (56, 256, 64, 1, 1), (56, 64, 256, 1, 1), (56, 128,
          (7, 2048, 512, 1, 1), (7, 2048, 1024, 1, 2), (7, 512, 2048, 1, 1),
          (56, 64, 64, 3, 1), (28, 128, 128, 3, 2), (28, 128, 128, 3, 1), (14, 256, 256, 3, 2),
          (14, 256, 256, 3, 1), (7, 512, 512, 3, 2), (7, 512, 512, 3, 1)]  # fmt: skip
-# --gemms settings: TILES (fp8_gemm.tiles' choice: "default", or BM,BN,BK,warps,stages) and
+# --gemms settings: TILES (fp8_gemm.tiles' rule: "default", or BM,BN,BK,warps,stages) and
 # MLPERF_TORCH_FP8_KERNEL options after "+"; "cublas": cuBLASLt and the inductor epilogue.
 TILES = ["default", "default+zearly", "default+tma+zearly"]
-# A wider search (--gemms wide): TMA tiles for the 1x1 stride-1 shapes (the others skip TMA settings).
+# A wider search (--gemms wide): fewer stages and other shapes of tile for the memory-bound 1x1
+# ones (one or two K steps), TMA for the 1x1 stride-1 ones (the others skip TMA settings).
 MORE_TILES = [
-    *TILES, "128,256,64,8,3+tma+zearly", "256,128,64,8,3+tma+zearly", "128,256,128,8,3+tma+zearly",
-    "128,128,128,4,3+tma+zearly", "128,128,64,4,2+tma+zearly",
+    *TILES, "128,128,64,4,2+zearly", "64,128,64,4,2+zearly", "128,256,64,8,2+zearly", "256,128,64,8,2+zearly",
+    "128,128,128,4,2+zearly", "128,64,64,4,3+zearly", "128,256,128,8,3+zearly", "128,128,128,4,3+tma+zearly",
 ]  # fmt: skip
 ACCURACY_COMMAND = (
     "with the real resnet50_v1.onnx and ImageNet (val_map.txt and cal_image_list_option_1.txt beside "
@@ -117,15 +125,16 @@ def stage(name: str, budget: float, fn: Callable[[], Any]) -> Any:
 
 
 def set_variant(name: str) -> str:
-    """Set the variant's environment; returns its torch.compile mode."""
-    convs, emit, fast, compile_mode, gemm, residual, kernel = VARIANTS[name]
-    os.environ["MLPERF_TORCH_FP8_CONVS"] = convs
-    os.environ["MLPERF_TORCH_FP8_KERNEL"] = kernel
-    os.environ["MLPERF_TORCH_FP8_RESIDUAL"] = residual
-    os.environ["MLPERF_TORCH_FP8_EMIT"] = emit
-    os.environ["MLPERF_TORCH_FP8_FAST_ACCUM"] = fast
-    os.environ["MLPERF_TORCH_FP8_GEMM"] = gemm
-    return compile_mode
+    """Set the variant's environment (None: unset, the harness's default); returns its torch.compile mode."""
+    for key, value in zip(ENV, VARIANTS[name], strict=True):
+        if key is not None and value is None:
+            os.environ.pop(f"MLPERF_TORCH_FP8_{key}", None)
+        elif key is not None:
+            os.environ[f"MLPERF_TORCH_FP8_{key}"] = value
+    os.environ.pop("MLPERF_TORCH_FP8_TILE_TABLE", None)
+    if name == "default-rule" or RUN_TABLE:
+        os.environ["MLPERF_TORCH_FP8_TILE_TABLE"] = os.devnull if name == "default-rule" else RUN_TABLE[0]
+    return VARIANTS[name][3]
 
 
 def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
@@ -138,7 +147,7 @@ def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
     microseconds per call, the best setting and the bytes a microsecond it moved. With ``cpu``
     (the dry run): two shapes, emulated and interpreted, wall-clock timed."""
     import torch
-    from mlperf_harness.backends import torch_fp8
+    from mlperf_harness.backends import fp8_gemm, torch_fp8
 
     dev = torch.device("cpu" if cpu else "cuda")
 
@@ -178,6 +187,9 @@ def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
             print(f"  {shape} {setting}: {type(exc).__name__}: {str(exc)[:160]}")
             return float("nan")
 
+    os.environ["MLPERF_TORCH_FP8_TILE_TABLE"] = os.devnull  # "default": the rule, not a table's entry
+    gpu = "cpu" if cpu else torch.cuda.get_device_name(0)
+    table: dict[str, str] = {}
     rows = []
     for side, n, c, kernel, stride in CONVS[-2:] if cpu else CONVS:
         conv = torch.nn.Conv2d(c, n, kernel, stride, kernel // 2, bias=True).to(dev).eval()
@@ -188,8 +200,16 @@ def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
         shape = f"{side}x{side} {c}->{n} {kernel}x{kernel}"
         flat = (kernel, stride) == (1, 1)
         times = {t: one(conv, x, z, add, t, shape) for t in settings if flat or "tma" not in t.split("+")}
-        ok = {t: v for t, v in times.items() if v == v}
+        ok = {t: v for t, v in times.items() if v == v and t != "cublas"}
         best = min(ok, key=lambda t: ok[t]) if ok else "-"
+        if ok:
+            tile, _, options = best.partition("+")
+            if tile == "default":
+                rule = fp8_gemm.tiles(batch * side * side, n, c, kernel * kernel)
+                tile = ",".join(str(rule[k]) for k in fp8_gemm.TILE_KEYS)
+            size = side * stride
+            key = fp8_gemm.shape_key(size, size, c, n, (kernel, kernel), (stride, stride))
+            table[key] = f"{tile}+{options}" if options else tile
         moved = batch * side * side * ((stride * stride * c) + n * (2 if add else 1))  # E4M3 bytes in and out
         rows.append((side, n, c, kernel, stride, times, best))
         say(
@@ -197,7 +217,15 @@ def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
             " ".join(f"{t} {v:.0f} us" for t, v in times.items())
             + (f"; best {best}, {moved / ok[best] / 1e6:.2f} TB/s" if ok else ""),
         )
-    os.environ.pop("MLPERF_TORCH_FP8_TILES", None)
+    for key in ("MLPERF_TORCH_FP8_TILES", "MLPERF_TORCH_FP8_KERNEL"):
+        os.environ.pop(key, None)
+    # The rest of the run takes each shape's best from the table (as fp8_gemm.TABLE, once committed).
+    path = Path(os.environ.get("OUT") or tempfile.mkdtemp(), "fp8_tiles.json")
+    path.write_text(json.dumps({"gpus": {gpu: table}}, indent=1, sort_keys=True) + "\n")
+    os.environ["MLPERF_TORCH_FP8_TILE_TABLE"] = str(path)
+    RUN_TABLE[:] = [str(path)]
+    say("tile table", f"{path}: each shape's best fused setting on {gpu}, used by the rest of this run")
+    figures["tileTable"] = {gpu: table}
     figures["convs"] = [
         {"side": o, "N": n, "C": c, "kernel": k, "stride": st, "us": t, "best": b} for o, n, c, k, st, t, b in rows
     ]
@@ -226,7 +254,9 @@ def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.nda
     release(ref)
     # One variant per (GEMM kind, residual): the convolutions' mode changes which layers, not their rounding.
     kinds = {
-        f"fp8 {VARIANTS[v][4]}"
+        f"fp8 {v}"
+        if v.startswith("default")
+        else f"fp8 {VARIANTS[v][4]}"
         + (", E4M3 residuals" if VARIANTS[v][5] == "fp8" else "")
         + (f", {VARIANTS[v][6]}" if VARIANTS[v][6] != "none" else ""): v
         for v in variants

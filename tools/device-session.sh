@@ -14,7 +14,7 @@
 set -uo pipefail
 RES=/tmp/res
 STAGES=(rnnt ssd bert unet dlrm tests fp8)
-EXTRA=(bertoff dlrm-spy dlrm-w4 dlrm-server tests-dlrm fp8short fp8sweep tests-fp8)  # by name only
+EXTRA=(bertoff dlrm-spy dlrm-w4 dlrm-server tests-dlrm fp8short fp8sweep tests-fp8 fp8final)  # by name only
 M="python3 benchmarks/models.py --samples 16 --seconds 10"
 
 run_stage() {  # name -> limit (s) and command
@@ -38,6 +38,8 @@ $M --samples 512 --benchmarks dlrm" ;;
         tests) echo 300 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_harness_gpu.py tests/harness/test_torch_graph.py tests/harness/test_torch_external.py" ;;
         # fp8_gemm through pointers against TMA and the early residual: each shape, then the model
         fp8sweep) echo 560 "python3 benchmarks/gpu_fp8.py --gemms wide --variants all-triton-r8 all-triton-r8-z all-triton-r8-tma --seconds 12 --no-server --budget 460" ;;
+        # the sweep's best per shape (the tile table) against the rule, then the whole issue-23 run with it
+        fp8final) echo 660 "python3 benchmarks/gpu_fp8.py --gemms wide --variants default default-rule --seconds 12 --budget 560" ;;
         tests-fp8) echo 240 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_harness_gpu.py -k fp8" ;;
         fp8) echo 580 "python3 benchmarks/gpu_fp8.py --gemms wide --variants all-triton all-triton-r8 --seconds 12 --budget 480" ;;
         *) return 1 ;;

@@ -252,15 +252,19 @@ def test_fused_fp8_conv_is_the_conv_of_its_quantised_tensors(
     assert torch.equal(fused, copied)
 
 
-@pytest.mark.parametrize("gemm,residual", [("cublas", "fp16"), ("triton", "fp16"), ("triton", "fp8")])
+@pytest.mark.parametrize(
+    "mode,gemm,residual",
+    [("1x1", "cublas", "fp16"), ("all", "triton", "fp16"), ("all", "triton", "fp8"), (None, None, None)],
+)
 def test_fp8_pipeline_against_fp32_and_its_emulation(
-    workspace: Any, monkeypatch: pytest.MonkeyPatch, gemm: str, residual: str
+    workspace: Any, monkeypatch: pytest.MonkeyPatch, mode: str | None, gemm: str | None, residual: str | None
 ) -> None:
     """fp8 (an engine calibrated by build-engine on the fixture's 32 SYNTHETIC samples): the 36
-    1x1 convolutions as FP8 GEMMs (torch._scaled_mm and an epilogue kernel, or fp8_gemm's one
-    Triton kernel: ``gemm``), the rest fused fp16, CUDA graphs, samples resident; the residuals
-    in fp16 or E4M3 (``residual``, MLPERF_TORCH_FP8_RESIDUAL; the CPU measured 6.9 % against 5.5 %
-    on the tiny ResNet of test_torch_fp8, so the bounds below hold it too).
+    1x1 convolutions (``mode`` 1x1) or all 52 but the stem as FP8 GEMMs (torch._scaled_mm and an
+    epilogue kernel, or fp8_gemm's one Triton kernel: ``gemm``), the rest fused fp16, CUDA graphs,
+    samples resident; the residuals in fp16 or E4M3 (``residual``, MLPERF_TORCH_FP8_RESIDUAL; the
+    CPU measured 6.9 % against 5.5 % on the tiny ResNet of test_torch_fp8, so the bounds below
+    hold it too); None: the defaults, as a run gets them (all, triton, fp8).
 
     Bounds, on the pooled features (the synthetic softmax is ill-conditioned, see the fused test):
     - against FP32, relative error < 0.1: the same rewrite emulated on the CPU (test_torch_fp8)
@@ -276,12 +280,15 @@ def test_fp8_pipeline_against_fp32_and_its_emulation(
     _cuda()
     import torch
     from mlperf_harness.backends.torch_backend import PyTorchBackend
-    from mlperf_harness.backends.torch_fp8 import accuracy_gate
+    from mlperf_harness.backends.torch_fp8 import Fp8Conv, accuracy_gate
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability 8.9 or later")
-    monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", gemm)
-    monkeypatch.setenv("MLPERF_TORCH_FP8_RESIDUAL", residual)
+    for name, value in (("CONVS", mode), ("GEMM", gemm), ("RESIDUAL", residual)):
+        if value is None:
+            monkeypatch.delenv(f"MLPERF_TORCH_FP8_{name}", raising=False)
+        else:
+            monkeypatch.setenv(f"MLPERF_TORCH_FP8_{name}", value)
     ws = workspace(**GPU, precision="fp8")
     assert steps.build_engine(ws, "Offline").ok
     engine = ws.workdir.artifact(ws.engine("Offline")) / "model.onnx"
@@ -294,7 +301,9 @@ def test_fp8_pipeline_against_fp32_and_its_emulation(
         return b
 
     fp8 = eager(engine, "fp8")
-    assert fp8.fp8_convs == 36
+    assert fp8.fp8_convs == (36 if mode == "1x1" else 52)
+    fp8_modules = [m for m in fp8._model.modules() if isinstance(m, Fp8Conv)]
+    assert all(m.fused == (gemm != "cublas") for m in fp8_modules) and len(fp8_modules) == fp8.fp8_convs
     fp32 = eager(ws.bench.model_file(ws.model_dir), "fp32")
     feats = {name: pooled_features(b, feeds) for name, b in (("fp8", fp8), ("fp32", fp32))}
     with pytest.MonkeyPatch.context() as mp:  # the same engine on the CPU: _scaled_mm emulated
