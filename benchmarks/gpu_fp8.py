@@ -1,21 +1,21 @@
 """resnet50 in FP8 on one Hopper GPU (pytorch backend, ``precision: fp8``): one device call.
 
     PYTHONUNBUFFERED=1 PYTHONPATH=harness:benchmarks python3 benchmarks/gpu_fp8.py [--batch 1024]
-        [--seconds 15] [--budget 400] [--variants 1x1 1x1-triton all-triton] [--gemms [TILES ...]]
-        [--no-profile]
+        [--seconds 15] [--budget 400] [--variants default all-triton-r8 ...] [--gemms [SETTING ...] | wide]
+        [--no-profile] [--no-server]
     PYTHONPATH=harness:benchmarks python3 benchmarks/gpu_fp8.py --cpu --tiny   # dry run of every stage
 
-1. Calibration: the benchmark's calibration samples; the dataset is SYNTHETIC, so they are its
+1. With ``--gemms``, first each FP8 convolution shape of ResNet-50 alone, as the model runs it,
+   with each setting (fp8_gemm's tiles and kernel options, or cuBLASLt + epilogue).
+2. Calibration: the benchmark's calibration samples; the dataset is SYNTHETIC, so they are its
    first 500 images (a real run takes MLPerf's cal_image_list_option_1.txt).
-2. Accuracy gate before any figure: fp8 and fp16 against the FP32 model (no TF32), same inputs,
+3. Accuracy gate before any figure: fp8 and fp16 against the FP32 model (no TF32), same inputs,
    on the synthetic samples and on fresh random inputs: relative error and top-1 agreement of
    the softmax, and relative error of the pooled features (better conditioned: the synthetic
    classifier's margins are tiny, see BENCHMARKS.md); fp8 with CUDA graphs against fp8 eager.
-3. The plain loop (CUDA graph replays on device-resident samples, events timed) for fp16 and for
-   each fp8 variant (``MLPERF_TORCH_FP8_CONVS`` 1x1 or all, the quantised copies written by the
-   producer's epilogue or not, 1x1-exactacc: fast accumulation off, ``-triton``: the GEMM and its
-   epilogue as fp8_gemm's one kernel), in the same run. First, with ``--gemms``, each FP8
-   convolution shape alone: cuBLASLt + epilogue against fp8_gemm with several tile settings.
+   The plain loop (CUDA graph replays on device-resident samples, events timed) for fp16 and for
+   each fp8 variant (``VARIANTS``: ``default`` is what a run gets with no MLPERF_TORCH_FP8_*
+   variable set), in the same run.
 4. The harness: LoadGen Offline in fp8 (the fastest variant), its ratio to that variant's plain
    loop, and to TensorRT's 96,029 per H200; then Server at 15 ms: the tuner's highest VALID target
    (probes of ``--probe-seconds``) and a fresh run at it (``--no-server`` skips it).
@@ -35,7 +35,6 @@ import faulthandler
 import functools
 import json
 import os
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -70,10 +69,7 @@ VARIANTS = {
     "all-triton-r8-tma": ("all", "1", "1", "off", "triton", "fp8", "tma,zearly"),
     # the harness's own defaults (none of the variables set): what a run with precision fp8 gets
     "default": (None, None, None, "off", None, None, None),
-    # the same, with tiles.rule's tiles for every shape: no tile table (the packaged one nor --gemms')
-    "default-rule": (None, None, None, "off", None, None, None),
 }
-RUN_TABLE: list[str] = []  # the tile table --gemms wrote: the variants but default-rule take it
 ENV = ("CONVS", "EMIT", "FAST_ACCUM", None, "GEMM", "RESIDUAL", "KERNEL")  # VARIANTS' MLPERF_TORCH_FP8_*
 DEFAULT_VARIANTS = ["1x1", "all-triton", "all-triton-r8"]
 # ResNet-50's (v1.5: strides in the 3x3 convolutions and the projections) FP8-eligible convolutions,
@@ -131,9 +127,6 @@ def set_variant(name: str) -> str:
             os.environ.pop(f"MLPERF_TORCH_FP8_{key}", None)
         elif key is not None:
             os.environ[f"MLPERF_TORCH_FP8_{key}"] = value
-    os.environ.pop("MLPERF_TORCH_FP8_TILE_TABLE", None)
-    if name == "default-rule" or RUN_TABLE:
-        os.environ["MLPERF_TORCH_FP8_TILE_TABLE"] = os.devnull if name == "default-rule" else RUN_TABLE[0]
     return VARIANTS[name][3]
 
 
@@ -147,7 +140,7 @@ def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
     microseconds per call, the best setting and the bytes a microsecond it moved. With ``cpu``
     (the dry run): two shapes, emulated and interpreted, wall-clock timed."""
     import torch
-    from mlperf_harness.backends import fp8_gemm, torch_fp8
+    from mlperf_harness.backends import torch_fp8
 
     dev = torch.device("cpu" if cpu else "cuda")
 
@@ -187,9 +180,6 @@ def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
             print(f"  {shape} {setting}: {type(exc).__name__}: {str(exc)[:160]}")
             return float("nan")
 
-    os.environ["MLPERF_TORCH_FP8_TILE_TABLE"] = os.devnull  # "default": the rule, not a table's entry
-    gpu = "cpu" if cpu else torch.cuda.get_device_name(0)
-    table: dict[str, str] = {}
     rows = []
     for side, n, c, kernel, stride in CONVS[-2:] if cpu else CONVS:
         conv = torch.nn.Conv2d(c, n, kernel, stride, kernel // 2, bias=True).to(dev).eval()
@@ -202,14 +192,6 @@ def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
         times = {t: one(conv, x, z, add, t, shape) for t in settings if flat or "tma" not in t.split("+")}
         ok = {t: v for t, v in times.items() if v == v and t != "cublas"}
         best = min(ok, key=lambda t: ok[t]) if ok else "-"
-        if ok:
-            tile, _, options = best.partition("+")
-            if tile == "default":
-                rule = fp8_gemm.tiles(batch * side * side, n, c, kernel * kernel)
-                tile = ",".join(str(rule[k]) for k in fp8_gemm.TILE_KEYS)
-            size = side * stride
-            key = fp8_gemm.shape_key(size, size, c, n, (kernel, kernel), (stride, stride))
-            table[key] = f"{tile}+{options}" if options else tile
         moved = batch * side * side * ((stride * stride * c) + n * (2 if add else 1))  # E4M3 bytes in and out
         rows.append((side, n, c, kernel, stride, times, best))
         say(
@@ -219,13 +201,6 @@ def gemms(batch: int, settings: list[str], cpu: bool = False) -> None:
         )
     for key in ("MLPERF_TORCH_FP8_TILES", "MLPERF_TORCH_FP8_KERNEL"):
         os.environ.pop(key, None)
-    # The rest of the run takes each shape's best from the table (as fp8_gemm.TABLE, once committed).
-    path = Path(os.environ.get("OUT") or tempfile.mkdtemp(), "fp8_tiles.json")
-    path.write_text(json.dumps({"gpus": {gpu: table}}, indent=1, sort_keys=True) + "\n")
-    os.environ["MLPERF_TORCH_FP8_TILE_TABLE"] = str(path)
-    RUN_TABLE[:] = [str(path)]
-    say("tile table", f"{path}: each shape's best fused setting on {gpu}, used by the rest of this run")
-    figures["tileTable"] = {gpu: table}
     figures["convs"] = [
         {"side": o, "N": n, "C": c, "kernel": k, "stride": st, "us": t, "best": b} for o, n, c, k, st, t, b in rows
     ]
@@ -254,8 +229,8 @@ def accuracy(model: Path, data: np.ndarray, batch: int, calibration: list[np.nda
     release(ref)
     # One variant per (GEMM kind, residual): the convolutions' mode changes which layers, not their rounding.
     kinds = {
-        f"fp8 {v}"
-        if v.startswith("default")
+        "fp8 defaults"
+        if v == "default"
         else f"fp8 {VARIANTS[v][4]}"
         + (", E4M3 residuals" if VARIANTS[v][5] == "fp8" else "")
         + (f", {VARIANTS[v][6]}" if VARIANTS[v][6] != "none" else ""): v

@@ -38,8 +38,8 @@ $M --samples 512 --benchmarks dlrm" ;;
         tests) echo 300 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_harness_gpu.py tests/harness/test_torch_graph.py tests/harness/test_torch_external.py" ;;
         # fp8_gemm through pointers against TMA and the early residual: each shape, then the model
         fp8sweep) echo 560 "python3 benchmarks/gpu_fp8.py --gemms wide --variants all-triton-r8 all-triton-r8-z all-triton-r8-tma --seconds 12 --no-server --budget 460" ;;
-        # the sweep's best per shape (the tile table) against the rule, then the whole issue-23 run with it
-        fp8final) echo 660 "python3 benchmarks/gpu_fp8.py --gemms wide --variants default default-rule --seconds 12 --budget 560" ;;
+        # the whole issue-23 run with the defaults: gate, plain loops, Offline, Server tuned, profile
+        fp8final) echo 560 "python3 benchmarks/gpu_fp8.py --variants default --seconds 12 --budget 460" ;;
         tests-fp8) echo 240 "python3 -m pytest -q -s --confcutdir=tests/harness tests/harness/test_harness_gpu.py -k fp8" ;;
         fp8) echo 580 "python3 benchmarks/gpu_fp8.py --gemms wide --variants all-triton all-triton-r8 --seconds 12 --budget 480" ;;
         *) return 1 ;;

@@ -6,7 +6,6 @@ test_harness_gpu.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -225,46 +224,6 @@ def test_tiles_follow_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pick(128, 128, 9) == pick(1024, 256, 1) == pick(2048, 512, 1) == (128, 128, 128, 4, 3)
     monkeypatch.setenv("MLPERF_TORCH_FP8_TILES", "64,256,64,4,2")
     assert pick(64, 512, 9) == (64, 64, 64, 4, 2)
-
-
-def test_tile_table_picks_each_shapes_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tile table (a ``gpu_fp8.py --gemms`` sweep's best per shape, by GPU name; "cpu" here):
-    its entry sets the shape's tiles and kernel options, MLPERF_TORCH_FP8_TILES and _KERNEL still
-    win, a shape or GPU it lacks takes the rule and the default options; a bad table or entry is
-    named with its file; the convolution it plans runs (interpreted) and gives the rule's result."""
-    from mlperf_harness.backends import fp8_gemm
-    from mlperf_harness.errors import HarnessError
-
-    for name in ("TILES", "KERNEL"):
-        monkeypatch.delenv(f"MLPERF_TORCH_FP8_{name}", raising=False)
-    x = _fp8(torch.randn(2, 8, 8, 64))
-    key = fp8_gemm.shape_key(8, 8, 64, 256, (1, 1), (1, 1))
-    assert key == "1x1/1x1 8x8 64->256"
-    table = tmp_path / "tiles.json"
-    table.write_text(json.dumps({"gpus": {"cpu": {key: "64,512,32,4,2+tma"}, "other": {}}}))
-    monkeypatch.setenv("MLPERF_TORCH_FP8_TILE_TABLE", str(table))
-    cfg, options = fp8_gemm.plan(x, 128, 256, (1, 1), (1, 1))
-    assert (cfg["BM"], cfg["BN"], cfg["BK"], cfg["num_warps"], cfg["num_stages"]) == (64, 256, 32, 4, 2)  # BN fits N
-    assert options == {"tma"}
-    monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", "none")
-    monkeypatch.setenv("MLPERF_TORCH_FP8_TILES", "32,32,32,4,1")
-    cfg, options = fp8_gemm.plan(x, 128, 256, (1, 1), (1, 1))
-    assert (cfg["BM"], options) == (32, frozenset())
-    for name in ("TILES", "KERNEL"):
-        monkeypatch.delenv(f"MLPERF_TORCH_FP8_{name}")
-    rule, options = fp8_gemm.plan(x, 128, 128, (1, 1), (1, 1))  # no entry for 64 -> 128
-    assert rule == fp8_gemm.tiles(128, 128, 64) and options == fp8_gemm.DEFAULT_OPTIONS
-    w, scale = _fp8(torch.randn(256, 64)), torch.rand(256) + 0.5
-    tabled, _ = fp8_gemm.conv(x, w, scale, out_dtype=torch.float32)
-    monkeypatch.setenv("MLPERF_TORCH_FP8_TILE_TABLE", str(tmp_path / "none.json"))  # no file: the rule
-    ruled, _ = fp8_gemm.conv(x, w, scale, out_dtype=torch.float32)
-    assert torch.allclose(tabled, ruled, rtol=1e-5, atol=1e-5)
-    for text, why in (('{"gpus": [1]}', "not a tile table"), (json.dumps({"gpus": {"cpu": {key: "64,64"}}}), key)):
-        bad = tmp_path / f"bad{len(text)}.json"
-        bad.write_text(text)
-        monkeypatch.setenv("MLPERF_TORCH_FP8_TILE_TABLE", str(bad))
-        with pytest.raises(HarnessError, match=why):
-            fp8_gemm.conv(x, w, scale, out_dtype=torch.float32)
 
 
 def test_fused_gemm_names_bad_shapes_and_kinds(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,19 +12,21 @@ biased, added to the residual, rectified and written, in the model's dtype and/o
 E4M3, once. A plain GEMM is the 1x1 case over one-pixel images (``gemm``).
 
 ``conv`` runs the kernel compiled for a GPU, or through Triton's interpreter on CPU tensors, which
-is how the CPU tests check it against the emulated ``scaled_mm`` path. On an H100 (2026-12-05,
-``benchmarks/gpu_fp8.py``) it gave the cuBLASLt path's accuracy and beat it on every convolution
-shape; on an H200 (the same day) with E4M3 residuals it took resnet50 to 1.11 of fp16, and its
-kernel-level GPU test compared it with cuBLASLt (its bounds then corrected, not yet rerun there).
-``MLPERF_TORCH_FP8_GEMM`` still defaults to ``cublas``: on the CPU the kernel runs interpreted.
+is how the CPU tests check it against the emulated ``scaled_mm`` path. On the GPU it is the
+default (``gemm_kind``); it gave the cuBLASLt path's accuracy and beat it on every convolution
+shape (H100 and H200, 2026-12-05, ``benchmarks/gpu_fp8.py``, BENCHMARKS.md). Each shape's tiles
+come from ``tiles``' rule: the best tile of each shape timed alone, taken per shape, ran the
+model slower on an H200 (55,327 against 57,200 images/s, 2026-12-05). An fp16 input (the stem's
+pooled output) is quantised as the kernel reads it (``x_inv``). Reading the 1x1 stride-1
+operands through TMA descriptors (option ``tma``) ran the model slower than through pointers on
+an H100 (51,133 against 52,163); reading the residual's tile before the products (``zearly``)
+faster (53,351), and is the default.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,23 +53,20 @@ OPTIONS = ("tma", "zearly")
 DEFAULT_OPTIONS = frozenset({"zearly"})
 
 
-def _options(raw: str, where: str) -> frozenset[str]:
-    chosen = frozenset(v.strip() for v in raw.replace("+", ",").split(",") if v.strip() and v.strip() != "none")
+def kernel_options() -> frozenset[str]:
+    """MLPERF_TORCH_FP8_KERNEL: a comma-separated subset of ``tma`` (1x1 stride-1 convolutions
+    read and written through Hopper's tensor memory accelerator) and ``zearly`` (the residual's
+    tile read before the products); ``none`` or empty: neither; unset: ``DEFAULT_OPTIONS``."""
+    raw = os.environ.get("MLPERF_TORCH_FP8_KERNEL")
+    if raw is None:
+        return DEFAULT_OPTIONS
+    chosen = frozenset(v.strip() for v in raw.split(",") if v.strip() and v.strip() != "none")
     if chosen - set(OPTIONS):
         raise HarnessError(
-            f"{where}: {raw!r}: {', '.join(sorted(chosen - set(OPTIONS)))} is not one of "
+            f"MLPERF_TORCH_FP8_KERNEL: {raw!r}: {', '.join(sorted(chosen - set(OPTIONS)))} is not one of "
             f"{', '.join(OPTIONS)} (comma-separated), or none"
         )
     return chosen
-
-
-def kernel_options() -> frozenset[str] | None:
-    """MLPERF_TORCH_FP8_KERNEL: a comma-separated subset of ``tma`` (1x1 stride-1 convolutions
-    read and written through Hopper's tensor memory accelerator) and ``zearly`` (the residual's
-    tile read before the products); ``none`` or empty: neither. Unset: None (the tile table's
-    choice for the shape, else ``DEFAULT_OPTIONS``)."""
-    raw = os.environ.get("MLPERF_TORCH_FP8_KERNEL")
-    return None if raw is None else _options(raw, "MLPERF_TORCH_FP8_KERNEL")
 
 
 def _body(
@@ -175,100 +174,40 @@ def _kernel(interpret: bool) -> Any:
 
 
 TILE_KEYS = ("BM", "BN", "BK", "num_warps", "num_stages")
-TABLE = Path(__file__).with_name("fp8_tiles.json")  # MLPERF_TORCH_FP8_TILE_TABLE: another file instead
-
-
-def _tile(text: str, where: str) -> dict[str, int]:
-    """``BM,BN,BK,warps,stages`` checked: what the tensor cores and Triton take."""
-    try:
-        cfg = dict(zip(TILE_KEYS, (int(v) for v in text.split(",")), strict=True))
-    except ValueError:
-        raise HarnessError(f"{where}: {text!r} is not five integers BM,BN,BK,warps,stages") from None
-    powers = all(v > 0 and v & (v - 1) == 0 for v in (cfg["BM"], cfg["BN"], cfg["BK"]))
-    if not powers or min(cfg["BM"], cfg["BN"]) < 16 or cfg["BK"] < 32:
-        raise HarnessError(
-            f"{where}: {text!r}: BM, BN and BK must be powers of two, BM and BN at least 16 "
-            "and BK at least 32 (FP8 tensor-core products)"
-        )
-    return cfg
-
-
-def _fit(cfg: dict[str, int], n: int) -> dict[str, int]:
-    """BN never past N's largest power-of-two divisor; tiles grouped 8 rows of tiles at a time."""
-    cfg = dict(cfg)
-    while n % cfg["BN"] and cfg["BN"] > 16:
-        cfg["BN"] //= 2
-    return {**cfg, "GROUP_M": 8}
 
 
 def tiles(m: int, n: int, c: int, taps: int = 1) -> dict[str, int]:
     """Tile sizes and launch settings for one convolution (``c`` input channels, ``taps`` kernel
-    positions, ``n`` output channels) where the tile table has no entry for the GPU, from the
-    sweep of ResNet-50's 22 shapes at batch 1024 on an H200 (2026-12-05, ``benchmarks/gpu_fp8.py
-    --gemms wide``, BENCHMARKS.md): deep products (3x3 over 256 or more channels, 1x1 over 512 or
-    more into at most 512) take 128x256 tiles of K 128 in 8 warps; 64-channel inputs 128x128
-    tiles of K 64 in 4 warps, 4 stages; the rest 128x128 tiles of K 128 in 4 warps, 3 stages (BN
-    never past N's largest power-of-two divisor). The rule picks the sweep's best, or within
-    12 %, on each of the 22. ``MLPERF_TORCH_FP8_TILES=BM,BN,BK,warps,stages`` sets them all instead."""
+    positions, ``n`` output channels), from the sweep of ResNet-50's 22 shapes at batch 1024 on
+    an H200 (2026-12-05, ``benchmarks/gpu_fp8.py --gemms wide``, BENCHMARKS.md): deep products
+    (3x3 over 256 or more channels, 1x1 over 512 or more into at most 512) take 128x256 tiles of
+    K 128 in 8 warps; 64-channel inputs 128x128 tiles of K 64 in 4 warps, 4 stages; the rest
+    128x128 tiles of K 128 in 4 warps, 3 stages (BN never past N's largest power-of-two divisor).
+    The rule picks the sweep's best, or within 12 %, on each of the 22.
+    ``MLPERF_TORCH_FP8_TILES=BM,BN,BK,warps,stages`` sets them all instead."""
     forced = os.environ.get("MLPERF_TORCH_FP8_TILES")
     if forced:
-        cfg = _tile(forced, "MLPERF_TORCH_FP8_TILES")
+        try:
+            cfg = dict(zip(TILE_KEYS, (int(v) for v in forced.split(",")), strict=True))
+        except ValueError:
+            raise HarnessError(
+                f"MLPERF_TORCH_FP8_TILES: {forced!r} is not five integers BM,BN,BK,warps,stages"
+            ) from None
+        powers = all(v > 0 and v & (v - 1) == 0 for v in (cfg["BM"], cfg["BN"], cfg["BK"]))
+        if not powers or min(cfg["BM"], cfg["BN"]) < 16 or cfg["BK"] < 32:
+            raise HarnessError(
+                f"MLPERF_TORCH_FP8_TILES: {forced!r}: BM, BN and BK must be powers of two, BM and BN at least 16 "
+                "and BK at least 32 (FP8 tensor-core products)"
+            )
     elif (taps > 1 and c >= 256) or (taps == 1 and c >= 512 and n <= 512):
         cfg = {"BM": 128, "BN": 256, "BK": 128, "num_warps": 8, "num_stages": 3}
     elif c <= 64:
         cfg = {"BM": 128, "BN": 128, "BK": 64, "num_warps": 4, "num_stages": 4}
     else:
         cfg = {"BM": 128, "BN": 128, "BK": 128, "num_warps": 4, "num_stages": 3}
-    return _fit(cfg, n)
-
-
-def shape_key(h: int, w: int, c: int, n: int, kernel: tuple[int, int], stride: tuple[int, int]) -> str:
-    """A convolution shape as the tile table names it: ``kh x kw / stride, input side, C -> N``."""
-    return f"{kernel[0]}x{kernel[1]}/{stride[0]}x{stride[1]} {h}x{w} {c}->{n}"
-
-
-@functools.cache
-def _table(path: str) -> dict[str, dict[str, str]]:
-    file = Path(path)
-    if not file.is_file():
-        return {}
-    try:
-        table = json.loads(file.read_text())
-        return {str(gpu): {str(k): str(v) for k, v in shapes.items()} for gpu, shapes in table["gpus"].items()}
-    except (ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise HarnessError(
-            f'{file}: not a tile table ({type(exc).__name__}: {exc}); want {{"gpus": {{GPU name: {{shape: '
-            '"BM,BN,BK,warps,stages+options"}}}}}}, as benchmarks/gpu_fp8.py --gemms writes it'
-        ) from None
-
-
-@functools.cache
-def _gpu_name(index: int) -> str:
-    return str(torch.cuda.get_device_name(index))
-
-
-def plan(
-    x: Any, m: int, n: int, kernel: tuple[int, int], stride: tuple[int, int]
-) -> tuple[dict[str, int], frozenset[str]]:
-    """The tiles and kernel options of one convolution of ``x`` (images, H, W, C) into ``m`` rows
-    of ``n`` channels: MLPERF_TORCH_FP8_TILES and MLPERF_TORCH_FP8_KERNEL where set; else this GPU's
-    entry for the shape in the tile table (``TABLE``: each shape's best of a ``gpu_fp8.py
-    --gemms`` sweep on that GPU); else ``tiles``' rule and ``DEFAULT_OPTIONS``."""
-    _, h, w, c = x.shape
-    path = os.environ.get("MLPERF_TORCH_FP8_TILE_TABLE", str(TABLE))
-    index = x.device.index if x.device.index is not None else (torch.cuda.current_device() if x.is_cuda else -1)
-    gpu = _gpu_name(index) if x.is_cuda else "cpu"
-    key = shape_key(h, w, c, n, kernel, stride)
-    entry = _table(path).get(gpu, {}).get(key)
-    cfg = tiles(m, n, c, kernel[0] * kernel[1])
-    options = kernel_options()
-    if entry is not None:
-        tile, _, extra = entry.partition("+")
-        where = f"{path}: {gpu}: {key}"
-        if not os.environ.get("MLPERF_TORCH_FP8_TILES"):
-            cfg = _fit(_tile(tile, where), n)
-        options = _options(extra, where) if options is None else options
-    return cfg, DEFAULT_OPTIONS if options is None else options
+    while n % cfg["BN"] and cfg["BN"] > 16:
+        cfg["BN"] //= 2
+    return {**cfg, "GROUP_M": 8}
 
 
 def conv(
@@ -314,9 +253,10 @@ def conv(
     z = None if z is None else z.contiguous()
     y = None if out_dtype is None else torch.empty((m, n), dtype=out_dtype, device=x.device)
     q = None if q_inv is None else torch.empty((m, n), dtype=torch.float8_e4m3fn, device=x.device)
-    cfg, options = plan(x, m, n, kernel, stride)
+    cfg = tiles(m, n, c, kh * kw)
     launch = {key: cfg.pop(key) for key in ("num_warps", "num_stages")}
     grid = (-(-m // cfg["BM"]) * -(-n // cfg["BN"]),)
+    options = kernel_options()
     # TMA: a 1x1 stride-1 convolution's operands are plain matrices, rows 16-byte aligned.
     tma = "tma" in options and (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and c % 16 == 0 and n % 16 == 0
     descs: list[Any] = [None] * 5

@@ -3,8 +3,8 @@ over channels-last activations viewed as [N*H*W, C].
 
 Weights are quantised per output channel, activations per tensor with scales from calibration
 (the largest magnitude seen on the calibration samples, ``calibrate``). Which convolutions become
-FP8 GEMMs is decided per Conv node by its shape (``eligible``): in mode ``1x1`` the 1x1 ones (a
-strided one reads its input's strided rows), in mode ``all`` also the kxk ones through im2col;
+FP8 GEMMs is decided per Conv node by its shape (``eligible``): in mode ``all`` (the default)
+every one that fits, in mode ``1x1`` the 1x1 ones only;
 input and output channels a multiple of 16 (cuBLASLt's FP8 rule), so a 3- or 4-channel stem and
 the classifier (a Gemm) stay in half precision. The epilogue (bias in the GEMM; residual add and
 ReLU after it) runs as one inductor kernel on a GPU, and where the next convolution is FP8 too it
@@ -13,11 +13,12 @@ also writes the quantised copy that convolution reads (``emit``), so no separate
 On the CPU, ``scaled_mm`` emulates ``torch._scaled_mm`` exactly (the FP8 values dequantised and
 multiplied in fp32), so the rewrite and its scales are tested here against the fp32 model.
 
-On a GPU the ``_scaled_mm`` call's configuration is probed at load (``gemm_plan``), falling back
-from rowwise scales with an fp16 result to bf16 to tensorwise with an fp32 result. With
-``MLPERF_TORCH_FP8_GEMM=triton`` the convolution (an implicit GEMM: no im2col) and its whole
-epilogue are one Triton kernel instead (``fp8_gemm``; checked here through Triton's interpreter,
-run on an H100 by ``benchmarks/gpu_fp8.py``).
+On a GPU the convolution (an implicit GEMM: no im2col) and its whole epilogue are one Triton
+kernel by default (``fp8_gemm``; checked here through Triton's interpreter, run on an H100 and
+an H200 by ``benchmarks/gpu_fp8.py``). With ``MLPERF_TORCH_FP8_GEMM=cublas`` (the CPU's default:
+there it is the emulation) the GEMM is ``torch._scaled_mm`` over im2col patches, its
+configuration probed at load (``gemm_plan``: rowwise scales with an fp16 result, else bf16, else
+tensorwise with an fp32 result), then the epilogue as an inductor kernel.
 """
 
 from __future__ import annotations
