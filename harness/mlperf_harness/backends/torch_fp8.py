@@ -1,14 +1,13 @@
-"""FP8 (E4M3) convolutions for the pytorch image path: convolutions as ``torch._scaled_mm`` GEMMs
-over channels-last activations viewed as [N*H*W, C].
+"""FP8 (E4M3) convolutions for the pytorch image path, over channels-last activations viewed as
+[N*H*W, C].
 
 Weights are quantised per output channel, activations per tensor with scales from calibration
 (the largest magnitude seen on the calibration samples, ``calibrate``). Which convolutions become
-FP8 GEMMs is decided per Conv node by its shape (``eligible``): in mode ``all`` (the default)
-every one that fits, in mode ``1x1`` the 1x1 ones only;
-input and output channels a multiple of 16 (cuBLASLt's FP8 rule), so a 3- or 4-channel stem and
-the classifier (a Gemm) stay in half precision. The epilogue (bias in the GEMM; residual add and
-ReLU after it) runs as one inductor kernel on a GPU, and where the next convolution is FP8 too it
-also writes the quantised copy that convolution reads (``emit``), so no separate quantise pass.
+FP8 is decided per Conv node by its shape (``eligible``): in mode ``all`` (the default) every one
+that fits, in mode ``1x1`` the 1x1 ones only; input and output channels a multiple of 16
+(cuBLASLt's FP8 rule), so a 3- or 4-channel stem and the classifier (a Gemm) stay in half
+precision. Where the next convolution is FP8 too, a convolution's epilogue also writes the
+quantised copy that convolution reads (``emit``), so no separate quantise pass.
 
 On the CPU, ``scaled_mm`` emulates ``torch._scaled_mm`` exactly (the FP8 values dequantised and
 multiplied in fp32), so the rewrite and its scales are tested here against the fp32 model.
