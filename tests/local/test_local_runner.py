@@ -116,6 +116,10 @@ def test_ctrl_c_at_any_moment_exits_130_and_the_rerun_resumes(tmp_path: Path) ->
             out, err = proc.communicate(timeout=300)
             for name, stamp in done_before.items():  # a completed step is never redone
                 assert (steps_dir / name).stat().st_mtime_ns == stamp, f"{name} was redone"
+            if proc.returncode == -signal.SIGINT and "MLPerf results: resnet50-offline" in out:
+                # The pipeline done, the signal landed as the process exited, after the CLI's handler:
+                # Python then dies by SIGINT, which a shell reports as 130 too. The rerun finds every step done.
+                continue
             if proc.returncode != 130:
                 break
             assert "resume" in err, err[-2000:]
