@@ -160,8 +160,12 @@ def plain_loop(
     return rate
 
 
-def replay_rate(b: Any, data: np.ndarray, batch: int) -> float:
-    """A loaded backend's CUDA graph of ``batch`` rows of ``data`` (resident), replayed back to back."""
+def replay_rate(b: Any, data: np.ndarray, batch: int, seconds: float = 0.0) -> float:
+    """A loaded backend's CUDA graph of ``batch`` rows of ``data`` (resident), replayed back to
+    back: the median of three windows of 20 replays; with ``seconds``, windows until that long
+    has passed, and the rate over all of them (sustained, as a harness run of that length keeps
+    the GPU busy: clocks that fall under a long load show here too; the first and last windows'
+    rates are printed)."""
     import torch
 
     b.reserve_samples(len(data))
@@ -172,7 +176,7 @@ def replay_rate(b: Any, data: np.ndarray, batch: int) -> float:
         graph.replay()
     torch.cuda.synchronize()
     reps, times = 20, []
-    for _ in range(3):
+    while len(times) < 3 or sum(times) < seconds:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(reps):
@@ -180,7 +184,11 @@ def replay_rate(b: Any, data: np.ndarray, batch: int) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1000)
-    return reps * batch / sorted(times)[1]
+    if not seconds:
+        return reps * batch / sorted(times)[1]
+    first, last = (reps * batch / t for t in (times[0], times[-1]))
+    print(f"    sustained {sum(times):.1f} s: first window {first:,.0f}/s, last {last:,.0f}/s", flush=True)
+    return reps * batch * len(times) / sum(times)
 
 
 def profile(

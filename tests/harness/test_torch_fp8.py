@@ -72,20 +72,22 @@ def _conv(cin: int, cout: int, k: int, stride: int) -> Any:
 
 @pytest.mark.parametrize("gemm", ["cublas", "triton"])
 @pytest.mark.parametrize(
-    "k,stride,relu,add",
-    [(1, 1, True, False), (1, 2, False, False), (1, 1, True, True), (3, 2, True, False), (3, 1, True, True)],
-)
+    "cin,k,stride,relu,add",
+    [(32, 1, 1, True, False), (32, 1, 2, False, False), (32, 1, 1, True, True), (32, 3, 2, True, False),
+     (32, 3, 1, True, True), (3, 7, 2, True, False), (4, 7, 2, False, False)],
+)  # fmt: skip
 def test_fp8_conv_is_the_conv_of_its_quantised_tensors(
-    monkeypatch: pytest.MonkeyPatch, gemm: str, k: int, stride: int, relu: bool, add: bool
+    monkeypatch: pytest.MonkeyPatch, gemm: str, cin: int, k: int, stride: int, relu: bool, add: bool
 ) -> None:
     """The GEMM over channels-last rows (im2col for 3x3; fp8_gemm's implicit GEMM, interpreted, for
-    ``triton``) is exactly the convolution of the E4M3 values, padding included; against the fp32
+    ``triton``; over the window's flattened (tap, channel) pairs for a 3- or 4-channel stem) is
+    exactly the convolution of the E4M3 values, padding included; against the fp32
     convolution it is within the rounding bound of each product:
     |x'w' - xw| <= |x' - x| |w'| + |x| |w' - w| summed over the kernel (no cancellation assumed)."""
     monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", gemm)
     gen = torch.Generator().manual_seed(k * 10 + stride)
-    conv = _conv(32, 48, k, stride)
-    x = torch.relu(torch.randn(2, 32, 10, 10, generator=gen)).contiguous(memory_format=torch.channels_last)
+    conv = _conv(cin, 48, k, stride)
+    x = torch.relu(torch.randn(2, cin, 10, 10, generator=gen)).contiguous(memory_format=torch.channels_last)
     z = torch.randn(2, 48, 10 // stride, 10 // stride, generator=gen) if add else None
     in_scale = torch_fp8.amax_scale(x.abs().max())
     mod = torch_fp8.Fp8Conv(conv, float(in_scale), relu, add, torch.float32, compiled=False)
@@ -208,6 +210,99 @@ def test_fused_conv_quantises_its_input_as_it_reads_it(
         fp8_gemm.conv(x, w, scale, out_dtype=torch.float32, **shape)
 
 
+@pytest.mark.parametrize(
+    "k1,n1,n2,z_fp8,out2,tiles,second",
+    [(64, 256, 64, True, "q", None, None), (96, 128, 32, False, "yq", None, None), (32, 64, 16, None, "y", None, None),
+     (64, 256, 64, True, "yq", "32,64,32,4,2", None), (64, 256, 64, True, "yq", None, "fp16")],
+)  # fmt: skip
+def test_chained_convolutions_are_the_two_convolutions(
+    monkeypatch: pytest.MonkeyPatch,
+    k1: int,
+    n1: int,
+    n2: int,
+    z_fp8: bool | None,
+    out2: str,
+    tiles: str | None,
+    second: str | None,
+) -> None:
+    """fp8_gemm.chain (interpreted): the first 1x1's E4M3 copy and the second's outputs, as two
+    ``gemm`` calls give them (the same interpreter rounds both), with a residual in E4M3 or in
+    the model's dtype or none, the second's output in fp32 and/or E4M3; with its tiles given
+    (MLPERF_TORCH_FP8_CHAIN_TILES) too, and its second product in fp16 (MLPERF_TORCH_FP8_CHAIN_SECOND)."""
+    from mlperf_harness.backends import fp8_gemm
+    from mlperf_harness.errors import HarnessError
+
+    if tiles:
+        monkeypatch.setenv("MLPERF_TORCH_FP8_CHAIN_TILES", tiles)
+    if second:
+        monkeypatch.setenv("MLPERF_TORCH_FP8_CHAIN_SECOND", second)
+
+    gen = torch.Generator().manual_seed(k1 + n1 + n2)
+    m = 150  # not a multiple of the tile's 64 rows
+    x = _fp8(torch.relu(torch.randn(m, k1, generator=gen)) * 4)
+    w1, w2 = _fp8(torch.randn(n1, k1, generator=gen)), _fp8(torch.randn(n2, n1, generator=gen))
+    s1, s2 = torch.rand(n1, generator=gen) * 0.05 + 0.02, torch.rand(n2, generator=gen) * 0.01 + 0.01
+    b1, b2 = torch.randn(n1, generator=gen) * 0.1, torch.randn(n2, generator=gen) * 0.1
+    z = None if z_fp8 is None else torch.randn(m, n1, generator=gen) * 3
+    z_scale = torch.tensor([0.5]) if z_fp8 else None
+    z = _fp8(z) if z_fp8 else z
+    q1_inv, q2_inv = torch.tensor([448 / 12.0]), torch.tensor([448 / 6.0]) if "q" in out2 else None
+    out_dtype = torch.float32 if "y" in out2 else None
+    q1, y2, q2 = fp8_gemm.chain(
+        x, w1, s1, q1_inv, w2, s2, bias1=b1, z=z, z_scale=z_scale, bias2=b2, out2_dtype=out_dtype, q2_inv=q2_inv
+    )
+    _, want_q1 = fp8_gemm.gemm(x, w1, s1, b1, z, relu=True, q_inv=q1_inv, z_scale=z_scale)
+    want_y2, want_q2 = fp8_gemm.gemm(want_q1, w2, s2, b2, relu=True, out_dtype=out_dtype, q_inv=q2_inv)
+    assert torch.equal(q1.float(), want_q1.float())
+    for got, want in ((y2, want_y2), (q2, want_q2)):
+        assert (got is None) == (want is None)
+        assert got is None or torch.allclose(got.float(), want.float(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(HarnessError, match="do not follow one another"):
+        fp8_gemm.chain(x, w1, s1, q1_inv, w2[:, :16], s2, q2_inv=q1_inv)
+    with pytest.raises(HarnessError, match="N2 a power of two"):
+        fp8_gemm.chain(x, w1, s1, q1_inv, w2[:12], s2[:12], q2_inv=q1_inv)
+    monkeypatch.setenv("MLPERF_TORCH_FP8_CHAIN_TILES", "64,128")
+    with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_CHAIN_TILES: '64,128' is not five integers"):
+        fp8_gemm.chain_tiles(k1, n1, n2)
+    monkeypatch.setenv("MLPERF_TORCH_FP8_CHAIN_SECOND", "bf16")
+    with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_CHAIN_SECOND: 'bf16' is not fp8 or fp16"):
+        fp8_gemm.chain_second()
+
+
+def test_persistent_kernels_where_the_k_loop_has_one_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLPERF_TORCH_FP8_KERNEL=zearly,persist (the default): on a GPU a convolution of one K step (a 1x1 over 64
+    or 128 channels) runs several tiles a program, the tile loop flattened with the K loop; one
+    of more steps (a 3x3, a 1x1 over 256) one tile a program, and the interpreter always (its
+    loops cannot run to a launch-time bound). Compiled for Hopper here (fp8_ptxas), the
+    persistent 64 -> 256 one holds more than one stage of operands in shared memory (pipelined
+    across tiles) and spills nothing; the GPU tests run it."""
+    from mlperf_harness.backends import fp8_gemm, fp8_ptxas
+
+    def persist(c: int, n: int, kernel: int, cuda: bool = True) -> bool:
+        consts, _ = fp8_gemm.conv_constants(
+            (1024, 56, 56, c), n, (kernel, kernel), (1, 1), (kernel // 2, kernel // 2), has_bias=True, has_z=True,
+            z_scaled=True, relu=True, write_y=False, write_q=True, x_quant=False, fast_accum=True, cuda=cuda,
+        )  # fmt: skip
+        return bool(consts["PERSIST"])
+
+    monkeypatch.delenv("MLPERF_TORCH_FP8_KERNEL", raising=False)
+    assert persist(64, 256, 1)  # the default since an H100 measured it (BENCHMARKS.md)
+    monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", "zearly")
+    one_tile = fp8_ptxas.conv_usage(56, 256, 64, 1, 1)
+    assert not persist(64, 256, 1)
+    monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", "zearly,persist")
+    assert (persist(64, 256, 1), persist(128, 512, 1), persist(256, 64, 1), persist(64, 64, 3)) == (
+        True,
+        True,
+        False,
+        False,
+    )
+    assert not persist(64, 256, 1, cuda=False)
+    tiles = fp8_ptxas.conv_usage(56, 256, 64, 1, 1)
+    print(one_tile, tiles)
+    assert tiles.spilled == 0 and tiles.shared >= 2 * one_tile.shared
+
+
 def test_tiles_follow_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default tiles of ResNet-50's shapes, as the H200 sweep chose them; BN fits N."""
     from mlperf_harness.backends import fp8_gemm
@@ -237,11 +332,22 @@ def test_fused_gemm_names_bad_shapes_and_kinds(monkeypatch: pytest.MonkeyPatch) 
         fp8_gemm.gemm(a, _fp8(torch.ones(16, 32)), torch.ones(16))
     with pytest.raises(HarnessError, match="E4M3 residual comes with its scale"):
         fp8_gemm.gemm(a, _fp8(torch.ones(16, 32)), torch.ones(16), z=_fp8(torch.ones(4, 16)), out_dtype=torch.float16)
+
+    def stem(c: int, cuda: bool) -> bool:
+        flags = dict.fromkeys(("has_bias", "has_z", "z_scaled", "relu", "write_y", "write_q", "x_quant"), False)
+        consts, _ = fp8_gemm.conv_constants(
+            (8, 112, 112, c), 64, (7, 7), (2, 2), (3, 3), **flags, fast_accum=True, cuda=cuda
+        )
+        return bool(consts["FLAT_K"])
+
+    assert stem(4, cuda=True) and stem(3, cuda=False)  # 3 channels: right when interpreted, wrong on an H100
+    with pytest.raises(HarnessError, match=r"a 3-channel input: .* pad the channels with zeros"):
+        stem(3, cuda=True)
     monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", "cutlass")
     with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_GEMM"):
         fp8_gemm.gemm_kind(True)
     monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", "tma,wgmma")
-    with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_KERNEL: 'tma,wgmma': wgmma is not one of tma, zearly"):
+    with pytest.raises(HarnessError, match="'tma,wgmma': wgmma is not one of tma, zearly, chain, persist"):
         fp8_gemm.kernel_options()
     for tiles, why in (("128,256", "five integers"), ("128,8,128,8,3", "at least 16"), ("128,96,64,4,4", "powers")):
         monkeypatch.setenv("MLPERF_TORCH_FP8_TILES", tiles)
@@ -249,11 +355,15 @@ def test_fused_gemm_names_bad_shapes_and_kinds(monkeypatch: pytest.MonkeyPatch) 
             fp8_gemm.tiles(1024, 256, 64)
 
 
-def _tiny_resnet(path: Path) -> Path:
-    """A stem, two bottlenecks and a strided one (projection shortcut) of the synthetic ResNet's
-    layers, on 32x32 inputs: every kind of convolution the rewrite meets."""
+def _tiny_resnet(path: Path, pool: bool = False) -> Path:
+    """A stem (with ``pool``, and ResNet's 3x3 max-pool), two bottlenecks and a strided one
+    (projection shortcut) of the synthetic ResNet's layers, on 32x32 inputs: every kind of
+    convolution the rewrite meets."""
     g = _Graph(np.random.default_rng(0))
     x = g.conv("x", 3, 32, 7, 2, True, gain=1 / 60)
+    if pool:
+        g.nodes.append(helper.make_node("MaxPool", [x], ["pooled"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4))
+        x = "pooled"
     x, c = g.bottleneck(x, 32, 16, 1)
     x, c = g.bottleneck(x, c, 16, 1)
     x, c = g.bottleneck(x, c, 32, 2)
@@ -295,7 +405,7 @@ def test_rewritten_model_matches_fp32(
     assert fuse_conv_activations(model) == (10, 2)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 60
     amax = torch_fp8.calibrate(model, [x], "all")
-    assert len(amax) == 11 + 3  # every convolution but the 3-channel stem; the residuals of the 3 blocks
+    assert len(amax) == 12 + 3  # every convolution, the 3-channel stem too; the residuals of the 3 blocks
     n = torch_fp8.quantize_model(model, amax, mode, torch.float32, compiled=False, emit=emit)
     assert n == (8 if mode == "1x1" else 11)  # 2 per block and 2 projections; + the 3 3x3 ones
     emitted = [m for m in model.modules() if isinstance(m, torch_fp8.Fp8Conv) and m.emit_scale is not None]
@@ -312,6 +422,96 @@ def test_rewritten_model_matches_fp32(
     gate = torch_fp8.accuracy_gate(got.reshape(4, -1).numpy(), want.reshape(4, -1).numpy())
     print(mode, emit, gemm, residual, gate)
     assert gate["finite"] and gate["relErr"] < 0.12
+
+
+@pytest.mark.parametrize("gemm,emit", [("cublas", True), ("triton", False)])
+def test_fp8_stem_and_its_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gemm: str, emit: bool) -> None:
+    """MLPERF_TORCH_FP8_STEM=fp8: the 3-channel 7x7 stem becomes FP8 too (emulated, or fp8_gemm's
+    kernel over the window's flattened taps, interpreted: the interpreter's rounding of the
+    quantised copies, ``_interpreter_carry_only``, keeps that case without them); emitting, it
+    writes only its E4M3 copy and the max-pool after it pools that copy for the two convolutions
+    that read it, at their shared scale. Against the fp32 model within the bound of
+    ``test_rewritten_model_matches_fp32``; the input's own rounding (the images in E4M3) adds
+    about 0.6 % here to the fp16 stem's error."""
+    from onnx2torch import convert
+
+    monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", gemm)
+    proto = onnx.load(_tiny_resnet(tmp_path / "tiny.onnx", pool=True))
+    ref = convert(proto).eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 60
+    with torch.inference_mode():
+        want = ref(x).reshape(4, -1).numpy()
+    gates = {}
+    for stem in ("fp16", "fp8"):
+        monkeypatch.setenv("MLPERF_TORCH_FP8_STEM", stem)
+        model = convert(proto).eval()
+        fuse_conv_activations(model)
+        amax = torch_fp8.calibrate(model, [x], "all")
+        assert torch_fp8.quantize_model(model, amax, "all", torch.float32, compiled=False, emit=emit) == (
+            12 if stem == "fp8" else 11
+        )
+        pools = [m for m in model.modules() if isinstance(m, torch_fp8.Fp8MaxPool)]
+        assert len(pools) == (1 if stem == "fp8" and emit else 0)
+        if pools:  # the stem writes its E4M3 copy alone, with the scale its two readers share
+            stem_conv = next(m for m in model.modules() if getattr(m, "kernel", None) == (7, 7))
+            convs = [m for m in model.modules() if isinstance(m, torch_fp8.Fp8Conv)]
+            readers = [m for m in convs if m.in_scale == stem_conv.emit_scale]
+            assert not stem_conv.keep and len(readers) >= 2
+        with torch.inference_mode():
+            got = model(x).reshape(4, -1).numpy()
+        gates[stem] = torch_fp8.accuracy_gate(got, want)
+    print(gemm, emit, gates)
+    assert gates["fp8"]["finite"] and gates["fp8"]["relErr"] < 0.12
+    assert gates["fp8"]["relErr"] != gates["fp16"]["relErr"]  # the stem did change
+    monkeypatch.setenv("MLPERF_TORCH_FP8_STEM", "int8")
+    from mlperf_harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="MLPERF_TORCH_FP8_STEM: 'int8' is not one of fp16, fp8"):
+        torch_fp8.stem_mode()
+
+
+def test_chained_blocks_answer_as_unchained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLPERF_TORCH_FP8_KERNEL=zearly,chain: a block's output (written only in E4M3) and the next
+    block's first convolution run in one kernel; the tiny ResNet's two such pairs (fp8_gemm
+    interpreted) answer exactly as without the option."""
+    from onnx2torch import convert
+
+    monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", "triton")
+    proto = onnx.load(_tiny_resnet(tmp_path / "tiny.onnx", pool=True))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 60
+    outs, heads = {}, {}
+    for options in ("zearly", "zearly,chain"):
+        monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", options)
+        model = convert(proto).eval()
+        fuse_conv_activations(model)
+        amax = torch_fp8.calibrate(model, [x], "all")
+        assert torch_fp8.quantize_model(model, amax, "all", torch.float32, compiled=False) == 11
+        convs = [m for m in model.modules() if isinstance(m, torch_fp8.Fp8Conv)]
+        heads[options] = sum(m.chain is not None for m in convs)
+        assert len(convs) == 11  # a chained convolution is its head's submodule, once
+        with torch.inference_mode():
+            outs[options] = model(x)
+    assert heads == {"zearly": 0, "zearly,chain": 2}
+    assert torch.equal(outs["zearly"], outs["zearly,chain"])
+
+
+@pytest.mark.parametrize("channels,padding", [(64, 1), (20, 0)])
+def test_fp8_max_pool_pools_the_rounded_values(channels: int, padding: int) -> None:
+    """fp8_gemm's max-pool (interpreted) and the CPU's on E4M3 values, negative ones too: the
+    pool of the rounded values, exactly, which is the rounding of the pool (rounding is monotonic)."""
+    from mlperf_harness.backends import fp8_gemm
+    from mlperf_harness.errors import HarnessError
+
+    gen = torch.Generator().manual_seed(channels)
+    x = torch.randn(2, channels, 11, 9, generator=gen) * 50
+    q = _fp8(x).contiguous(memory_format=torch.channels_last)
+    want = torch.nn.functional.max_pool2d(q.float(), 3, 2, padding)
+    assert torch.equal(want, _fp8(torch.nn.functional.max_pool2d(x, 3, 2, padding)).float())
+    got = fp8_gemm.max_pool(q.permute(0, 2, 3, 1), 3, 2, padding).permute(0, 3, 1, 2)
+    assert got.dtype == torch_fp8.FP8 and torch.equal(got.float(), want)
+    assert torch.equal(torch_fp8.Fp8MaxPool(3, 2, padding)(q).float(), want)
+    with pytest.raises(HarnessError, match="E4M3"):
+        fp8_gemm.max_pool(x.permute(0, 2, 3, 1), 3, 2, padding)
 
 
 def test_missing_range_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,6 +549,44 @@ def test_resnet50_convolutions_chosen_by_shape(workspace: Any) -> None:
     assert (len(one), len(every), shapes.count((3, 3))) == (36, 52, 16)
     stem = next(m for m in model.modules() if getattr(m, "weight", None) is not None and m.weight.shape[1] == 3)
     assert torch_fp8.conv_facts(stem) is not None and not torch_fp8.eligible(torch_fp8.conv_facts(stem)[0], "all")
+    assert len(torch_fp8.candidates(model, "all", unaligned=True)) == 53  # MLPERF_TORCH_FP8_STEM=fp8
+
+
+def test_resnet50_chains_each_block_into_the_next(workspace: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNet-50 with MLPERF_TORCH_FP8_KERNEL=zearly,chain: each of the 16 blocks' last 1x1 but
+    the last block's (whose output is pooled) runs the next block's first 1x1 in its kernel; the
+    seven distinct pairs' kernels, and the FP8 stem's, compile for Hopper without spilling (under
+    the ptxas of Triton and of torch: fp8_ptxas.ptxases)."""
+    from onnx2torch import convert
+
+    monkeypatch.setenv("MLPERF_TORCH_FP8_GEMM", "triton")
+    monkeypatch.setenv("MLPERF_TORCH_FP8_KERNEL", "zearly,chain")
+    ws = workspace()
+    model = convert(onnx.load(ws.bench.model_file(ws.model_dir))).eval()
+    fuse_conv_activations(model)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    amax = torch_fp8.calibrate(model, [x], "all")
+    assert torch_fp8.quantize_model(model, amax, "all", torch.float32, compiled=False) == 52
+    heads = [m for m in model.modules() if isinstance(m, torch_fp8.Fp8Conv) and m.chain is not None]
+    assert len(heads) == 15 and all(h.add and h.chain.kernel == (1, 1) and not h.chain.add for h in heads)
+    # Their kernels as Hopper would run them (compiled for sm_90a here): the tile rule spills no register.
+    from mlperf_harness.backends import fp8_ptxas
+
+    pairs = sorted({(h.w_t.shape[0], h.w_t.shape[1], h.chain.w_t.shape[1]) for h in heads})
+    assert len(pairs) == 7
+    # The second product in fp16 under either ptxas; in E4M3 under Triton's (CUDA 13.0's crashed
+    # on the 64-channel pairs, 2026-12-06: not asserted either way).
+    for name, path in fp8_ptxas.ptxases().items():
+        monkeypatch.setenv("TRITON_PTXAS_PATH", path)
+        for second in ("fp16", "fp8") if name == "triton" else ("fp16",):
+            monkeypatch.setenv("MLPERF_TORCH_FP8_CHAIN_SECOND", second)
+            for pair in pairs:
+                got = fp8_ptxas.chain_usage(*pair)
+                print(name, second, pair, got)
+                assert got.spilled == 0 and got.registers <= 255
+    monkeypatch.delenv("TRITON_PTXAS_PATH")
+    stem = fp8_ptxas.conv_usage(112, 64, 4, 7, 2)  # MLPERF_TORCH_FP8_STEM=fp8 over the padded input
+    assert stem.spilled == 0 and stem.shared > 32 * 1024, stem  # pipelined: stages of its K loop in shared memory
 
 
 def test_accuracy_gate_figures() -> None:
@@ -358,7 +596,7 @@ def test_accuracy_gate_figures() -> None:
     assert gate["relErr"] == pytest.approx(np.sqrt(0.02 + 0.72) / np.sqrt(2))
 
 
-def test_build_engine_calibrates_and_keys_the_scales(workspace: Any) -> None:
+def test_build_engine_calibrates_and_keys_the_scales(workspace: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """build-engine for fp8 on the CPU: the engine holds the model and the calibrated ranges (on
     the SYNTHETIC set's first samples); its key names the calibration data; a backend loaded from
     the engine with the defaults (every eligible convolution, E4M3 residuals) answers as the fp32
@@ -371,8 +609,9 @@ def test_build_engine_calibrates_and_keys_the_scales(workspace: Any) -> None:
     assert steps.build_engine(ws, "Offline").ok
     out = ws.workdir.artifact(engine)
     scales = (out / FP8_SCALES).read_text()
-    # The 52 convolutions' input ranges and the 16 residual adds' ranges (MLPERF_TORCH_FP8_RESIDUAL=fp8).
-    assert '"samples": 32' in scales and scales.count("fused_") + scales.count("Conv_") == 52 + 16
+    # The 53 convolutions' input ranges (the stem's for MLPERF_TORCH_FP8_STEM=fp8) and the 16
+    # residual adds' ranges (MLPERF_TORCH_FP8_RESIDUAL=fp8).
+    assert '"samples": 32' in scales and scales.count("fused_") + scales.count("Conv_") == 53 + 16
     assert scales.count(torch_fp8.RESIDUAL) == 16
 
     data = np.asarray(ws.samples().fixed["input_tensor:0"][:8])
@@ -386,5 +625,15 @@ def test_build_engine_calibrates_and_keys_the_scales(workspace: Any) -> None:
     # On the pooled features (the softmax of the synthetic classifier is ill-conditioned: its
     # margins are tiny, fp16 alone moves 21 of this fixture's 32 top-1s). 53 layers, each within
     # a few per cent (test_rewritten_model_matches_fp32), residual paths keeping the error from
-    # compounding: measured 4.0 % here; 0.1 bounds it with room.
+    # compounding: measured 4.8 % here; 0.1 bounds it with room.
+    assert gate["finite"] and gate["relErr"] < 0.1
+    # The same engine with an FP8 stem (its range is in the engine): 53 FP8 convolutions, the
+    # max-pool on the stem's E4M3 copy; measured 4.6 % here.
+    monkeypatch.setenv("MLPERF_TORCH_FP8_STEM", "fp8")
+    stem = get_backend("pytorch")
+    stem.load(out / "model.onnx", 8, "fp8", outputs=["softmax_tensor:0"])
+    assert stem.fp8_convs == 53  # type: ignore[attr-defined]
+    assert any(isinstance(m, torch_fp8.Fp8MaxPool) for m in stem._model.modules())  # type: ignore[attr-defined]
+    gate = torch_fp8.accuracy_gate(pooled_features(stem, {"input_tensor:0": data}), feats[1])
+    print(gate)
     assert gate["finite"] and gate["relErr"] < 0.1

@@ -221,15 +221,15 @@ def compile_max_pools(model: Any) -> int:
     3.5 of ResNet-50's 28 ms at batch 1024 on an H200. Returns how many."""
     from torch import nn
 
-    class CompiledMaxPool(nn.Module):
+    class CompiledMaxPool(nn.MaxPool2d):  # still a max-pool to the FP8 rewrite (torch_fp8.pool_facts)
         def __init__(self, pool: Any) -> None:
-            super().__init__()
+            super().__init__(pool.kernel_size, pool.stride, pool.padding, pool.dilation, False, pool.ceil_mode)
             self.args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
 
         def forward(self, x: Any) -> Any:
             return _compiled_max_pool()(x, *self.args)
 
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.MaxPool2d) and not m.return_indices]
+    names = [n for n, m in model.named_modules() if type(m) is nn.MaxPool2d and not m.return_indices]
     for name in names:
         model.set_submodule(name, CompiledMaxPool(model.get_submodule(name)))
     return len(names)
@@ -396,6 +396,8 @@ class PyTorchBackend(ModelBackend):
     def _rewrite(self, model: Any) -> None:
         if "fuse" in self.rewrites:
             self.fused, self.folded = fuse_conv_activations(model, fold_bias="fold" in self.rewrites)
+        # An FP8 stem (fp8_gemm) wants the padding too: a pixel of 4 fp16 channels is 8 aligned bytes,
+        # its loads vectorised and pipelined; of 3, ptxas spilled and nothing was pipelined (fp8_ptxas).
         if "pad" in self.rewrites and pad_input_channels(model, STEM_CHANNELS):
             self._channels = STEM_CHANNELS
         if "pool" in self.rewrites:

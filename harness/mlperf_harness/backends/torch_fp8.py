@@ -5,9 +5,11 @@ Weights are quantised per output channel, activations per tensor with scales fro
 (the largest magnitude seen on the calibration samples, ``calibrate``). Which convolutions become
 FP8 is decided per Conv node by its shape (``eligible``): in mode ``all`` (the default) every one
 that fits, in mode ``1x1`` the 1x1 ones only; input and output channels a multiple of 16
-(cuBLASLt's FP8 rule), so a 3- or 4-channel stem and the classifier (a Gemm) stay in half
-precision. Where the next convolution is FP8 too, a convolution's epilogue also writes the
-quantised copy that convolution reads (``emit``), so no separate quantise pass.
+(cuBLASLt's FP8 rule), so a 3- or 4-channel stem stays in half precision unless ``stem_mode``
+is fp8 (fp8_gemm's kernel has no such rule), and the classifier (a Gemm) always does. Where the
+next convolution is FP8 too, a convolution's epilogue also writes the quantised copy that
+convolution reads (``emit``), so no separate quantise pass; a max-pool between FP8 layers (the
+stem's) then pools that copy (``Fp8MaxPool``).
 
 On the CPU, ``scaled_mm`` emulates ``torch._scaled_mm`` exactly (the FP8 values dequantised and
 multiplied in fp32), so the rewrite and its scales are tested here against the fp32 model.
@@ -42,6 +44,7 @@ E4M3_REL = 2.0**-4
 E4M3_SUBNORMAL_ABS = 2.0**-10
 MODES = ("1x1", "all")
 RESIDUALS = ("fp16", "fp8")
+STEMS = ("fp16", "fp8")
 RESIDUAL = ".residual"  # calibration: the residual's range of an add-fused convolution, under its name + this
 ALIGN = 16  # cuBLASLt's FP8 GEMMs want K and N multiples of 16
 
@@ -66,6 +69,18 @@ def residual_mode() -> str:
     mode = os.environ.get("MLPERF_TORCH_FP8_RESIDUAL", "fp8")
     if mode not in RESIDUALS:
         raise HarnessError(f"MLPERF_TORCH_FP8_RESIDUAL: {mode!r} is not one of {', '.join(RESIDUALS)}")
+    return mode
+
+
+def stem_mode() -> str:
+    """MLPERF_TORCH_FP8_STEM: ``fp16`` (default: a convolution whose channels break cuBLASLt's
+    FP8 rule of 16, ResNet-50's 3-channel 7x7 stem, stays in cuDNN's half precision) or ``fp8``
+    (it runs in FP8 too, through fp8_gemm's kernel, which has no such rule: its fp16 input
+    quantised as read, its E4M3 output pooled as it is, ``Fp8MaxPool``). Not measured on a GPU
+    yet: the default stays until it is (BENCHMARKS.md)."""
+    mode = os.environ.get("MLPERF_TORCH_FP8_STEM", "fp16")
+    if mode not in STEMS:
+        raise HarnessError(f"MLPERF_TORCH_FP8_STEM: {mode!r} is not one of {', '.join(STEMS)}")
     return mode
 
 
@@ -257,6 +272,7 @@ class Fp8Conv(nn.Module):
             gemm_plan(w.device, dtype, bias is not None)
         self.emit_scale: float | None = None
         self.keep = True  # whether anything but FP8 layers reads the output
+        self.chain: Fp8Conv | None = None  # the 1x1 convolution run in this one's kernel (``_chained``)
         self.register_buffer("z_scale", None, persistent=False)  # where the residual comes E4M3: ``set_residual``
         self.fast_accum = os.environ.get("MLPERF_TORCH_FP8_FAST_ACCUM", "1") != "0"
         self._epilogue = _compiled(_epilogue) if compiled else _epilogue
@@ -265,6 +281,12 @@ class Fp8Conv(nn.Module):
     def set_emit(self, scale: float, keep: bool) -> None:
         self.emit_scale, self.keep = scale, keep
         self.register_buffer("emit_inv", torch.tensor(1.0 / scale, device=self.w_t.device), persistent=False)
+
+    def set_input_scale(self, scale: float) -> None:
+        """The input comes quantised with ``scale`` (a producer's one copy for all its readers)."""
+        self.scale_b.mul_(scale / self.in_scale)
+        self.in_inv.fill_(1.0 / scale)
+        self.in_scale = scale
 
     def set_residual(self, scale: float) -> None:
         """The residual comes as an E4M3 copy made with ``scale``."""
@@ -286,6 +308,8 @@ class Fp8Conv(nn.Module):
 
         zh = None if z is None or not self.add else z.permute(0, 2, 3, 1).reshape(-1, self.w_t.shape[1])
         emit = None if self.emit_scale is None else self.emit_inv
+        if self.chain is not None:
+            return self._chained(xh, zh, nchw)
         if self.fused:  # one kernel reads the activations where the window puts them: no patches
             from .fp8_gemm import conv
 
@@ -304,6 +328,50 @@ class Fp8Conv(nn.Module):
             out, q = self._epilogue(y, zh, self.relu, self.dtype, emit, self.keep, self.z_scale)
         return nchw(out) if emit is None else (nchw(out), nchw(q))
 
+    def _chained(self, xh: Any, zh: Any, nchw: Callable[[Any], Any]) -> Any:
+        """This 1x1 convolution and ``chain``, the 1x1 one that reads its E4M3 copy, in one kernel
+        (fp8_gemm.chain): returns (None, the E4M3 copy, what ``chain`` returns)."""
+        from .fp8_gemm import chain
+
+        r = self.chain
+        assert r is not None and self.emit_scale is not None
+        r_emit = None if r.emit_scale is None else r.emit_inv
+        q1, y2, q2 = chain(
+            xh.reshape(-1, xh.shape[-1]), self.w_t.t(), self.scale_b.reshape(-1), self.emit_inv, r.w_t.t(),
+            r.scale_b.reshape(-1), bias1=self.bias, z=zh, z_scale=None if zh is None else self.z_scale,
+            relu1=self.relu, bias2=r.bias, relu2=r.relu, out2_dtype=r.dtype if r_emit is None or r.keep else None,
+            q2_inv=r_emit, fast_accum=self.fast_accum,
+        )  # fmt: skip
+        return None, nchw(q1), nchw(y2) if r_emit is None else (nchw(y2), nchw(q2))
+
+
+class Fp8MaxPool(nn.Module):
+    """A max-pool of E4M3 activations (NCHW in channels-last memory) between FP8 layers, E4M3 out,
+    with the scale they came with: exact, as rounding is monotonic (``fp8_gemm.max_pool``). On a
+    GPU fp8_gemm's kernel; on the CPU torch's pool of the same values in fp32."""
+
+    def __init__(self, kernel: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def forward(self, q: Any) -> Any:
+        if q.is_cuda:
+            from .fp8_gemm import max_pool
+
+            return max_pool(q.permute(0, 2, 3, 1), self.kernel, self.stride, self.padding).permute(0, 3, 1, 2)
+        out = nn.functional.max_pool2d(q.float(), self.kernel, self.stride, self.padding).to(FP8)
+        return out.contiguous(memory_format=torch.channels_last)
+
+
+def pool_facts(mod: Any) -> tuple[int, int, int] | None:
+    """(kernel, stride, padding) of a square max-pool ``Fp8MaxPool`` can run, else None."""
+    if not isinstance(mod, nn.MaxPool2d) or mod.return_indices or mod.ceil_mode:
+        return None
+    facts = [nn.modules.utils._pair(v) for v in (mod.kernel_size, mod.stride, mod.padding, mod.dilation)]
+    if any(a != b for a, b in facts) or facts[3][0] != 1:
+        return None
+    return facts[0][0], facts[1][0], facts[2][0]
+
 
 # --- which convolutions, calibration, the rewrite -------------------------------------------------------------
 def conv_facts(mod: Any) -> tuple[Any, bool, bool] | None:
@@ -317,8 +385,9 @@ def conv_facts(mod: Any) -> tuple[Any, bool, bool] | None:
     return None
 
 
-def eligible(conv: Any, mode: str) -> bool:
-    """Whether a convolution becomes an FP8 GEMM, by its shape and attributes alone."""
+def eligible(conv: Any, mode: str, unaligned: bool = False) -> bool:
+    """Whether a convolution becomes an FP8 GEMM, by its shape and attributes alone; with
+    ``unaligned`` also where its channels break cuBLASLt's rule (``stem_mode`` fp8)."""
     w = conv.weight
     kh, kw = int(w.shape[2]), int(w.shape[3])
     if getattr(conv, "groups", 1) != 1 or any(d != 1 for d in conv.dilation):
@@ -328,17 +397,17 @@ def eligible(conv: Any, mode: str) -> bool:
     # A kxk one with "same" padding (odd kernels), as im2col pads; a 1x1 one unpadded.
     if tuple(int(p) for p in conv.padding) != (kh // 2, kw // 2) or kh % 2 == 0 or kw % 2 == 0:
         return False
-    return int(w.shape[0]) % ALIGN == 0 and (int(w.shape[1]) * kh * kw) % ALIGN == 0
+    return unaligned or (int(w.shape[0]) % ALIGN == 0 and (int(w.shape[1]) * kh * kw) % ALIGN == 0)
 
 
-def candidates(model: Any, mode: str) -> list[Any]:
+def candidates(model: Any, mode: str, unaligned: bool = False) -> list[Any]:
     """The fx nodes (call_module) whose convolution becomes FP8, in graph order."""
     found = []
     for node in model.graph.nodes:
         if node.op != "call_module":
             continue
         facts = conv_facts(model.get_submodule(str(node.target)))
-        if facts is not None and eligible(facts[0], mode):
+        if facts is not None and eligible(facts[0], mode, unaligned):
             found.append(node)
     return found
 
@@ -346,10 +415,11 @@ def candidates(model: Any, mode: str) -> list[Any]:
 def calibrate(model: Any, batches: Iterable[Any], mode: str) -> dict[str, float]:
     """The largest |input| each FP8 candidate sees over ``batches`` (NCHW tensors on the model's
     device, in its dtype), by module name: the activation ranges the scales come from; and of
-    the residual an add-fused candidate adds, under its name + ``RESIDUAL``."""
+    the residual an add-fused candidate adds, under its name + ``RESIDUAL``. Unaligned ones (a
+    stem) too: an engine's ranges serve either ``stem_mode``."""
     amax: dict[str, float] = {}
     hooks = []
-    for node in candidates(model, mode):
+    for node in candidates(model, mode, unaligned=True):
         name = str(node.target)
 
         def record(mod: Any, args: Any, name: str = name) -> None:
@@ -373,10 +443,20 @@ def quantize_model(model: Any, amax: dict[str, float], mode: str, dtype: Any, co
     ``residual_mode`` fp8, the E4M3 residual an FP8 layer adds). Returns how many convolutions
     became FP8."""
     graph: fx.Graph = model.graph
-    nodes = [n for n in candidates(model, mode) if str(n.target) in amax]
-    missing = [str(n.target) for n in candidates(model, mode) if str(n.target) not in amax]
+    unaligned = stem_mode() == "fp8"
+    nodes = candidates(model, mode, unaligned)
+    missing = [str(n.target) for n in nodes if str(n.target) not in amax]
     if missing:
         raise HarnessError(f"fp8: no calibrated range for {', '.join(missing[:3])}; rebuild the engine (build-engine)")
+    from .fp8_gemm import gemm_kind
+
+    for node in nodes:  # cuBLASLt's FP8 GEMM wants K and N multiples of 16: only fp8_gemm's takes the rest
+        conv = conv_facts(model.get_submodule(str(node.target)))[0]  # type: ignore[index]
+        if conv.weight.is_cuda and not eligible(conv, mode) and gemm_kind(True) != "triton":
+            raise HarnessError(
+                f"fp8: {node.target} has {conv.weight.shape[1]} input channels, which cuBLASLt cannot take "
+                "(MLPERF_TORCH_FP8_GEMM=cublas); MLPERF_TORCH_FP8_STEM=fp8 needs MLPERF_TORCH_FP8_GEMM=triton"
+            )
     residual = emit and residual_mode() == "fp8"
     adds = [str(n.target) + RESIDUAL for n in nodes if conv_facts(model.get_submodule(str(n.target)))[2]]  # type: ignore[index]
     if residual and any(key not in amax for key in adds):
@@ -391,6 +471,17 @@ def quantize_model(model: Any, amax: dict[str, float], mode: str, dtype: Any, co
         )
     if emit:
         _emit_quantized(model, set(nodes), amax, residual)
+        _quantized_pools(model, set(nodes))
+        from .fp8_gemm import kernel_options
+
+        if "chain" in kernel_options():
+            if any(p.is_cuda for p in model.parameters()):
+                raise HarnessError(
+                    "MLPERF_TORCH_FP8_KERNEL: chain gave wrong results on an H100 (Triton 3.6; CUDA 13.0's ptxas "
+                    "crashed on its 64-channel pairs, BENCHMARKS.md 2026-12-06): it runs only in Triton's interpreter "
+                    "until that is fixed; take chain out of the variable"
+                )
+            _chained(model, set(nodes))
     graph.lint()
     model.recompile()
     return len(nodes)
@@ -411,25 +502,86 @@ def _emit_quantized(model: Any, fp8_nodes: set[Any], amax: dict[str, float], res
         scales += [calibrated_scale(amax, str(u.target) + RESIDUAL) for u in adders]
         scale = max(scales)
         for r in readers:  # one quantised copy: every reader takes the largest of the scales
-            mod = model.get_submodule(str(r.target))
-            mod.scale_b.mul_(scale / mod.in_scale)
-            mod.in_inv.fill_(1.0 / scale)
-            mod.in_scale = scale
+            model.get_submodule(str(r.target)).set_input_scale(scale)
         for u in adders:
             model.get_submodule(str(u.target)).set_residual(scale)
         readers += adders
         others = [u for u in producer.users if u not in readers]
         model.get_submodule(str(producer.target)).set_emit(scale, keep=bool(others))
-        with graph.inserting_after(producer):
-            q = graph.call_function(operator.getitem, (producer, 1))
-        with graph.inserting_after(producer):
-            y = graph.call_function(operator.getitem, (producer, 0))
-        for u in others:
-            u.replace_input_with(producer, y)
+        _split_outputs(graph, producer, readers, others)
+
+
+def _split_outputs(graph: fx.Graph, producer: Any, readers: list[Any], others: list[Any]) -> None:
+    """``producer`` now returns (y, q): ``readers`` take the E4M3 copy q, ``others`` y."""
+    with graph.inserting_after(producer):
+        q = graph.call_function(operator.getitem, (producer, 1))
+    with graph.inserting_after(producer):
+        y = graph.call_function(operator.getitem, (producer, 0))
+    for u in others:
+        u.replace_input_with(producer, y)
+    for r in readers:
+        r.replace_input_with(producer, q)
+    if not others:
+        graph.erase_node(y)
+
+
+def _quantized_pools(model: Any, fp8_nodes: set[Any]) -> None:
+    """A max-pool whose input is an FP8 layer's output that nothing else reads, and whose output
+    only FP8 layers read (as input, not residual): the layer writes its E4M3 copy alone, with
+    the readers' largest scale, and an ``Fp8MaxPool`` pools that copy for them (ResNet-50's stem:
+    the pool then moves a quarter of the bytes of its fp16 one)."""
+    graph: fx.Graph = model.graph
+    for pool in list(graph.nodes):
+        facts = pool_facts(model.get_submodule(str(pool.target))) if pool.op == "call_module" else None
+        if facts is None or pool.args[0] not in fp8_nodes or len(pool.args[0].users) != 1:
+            continue
+        producer = pool.args[0]
+        readers = list(pool.users)
+        if not readers or any(r not in fp8_nodes or r.args[0] is not pool or pool in r.args[1:] for r in readers):
+            continue
+        scale = max(model.get_submodule(str(r.target)).in_scale for r in readers)
         for r in readers:
-            r.replace_input_with(producer, q)
-        if not others:
-            graph.erase_node(y)
+            model.get_submodule(str(r.target)).set_input_scale(scale)
+        model.get_submodule(str(producer.target)).set_emit(scale, keep=False)
+        model.set_submodule(str(pool.target), Fp8MaxPool(*facts))
+        _split_outputs(graph, producer, [pool], [])
+
+
+def _flat(mod: Any) -> bool:
+    """A fused 1x1 stride-1 convolution, not yet in a chain: ``fp8_gemm.chain``'s kind."""
+    return bool(mod.fused and mod.kernel == (1, 1) and mod.stride == (1, 1) and mod.padding == (0, 0)) and (
+        mod.chain is None
+    )
+
+
+def _chained(model: Any, fp8_nodes: set[Any]) -> None:
+    """Where a 1x1 convolution that writes only its E4M3 copy (ResNet's block output) is read by a
+    fused 1x1 stride-1 one without a residual (the next block's first), the first runs the second
+    in its kernel (``Fp8Conv.chain``, fp8_gemm.chain, where its shapes fit): that copy is written
+    once, for the other readers (the next residual add), and never read back for the 1x1."""
+    from .fp8_gemm import chain_fits
+
+    graph: fx.Graph = model.graph
+    erased = set()
+    for head in [n for n in graph.nodes if n in fp8_nodes]:
+        if head in erased:  # chained into an earlier head
+            continue
+        p = model.get_submodule(str(head.target))
+        copies = [u for u in head.users if u.target is operator.getitem and u.args[1] == 1]
+        if not _flat(p) or p.emit_scale is None or p.keep or len(copies) != 1:
+            continue
+        for r in [u for u in copies[0].users if u in fp8_nodes and u.args == (copies[0],)]:
+            second = model.get_submodule(str(r.target))
+            (k1, n1), n2 = p.w_t.shape, second.w_t.shape[1]  # w_t: (K, N)
+            if _flat(second) and not second.add and chain_fits(k1, n1, n2):
+                p.chain = second  # a submodule of the head now; its own node and path go
+                with graph.inserting_after(head):
+                    link = graph.call_function(operator.getitem, (head, 2))
+                r.replace_all_uses_with(link)
+                graph.erase_node(r)
+                erased.add(r)
+                model.delete_submodule(str(r.target))
+                break
 
 
 # --- the accuracy gate ------------------------------------------------------------------------------
