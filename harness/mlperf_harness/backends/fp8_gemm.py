@@ -22,12 +22,14 @@ model slower on an H200 (55,327 against 57,200 images/s, 2026-12-05). An fp16 in
 pooled output) is quantised as the kernel reads it (``x_inv``). Reading the 1x1 stride-1
 operands through TMA descriptors (option ``tma``) ran the model slower than through pointers on
 an H100 (51,133 against 52,163); reading the residual's tile before the products (``zearly``)
-faster (53,351), and is the default. A convolution over fewer channels than a K step (the
-3-channel stem, MLPERF_TORCH_FP8_STEM=fp8) steps over its window's flattened taps (``FLAT_K``) and
-the max-pool after it works on its E4M3 copy; ``chain`` (option ``chain``) keeps a block's output
-tile for the next block's first 1x1: both checked through the interpreter, not yet on a GPU.
-Option ``persist`` runs a convolution of one K step as several tiles a program (``_conv_tile``
-in a flattened loop): compiled for sm_90a here (``fp8_ptxas``), run only by the GPU tests.
+faster (53,351), and is the default. Option ``persist`` runs a convolution of one K step as
+several tiles a program (``_conv_tile`` in a flattened loop): 1.037 of the model's speed without
+it on an H100 (2026-12-06), a default too. A convolution over fewer channels than a K step (the
+stem, MLPERF_TORCH_FP8_STEM=fp8) steps over its window's flattened taps (``FLAT_K``) and the
+max-pool after it works on its E4M3 copy: right on an H100 over 4 channels (3 were wrong, so a GPU
+refuses them), but 0.888 of the default's speed, so off. ``chain`` (option ``chain``) keeps a
+block's output tile for the next block's first 1x1: right in the interpreter, wrong on an H100,
+so the engine refuses it on a GPU (BENCHMARKS.md, 2026-12-06).
 """
 
 from __future__ import annotations

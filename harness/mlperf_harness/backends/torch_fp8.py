@@ -76,8 +76,8 @@ def stem_mode() -> str:
     """MLPERF_TORCH_FP8_STEM: ``fp16`` (default: a convolution whose channels break cuBLASLt's
     FP8 rule of 16, ResNet-50's 3-channel 7x7 stem, stays in cuDNN's half precision) or ``fp8``
     (it runs in FP8 too, through fp8_gemm's kernel, which has no such rule: its fp16 input
-    quantised as read, its E4M3 output pooled as it is, ``Fp8MaxPool``). Not measured on a GPU
-    yet: the default stays until it is (BENCHMARKS.md)."""
+    quantised as read, its E4M3 output pooled as it is, ``Fp8MaxPool``). Right on an H100 but
+    0.888 of the default's speed there (2026-12-06, BENCHMARKS.md), so fp16 stays the default."""
     mode = os.environ.get("MLPERF_TORCH_FP8_STEM", "fp16")
     if mode not in STEMS:
         raise HarnessError(f"MLPERF_TORCH_FP8_STEM: {mode!r} is not one of {', '.join(STEMS)}")
@@ -549,9 +549,7 @@ def _quantized_pools(model: Any, fp8_nodes: set[Any]) -> None:
 
 def _flat(mod: Any) -> bool:
     """A fused 1x1 stride-1 convolution, not yet in a chain: ``fp8_gemm.chain``'s kind."""
-    return bool(mod.fused and mod.kernel == (1, 1) and mod.stride == (1, 1) and mod.padding == (0, 0)) and (
-        mod.chain is None
-    )
+    return bool(mod.fused and mod.chain is None and (mod.kernel, mod.stride, mod.padding) == ((1, 1), (1, 1), (0, 0)))
 
 
 def _chained(model: Any, fp8_nodes: set[Any]) -> None:
